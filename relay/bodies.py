@@ -1,0 +1,236 @@
+"""Turn a raw webhook body into plain data (dicts, lists, strings, numbers).
+
+Every parser works on bytes that were already read (and, for signed sources,
+verified), and every failure is an `Unparsable` or `UnsupportedContentType`,
+never another exception: bad input is the sender's problem, not a 500.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as SafeElementTree
+from defusedxml import DefusedXmlException
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+from werkzeug.http import parse_options_header
+
+from relay.errors import Unparsable, UnsupportedContentType
+
+__all__ = ["Limits", "parse_body", "nest_pairs", "media_type"]
+
+JSON_TYPES = {"application/json", "text/json", "application/javascript", "text/plain"}
+FORM_TYPES = {"application/x-www-form-urlencoded"}
+MULTIPART_TYPES = {"multipart/form-data"}
+XML_TYPES = {"application/xml", "text/xml"}
+
+
+class Limits:
+    """Bounds on what a body may hold once parsed."""
+
+    max_depth = 64
+    max_form_fields = 1000
+    max_multipart_parts = 1000
+
+
+def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
+    """`('application/json', {'charset': 'utf-8'})` from a Content-Type header."""
+    mimetype, options = parse_options_header(content_type or "")
+    return mimetype.lower(), options
+
+
+def parse_body(body: bytes, content_type: str | None) -> Any:
+    """Parse `body` by its content type (sniffed when the header is missing).
+
+    Raises:
+        UnsupportedContentType: the type is none relay reads.
+        Unparsable: the body does not parse as its type says.
+    """
+    mimetype, options = media_type(content_type)
+    if not mimetype:
+        mimetype = _sniff(body)
+    if mimetype in JSON_TYPES or mimetype.endswith("+json"):
+        return _parse_json(body, options.get("charset"))
+    if mimetype in FORM_TYPES:
+        return _parse_form(body, options.get("charset"))
+    if mimetype in MULTIPART_TYPES:
+        return _parse_multipart(body, mimetype, options)
+    if mimetype in XML_TYPES or mimetype.endswith("+xml"):
+        return _parse_xml(body)
+    raise UnsupportedContentType(
+        f"content type {mimetype!r} is not supported; send JSON, form-urlencoded, "
+        "multipart/form-data or XML"
+    )
+
+
+def _sniff(body: bytes) -> str:
+    head = body.lstrip()[:1]
+    if head in (b"{", b"["):
+        return "application/json"
+    if head == b"<":
+        return "application/xml"
+    return "application/x-www-form-urlencoded"
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    encoding = (charset or "utf-8").lower()
+    try:
+        text = body.decode(encoding)
+    except LookupError as exc:
+        raise Unparsable(f"unknown charset {charset!r}") from exc
+    except UnicodeDecodeError as exc:
+        raise Unparsable(f"body is not valid {encoding} text (byte {exc.start})") from exc
+    return text.removeprefix("\ufeff")
+
+
+def _parse_json(body: bytes, charset: str | None) -> Any:
+    text = _decode(body, charset)
+    if not text.strip():
+        raise Unparsable("empty JSON body")
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise Unparsable("JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise Unparsable(f"invalid JSON: {exc}") from exc
+    _check_depth(data)
+    return data
+
+
+def _check_depth(data: Any) -> None:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > Limits.max_depth:
+            raise Unparsable(f"payload nested deeper than {Limits.max_depth} levels")
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value)
+
+
+def _parse_form(body: bytes, charset: str | None) -> dict[str, Any]:
+    text = _decode(body, charset)
+    try:
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            max_num_fields=Limits.max_form_fields,
+            encoding=charset or "utf-8",
+            errors="strict",
+        )
+    except ValueError as exc:
+        raise Unparsable(f"form body: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise Unparsable("form body has percent-escapes that are not valid text") from exc
+    return nest_pairs(pairs)
+
+
+def _parse_multipart(body: bytes, mimetype: str, options: dict[str, str]) -> dict[str, Any]:
+    if not options.get("boundary"):
+        raise Unparsable("multipart body without a boundary")
+    parser = FormDataParser(
+        max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1
+    )
+    try:
+        _stream, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
+    except (ValueError, RequestEntityTooLarge) as exc:
+        raise Unparsable(f"multipart body: {exc}") from exc
+    pairs: list[tuple[str, Any]] = list(_multidict_items(form))
+    # Uploaded files are not relayed; their names are, so a mapping can mention them.
+    pairs.extend((name, upload.filename or "") for name, upload in _multidict_items(files))
+    return nest_pairs(pairs)
+
+
+def _multidict_items(data: MultiDict[str, Any]) -> list[tuple[str, Any]]:
+    return list(data.items(multi=True))
+
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+def nest_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Fold form pairs into nested data the way PHP and Rails read them.
+
+    `fields[email][value]=a` becomes `{"fields": {"email": {"value": "a"}}}`,
+    `tag[]=a&tag[]=b` and a repeated plain key both become a list.
+    """
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        head, _, rest = key.partition("[")
+        path = [head] + _BRACKETS.findall("[" + rest) if rest and rest.endswith("]") else [key]
+        if not head:
+            path = [key]
+        _insert(result, path, value)
+    return result
+
+
+def _insert(target: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = target
+    for index, part in enumerate(path):
+        last = index == len(path) - 1
+        if part == "" and isinstance(node, list):
+            if last:
+                node.append(value)
+                return
+            child: Any = {}
+            node.append(child)
+            node = child
+            continue
+        if not isinstance(node, dict):
+            return  # a scalar was already stored here: keep the first shape
+        if last:
+            if part in node:
+                existing = node[part]
+                node[part] = existing + [value] if isinstance(existing, list) else [existing, value]
+            else:
+                node[part] = value
+            return
+        following = path[index + 1]
+        if part not in node or not isinstance(node[part], (dict, list)):
+            node[part] = [] if following == "" else {}
+        node = node[part]
+
+
+def _parse_xml(body: bytes) -> Any:
+    try:
+        root = SafeElementTree.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise Unparsable(f"XML with DTDs or entities is refused ({type(exc).__name__})") from exc
+    except SafeElementTree.ParseError as exc:
+        raise Unparsable(f"invalid XML: {exc}") from exc
+    return _element_to_data(root, depth=1)
+
+
+def _element_to_data(element: Element, *, depth: int) -> Any:
+    if depth > Limits.max_depth:
+        raise Unparsable(f"XML nested deeper than {Limits.max_depth} levels")
+    children = list(element)
+    if not children:
+        return (element.text or "").strip()
+    data: dict[str, Any] = {}
+    for child in children:
+        tag = child.tag.rsplit("}", 1)[-1]
+        value = _element_to_data(child, depth=depth + 1)
+        if child.get("array") == "true" or child.get("type") == "array":
+            if isinstance(value, dict) and len(value) == 1 and child.get("type") == "array":
+                # Rails-style <items type="array"><item>..</item></items>
+                inner = next(iter(value.values()))
+                data[tag] = inner if isinstance(inner, list) else [inner]
+                continue
+            data.setdefault(tag, [])
+            if not isinstance(data[tag], list):
+                data[tag] = [data[tag]]
+            data[tag].append(value)
+        elif tag in data:
+            existing = data[tag]
+            data[tag] = existing + [value] if isinstance(existing, list) else [existing, value]
+        else:
+            data[tag] = value
+    return data

@@ -1,0 +1,230 @@
+"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, replay, sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay.errors import ConfigError, MappingError, RequestRejected
+from relay.inbound import InboundRequest, is_ping
+from relay.mapping import envrefs
+from relay.mapping.examples import example_files, load_example, run_example
+from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
+from relay.mapping.translate import TranslateContext
+from relay.pipeline import parse_request, translate_request
+from relay.settings import Settings
+from relay.upstream.xmlbody import to_xml
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m relay", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="web server and delivery worker together")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+
+    commands.add_parser("worker", help="the delivery worker alone")
+
+    preview = commands.add_parser("preview", help="translate one payload file and print the calls")
+    preview.add_argument("--source", required=True)
+    preview.add_argument("file", help="payload file, or - for stdin")
+    preview.add_argument("--content-type", dest="content_type")
+    preview.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
+    preview.add_argument("--client-ip", dest="client_ip")
+    preview.add_argument("--format", choices=["json", "xml"], default="json")
+
+    commands.add_parser("check", help="validate every mapping file and run its examples")
+    commands.add_parser("sources", help="list sources, their hook URLs and authentication")
+
+    deliveries = commands.add_parser("deliveries", help="list deliveries, or show one")
+    deliveries.add_argument("id", nargs="?")
+    deliveries.add_argument("--status")
+    deliveries.add_argument("--source")
+    deliveries.add_argument("--since")
+    deliveries.add_argument("--until")
+    deliveries.add_argument("--limit", type=int, default=50)
+
+    replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
+    replay.add_argument("id", nargs="?")
+    replay.add_argument("--status")
+    replay.add_argument("--source")
+    replay.add_argument("--since")
+    replay.add_argument("--until")
+
+    sandbox = commands.add_parser("sandbox", help="a local stand-in for the upstream API")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8900)
+    sandbox.add_argument("--token", action="append", default=[], help="a valid API token (repeatable)")
+    sandbox.add_argument("--config", help="JSON file with databases, resources, segments and tokens")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print("relay: settings are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 2
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args, settings)
+    except ConfigError as exc:
+        print("relay: " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 1
+
+
+def _guess_content_type(path: str) -> str | None:
+    suffix = Path(path).suffix.lower()
+    return {".json": "application/json", ".xml": "application/xml", ".txt": None}.get(suffix)
+
+
+def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    sources = load_sources(settings.mappings_dir)
+    source = sources.get(args.source)
+    if source is None:
+        print(f"relay: unknown source {args.source!r} (known: {', '.join(sorted(sources))})", file=sys.stderr)
+        return 1
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep:
+            print(f"relay: --header {header!r} must be 'Name: value'", file=sys.stderr)
+            return 1
+        headers[name.strip()] = value.strip()
+    content_type = args.content_type or headers.get("Content-Type") or _guess_content_type(args.file)
+    request = InboundRequest(
+        source=source.name, body=body, content_type=content_type, headers=headers, client_ip=args.client_ip
+    )
+    context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=_geo(settings))
+    try:
+        payload = parse_request(request)
+        if is_ping(source, request, payload):
+            print("[]")
+            print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
+            return 0
+        translation = translate_request(source, request, context)
+    except RequestRejected as exc:
+        print(f"relay: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+    except MappingError as exc:
+        print(f"relay: mapping error: {exc.detail}", file=sys.stderr)
+        return 1
+    if translation.ignored:
+        print("[]")
+        print(f"relay: ignored: {translation.ignored}", file=sys.stderr)
+        return 0
+    calls = []
+    for call in translation.calls:
+        body_out = {"token": "***", **call.body}
+        calls.append({"method": call.method, "body": to_xml(body_out) if args.format == "xml" else body_out})
+    print(json.dumps(calls, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _geo(settings: Settings):  # type: ignore[no-untyped-def]
+    if not settings.geoip_db:
+        return None
+    from relay.geo import GeoLookup
+
+    return GeoLookup(settings.geoip_db)
+
+
+def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
+    problems: list[str] = []
+    sources = {}
+    files = mapping_files(settings.mappings_dir)
+    if not files:
+        problems.append(f"{settings.mappings_dir}: no mapping files found")
+    for path in files:
+        source, found = load_source_file(path)
+        problems.extend(found)
+        if source is not None:
+            sources[source.name] = source
+    examples_run = 0
+    for name, source in sorted(sources.items()):
+        paths = example_files(settings.mappings_dir, name)
+        if not paths:
+            problems.append(f"{source.file}:1 (file): no examples in {settings.mappings_dir}/examples/{name}/")
+        for path in paths:
+            examples_run += 1
+            try:
+                example = load_example(path)
+            except (OSError, KeyError, TypeError, ValueError) as exc:
+                problems.append(f"{path}:1 example cannot be read: {exc}")
+                continue
+            problems.extend(f"{path}:1 {difference}" for difference in run_example(example, source))
+    for path in example_files(settings.mappings_dir):
+        if path.parent.name not in sources and path.parent.name not in {p.stem for p in files}:
+            problems.append(f"{path}:1 example for unknown source {path.parent.name!r}")
+    unset: dict[str, list[str]] = {}
+    for name, refs in referenced_variables(settings.mappings_dir).items():
+        for variable in envrefs.missing(refs, settings.env):
+            unset.setdefault(variable, []).append(name)
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print("  " + problem, file=sys.stderr)
+        return 1
+    print(f"ok: {len(sources)} mapping files, {examples_run} examples")
+    if unset:
+        print("unset variables (sources that need them refuse requests until they are set):")
+        for variable, names in sorted(unset.items()):
+            print(f"  {variable}: {', '.join(sorted(set(names)))}")
+    return 0
+
+
+def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
+    sources = load_sources(settings.mappings_dir)
+    for name, source in sorted(sources.items()):
+        auth = source.auth
+        if auth.scheme == "hmac":
+            how = f"HMAC-{auth.algorithm.upper()} in {auth.header}"
+        elif auth.scheme == "token":
+            how = "token in ?token= or X-Relay-Token"
+        else:
+            how = "none"
+        refs = [envrefs.parse_ref(s) for s in auth.secrets]
+        missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
+        state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
+        if auth.scheme == "none":
+            state = "ready (unauthenticated)"
+        print(f"{name}")
+        print(f"  url:      /hooks/{name}")
+        print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
+        print(f"  status:   {state}")
+        forwards = []
+        for rule in source.rules:
+            events = ", ".join(rule.on) if rule.on else "any event"
+            what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
+            forwards.append(f"{rule.name}: {events} -> {what}")
+        print("  rules:    " + "\n            ".join(forwards))
+    return 0
+
+
+def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]
+    def call(args: argparse.Namespace, settings: Settings) -> int:
+        import importlib
+
+        return importlib.import_module(module).__dict__[function](args, settings)  # type: ignore[no-any-return]
+
+    return call
+
+
+_COMMANDS = {
+    "preview": cmd_preview,
+    "check": cmd_check,
+    "sources": cmd_sources,
+    "run": _lazy("relay.serve", "cmd_run"),
+    "worker": _lazy("relay.worker", "cmd_worker"),
+    "deliveries": _lazy("relay.admin_cli", "cmd_deliveries"),
+    "replay": _lazy("relay.admin_cli", "cmd_replay"),
+    "sandbox": _lazy("relay.sandbox", "cmd_sandbox"),
+}

@@ -1,0 +1,126 @@
+"""Relay's error tree: one class per failure, each with a stable code.
+
+The code is what appears in the JSON error body, the log line and the metric
+label, so it never changes once released::
+
+    RelayError
+    ├── RequestRejected          a webhook request relay will not accept (4xx)
+    │   ├── UnknownSource            404 unknown_source
+    │   ├── BodyTooLarge             413 body_too_large
+    │   ├── UnsupportedContentType   415 unsupported_content_type
+    │   ├── Unparsable               400 unparsable
+    │   └── AuthenticationFailed     401 authentication_failed
+    ├── MappingError             the mapping cannot translate a payload (failed/mapping)
+    ├── UpstreamError            the upstream did not take a call
+    │   ├── TransientUpstreamError   retried later
+    │   └── PermanentUpstreamError   failed/rejected
+    └── ConfigError              settings or mapping files are wrong at start-up
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "BodyTooLarge",
+    "ConfigError",
+    "MappingError",
+    "PermanentUpstreamError",
+    "RelayError",
+    "RequestRejected",
+    "TransientUpstreamError",
+    "UnknownSource",
+    "Unparsable",
+    "UnsupportedContentType",
+    "UpstreamError",
+]
+
+
+class RelayError(Exception):
+    """Base of every error relay raises on purpose."""
+
+    code = "relay_error"
+    status = 500
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.code)
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class RequestRejected(RelayError):
+    """A request relay refuses: the sender gets a 4xx and nothing is stored."""
+
+    code = "request_rejected"
+    status = 400
+
+
+class UnknownSource(RequestRejected):
+    code = "unknown_source"
+    status = 404
+
+
+class BodyTooLarge(RequestRejected):
+    code = "body_too_large"
+    status = 413
+
+
+class UnsupportedContentType(RequestRejected):
+    code = "unsupported_content_type"
+    status = 415
+
+
+class Unparsable(RequestRejected):
+    code = "unparsable"
+    status = 400
+
+
+class AuthenticationFailed(RequestRejected):
+    code = "authentication_failed"
+    status = 401
+
+
+class MappingError(RelayError):
+    """The source's mapping cannot turn this payload into a valid upstream call."""
+
+    code = "mapping"
+    status = 422
+
+
+class UpstreamError(RelayError):
+    """The upstream did not accept a call."""
+
+    code = "upstream"
+    status = 502
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        http_status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.http_status = http_status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class TransientUpstreamError(UpstreamError):
+    code = "transient"
+
+
+class PermanentUpstreamError(UpstreamError):
+    code = "rejected"
+
+
+class ConfigError(RelayError):
+    """Settings or mapping files are wrong; relay refuses to start."""
+
+    code = "config"
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))

@@ -1,0 +1,87 @@
+"""What relay keeps of a webhook request, and the checks made on it before storing.
+
+`InboundRequest` is the request as received (raw bytes and the headers worth
+keeping); the functions here decide whether it is a provider's test ping and
+what its de-duplication key is. No Flask here: the CLI's `preview` and the
+worker build the same object from a file or a stored row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.mapping.expressions import search
+from relay.mapping.model import Source
+
+__all__ = ["InboundRequest", "dedup_key", "is_ping", "keepable_headers"]
+
+# Never stored: credentials, and signatures (useless once verified).
+_DROPPED_HEADERS = {"authorization", "cookie", "x-relay-token", "proxy-authorization"}
+_DROPPED_MARKERS = ("signature", "hmac", "token", "secret", "api-key", "apikey")
+
+
+def keepable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers worth storing with a delivery, with every credential left out."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in _DROPPED_HEADERS or any(marker in lowered for marker in _DROPPED_MARKERS):
+            continue
+        kept[name] = value
+    return kept
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """A webhook as received: body bytes, content type, kept headers, client address."""
+
+    source: str
+    body: bytes
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    client_ip: str | None = None
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+def is_ping(source: Source, request: InboundRequest, payload: Any) -> bool:
+    """True when the request is one of the source's declared test pings."""
+    for ping in source.pings:
+        if ping.body is not None and request.body.strip() != ping.body.encode():
+            continue
+        if ping.header is not None:
+            value = request.header(ping.header)
+            if value is None:
+                continue
+            if ping.equals is not None and value.strip().lower() != ping.equals.lower():
+                continue
+        if any(request.header(name) is not None for name in ping.absent_headers):
+            continue
+        if ping.when is not None:
+            result = search(ping.when, payload)
+            if result in (None, False, "", [], {}):
+                continue
+        return True
+    return False
+
+
+def dedup_key(source: Source, request: InboundRequest, payload: Any) -> str:
+    """The provider's delivery id when it sends one, else a hash of source and body."""
+    for name in source.dedup_headers:
+        value = request.header(name)
+        if value and value.strip():
+            return f"{source.name}:h:{value.strip()[:200]}"
+    for path in source.dedup_paths:
+        value = search(path, payload)
+        if value is not None and not isinstance(value, (dict, list)) and str(value).strip():
+            return f"{source.name}:p:{str(value).strip()[:200]}"
+    digest = hashlib.sha256(source.name.encode() + b"\0" + request.body).hexdigest()
+    return f"{source.name}:b:{digest}"

@@ -1,0 +1,63 @@
+"""`${NAME}` and `${NAME:-default}` references in mapping files.
+
+They stay references through loading and validation and are resolved only when
+a request is verified or a call is built, so a secret never lands in a parsed,
+stored or logged structure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["EnvRef", "find_refs", "is_ref", "parse_ref", "resolve_text"]
+
+_WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
+_ANY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_BROKEN = re.compile(r"\$\{(?![A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\})")
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """One reference: the variable's name and its default, if any."""
+
+    name: str
+    default: str | None = None
+
+    def resolve(self, env: Mapping[str, str]) -> str | None:
+        value = env.get(self.name)
+        if value is None or value == "":
+            return self.default
+        return value
+
+    def __str__(self) -> str:
+        return "${" + self.name + ("" if self.default is None else ":-" + self.default) + "}"
+
+
+def is_ref(text: object) -> bool:
+    return isinstance(text, str) and _WHOLE.match(text) is not None
+
+
+def parse_ref(text: str) -> EnvRef | None:
+    match = _WHOLE.match(text)
+    return EnvRef(match.group(1), match.group(2)) if match else None
+
+
+def find_refs(text: str) -> list[EnvRef]:
+    return [EnvRef(m.group(1), m.group(2)) for m in _ANY.finditer(text)]
+
+
+def broken_ref(text: str) -> bool:
+    """True when `text` has a `${` that does not open a well-formed reference."""
+    return _BROKEN.search(text) is not None
+
+
+def resolve_text(text: str, env: Mapping[str, str]) -> str:
+    """Replace every reference in `text`; an unset one without default becomes ''."""
+    return _ANY.sub(lambda m: EnvRef(m.group(1), m.group(2)).resolve(env) or "", text)
+
+
+def missing(refs: Iterable[EnvRef], env: Mapping[str, str]) -> list[str]:
+    """Names of referenced variables that are unset and have no default."""
+    return sorted({ref.name for ref in refs if ref.resolve(env) is None})

@@ -1,0 +1,111 @@
+"""Mapping examples: a provider request in, the exact upstream calls out.
+
+Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
+
+    description: a paid order removes the abandoned-checkout tag
+    request:
+      body_file: orders-paid.json       # or body: "raw text"
+      content_type: application/json
+      headers: {X-Shopify-Topic: orders/paid}
+      client_ip: 8.8.8.8                # optional
+    env: {RELAY_DB_ID: "7"}             # optional, over an empty environment
+    expect:
+      calls: [{method: profiles/import, body: {...}}]
+      # or ignored: <reason substring> | ping: true | error: <substring>
+
+`python -m relay check` and the test suite both run them through `run_example`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.errors import MappingError, RequestRejected
+from relay.inbound import InboundRequest, is_ping
+from relay.mapping.model import Source
+from relay.mapping.translate import TranslateContext
+from relay.pipeline import parse_request, translate_request
+
+__all__ = ["Example", "example_files", "load_example", "run_example"]
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    source: str
+    description: str
+    request: InboundRequest
+    env: dict[str, str]
+    expect: dict[str, Any]
+
+
+def example_files(mappings_dir: str | Path, source: str | None = None) -> list[Path]:
+    root = Path(mappings_dir) / "examples"
+    pattern = f"{source}/*.yaml" if source else "*/*.yaml"
+    return sorted(root.glob(pattern))
+
+
+def load_example(path: Path) -> Example:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    request = data["request"]
+    if "body_file" in request:
+        body = (path.parent / request["body_file"]).read_bytes()
+    else:
+        body = str(request.get("body", "")).encode("utf-8")
+    headers = {str(k): str(v) for k, v in (request.get("headers") or {}).items()}
+    return Example(
+        path=path,
+        source=path.parent.name,
+        description=str(data.get("description", "")),
+        request=InboundRequest(
+            source=path.parent.name,
+            body=body,
+            content_type=request.get("content_type"),
+            headers=headers,
+            client_ip=request.get("client_ip"),
+        ),
+        env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+        expect=data["expect"],
+    )
+
+
+def run_example(example: Example, source: Source, *, phone_region: str = "RU") -> list[str]:
+    """Run one example; the list of differences is empty when it holds."""
+    context = TranslateContext(env=example.env, phone_region=example.env.get("RELAY_PHONE_REGION", phone_region))
+    expect = example.expect
+    try:
+        payload = parse_request(example.request)
+    except RequestRejected as exc:
+        return [f"request does not parse: {exc.detail}"]
+    if expect.get("ping"):
+        return [] if is_ping(source, example.request, payload) else ["expected a ping, got none"]
+    if is_ping(source, example.request, payload):
+        return ["request is treated as a ping"]
+    try:
+        translation = translate_request(source, example.request, context)
+    except MappingError as exc:
+        if "error" in expect and str(expect["error"]) in exc.detail:
+            return []
+        return [f"mapping error: {exc.detail}"]
+    if "error" in expect:
+        return [f"expected a mapping error containing {expect['error']!r}, got calls"]
+    if "ignored" in expect:
+        if translation.ignored and str(expect["ignored"]) in translation.ignored:
+            return []
+        return [f"expected ignored ({expect['ignored']!r}), got {translation.ignored or 'calls'}"]
+    if translation.ignored:
+        return [f"ignored: {translation.ignored}"]
+    got = [call.to_dict() for call in translation.calls]
+    if got != expect.get("calls"):
+        return [
+            "calls differ\n  expected: "
+            + json.dumps(expect.get("calls"), ensure_ascii=False, sort_keys=True)
+            + "\n  got:      "
+            + json.dumps(got, ensure_ascii=False, sort_keys=True)
+        ]
+    return []

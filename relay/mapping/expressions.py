@@ -1,0 +1,82 @@
+"""Payload expressions: JMESPath, with a few string functions added.
+
+JMESPath does the selecting (`customer.email`, `answers[?type=='email'] | [0]`);
+the added functions are the ones form payloads need and JMESPath lacks:
+`lower`, `upper`, `trim`, `split`, `from_json` and `matches` (a case-insensitive
+substring test for finding answers by their question's title).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import jmespath
+from jmespath import exceptions as jmespath_errors
+from jmespath import functions
+
+__all__ = ["compile_expression", "expression_problem", "search"]
+
+
+class _RelayFunctions(functions.Functions):
+    @functions.signature({"types": ["string", "null"]})
+    def _func_lower(self, value: str | None) -> str | None:
+        return value.lower() if value is not None else None
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_upper(self, value: str | None) -> str | None:
+        return value.upper() if value is not None else None
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_trim(self, value: str | None) -> str | None:
+        return value.strip() if value is not None else None
+
+    @functions.signature({"types": ["string", "null"]}, {"types": ["string"]})
+    def _func_split(self, value: str | None, separator: str) -> list[str] | None:
+        return value.split(separator) if value is not None else None
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_from_json(self, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+
+    @functions.signature({"types": ["string", "null"]}, {"types": ["string"]})
+    def _func_matches(self, value: str | None, pattern: str) -> bool:
+        if value is None:
+            return False
+        try:
+            return re.search(pattern, value, re.IGNORECASE) is not None
+        except re.error:
+            return False
+
+
+_OPTIONS = jmespath.Options(custom_functions=_RelayFunctions())
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(expression: str) -> Any:
+    """Compile once; mapping files are loaded once and reused for every payload."""
+    return jmespath.compile(expression)
+
+
+def expression_problem(expression: str) -> str | None:
+    """Why `expression` is not valid JMESPath, or None."""
+    try:
+        compile_expression(expression)
+    except jmespath_errors.JMESPathError as exc:
+        return f"invalid expression {expression!r}: {str(exc).splitlines()[0]}"
+    return None
+
+
+def search(expression: str, data: Any) -> Any:
+    """Evaluate `expression` over `data`; a runtime type clash yields None."""
+    try:
+        return compile_expression(expression).search(data, options=_OPTIONS)
+    except (jmespath_errors.JMESPathError, TypeError, ValueError, KeyError):
+        return None

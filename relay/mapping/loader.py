@@ -1,0 +1,151 @@
+"""Load every mapping file of a folder, reporting each problem as file:line key: message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import ValidationError
+
+from relay.errors import ConfigError
+from relay.mapping import envrefs
+from relay.mapping.model import Source
+from relay.mapping.schema import MappingFileSchema
+from relay.mapping.yamlnodes import LineTable, line_of, load_with_lines
+
+__all__ = ["load_source_file", "load_sources", "mapping_files", "referenced_variables"]
+
+
+def mapping_files(folder: str | Path) -> list[Path]:
+    """The mapping files of `folder`, sorted (examples live in a subfolder)."""
+    root = Path(folder)
+    return sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
+
+
+def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
+    """Load one file: the source, or None with every problem found."""
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{shown}:1 cannot read: {exc}"]
+    try:
+        data, lines = load_with_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        return None, [f"{shown}:{line} not valid YAML: {getattr(exc, 'problem', exc)}"]
+    if not isinstance(data, dict):
+        return None, [f"{shown}:1 a mapping file is a YAML mapping starting with version: 1"]
+    problems = _broken_references(data, lines, shown)
+    try:
+        loaded: dict[str, Any] = MappingFileSchema().load(data)
+    except ValidationError as exc:
+        problems.extend(_describe(exc.messages, lines, shown))
+        return None, problems
+    if loaded["source"] != path.stem:
+        problems.append(
+            f"{shown}:{line_of(lines, ('source',))} source: {loaded['source']!r} must match "
+            f"the file name {path.stem!r}"
+        )
+    if problems:
+        return None, problems
+    return (
+        Source(
+            name=loaded["source"],
+            file=shown,
+            description=loaded["description"],
+            kind=loaded["kind"],
+            auth=loaded["auth"],
+            pings=tuple(loaded["pings"]),
+            dedup_headers=tuple(loaded["dedup"].get("headers", ())),
+            dedup_paths=tuple(loaded["dedup"].get("paths", ())),
+            ip_paths=tuple(loaded["ip"].get("paths", ())),
+            ip_from_client=bool(loaded["ip"].get("client", False)),
+            event_header=(loaded["event"] or {}).get("header"),
+            event_path=(loaded["event"] or {}).get("path"),
+            decode_json=tuple(loaded["decode_json"]),
+            payload_schema=loaded["payload"],
+            rules=tuple(loaded["rules"]),
+        ),
+        [],
+    )
+
+
+def load_sources(folder: str | Path) -> dict[str, Source]:
+    """Load the whole folder.
+
+    Raises:
+        ConfigError: with every problem of every file, or when there is no file.
+    """
+    files = mapping_files(folder)
+    if not files:
+        raise ConfigError(f"{folder}: no mapping files (*.yaml) found; set RELAY_MAPPINGS_DIR")
+    sources: dict[str, Source] = {}
+    problems: list[str] = []
+    for path in files:
+        source, found = load_source_file(path)
+        problems.extend(found)
+        if source is not None:
+            sources[source.name] = source
+    if problems:
+        raise ConfigError(problems)
+    return sources
+
+
+def _walk(messages: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            child = path if key == "_schema" else (*path, str(key))
+            yield from _walk(value, child)
+    elif isinstance(messages, list):
+        for item in messages:
+            yield from _walk(item, path)
+    else:
+        yield path, str(messages)
+
+
+def _describe(messages: Any, lines: LineTable, shown: str) -> list[str]:
+    found = []
+    for path, message in _walk(messages, ()):
+        if message == "Unknown field.":
+            message = "unknown key"
+        key = ".".join(path) or "(file)"
+        found.append(f"{shown}:{line_of(lines, path)} {key}: {message}")
+    return found
+
+
+def _broken_references(data: Any, lines: LineTable, shown: str) -> list[str]:
+    problems = []
+    for path, text in _strings(data, ()):
+        if "${" in text and envrefs.broken_ref(text):
+            problems.append(
+                f"{shown}:{line_of(lines, path)} {'.'.join(path)}: malformed reference in {text!r}"
+            )
+    return problems
+
+
+def _strings(data: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _strings(value, (*path, str(key)))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _strings(value, (*path, str(index)))
+    elif isinstance(data, str):
+        yield path, data
+
+
+def referenced_variables(folder: str | Path) -> dict[str, list[envrefs.EnvRef]]:
+    """Every `${NAME}` each mapping file references, for `check` and `sources`."""
+    found: dict[str, list[envrefs.EnvRef]] = {}
+    for path in mapping_files(folder):
+        try:
+            data, _lines = load_with_lines(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        refs = [ref for _p, text in _strings(data, ()) for ref in envrefs.find_refs(text)]
+        found[path.stem] = refs
+    return found

@@ -1,0 +1,140 @@
+"""The loaded form of a mapping file: frozen dataclasses, no loose dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import Schema
+
+__all__ = [
+    "AuthSpec",
+    "FieldSpec",
+    "PingSpec",
+    "Rule",
+    "Source",
+    "SubscriptionSpec",
+    "TagsSpec",
+    "ValueSpec",
+]
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """Where a value comes from (a payload expression, a literal or a template)
+    and the transforms applied to it, in order."""
+
+    path: str | None = None
+    value: Any = None
+    template: str | None = None
+    transforms: tuple[tuple[str, Any], ...] = ()
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One profile field: its value and the upstream operator that writes it."""
+
+    value: ValueSpec
+    op: str = "set"
+    submatch: str | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    channel: str
+    resource_id: int | str
+    identity: dict[str, ValueSpec]
+    status: ValueSpec | None = None
+    priority: ValueSpec | None = None
+    custom_fields: dict[str, ValueSpec] = field(default_factory=dict)
+    cats: ValueSpec | None = None
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class TagsSpec:
+    field: str
+    add: tuple[ValueSpec, ...] = ()
+    remove: tuple[ValueSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What to do with one kind of event: forward it as a call, or ignore it."""
+
+    name: str
+    on: tuple[str, ...] = ()
+    when: str | None = None
+    ignore: str | None = None
+    method: str = "profiles/import"
+    matching: str = "email"
+    match: dict[str, ValueSpec] = field(default_factory=dict)
+    db_id: int | str = "${RELAY_DB_ID:-1}"
+    resource_id: int | str | None = None
+    skip_triggers: bool = False
+    skip_invalid_subscriptions: bool = True
+    detect_geo: bool = True
+    new_profile: bool = False
+    fields: dict[str, FieldSpec] = field(default_factory=dict)
+    full_name: ValueSpec | None = None
+    tags: TagsSpec | None = None
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
+    add_to_segments: tuple[int | str, ...] = ()
+    remove_from_segments: tuple[int | str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """How a source proves a request is genuine.
+
+    `hmac`: a keyed digest of `signed` (a template over `{body}` and
+    `{timestamp}`) in `header`; `token`: a shared token in `?token=` or
+    `X-Relay-Token`; `none`: nothing (only for sources that are trusted by
+    the network they sit on).
+    """
+
+    scheme: str
+    secrets: tuple[str, ...] = ()
+    header: str | None = None
+    algorithm: str = "sha256"
+    encoding: str = "base64"
+    prefix: str = ""
+    signed: str = "{body}"
+    signature_format: str = "plain"
+    timestamp_header: str | None = None
+    timestamp_unit: str = "s"
+    tolerance: int | None = None
+    hex_key: bool = False
+
+
+@dataclass(frozen=True)
+class PingSpec:
+    """A provider's test request: every condition given must hold."""
+
+    header: str | None = None
+    equals: str | None = None
+    absent_headers: tuple[str, ...] = ()
+    when: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One mapping file, loaded and checked."""
+
+    name: str
+    file: str
+    description: str = ""
+    kind: str = "form"
+    auth: AuthSpec = field(default_factory=lambda: AuthSpec(scheme="none"))
+    pings: tuple[PingSpec, ...] = ()
+    dedup_headers: tuple[str, ...] = ()
+    dedup_paths: tuple[str, ...] = ()
+    ip_paths: tuple[str, ...] = ()
+    ip_from_client: bool = False
+    event_header: str | None = None
+    event_path: str | None = None
+    decode_json: tuple[str, ...] = ()
+    payload_schema: Schema | None = field(default=None, compare=False, repr=False)
+    rules: tuple[Rule, ...] = ()

@@ -1,0 +1,495 @@
+"""Marshmallow schemas of a mapping file (`version: 1`).
+
+Every schema keeps `unknown = RAISE`, so a misspelt key is an error that names
+the key. Each schema's `post_load` returns the frozen dataclass of `model.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from relay.mapping import envrefs
+from relay.mapping.expressions import expression_problem
+from relay.mapping.model import (
+    AuthSpec,
+    FieldSpec,
+    PingSpec,
+    Rule,
+    SubscriptionSpec,
+    TagsSpec,
+    ValueSpec,
+)
+from relay.mapping.transforms import check_transform_arg
+from relay.upstream.contract import (
+    CHANNEL_IDENTITY,
+    CHANNELS,
+    MATCHING_KEYS,
+    MATCHING_MODES,
+    METHODS,
+    OPERATORS,
+)
+
+__all__ = ["MappingFileSchema"]
+
+
+class Expression(fields.String):
+    """A JMESPath expression, checked when the file loads."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        problem = expression_problem(text)
+        if problem:
+            raise ValidationError(problem)
+        return text
+
+
+class EnvOr(fields.Field):
+    """A literal of `kind` (int, str or bool), or a `${NAME}` reference resolved later."""
+
+    def __init__(self, kind: type, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and "${" in value:
+            ref = envrefs.parse_ref(value)
+            if ref is None:
+                raise ValidationError(f"malformed reference {value!r}; write ${{NAME}} or ${{NAME:-default}}")
+            if ref.default is not None and self.kind is int:
+                try:
+                    int(ref.default)
+                except ValueError:
+                    raise ValidationError(f"default of {value} must be a whole number") from None
+            return value
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValidationError("must be a whole number or a ${NAME} reference")
+        if self.kind is str and not isinstance(value, str):
+            raise ValidationError("must be text or a ${NAME} reference")
+        return value
+
+
+class SecretRef(fields.String):
+    """A secret is always a reference to a setting, never the secret itself."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not envrefs.is_ref(text):
+            raise ValidationError(
+                "secrets must be written as ${NAME} references to a setting, never inline"
+            )
+        return text
+
+
+def _transform_steps(raw: Any) -> tuple[tuple[str, Any], ...]:
+    steps = raw if isinstance(raw, list) else [raw]
+    parsed: list[tuple[str, Any]] = []
+    problems: dict[int | str, list[str]] = {}
+    for index, step in enumerate(steps):
+        if isinstance(step, str):
+            name, arg = step, None
+        elif isinstance(step, dict) and len(step) == 1:
+            name, arg = next(iter(step.items()))
+        else:
+            problems[index] = ["a transform is a name or a one-key mapping {name: argument}"]
+            continue
+        problem = check_transform_arg(str(name), arg)
+        if problem:
+            problems[index] = [problem]
+        parsed.append((str(name), arg))
+    if problems:
+        raise ValidationError(problems if isinstance(raw, list) else next(iter(problems.values())))
+    return tuple(parsed)
+
+
+class ValueField(fields.Field):
+    """A value spec: an expression string, or {path|value|template, transform, default}."""
+
+    _KEYS = {"path", "value", "template", "transform", "default"}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> ValueSpec:
+        if isinstance(value, str):
+            problem = expression_problem(value)
+            if problem:
+                raise ValidationError(problem)
+            return ValueSpec(path=value)
+        if not isinstance(value, dict):
+            if isinstance(value, (int, float, bool)):
+                return ValueSpec(value=value)
+            raise ValidationError("a value is an expression or a mapping with path, value or template")
+        errors: dict[str, Any] = {}
+        unknown = set(map(str, value)) - self._KEYS
+        for key in sorted(unknown):
+            errors[key] = ["unknown key"]
+        sources = [k for k in ("path", "value", "template") if k in value]
+        if len(sources) != 1:
+            errors["path"] = ["give exactly one of path, value or template"]
+        path = value.get("path")
+        if path is not None:
+            problem = expression_problem(str(path))
+            if problem:
+                errors["path"] = [problem]
+        template = value.get("template")
+        if template is not None:
+            problem = _template_problem(str(template))
+            if problem:
+                errors["template"] = [problem]
+        transforms: tuple[tuple[str, Any], ...] = ()
+        if "transform" in value:
+            try:
+                transforms = _transform_steps(value["transform"])
+            except ValidationError as exc:
+                errors["transform"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return ValueSpec(
+            path=None if path is None else str(path),
+            value=value.get("value"),
+            template=None if template is None else str(template),
+            transforms=transforms,
+            default=value.get("default"),
+        )
+
+
+def _template_problem(template: str) -> str | None:
+    from relay.mapping.templates import template_expressions
+
+    try:
+        expressions = template_expressions(template)
+    except ValueError as exc:
+        return str(exc)
+    for expression in expressions:
+        problem = expression_problem(expression)
+        if problem:
+            return problem
+    return None
+
+
+class TagField(ValueField):
+    """A tag: plain text is a template (`form_{formid}`), a mapping is a value spec."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> ValueSpec:
+        if isinstance(value, str):
+            problem = _template_problem(value)
+            if problem:
+                raise ValidationError(problem)
+            return ValueSpec(template=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class FieldSpecSchema(StrictSchema):
+    """A field written by an operator: {op: incr, value: ...}."""
+
+    op = fields.String(required=True, validate=validate.OneOf(OPERATORS))
+    value = ValueField(load_default=None)
+    submatch = fields.String(load_default=None)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["op"] == "upsert" and not data.get("submatch"):
+            raise ValidationError("upsert needs submatch", "submatch")
+        if data["op"] != "unset" and data.get("value") is None:
+            raise ValidationError(f"{data['op']} needs a value", "value")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> FieldSpec:
+        return FieldSpec(
+            value=data["value"] or ValueSpec(value=None),
+            op=data["op"],
+            submatch=data["submatch"],
+        )
+
+
+class FieldEntry(fields.Field):
+    """A profile field: a plain value spec (op `set`) or a FieldSpecSchema mapping."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> FieldSpec:
+        if isinstance(value, dict) and "op" in value:
+            return FieldSpecSchema().load(value)  # type: ignore[no-any-return]
+        return FieldSpec(value=ValueField()._deserialize(value, attr, data))
+
+
+class SubscriptionSchema(StrictSchema):
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    resource_id = EnvOr(int, required=True)
+    email = ValueField()
+    phone = ValueField()
+    provider = ValueField()
+    subscription_id = ValueField()
+    cc_data = fields.Dict(keys=fields.String(validate=validate.OneOf(["id", "phone"])), values=ValueField())
+    status = ValueField(load_default=None)
+    priority = ValueField(load_default=None)
+    custom_fields = fields.Dict(keys=fields.String(), values=ValueField(), load_default=dict)
+    cats = ValueField(load_default=None)
+    when = Expression(load_default=None)
+
+    @validates_schema
+    def _identity(self, data: dict[str, Any], **_: Any) -> None:
+        channel = data.get("channel")
+        if channel not in CHANNEL_IDENTITY:
+            return
+        for key in CHANNEL_IDENTITY[channel]:
+            head, _, sub = key.partition(".")
+            present = data.get("cc_data", {}).get(sub) if sub else data.get(head)
+            if present is None:
+                raise ValidationError(f"a {channel} subscription needs {key}", head)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> SubscriptionSpec:
+        identity: dict[str, ValueSpec] = {}
+        for key in CHANNEL_IDENTITY[data["channel"]]:
+            head, _, sub = key.partition(".")
+            identity[key] = data["cc_data"][sub] if sub else data[head]
+        return SubscriptionSpec(
+            channel=data["channel"],
+            resource_id=data["resource_id"],
+            identity=identity,
+            status=data["status"],
+            priority=data["priority"],
+            custom_fields=data["custom_fields"],
+            cats=data["cats"],
+            when=data["when"],
+        )
+
+
+class TagsSchema(StrictSchema):
+    field = EnvOr(str, load_default="${RELAY_TAGS_FIELD:-tags}")
+    add = fields.List(TagField(), load_default=list)
+    remove = fields.List(TagField(), load_default=list)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> TagsSpec:
+        return TagsSpec(field=data["field"], add=tuple(data["add"]), remove=tuple(data["remove"]))
+
+
+class RuleSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]+$"))
+    on = fields.List(fields.String(), load_default=list)
+    when = Expression(load_default=None)
+    ignore = fields.String(load_default=None)
+    method = fields.String(load_default="profiles/import", validate=validate.OneOf(METHODS))
+    matching = fields.String(load_default="email", validate=validate.OneOf(list(MATCHING_MODES)))
+    match = fields.Dict(keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict)
+    db_id = EnvOr(int, load_default="${RELAY_DB_ID:-1}")
+    resource_id = EnvOr(int, load_default=None)
+    skip_triggers = fields.Boolean(load_default=False)
+    skip_invalid_subscriptions = fields.Boolean(load_default=True)
+    detect_geo = fields.Boolean(load_default=True)
+    new_profile = fields.Boolean(load_default=False)
+    fields_ = fields.Dict(data_key="fields", keys=fields.String(), values=FieldEntry(), load_default=dict)
+    full_name = ValueField(load_default=None)
+    tags = fields.Nested(TagsSchema, load_default=None)
+    subscriptions = fields.List(fields.Nested(SubscriptionSchema), load_default=list)
+    add_to_segments = fields.List(EnvOr(int), load_default=list)
+    remove_from_segments = fields.List(EnvOr(int), load_default=list)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("ignore") is not None:
+            return
+        mode = data.get("matching", "email")
+        if mode not in MATCHING_MODES:
+            return
+        required, one_of = MATCHING_MODES[mode]
+        match = data.get("match", {})
+        missing = [key for key in required if key not in match]
+        if missing:
+            raise ValidationError(f"matching {mode!r} needs match keys: {', '.join(missing)}", "match")
+        if one_of and not any(key in match for key in one_of):
+            raise ValidationError(f"matching {mode!r} needs match key {' or '.join(one_of)}", "match")
+        if mode == "profile_id" and data.get("method") == "profiles/import":
+            raise ValidationError("matching profile_id works only with profiles/update", "method")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Rule:
+        return Rule(
+            name=data["name"],
+            on=tuple(data["on"]),
+            when=data["when"],
+            ignore=data["ignore"],
+            method=data["method"],
+            matching=data["matching"],
+            match=data["match"],
+            db_id=data["db_id"],
+            resource_id=data["resource_id"],
+            skip_triggers=data["skip_triggers"],
+            skip_invalid_subscriptions=data["skip_invalid_subscriptions"],
+            detect_geo=data["detect_geo"],
+            new_profile=data["new_profile"],
+            fields=data["fields_"],
+            full_name=data["full_name"],
+            tags=data["tags"],
+            subscriptions=tuple(data["subscriptions"]),
+            add_to_segments=tuple(data["add_to_segments"]),
+            remove_from_segments=tuple(data["remove_from_segments"]),
+        )
+
+
+class AuthSchema(StrictSchema):
+    scheme = fields.String(required=True, validate=validate.OneOf(["hmac", "token", "none"]))
+    secret = SecretRef()
+    secrets = fields.List(SecretRef())
+    header = fields.String()
+    algorithm = fields.String(load_default="sha256", validate=validate.OneOf(["sha1", "sha256", "sha512"]))
+    encoding = fields.String(load_default="base64", validate=validate.OneOf(["base64", "hex"]))
+    prefix = fields.String(load_default="")
+    signed = fields.String(load_default="{body}")
+    signature_format = fields.String(load_default="plain", validate=validate.OneOf(["plain", "stripe"]))
+    timestamp_header = fields.String(load_default=None)
+    timestamp_unit = fields.String(load_default="s", validate=validate.OneOf(["s", "ms"]))
+    tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    hex_key = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        scheme = data.get("scheme")
+        if scheme in ("hmac", "token") and not (data.get("secret") or data.get("secrets")):
+            raise ValidationError(f"{scheme} needs secret: ${{NAME}} (or secrets: [...])", "secret")
+        if scheme == "hmac" and not data.get("header"):
+            raise ValidationError("hmac needs the header that carries the signature", "header")
+        signed = data.get("signed", "{body}")
+        if "{body}" not in signed:
+            raise ValidationError("signed must contain {body}", "signed")
+        if "{timestamp}" in signed and data.get("signature_format") != "stripe" and not data.get("timestamp_header"):
+            raise ValidationError("a signed {timestamp} needs timestamp_header", "timestamp_header")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> AuthSpec:
+        secrets = list(data.get("secrets") or [])
+        if data.get("secret"):
+            secrets.insert(0, data["secret"])
+        return AuthSpec(
+            scheme=data["scheme"],
+            secrets=tuple(secrets),
+            header=data.get("header"),
+            algorithm=data["algorithm"],
+            encoding=data["encoding"],
+            prefix=data["prefix"],
+            signed=data["signed"],
+            signature_format=data["signature_format"],
+            timestamp_header=data["timestamp_header"],
+            timestamp_unit=data["timestamp_unit"],
+            tolerance=data["tolerance"],
+            hex_key=data["hex_key"],
+        )
+
+
+class PingSchema(StrictSchema):
+    header = fields.String(load_default=None)
+    equals = fields.String(load_default=None)
+    absent_headers = fields.List(fields.String(), load_default=list)
+    when = Expression(load_default=None)
+    body = fields.String(load_default=None)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if not any(data.get(k) for k in ("header", "when", "body")):
+            raise ValidationError("a ping needs header, when or body")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> PingSpec:
+        return PingSpec(
+            header=data["header"],
+            equals=data["equals"],
+            absent_headers=tuple(data["absent_headers"]),
+            when=data["when"],
+            body=data["body"],
+        )
+
+
+class DedupSchema(StrictSchema):
+    headers = fields.List(fields.String(), load_default=list)
+    paths = fields.List(Expression(), load_default=list)
+
+
+class IpSchema(StrictSchema):
+    paths = fields.List(Expression(), load_default=list)
+    client = fields.Boolean(load_default=False)
+
+
+class EventSchema(StrictSchema):
+    header = fields.String(load_default=None)
+    path = Expression(load_default=None)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if bool(data.get("header")) == bool(data.get("path")):
+            raise ValidationError("event is taken from exactly one of header or path")
+
+
+_PAYLOAD_TYPES = {
+    "string": fields.String,
+    "integer": fields.Integer,
+    "number": fields.Float,
+    "boolean": fields.Boolean,
+    "object": fields.Dict,
+    "list": fields.List,
+    "any": fields.Raw,
+}
+
+
+class PayloadFieldSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.OneOf(list(_PAYLOAD_TYPES)))
+    required = fields.Boolean(load_default=False)
+
+
+class PayloadSchemaSchema(StrictSchema):
+    """The shape the incoming payload must have, as a marshmallow schema of its own."""
+
+    fields_ = fields.Dict(
+        data_key="fields", keys=fields.String(), values=fields.Nested(PayloadFieldSchema), required=True
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Schema:
+        declared: dict[str, fields.Field] = {}
+        for name, spec in data["fields_"].items():
+            kind = _PAYLOAD_TYPES[spec["type"]]
+            field: fields.Field = (
+                kind(fields.Raw(), required=spec["required"], allow_none=not spec["required"])
+                if kind is fields.List
+                else kind(required=spec["required"], allow_none=not spec["required"])
+            )
+            declared[name] = field
+        schema_class = Schema.from_dict(declared, name="PayloadSchema")
+        from marshmallow import INCLUDE
+
+        return schema_class(unknown=INCLUDE)
+
+
+class MappingFileSchema(StrictSchema):
+    version = fields.Integer(required=True, validate=validate.Equal(1, error="only version 1 exists"))
+    source = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]+$"))
+    description = fields.String(load_default="")
+    kind = fields.String(load_default="form", validate=validate.OneOf(["form", "shop", "other"]))
+    auth = fields.Nested(AuthSchema, required=True)
+    pings = fields.List(fields.Nested(PingSchema), load_default=list)
+    dedup = fields.Nested(DedupSchema, load_default=dict)
+    ip = fields.Nested(IpSchema, load_default=dict)
+    event = fields.Nested(EventSchema, load_default=None)
+    decode_json = fields.List(fields.String(), load_default=list)
+    payload = fields.Nested(PayloadSchemaSchema, load_default=None)
+    rules = fields.List(fields.Nested(RuleSchema), required=True, validate=validate.Length(min=1))
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        names = [rule.name for rule in data.get("rules", [])]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValidationError(f"rule names must be unique: {', '.join(duplicated)}", "rules")
+        if data.get("event") is None and any(rule.on for rule in data.get("rules", [])):
+            raise ValidationError("rules with `on` need an event: {header: ...} or {path: ...}", "event")

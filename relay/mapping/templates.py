@@ -1,0 +1,82 @@
+"""String templates: `order_{financial_status}` fills `{...}` with a JMESPath result.
+
+`{{` and `}}` stand for literal braces; `${NAME}` is a setting reference, not a
+placeholder. A placeholder whose value is empty makes the whole result None,
+so that a tag like `form_{formid}` is left out rather than sent as `form_`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from relay.mapping import envrefs
+
+__all__ = ["render", "template_expressions"]
+
+
+def _parts(template: str) -> list[tuple[bool, str]]:
+    """Split into (is_expression, text) pieces."""
+    parts: list[tuple[bool, str]] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(template):
+        char = template[i]
+        if template.startswith("{{", i) or template.startswith("}}", i):
+            literal.append(char)
+            i += 2
+            continue
+        if char == "$" and template.startswith("${", i):
+            end = template.find("}", i)
+            if end < 0:
+                raise ValueError("unclosed ${ in template")
+            literal.append(template[i : end + 1])
+            i = end + 1
+            continue
+        if char == "{":
+            end = template.find("}", i)
+            if end < 0:
+                raise ValueError("unclosed { in template")
+            expression = template[i + 1 : end].strip()
+            if not expression:
+                raise ValueError("empty {} in template")
+            if literal:
+                parts.append((False, "".join(literal)))
+                literal = []
+            parts.append((True, expression))
+            i = end + 1
+            continue
+        if char == "}":
+            raise ValueError("unmatched } in template (write }} for a literal brace)")
+        literal.append(char)
+        i += 1
+    if literal:
+        parts.append((False, "".join(literal)))
+    return parts
+
+
+def template_expressions(template: str) -> list[str]:
+    return [text for is_expression, text in _parts(template) if is_expression]
+
+
+def render(
+    template: str,
+    data: Any,
+    *,
+    search: Callable[[str, Any], Any],
+    env: Mapping[str, str],
+) -> str | None:
+    pieces: list[str] = []
+    for is_expression, text in _parts(template):
+        if not is_expression:
+            pieces.append(envrefs.resolve_text(text, env))
+            continue
+        value = search(text, data)
+        if value is None or value == "" or isinstance(value, (dict, list)):
+            return None
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        pieces.append(str(value))
+    return "".join(pieces)

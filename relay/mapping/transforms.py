@@ -1,0 +1,339 @@
+"""Value transforms a mapping file can name: trim, lower, phone, email, date...
+
+A transform takes one value and returns the new value, or None when the value
+is absent or unusable (an e-mail that is not one, a phone that is not a phone).
+None drops the field from the call; when that field is the matching key, the
+translator reports a mapping error instead. Each transform also has a checker
+for its argument, run when the mapping file is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+__all__ = ["TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg"]
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What transforms may depend on besides their value."""
+
+    phone_region: str = "RU"
+
+
+Transform = Callable[[Any, Any, TransformContext], Any]
+
+
+def _each(function: Callable[[Any, Any, TransformContext], Any]) -> Transform:
+    """Apply a scalar transform to every item of a list (dropping Nones)."""
+
+    def apply(value: Any, arg: Any, ctx: TransformContext) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            items = [function(item, arg, ctx) for item in value if item is not None]
+            items = [item for item in items if item not in (None, "")]
+            return items or None
+        return function(value, arg, ctx)
+
+    return apply
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _trim(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    if isinstance(value, str):
+        return " ".join(value.split()) or None
+    return value
+
+
+def _lower(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _string(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    return _text(value)
+
+
+def _email(value: Any, _arg: Any, _ctx: TransformContext) -> str | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        result = validate_email(text.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return str(result.normalized).lower()
+
+
+_LETTERS_IN_PHONE = re.compile(r"[A-Za-z]")
+
+
+def _phone(value: Any, arg: Any, ctx: TransformContext) -> str | None:
+    text = _text(value)
+    if not text or _LETTERS_IN_PHONE.search(text.replace("ext", "")):
+        return None
+    region = (arg or {}).get("region") if isinstance(arg, dict) else arg
+    digits = re.sub(r"\D", "", text)
+    if not text.strip().startswith("+") and len(digits) >= 11 and isinstance(value, (int, float)):
+        text = "+" + digits  # a JSON number such as 15550000000 carries its country code
+    try:
+        number = phonenumbers.parse(text, (region or ctx.phone_region).upper())
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _name_part(index: int) -> Transform:
+    def split(value: Any, _arg: Any, _ctx: TransformContext) -> str | None:
+        text = _text(value)
+        if not text:
+            return None
+        words = text.split()
+        if not words:
+            return None
+        if index == 0:
+            return words[0]
+        return " ".join(words[1:]) or None
+
+    return split
+
+
+_DATE_ORDERS = {
+    "dmy": ("%d.%m.%Y", "%d/%m/%Y", "%d-%m-%Y", "%d.%m.%y", "%d/%m/%y"),
+    "mdy": ("%m/%d/%Y", "%m-%d-%Y", "%m.%d.%Y", "%m/%d/%y"),
+    "ymd": ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d"),
+}
+
+
+def _date(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
+    parsed = _parse_when(value, arg)
+    return parsed.date().isoformat() if parsed else None
+
+
+def _datetime(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
+    parsed = _parse_when(value, arg)
+    if parsed is None:
+        return None
+    text = parsed.isoformat(timespec="seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _parse_when(value: Any, arg: Any) -> datetime | None:
+    """Read a date or date-time as the field declares (`order: dmy|mdy|ymd`)."""
+    if value is None or isinstance(value, (bool, list)):
+        return None
+    if isinstance(value, dict):
+        # Jotform-style {"year": .., "month": .., "day": ..}
+        try:
+            return datetime(int(value["year"]), int(value["month"]), int(value["day"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+    if isinstance(value, (int, float)):
+        seconds = value / 1000 if value > 10**11 else value  # milliseconds or seconds
+        try:
+            return datetime.fromtimestamp(seconds).astimezone()
+        except (OverflowError, OSError, ValueError):
+            return None
+    text = str(value).strip()
+    if not text:
+        return None
+    order = (arg or {}).get("order", "ymd") if isinstance(arg, dict) else (arg or "ymd")
+    formats = _DATE_ORDERS[order] + (_DATE_ORDERS["ymd"] if order != "ymd" else ())
+    candidate = text.replace("Z", "+00:00") if text.endswith("Z") else text
+    try:
+        return datetime.fromisoformat(candidate)
+    except ValueError:
+        pass
+    head = text.split()[0].split("T")[0]
+    for fmt in formats:
+        try:
+            return datetime.strptime(head, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def _number(value: Any, _arg: Any, _ctx: TransformContext) -> int | float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    text = _text(value)
+    if text is None:
+        return None
+    text = text.strip().replace(" ", "").replace(",", ".")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+def _integer(value: Any, arg: Any, ctx: TransformContext) -> int | None:
+    number = _number(value, arg, ctx)
+    return None if number is None else int(number)
+
+
+_TRUE = {"true", "yes", "on", "1", "y", "да", "checked", "agree", "accepted"}
+_FALSE = {"false", "no", "off", "0", "n", "нет", ""}
+
+
+def _boolean(value: Any, _arg: Any, _ctx: TransformContext) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, list):
+        return bool(value)
+    text = _text(value)
+    if text is None:
+        return None
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return None
+
+
+def _map(value: Any, arg: Any, _ctx: TransformContext) -> Any:
+    table: Mapping[str, Any] = arg.get("values", arg) if "values" in arg else arg
+    key = _text(value)
+    if key is not None and key in table:
+        return table[key]
+    if key is not None and key.lower() in table:
+        return table[key.lower()]
+    return arg.get("default") if "values" in arg else None
+
+
+def _json(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _split(value: Any, arg: Any, _ctx: TransformContext) -> list[str] | None:
+    if isinstance(value, list):
+        return [str(v) for v in value] or None
+    text = _text(value)
+    if not text:
+        return None
+    parts = [part.strip() for part in text.split(arg or ",")]
+    return [part for part in parts if part] or None
+
+
+def _join(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
+    if isinstance(value, list):
+        parts = [_text(item) for item in value]
+        return (arg if arg is not None else ", ").join(p for p in parts if p) or None
+    return _text(value)
+
+
+def _first(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    if isinstance(value, list):
+        return next((item for item in value if item not in (None, "", [], {})), None)
+    return value
+
+
+def _list(value: Any, _arg: Any, _ctx: TransformContext) -> list[Any] | None:
+    if value is None:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
+def _prefix(value: Any, arg: Any, _ctx: TransformContext) -> Any:
+    text = _text(value)
+    return f"{arg}{text}" if text else None
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "trim": _each(_trim),
+    "lower": _each(_lower),
+    "upper": _each(_upper),
+    "string": _each(_string),
+    "email": _each(_email),
+    "phone": _each(_phone),
+    "first_name": _name_part(0),
+    "last_name": _name_part(1),
+    "date": _each(_date),
+    "datetime": _each(_datetime),
+    "number": _each(_number),
+    "integer": _each(_integer),
+    "boolean": _boolean,
+    "map": _each(_map),
+    "json": _json,
+    "split": _split,
+    "join": _join,
+    "first": _first,
+    "prefix": _each(_prefix),
+    "list": _list,
+}
+
+
+def _arg_problem(name: str, arg: Any) -> str | None:
+    """Why `arg` does not suit transform `name`, or None when it does."""
+    if name == "map":
+        if not isinstance(arg, dict) or not arg:
+            return "map needs a table of values, e.g. {map: {yes: true, no: false}}"
+        return None
+    if name in ("date", "datetime"):
+        order = arg.get("order") if isinstance(arg, dict) else arg
+        if order is not None and order not in _DATE_ORDERS:
+            return f"date order must be one of {', '.join(_DATE_ORDERS)}, not {order!r}"
+        return None
+    if name == "phone":
+        region = arg.get("region") if isinstance(arg, dict) else arg
+        if region is not None and not (isinstance(region, str) and len(region) == 2):
+            if not (isinstance(region, str) and region.startswith("${")):
+                return f"phone region must be a two-letter country code, not {region!r}"
+        return None
+    if name in ("split", "join", "prefix"):
+        if arg is not None and not isinstance(arg, str):
+            return f"{name} takes a text argument"
+        return None
+    if arg is not None:
+        return f"{name} takes no argument"
+    return None
+
+
+def check_transform_arg(name: str, arg: Any) -> str | None:
+    """A load-time check of one transform step: None when it is fine."""
+    if name not in TRANSFORMS:
+        return f"unknown transform {name!r} (known: {', '.join(sorted(TRANSFORMS))})"
+    return _arg_problem(name, arg)
+
+
+def apply_transform(name: str, arg: Any, value: Any, ctx: TransformContext) -> Any:
+    return TRANSFORMS[name](value, arg, ctx)
+
+
+_ = date  # date is part of the documented formats; kept for readers of _DATE_ORDERS

@@ -1,0 +1,363 @@
+"""Translate one payload into upstream calls, as the source's mapping file says.
+
+Pure: no Flask, no store, no network. The worker, `preview` and `check` all
+call `translate()`; whatever the payload's shape, it returns a `Translation`
+or raises `MappingError`, nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import ValidationError
+
+from relay.errors import MappingError
+from relay.geo import GeoLookup, first_public, public_ip
+from relay.mapping import envrefs
+from relay.mapping.expressions import search
+from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
+from relay.mapping.templates import render
+from relay.mapping.transforms import TransformContext, apply_transform
+from relay.upstream.request import UpstreamCall, request_problems
+
+__all__ = ["Translation", "TranslateContext", "select_rule", "translate", "event_of"]
+
+
+@dataclass(frozen=True)
+class TranslateContext:
+    """Everything besides the payload that a translation may depend on."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    phone_region: str = "RU"
+    geo: GeoLookup | None = None
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The calls to make, or why there are none (`ignored`)."""
+
+    calls: list[UpstreamCall]
+    rule: str | None = None
+    event: str | None = None
+    ignored: str | None = None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def prepare_payload(source: Source, payload: Any) -> Any:
+    """Decode the fields that carry JSON as text (Jotform's rawRequest, Tilda's payment)."""
+    if not source.decode_json or not isinstance(payload, dict):
+        return payload
+    prepared = dict(payload)
+    for key in source.decode_json:
+        value = prepared.get(key)
+        if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+            try:
+                prepared[key] = json.loads(value)
+            except ValueError:
+                continue
+    return prepared
+
+
+def event_of(source: Source, payload: Any, headers: Mapping[str, str]) -> str | None:
+    if source.event_header:
+        value = _header(headers, source.event_header)
+        return value.strip() if value else None
+    if source.event_path:
+        value = search(source.event_path, payload)
+        return None if value is None or isinstance(value, (dict, list)) else str(value)
+    return None
+
+
+def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
+    for rule in source.rules:
+        if rule.on and event not in rule.on:
+            continue
+        if rule.when and not _truthy(search(rule.when, payload)):
+            continue
+        return rule
+    return None
+
+
+def _truthy(value: Any) -> bool:
+    return value not in (None, False, "", [], {}, 0)
+
+
+def translate(
+    source: Source,
+    payload: Any,
+    *,
+    headers: Mapping[str, str] | None = None,
+    client_ip: str | None = None,
+    context: TranslateContext | None = None,
+) -> Translation:
+    """Turn `payload` into the calls the mapping prescribes.
+
+    Raises:
+        MappingError: the payload lacks what the mapping needs, or the result
+            would break the upstream contract.
+    """
+    ctx = context or TranslateContext()
+    headers = headers or {}
+    data = prepare_payload(source, payload)
+    if source.payload_schema is not None:
+        if not isinstance(data, dict):
+            raise MappingError("payload must be an object")
+        try:
+            source.payload_schema.load(data)
+        except ValidationError as exc:
+            raise MappingError(f"payload does not fit the source's schema: {_short(exc.messages)}") from None
+    event = event_of(source, data, headers)
+    rule = select_rule(source, data, event)
+    if rule is None:
+        reason = f"no rule forwards event {event!r}" if event else "no rule matches this payload"
+        return Translation(calls=[], event=event, ignored=reason)
+    if rule.ignore is not None:
+        return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore)
+    calls = _Builder(source, rule, data, ctx, client_ip).build()
+    for call in calls:
+        problems = request_problems(call.method, call.body)
+        if problems:
+            raise MappingError(f"rule {rule.name!r} builds an invalid request: " + "; ".join(problems))
+    return Translation(calls=calls, rule=rule.name, event=event)
+
+
+def _short(messages: Any) -> str:
+    return json.dumps(messages, ensure_ascii=False, sort_keys=True)[:500]
+
+
+class _Builder:
+    """Builds the calls of one rule for one payload."""
+
+    def __init__(
+        self, source: Source, rule: Rule, payload: Any, ctx: TranslateContext, client_ip: str | None
+    ) -> None:
+        self.source = source
+        self.rule = rule
+        self.payload = payload
+        self.ctx = ctx
+        self.client_ip = client_ip
+        self.transform_ctx = TransformContext(phone_region=ctx.phone_region)
+
+    # -- values -----------------------------------------------------------
+    def value(self, spec: ValueSpec) -> Any:
+        if spec.path is not None:
+            value = search(spec.path, self.payload)
+        elif spec.template is not None:
+            value = render(spec.template, self.payload, search=search, env=self.ctx.env)
+        else:
+            value = self._literal(spec.value)
+        for name, arg in spec.transforms:
+            value = apply_transform(name, self._literal(arg), value, self.transform_ctx)
+        if _empty(value):
+            value = self._literal(spec.default)
+        return None if _empty(value) else copy.deepcopy(value)
+
+    def _literal(self, value: Any) -> Any:
+        if isinstance(value, str) and "${" in value:
+            return envrefs.resolve_text(value, self.ctx.env)
+        if isinstance(value, dict):
+            return {key: self._literal(item) for key, item in value.items()}
+        return value
+
+    def integer(self, value: int | str, what: str) -> int:
+        if isinstance(value, int):
+            return value
+        resolved = envrefs.resolve_text(value, self.ctx.env)
+        try:
+            return int(resolved)
+        except ValueError:
+            raise MappingError(f"{what}: {value} must resolve to a whole number, not {resolved!r}") from None
+
+    def name(self, text: str) -> str:
+        return envrefs.resolve_text(text, self.ctx.env) if "${" in text else text
+
+    # -- the call ---------------------------------------------------------
+    def build(self) -> list[UpstreamCall]:
+        rule = self.rule
+        body: dict[str, Any] = {
+            "db_id": self.integer(rule.db_id, "db_id"),
+            "matching": rule.matching,
+        }
+        for key, spec in rule.match.items():
+            value = self.value(spec)
+            if value is not None:
+                body[key] = _scalar_text(value) if key != "field_value" else value
+        self._require_match(body)
+        if rule.resource_id is not None:
+            body["resource_id"] = self.integer(rule.resource_id, "resource_id")
+        data = self._fields()
+        self._ip(data, body)
+        subscriptions = self._subscriptions()
+        if subscriptions:
+            data["subscriptions"] = subscriptions
+            body["skip_invalid_subscriptions"] = rule.skip_invalid_subscriptions
+        tags_field, remove_tags = self._tags(data)
+        if rule.skip_triggers:
+            body["skip_triggers"] = True
+        if rule.add_to_segments:
+            body["add_to_segments"] = [self.integer(s, "add_to_segments") for s in rule.add_to_segments]
+        if rule.remove_from_segments:
+            body["remove_from_segments"] = [
+                self.integer(s, "remove_from_segments") for s in rule.remove_from_segments
+            ]
+        body["data"] = data
+        calls = [UpstreamCall(rule.method, body)]
+        if remove_tags:
+            # One field takes one operator per call, so removals follow as an update.
+            follow_up = {k: body[k] for k in body if k in ("db_id", "matching", "resource_id")}
+            follow_up.update({k: body[k] for k in rule.match if k in body})
+            if rule.skip_triggers:
+                follow_up["skip_triggers"] = True
+            follow_up["data"] = {tags_field: {"action": "delete", "value": remove_tags}}
+            calls.append(UpstreamCall("profiles/update", follow_up))
+        return calls
+
+    def _require_match(self, body: dict[str, Any]) -> None:
+        from relay.upstream.contract import MATCHING_MODES
+
+        required, one_of = MATCHING_MODES[self.rule.matching]
+        missing = [key for key in required if body.get(key) in (None, "")]
+        if missing or (one_of and not any(body.get(key) not in (None, "") for key in one_of)):
+            wanted = ", ".join(missing) or " or ".join(one_of)
+            raise MappingError(
+                f"rule {self.rule.name!r} matches by {self.rule.matching} but the payload "
+                f"gives no usable {wanted}"
+            )
+
+    def _fields(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for raw_name, spec in self.rule.fields.items():
+            name = self.name(raw_name)
+            written = self._field(spec)
+            if written is not None:
+                data[name] = written
+        if self.rule.full_name is not None:
+            full = self.value(self.rule.full_name)
+            if isinstance(full, str):
+                first = apply_transform("first_name", None, full, self.transform_ctx)
+                last = apply_transform("last_name", None, full, self.transform_ctx)
+                if first and "_fname" not in data:
+                    data["_fname"] = first
+                if last and "_lname" not in data:
+                    data["_lname"] = last
+        return data
+
+    def _field(self, spec: FieldSpec) -> Any:
+        if spec.op == "unset":
+            return {"action": "unset"}
+        value = self.value(spec.value)
+        if value is None:
+            return None
+        if spec.op == "set":
+            return value
+        if spec.op in ("add", "delete") and not isinstance(value, list):
+            value = [value]
+        written: dict[str, Any] = {"action": spec.op, "value": value}
+        if spec.submatch:
+            written["submatch"] = spec.submatch
+        return written
+
+    def _ip(self, data: dict[str, Any], body: dict[str, Any]) -> None:
+        candidates = [search(path, self.payload) for path in self.source.ip_paths]
+        ip = first_public(candidates)
+        if ip is None and self.source.ip_from_client:
+            ip = public_ip(self.client_ip)
+        if ip is None:
+            return
+        data["_ip"] = ip
+        if self.rule.new_profile:
+            data["_regip"] = ip
+        if self.rule.detect_geo:
+            body["detect_geo"] = True
+        if self.ctx.geo is not None:
+            for key, value in self.ctx.geo.lookup(ip).items():
+                data.setdefault(key, value)
+
+    def _subscriptions(self) -> list[dict[str, Any]]:
+        built = []
+        for spec in self.rule.subscriptions:
+            subscription = self._subscription(spec)
+            if subscription is not None:
+                built.append(subscription)
+        return built
+
+    def _subscription(self, spec: SubscriptionSpec) -> dict[str, Any] | None:
+        if spec.when and not _truthy(search(spec.when, self.payload)):
+            return None
+        item: dict[str, Any] = {
+            "resource_id": self.integer(spec.resource_id, "subscriptions.resource_id"),
+            "channel": spec.channel,
+        }
+        for key, value_spec in spec.identity.items():
+            value = self.value(value_spec)
+            if value is None:
+                return None  # no identity, no subscription
+            head, _, sub = key.partition(".")
+            if sub:
+                item.setdefault(head, {})[sub] = value
+            else:
+                item[head] = _scalar_text(value)
+        if spec.status is not None:
+            status = self.value(spec.status)
+            if status is not None:
+                item["status"] = status
+        if spec.priority is not None:
+            priority = self.value(spec.priority)
+            if priority is not None:
+                item["priority"] = priority
+        custom = {k: v for k, s in spec.custom_fields.items() if (v := self.value(s)) is not None}
+        if custom:
+            item["custom_fields"] = custom
+        if spec.cats is not None:
+            cats = self.value(spec.cats)
+            if cats is not None:
+                item["cats"] = [str(c) for c in (cats if isinstance(cats, list) else [cats])]
+        return item
+
+    def _tags(self, data: dict[str, Any]) -> tuple[str, list[str]]:
+        spec = self.rule.tags
+        if spec is None:
+            return "", []
+        field_name = self.name(spec.field)
+        add = self._tag_list(spec.add)
+        remove = [tag for tag in self._tag_list(spec.remove) if tag not in add]
+        if add:
+            data[field_name] = {"action": "add", "value": add}
+        return field_name, remove
+
+    def _tag_list(self, specs: tuple[ValueSpec, ...]) -> list[str]:
+        tags: list[str] = []
+        for spec in specs:
+            value = self.value(spec)
+            for tag in value if isinstance(value, list) else [value]:
+                text = _scalar_text(tag)
+                if text and text not in tags:
+                    tags.append(text)
+        return tags
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _scalar_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return None
+    return value

@@ -1,0 +1,191 @@
+"""Settings: read once from the environment (and `.env`), checked, then passed in.
+
+Nothing in relay reads `os.environ` after start-up except through a `Settings`
+object, so tests build their own with `Settings.from_env({...})`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from relay.errors import ConfigError
+
+__all__ = ["Settings", "load_environment", "mask"]
+
+SECRET_SETTINGS = {"upstream_token", "admin_token", "sentry_dsn"}
+
+
+def mask(value: str | None) -> str:
+    """How a secret is shown anywhere it is printed."""
+    return "***" if value else "(unset)"
+
+
+def load_environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The process environment over the values of `.env` (when it exists)."""
+    merged: dict[str, str] = {}
+    if Path(dotenv_path).is_file():
+        merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+def _region(text: str) -> str:
+    value = text.strip().upper()
+    if len(value) != 2 or not value.isalpha():
+        raise ValueError("must be a two-letter country code such as RU or US")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+# (attribute, variable, parser, default as the variable would spell it)
+_SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
+    ("database_url", "RELAY_DATABASE_URL", _text, "sqlite:///var/relay.db"),
+    ("upstream_url", "RELAY_UPSTREAM_URL", _url, None),
+    ("upstream_token", "RELAY_UPSTREAM_TOKEN", _text, None),
+    ("upstream_format", "RELAY_UPSTREAM_FORMAT", _choice("json", "xml"), "json"),
+    ("upstream_timeout", "RELAY_UPSTREAM_TIMEOUT", _positive_float, "10"),
+    ("upstream_rate", "RELAY_UPSTREAM_RATE", _positive_float, "50"),
+    ("mappings_dir", "RELAY_MAPPINGS_DIR", _text, "mappings"),
+    ("admin_token", "RELAY_ADMIN_TOKEN", _text, None),
+    ("max_body_bytes", "RELAY_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
+    ("trusted_proxies", "RELAY_TRUSTED_PROXIES", _non_negative_int, "0"),
+    ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
+    ("geoip_db", "RELAY_GEOIP_DB", _text, None),
+    ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
+    ("worker_concurrency", "RELAY_WORKER_CONCURRENCY", _positive_int, "4"),
+    ("lease_seconds", "RELAY_LEASE_SECONDS", _positive_int, "60"),
+    ("max_attempts", "RELAY_MAX_ATTEMPTS", _positive_int, "30"),
+    ("max_age", "RELAY_MAX_AGE", _positive_int, str(4 * 24 * 3600)),
+    ("poll_interval", "RELAY_POLL_INTERVAL", _positive_float, "0.5"),
+    ("log_format", "RELAY_LOG_FORMAT", _choice("json", "text"), "json"),
+    ("log_level", "RELAY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),
+    ("sentry_dsn", "SENTRY_DSN", _text, None),
+    ("sentry_environment", "SENTRY_ENVIRONMENT", _text, "production"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting relay has, parsed and checked."""
+
+    database_url: str
+    upstream_url: str | None
+    upstream_token: str | None = field(repr=False)
+    upstream_format: str
+    upstream_timeout: float
+    upstream_rate: float
+    mappings_dir: str
+    admin_token: str | None = field(repr=False)
+    max_body_bytes: int
+    trusted_proxies: int
+    phone_region: str
+    geoip_db: str | None
+    dedup_window: int
+    worker_concurrency: int
+    lease_seconds: int
+    max_attempts: int
+    max_age: int
+    poll_interval: float
+    log_format: str
+    log_level: str
+    sentry_dsn: str | None = field(repr=False)
+    sentry_environment: str
+    # The whole environment, for the `${NAME}` references of mapping files.
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Parse settings from `environ` (default: the process environment and `.env`).
+
+        Raises:
+            ConfigError: listing every variable that is wrong, by name.
+        """
+        env = dict(load_environment() if environ is None else environ)
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for attribute, variable, parse, default in _SPEC:
+            raw = env.get(variable)
+            if raw is None or raw.strip() == "":
+                values[attribute] = None if default is None else parse(default)
+                continue
+            try:
+                values[attribute] = parse(raw)
+            except ValueError as exc:
+                shown = "***" if attribute in SECRET_SETTINGS else repr(raw)
+                problems.append(f"{variable}={shown}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        values.update(overrides)
+        return cls(env=env, **values)
+
+    def describe(self) -> dict[str, str]:
+        """Every effective setting by variable name, secrets masked, for start-up logs."""
+        shown: dict[str, str] = {}
+        for attribute, variable, _parse, _default in _SPEC:
+            value = getattr(self, attribute)
+            if attribute in SECRET_SETTINGS:
+                shown[variable] = mask(value)
+            elif attribute == "database_url":
+                shown[variable] = _mask_url_password(str(value))
+            else:
+                shown[variable] = "(unset)" if value is None else str(value)
+        return shown
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL is reported when the store opens
+        return "***"
+
+
+assert {f.name for f in fields(Settings)} - {"env"} == {a for a, *_ in _SPEC}

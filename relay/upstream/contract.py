@@ -1,0 +1,57 @@
+"""Constants of the upstream contract (see the Altcraft contract draft)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CHANNELS",
+    "CHANNEL_IDENTITY",
+    "MATCHING_MODES",
+    "METHODS",
+    "OPERATORS",
+    "SUBSCRIPTION_STATUSES",
+]
+
+METHODS = ("profiles/update", "profiles/import")
+
+# mode -> (keys that must all be present, keys of which at least one must be)
+MATCHING_MODES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "email": (("email",), ()),
+    "email_profile": (("email",), ()),
+    "email_sub": (("email",), ()),
+    "phone": (("phone",), ()),
+    "phone_sub": (("phone",), ()),
+    "profile_id": (("profile_id",), ()),
+    "push_sub": (("provider", "subscription_id"), ()),
+    "custom": (("field_name", "field_value"), ()),
+    "custom_sub": (("field_name", "field_value"), ()),
+    "email_phone": ((), ("email", "phone")),
+    "email_phone_sub": ((), ("email", "phone")),
+}
+
+MATCHING_KEYS = ("email", "phone", "profile_id", "provider", "subscription_id",
+                 "field_name", "field_value")
+
+OPERATORS = ("set", "unset", "incr", "add", "delete", "upsert")
+
+CHANNELS = ("email", "sms", "push", "telegram_bot", "whatsapp", "viber", "notify")
+
+# channel -> the identity keys of the flat form
+CHANNEL_IDENTITY: dict[str, tuple[str, ...]] = {
+    "email": ("email",),
+    "sms": ("phone",),
+    "push": ("provider", "subscription_id"),
+    "telegram_bot": ("cc_data.id",),
+    "whatsapp": ("cc_data.phone",),
+    "viber": ("cc_data.phone",),
+    "notify": ("cc_data.phone",),
+}
+
+SUBSCRIPTION_STATUSES = {
+    "subscribed": 0,
+    "unsubscribed": 1,
+    "complained": 2,
+    "hardbounced": 3,
+    "unconfirmed": 4,
+    "suspended": 5,
+    "invalid": 6,
+}
