@@ -202,7 +202,7 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         print(f"  status:   {state}")
         forwards = []
         for rule in source.rules:
-            events = ", ".join(rule.on) if rule.on else "any event"
+            events = ", ".join(rule.events) if rule.events else "any event"
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
             forwards.append(f"{rule.name}: {events} -> {what}")
         print("  rules:    " + "\n            ".join(forwards))

@@ -9,6 +9,7 @@ worker build the same object from a file or a stored row.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +53,20 @@ class InboundRequest:
         return None
 
 
-def is_ping(source: Source, request: InboundRequest, payload: Any) -> bool:
-    """True when the request is one of the source's declared test pings."""
+def is_ping(source: Source, request: InboundRequest, payload: Any, *, unsigned_only: bool = False) -> bool:
+    """True when the request is one of the source's declared test pings.
+
+    With `unsigned_only`, only pings declared `unsigned` are considered; those
+    pin the whole body, so a forged one can do nothing but get its 200.
+    """
     for ping in source.pings:
+        if unsigned_only and not ping.unsigned:
+            continue
         if ping.body is not None and request.body.strip() != ping.body.encode():
+            continue
+        if ping.body_pattern is not None and not re.fullmatch(
+            ping.body_pattern, request.body.strip().decode("utf-8", "replace")
+        ):
             continue
         if ping.header is not None:
             value = request.header(ping.header)

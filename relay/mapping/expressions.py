@@ -2,7 +2,7 @@
 
 JMESPath does the selecting (`customer.email`, `answers[?type=='email'] | [0]`);
 the added functions are the ones form payloads need and JMESPath lacks:
-`lower`, `upper`, `trim`, `split`, `from_json` and `matches` (a case-insensitive
+`lower`, `upper`, `trim`, `split`, `from_json`, `matches` and `pick` (the values of the keys that match a pattern, for payloads keyed by field ids such as Jotform's `q4_email`) (a case-insensitive
 substring test for finding answers by their question's title).
 """
 
@@ -54,6 +54,18 @@ class _RelayFunctions(functions.Functions):
             return re.search(pattern, value, re.IGNORECASE) is not None
         except re.error:
             return False
+
+
+    @functions.signature({"types": ["object", "null"]}, {"types": ["string"]})
+    def _func_pick(self, value: dict[str, Any] | None, pattern: str) -> list[Any]:
+        """Values of the keys that match `pattern` (case-insensitive), in key order."""
+        if not value:
+            return []
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error:
+            return []
+        return [item for key, item in value.items() if compiled.search(str(key))]
 
 
 _OPTIONS = jmespath.Options(custom_functions=_RelayFunctions())

@@ -64,7 +64,7 @@ class Rule:
     """What to do with one kind of event: forward it as a call, or ignore it."""
 
     name: str
-    on: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
     when: str | None = None
     ignore: str | None = None
     method: str = "profiles/import"
@@ -117,6 +117,8 @@ class PingSpec:
     absent_headers: tuple[str, ...] = ()
     when: str | None = None
     body: str | None = None
+    body_pattern: str | None = None
+    unsigned: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ the key. Each schema's `post_load` returns the frozen dataclass of `model.py`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import (
@@ -278,7 +279,7 @@ class TagsSchema(StrictSchema):
 
 class RuleSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]+$"))
-    on = fields.List(fields.String(), load_default=list)
+    events = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
     ignore = fields.String(load_default=None)
     method = fields.String(load_default="profiles/import", validate=validate.OneOf(METHODS))
@@ -318,7 +319,7 @@ class RuleSchema(StrictSchema):
     def _make(self, data: dict[str, Any], **_: Any) -> Rule:
         return Rule(
             name=data["name"],
-            on=tuple(data["on"]),
+            events=tuple(data["events"]),
             when=data["when"],
             ignore=data["ignore"],
             method=data["method"],
@@ -394,11 +395,21 @@ class PingSchema(StrictSchema):
     absent_headers = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
     body = fields.String(load_default=None)
+    body_pattern = fields.String(load_default=None)
+    # Checked before authentication: for providers whose test request is unsigned.
+    unsigned = fields.Boolean(load_default=False)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if not any(data.get(k) for k in ("header", "when", "body")):
-            raise ValidationError("a ping needs header, when or body")
+        if not any(data.get(k) for k in ("header", "when", "body", "body_pattern")):
+            raise ValidationError("a ping needs header, when, body or body_pattern")
+        if data.get("unsigned") and not (data.get("body") or data.get("body_pattern")):
+            raise ValidationError("an unsigned ping must pin the whole body (body or body_pattern)", "unsigned")
+        if data.get("body_pattern"):
+            try:
+                re.compile(data["body_pattern"])
+            except re.error as exc:
+                raise ValidationError(f"invalid pattern: {exc}", "body_pattern") from None
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> PingSpec:
@@ -408,6 +419,8 @@ class PingSchema(StrictSchema):
             absent_headers=tuple(data["absent_headers"]),
             when=data["when"],
             body=data["body"],
+            body_pattern=data["body_pattern"],
+            unsigned=data["unsigned"],
         )
 
 
@@ -491,5 +504,5 @@ class MappingFileSchema(StrictSchema):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValidationError(f"rule names must be unique: {', '.join(duplicated)}", "rules")
-        if data.get("event") is None and any(rule.on for rule in data.get("rules", [])):
-            raise ValidationError("rules with `on` need an event: {header: ...} or {path: ...}", "event")
+        if data.get("event") is None and any(rule.events for rule in data.get("rules", [])):
+            raise ValidationError("rules with `events` need an event: {header: ...} or {path: ...}", "event")

@@ -270,6 +270,24 @@ def _list(value: Any, _arg: Any, _ctx: TransformContext) -> list[Any] | None:
     return value if isinstance(value, list) else [value]
 
 
+def _unique(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
+    if not isinstance(value, list):
+        return value
+    seen: list[Any] = []
+    for item in value:
+        if item not in seen:
+            seen.append(item)
+    return seen or None
+
+
+def _scale(value: Any, arg: Any, ctx: TransformContext) -> Any:
+    number = _number(value, None, ctx)
+    if number is None:
+        return None
+    scaled = Decimal(str(number)) * Decimal(str(arg))
+    return int(scaled) if scaled == scaled.to_integral_value() else float(scaled)
+
+
 def _prefix(value: Any, arg: Any, _ctx: TransformContext) -> Any:
     text = _text(value)
     return f"{arg}{text}" if text else None
@@ -296,6 +314,8 @@ TRANSFORMS: dict[str, Transform] = {
     "first": _first,
     "prefix": _each(_prefix),
     "list": _list,
+    "unique": _unique,
+    "scale": _each(_scale),
 }
 
 
@@ -311,10 +331,18 @@ def _arg_problem(name: str, arg: Any) -> str | None:
             return f"date order must be one of {', '.join(_DATE_ORDERS)}, not {order!r}"
         return None
     if name == "phone":
+        if isinstance(arg, dict) and "region_path" in arg:
+            from relay.mapping.expressions import expression_problem
+
+            return expression_problem(str(arg["region_path"]))
         region = arg.get("region") if isinstance(arg, dict) else arg
         if region is not None and not (isinstance(region, str) and len(region) == 2):
             if not (isinstance(region, str) and region.startswith("${")):
                 return f"phone region must be a two-letter country code, not {region!r}"
+        return None
+    if name == "scale":
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)):
+            return "scale takes a number, e.g. {scale: 0.01} for cents"
         return None
     if name in ("split", "join", "prefix"):
         if arg is not None and not isinstance(arg, str):

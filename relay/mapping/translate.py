@@ -81,7 +81,7 @@ def event_of(source: Source, payload: Any, headers: Mapping[str, str]) -> str | 
 
 def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
     for rule in source.rules:
-        if rule.on and event not in rule.on:
+        if rule.events and event not in rule.events:
             continue
         if rule.when and not _truthy(search(rule.when, payload)):
             continue
@@ -158,6 +158,11 @@ class _Builder:
         else:
             value = self._literal(spec.value)
         for name, arg in spec.transforms:
+            if name == "phone" and isinstance(arg, dict) and "region_path" in arg:
+                # The country the payload names (billing country) beats the default region.
+                region = search(str(arg["region_path"]), self.payload)
+                valid = isinstance(region, str) and len(region) == 2 and region.isalpha()
+                arg = {"region": region} if valid else None
             value = apply_transform(name, self._literal(arg), value, self.transform_ctx)
         if _empty(value):
             value = self._literal(spec.default)

@@ -1,0 +1,154 @@
+"""`/admin/api/...`: list, show and replay deliveries, behind the admin token.
+
+403 while `RELAY_ADMIN_TOKEN` is unset (the API is off), 401 for a wrong or
+missing bearer token, compared in constant time. No CORS headers are sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, request
+
+from relay.settings import Settings
+from relay.store import Delivery, Store
+
+__all__ = ["admin_blueprint", "delivery_summary", "delivery_detail", "parse_time"]
+
+
+def parse_time(text: str | None) -> float | None:
+    """An ISO 8601 time or epoch seconds, as epoch seconds."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def delivery_summary(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "source": delivery.source,
+        "status": delivery.status,
+        "reason": delivery.reason,
+        "detail": delivery.detail,
+        "received_at": _iso(delivery.received_at),
+        "attempts": delivery.attempts,
+        "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.status in ("queued", "retrying") else None,
+        "profile_id": delivery.profile_id,
+    }
+
+
+def delivery_detail(delivery: Delivery, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        body_text: str | None = delivery.body.decode("utf-8")
+        body_b64 = None
+    except UnicodeDecodeError:
+        body_text, body_b64 = None, base64.b64encode(delivery.body).decode()
+    detail = delivery_summary(delivery)
+    detail["request"] = {
+        "content_type": delivery.content_type,
+        "headers": delivery.headers,
+        "client_ip": delivery.client_ip,
+        "body": body_text,
+        "body_base64": body_b64,
+    }
+    detail["calls"] = delivery.calls
+    detail["calls_done"] = delivery.calls_done
+    detail["attempt_log"] = [
+        {
+            "at": _iso(a["started_at"]),
+            "duration_ms": round(a["duration_ms"], 1),
+            "call_index": a["call_index"],
+            "method": a["method"],
+            "request": a["request"],
+            "http_status": a["http_status"],
+            "response": a["response"],
+            "outcome": a["outcome"],
+            "error": a["error"],
+        }
+        for a in attempts
+    ]
+    return detail
+
+
+def _filters() -> dict[str, Any]:
+    try:
+        return {
+            "status": request.args.get("status") or None,
+            "source": request.args.get("source") or None,
+            "since": parse_time(request.args.get("since")),
+            "until": parse_time(request.args.get("until")),
+        }
+    except ValueError:
+        abort(400, description="since and until take ISO 8601 times or epoch seconds")
+
+
+def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
+    bp = Blueprint("admin", __name__, url_prefix="/admin/api")
+
+    @bp.before_request
+    def _guard() -> tuple[Response, int] | None:
+        if not settings.admin_token:
+            return jsonify({"error": "admin_disabled", "detail": "set RELAY_ADMIN_TOKEN to use the admin API"}), 403
+        header = request.headers.get("Authorization", "")
+        scheme, _, offered = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), settings.admin_token.encode()):
+            return jsonify({"error": "unauthorized", "detail": "Authorization: Bearer <RELAY_ADMIN_TOKEN> required"}), 401
+        return None
+
+    @bp.get("/deliveries")
+    def list_deliveries() -> Response:
+        try:
+            limit = max(1, min(int(request.args.get("limit", 50)), 500))
+        except ValueError:
+            abort(400, description="limit must be a whole number")
+        found = store.list(limit=limit, before=request.args.get("before") or None, **_filters())
+        return jsonify(
+            {
+                "deliveries": [delivery_summary(d) for d in found],
+                "next": found[-1].id if len(found) == limit else None,
+            }
+        )
+
+    @bp.get("/deliveries/<delivery_id>")
+    def show(delivery_id: str) -> Response:
+        delivery = store.get(delivery_id)
+        if delivery is None:
+            abort(404, description="no such delivery")
+        return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id)))
+
+    @bp.post("/deliveries/<delivery_id>/replay")
+    def replay_one(delivery_id: str) -> tuple[Response, int]:
+        delivery = store.get(delivery_id)
+        if delivery is None:
+            abort(404, description="no such delivery")
+        status = "queued" if settings.upstream_url else "held"
+        if not store.replay(delivery_id, status=status):
+            return jsonify({"error": "not_replayable", "detail": f"status is {delivery.status}; failed and held deliveries replay"}), 409
+        return jsonify({"status": status, "id": delivery_id}), 202
+
+    @bp.post("/replay")
+    def replay_matching() -> tuple[Response, int]:
+        filters = _filters()
+        if not any(filters.values()):
+            abort(400, description="give at least one filter: status, source, since or until")
+        status = "queued" if settings.upstream_url else "held"
+        count = store.replay_matching(status=status, **filters)
+        return jsonify({"replayed": count}), 202
+
+    return bp

@@ -1,0 +1,75 @@
+"""Structured log lines (JSON or key=value), with tokens redacted from every line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from relay.settings import Settings
+
+__all__ = ["configure_logging", "redact_query", "mask_contact"]
+
+_TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
+_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+_FREE_TEXT = ("event", "detail", "reason", "exception", "error")
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def redact_query(text: str) -> str:
+    """Replace the value of every token-like query parameter with ***."""
+    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+def mask_contact(text: str) -> str:
+    """Mask e-mail addresses and phone numbers (for info-level lines)."""
+    text = _EMAIL.sub(r"\1***@\2", text)
+    return _PHONE.sub(lambda m: m.group(0)[:3] + "***", text)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style_name = style
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
+                fields[key] = value
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        for key in _FREE_TEXT:
+            if isinstance(fields.get(key), str):
+                fields[key] = mask_contact(fields[key])
+        if self.style_name == "json":
+            line = json.dumps(fields, ensure_ascii=False, default=str)
+        else:
+            line = " ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
+        return redact_query(line)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Install relay's formatter on the root logger once per process."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if getattr(handler, "_relay", False):
+            handler.setFormatter(_Formatter(settings.log_format))
+            break
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler._relay = True  # type: ignore[attr-defined]
+        handler.setFormatter(_Formatter(settings.log_format))
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)

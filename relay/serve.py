@@ -1,0 +1,68 @@
+"""`python -m relay run`: the web server (gunicorn) and the delivery worker together.
+
+Two child processes, so that each can be killed and restarted alone and the
+worker never competes with request threads for the GIL. SIGTERM or SIGINT
+stops both gracefully; if one dies, the other is stopped too.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from relay.errors import ConfigError
+from relay.logs import configure_logging
+from relay.mapping.loader import load_sources
+from relay.settings import Settings
+from relay.store import Store
+
+__all__ = ["cmd_run"]
+
+log = logging.getLogger("relay.run")
+
+
+def cmd_run(args: Any, settings: Settings) -> int:
+    configure_logging(settings)
+    try:
+        load_sources(settings.mappings_dir)
+    except ConfigError as exc:
+        print("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 1
+    Store(settings.database_url).close()  # create the schema once, before two processes race for it
+    web = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"{args.host}:{args.port}",
+            "--workers", "2", "--threads", "4",
+            "--graceful-timeout", "20", "--timeout", "30",
+            "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+            "app:app",
+        ]
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"])
+    children = [web, worker]
+    stopping = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0 if stopping else 1

@@ -1,0 +1,508 @@
+"""The durable store: deliveries (the outbox) and their attempts, on SQLite or PostgreSQL.
+
+A delivery row is the raw request as received plus its state. Workers claim
+rows by setting `status='delivering'`, a lease expiry and a fresh claim
+token; every later write by that worker names the token, so a worker that lost
+its lease can never overwrite the result of the one that claimed the row again.
+
+PostgreSQL claims with `FOR UPDATE SKIP LOCKED`; SQLite runs every
+transaction as `BEGIN IMMEDIATE` in WAL mode, so a claim is one short write.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from relay.inbound import InboundRequest
+
+__all__ = ["Delivery", "Store", "STATUSES", "REPLAYABLE"]
+
+STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
+REPLAYABLE = ("failed", "held")
+DUE = ("queued", "retrying")
+
+metadata = MetaData()
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(32)),
+    Column("detail", Text),
+    Column("body", LargeBinary, nullable=False),
+    Column("content_type", String(255)),
+    Column("headers", Text, nullable=False, default="{}"),
+    Column("client_ip", String(64)),
+    Column("dedup_key", String(300), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("calls_done", Integer, nullable=False, default=0),
+    Column("cycle_started_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("claim_token", String(64)),
+    Column("lease_expires_at", Float),
+    Column("calls", Text),
+    Column("profile_id", String(64)),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_source_received", "source", "received_at"),
+    Index("ix_deliveries_received", "received_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("call_index", Integer, nullable=False),
+    Column("method", String(64)),
+    Column("request", Text),
+    Column("http_status", Integer),
+    Column("response", Text),
+    Column("outcome", String(32), nullable=False),
+    Column("error", Text),
+    Index("ix_attempts_delivery", "delivery_id", "id"),
+)
+
+dedup_keys = Table(
+    "dedup_keys",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("delivery_id", String(32), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery as stored."""
+
+    id: str
+    source: str
+    received_at: float
+    status: str
+    reason: str | None
+    detail: str | None
+    body: bytes
+    content_type: str | None
+    headers: dict[str, str]
+    client_ip: str | None
+    dedup_key: str
+    attempts: int
+    calls_done: int
+    cycle_started_at: float
+    next_attempt_at: float
+    lease_owner: str | None
+    claim_token: str | None
+    lease_expires_at: float | None
+    calls: list[dict[str, Any]] | None
+    profile_id: str | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Delivery:
+        values = dict(row._mapping)
+        values["headers"] = json.loads(values["headers"] or "{}")
+        values["calls"] = json.loads(values["calls"]) if values["calls"] else None
+        values["body"] = bytes(values["body"])
+        return cls(**values)
+
+    def inbound(self) -> InboundRequest:
+        return InboundRequest(
+            source=self.source,
+            body=self.body,
+            content_type=self.content_type,
+            headers=self.headers,
+            client_ip=self.client_ip,
+        )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    duplicate: bool
+
+
+def new_id() -> str:
+    # Time-ordered, so ids sort by arrival: 12 hex of milliseconds + 20 random.
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Deliveries and attempts behind one small interface, for SQLite and PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise when the store does not answer."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1)).scalar_one()
+
+    # -- ingress ----------------------------------------------------------
+    def accept(
+        self,
+        request: InboundRequest,
+        *,
+        dedup_key: str,
+        status: str,
+        dedup_window: float,
+        now: float | None = None,
+    ) -> Accepted:
+        """Store a webhook (committed before returning), or name the one it repeats."""
+        now = time.time() if now is None else now
+        delivery_id = new_id()
+        try:
+            with self._tx() as tx:
+                existing = tx.execute(
+                    select(dedup_keys.c.delivery_id, dedup_keys.c.expires_at).where(dedup_keys.c.key == dedup_key)
+                ).first()
+                if existing is not None and existing.expires_at > now:
+                    return Accepted(existing.delivery_id, duplicate=True)
+                if existing is not None:
+                    tx.execute(delete(dedup_keys).where(dedup_keys.c.key == dedup_key))
+                tx.execute(
+                    insert(dedup_keys).values(key=dedup_key, delivery_id=delivery_id, expires_at=now + dedup_window)
+                )
+                tx.execute(
+                    insert(deliveries).values(
+                        id=delivery_id,
+                        source=request.source,
+                        received_at=now,
+                        status=status,
+                        body=request.body,
+                        content_type=request.content_type,
+                        headers=json.dumps(request.headers, ensure_ascii=False),
+                        client_ip=request.client_ip,
+                        dedup_key=dedup_key,
+                        attempts=0,
+                        calls_done=0,
+                        cycle_started_at=now,
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            # Another node stored the same key between our read and our insert.
+            with self.engine.connect() as connection:
+                other = connection.execute(
+                    select(dedup_keys.c.delivery_id).where(dedup_keys.c.key == dedup_key)
+                ).scalar_one()
+            return Accepted(other, duplicate=True)
+        return Accepted(delivery_id, duplicate=False)
+
+    # -- reading ----------------------------------------------------------
+    def get(self, delivery_id: str) -> Delivery | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
+        return Delivery.from_row(row) if row is not None else None
+
+    def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+            ).all()
+        found = []
+        for row in rows:
+            item = dict(row._mapping)
+            item["request"] = json.loads(item["request"]) if item["request"] else None
+            found.append(item)
+        return found
+
+    def _filters(
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Any]:
+        conditions: list[Any] = []
+        if status:
+            conditions.append(deliveries.c.status.in_(status.split(",")))
+        if source:
+            conditions.append(deliveries.c.source == source)
+        if since is not None:
+            conditions.append(deliveries.c.received_at >= since)
+        if until is not None:
+            conditions.append(deliveries.c.received_at < until)
+        return conditions
+
+    def list(self, *, limit: int = 50, before: str | None = None, **filters: Any) -> list[Delivery]:
+        conditions = self._filters(**filters)
+        if before:
+            conditions.append(deliveries.c.id < before)
+        query = select(deliveries).where(and_(True, *conditions)).order_by(deliveries.c.id.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [Delivery.from_row(row) for row in connection.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
+            ).all()
+        return {status: count for status, count in rows}
+
+    def oldest_due(self, now: float | None = None) -> float | None:
+        now = time.time() if now is None else now
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.status.in_(DUE), deliveries.c.next_attempt_at <= now
+                )
+            ).scalar()
+
+    # -- the worker's side ------------------------------------------------
+    def claim(self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None) -> list[tuple[Delivery, str]]:
+        """Claim up to `limit` due deliveries (or ones whose lease ran out)."""
+        now = time.time() if now is None else now
+        due = or_(
+            and_(deliveries.c.status.in_(DUE), deliveries.c.next_attempt_at <= now),
+            and_(deliveries.c.status == "delivering", deliveries.c.lease_expires_at <= now),
+        )
+        claimed: list[tuple[Delivery, str]] = []
+        with self._tx() as tx:
+            query = select(deliveries.c.id).where(due).order_by(deliveries.c.next_attempt_at).limit(limit)
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = [row.id for row in tx.execute(query)]
+            for delivery_id in ids:
+                token = secrets.token_hex(16)
+                tx.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == delivery_id)
+                    .values(
+                        status="delivering",
+                        lease_owner=owner,
+                        claim_token=token,
+                        lease_expires_at=now + lease_seconds,
+                        updated_at=now,
+                    )
+                )
+                row = tx.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
+                claimed.append((Delivery.from_row(row), token))
+        return claimed
+
+    def extend_lease(self, delivery_id: str, token: str, *, lease_seconds: float) -> bool:
+        now = time.time()
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+                .values(lease_expires_at=now + lease_seconds)
+            )
+        return result.rowcount == 1
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        started_at: float,
+        duration_ms: float,
+        call_index: int,
+        method: str | None,
+        request: dict[str, Any] | None,
+        http_status: int | None,
+        response: str | None,
+        outcome: str,
+        error: str | None = None,
+        calls_done: int | None = None,
+        profile_id: str | None = None,
+    ) -> bool:
+        """Store one try, and progress through the calls, while the claim holds."""
+        values: dict[str, Any] = {"attempts": deliveries.c.attempts + 1, "updated_at": time.time()}
+        if calls_done is not None:
+            values["calls_done"] = calls_done
+        if profile_id:
+            values["profile_id"] = profile_id
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return False
+            tx.execute(
+                insert(attempts).values(
+                    delivery_id=delivery_id,
+                    started_at=started_at,
+                    duration_ms=duration_ms,
+                    call_index=call_index,
+                    method=method,
+                    request=json.dumps(request, ensure_ascii=False) if request is not None else None,
+                    http_status=http_status,
+                    response=(response or "")[:2000],
+                    outcome=outcome,
+                    error=(error or None) and error[:2000],
+                )
+            )
+        return True
+
+    def finish(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+        next_attempt_at: float | None = None,
+        calls: Sequence[dict[str, Any]] | None = None,
+    ) -> bool:
+        """Settle a claimed delivery; a no-op (False) when the claim was lost."""
+        values: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "detail": (detail or None) and detail[:4000],
+            "lease_owner": None,
+            "claim_token": None,
+            "lease_expires_at": None,
+            "updated_at": time.time(),
+        }
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        if calls is not None:
+            values["calls"] = json.dumps(list(calls), ensure_ascii=False)
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    def save_calls(self, delivery_id: str, token: str, calls: Sequence[dict[str, Any]]) -> bool:
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+                .values(calls=json.dumps(list(calls), ensure_ascii=False))
+            )
+        return result.rowcount == 1
+
+    # -- operators --------------------------------------------------------
+    def replay(self, delivery_id: str, *, status: str = "queued", now: float | None = None) -> bool:
+        """Start a fresh retry cycle for a failed or held delivery; earlier attempts stay."""
+        now = time.time() if now is None else now
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.status.in_(REPLAYABLE))
+                .values(
+                    status=status,
+                    reason=None,
+                    detail=None,
+                    calls=None,
+                    calls_done=0,
+                    cycle_started_at=now,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+        return result.rowcount == 1
+
+    def replay_matching(self, *, status: str = "queued", **filters: Any) -> int:
+        conditions = self._filters(**filters)
+        now = time.time()
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.status.in_(REPLAYABLE), *conditions)
+                .values(
+                    status=status,
+                    reason=None,
+                    detail=None,
+                    calls=None,
+                    calls_done=0,
+                    cycle_started_at=now,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+        return result.rowcount
+
+    def release_held(self) -> int:
+        """Queue every held delivery (an upstream is configured now)."""
+        now = time.time()
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.status == "held")
+                .values(status="queued", next_attempt_at=now, cycle_started_at=now, updated_at=now)
+            )
+        return result.rowcount

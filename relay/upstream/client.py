@@ -1,0 +1,145 @@
+"""The upstream client: one pooled httpx client, the contract's success rule, a rate limit.
+
+Success is HTTP 2xx with `error == 0`. Network errors, timeouts, 5xx, 429,
+402 and bodies that are not the API's JSON are transient; any other answer is
+final. The token goes into the body and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from relay.errors import PermanentUpstreamError, TransientUpstreamError
+from relay.settings import Settings
+from relay.upstream.request import UpstreamCall
+from relay.upstream.xmlbody import to_xml
+
+__all__ = ["RateLimiter", "UpstreamAnswer", "UpstreamClient"]
+
+
+class RateLimiter:
+    """A token bucket shared by the threads of one process."""
+
+    def __init__(self, rate: float, *, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+        self.paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """After a 429, nobody in this process calls for `seconds`."""
+        with self.lock:
+            self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                wait = max(0.0, self.paused_until - now)
+                if wait == 0 and self.tokens >= 1:
+                    self.tokens -= 1
+                    return True
+                if wait == 0:
+                    wait = (1 - self.tokens) / self.rate
+            if stop is not None:
+                if stop.wait(min(wait, 1.0)):
+                    return False
+            else:
+                time.sleep(min(wait, 1.0))
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    http_status: int
+    text: str
+    profile_id: str | None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        if not settings.upstream_url:
+            raise ValueError("RELAY_UPSTREAM_URL is not set")
+        self.base = settings.upstream_url
+        self.token = settings.upstream_token
+        self.format = settings.upstream_format
+        timeout = httpx.Timeout(settings.upstream_timeout, connect=min(5.0, settings.upstream_timeout))
+        self.client = httpx.Client(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def encode(self, call: UpstreamCall) -> tuple[bytes, str]:
+        body: dict[str, Any] = {"token": self.token or "", **call.body} if self.token else dict(call.body)
+        if self.format == "xml":
+            return to_xml(body).encode("utf-8"), "application/xml; charset=utf-8"
+        return json.dumps(body, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8"
+
+    def send(self, call: UpstreamCall) -> UpstreamAnswer:
+        """Make one call.
+
+        Raises:
+            TransientUpstreamError: try again later.
+            PermanentUpstreamError: the upstream refused it for good.
+        """
+        content, content_type = self.encode(call)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        try:
+            response = self.client.post(f"{self.base}/{call.method}", content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransientUpstreamError(f"timeout: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise TransientUpstreamError(f"network: {type(exc).__name__}: {exc}"[:300]) from None
+        text = response.text[:2000]
+        status = response.status_code
+        if status == 429 or status == 402 or status == 408 or status >= 500:
+            raise TransientUpstreamError(
+                f"HTTP {status}", http_status=status, body=text, retry_after=_retry_after(response)
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            if 200 <= status < 300:
+                raise TransientUpstreamError("answer is not the API's JSON", http_status=status, body=text) from None
+            raise PermanentUpstreamError(f"HTTP {status}", http_status=status, body=text) from None
+        if not isinstance(answer, dict) or "error" not in answer:
+            if 200 <= status < 300:
+                raise TransientUpstreamError("answer lacks the error field", http_status=status, body=text)
+            raise PermanentUpstreamError(f"HTTP {status}", http_status=status, body=text)
+        if 200 <= status < 300 and answer.get("error") == 0:
+            profile_id = answer.get("profile_id")
+            return UpstreamAnswer(status, text, str(profile_id) if profile_id else None)
+        error = answer.get("error")
+        detail = f"HTTP {status}, error {error}: {answer.get('error_text', '')}"[:500]
+        if error in (429, 402) or (isinstance(error, int) and error >= 500):
+            raise TransientUpstreamError(detail, http_status=status, body=text)
+        raise PermanentUpstreamError(detail, http_status=status, body=text)

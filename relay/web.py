@@ -1,0 +1,186 @@
+"""The Flask application: hook ingress, health, metrics and the admin API.
+
+Views stay thin: they read the request within its limits, call the core
+(`auth`, `bodies`, `inbound`, `store`) and turn the result into JSON. Every
+error, ours or Werkzeug's, answers JSON; bad input is never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from relay import metrics
+from relay.admin_api import admin_blueprint
+from relay.auth import authenticate, missing_secrets
+from relay.errors import BodyTooLarge, RelayError, RequestRejected, UnknownSource
+from relay.geo import client_address
+from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
+from relay.logs import configure_logging, redact_query
+from relay.mapping.loader import load_sources
+from relay.mapping.model import Source
+from relay.mapping.translate import event_of, prepare_payload, select_rule
+from relay.pipeline import parse_request
+from relay.settings import Settings
+from relay.store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("relay.ingress")
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
+    """Build the app: settings checked, mappings loaded, store opened.
+
+    Raises:
+        ConfigError: a setting or a mapping file is wrong (every problem listed).
+    """
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    sources = load_sources(settings.mappings_dir)
+    store = store or Store(settings.database_url)
+    app = Flask("relay")
+    app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
+    app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store}
+    _register_errors(app)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
+    def hook(name: str) -> tuple[Response, int]:
+        source = sources.get(name)
+        if source is None:
+            raise UnknownSource(f"no mapping file for source {name!r}")
+        g.source = name
+        if request.method != "POST":
+            return _error(405, "method_not_allowed", "hooks take POST")
+        return _receive(source, settings, store)
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        problems: dict[str, Any] = {}
+        try:
+            store.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
+            problems["store"] = type(exc).__name__
+        unconfigured = {
+            name: missing for name, source in sources.items() if (missing := missing_secrets(source, settings.env))
+        }
+        body: dict[str, Any] = {
+            "status": "ok" if not problems else "unavailable",
+            "mappings": len(sources),
+            "upstream": "configured" if settings.upstream_url else "unset (deliveries are held)",
+        }
+        if unconfigured:
+            body["sources_refusing_requests"] = unconfigured
+        if problems:
+            body["problems"] = problems
+            return jsonify(body), 503
+        return jsonify(body), 200
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        return metrics.render(store)
+
+    app.register_blueprint(admin_blueprint(settings, store))
+    return app
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"body of {length} bytes is over the limit of {limit}")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+    return body
+
+
+def _receive(source: Source, settings: Settings, store: Store) -> tuple[Response, int]:
+    body = _read_body(settings.max_body_bytes)
+    headers = dict(request.headers.items())
+    if any(ping.unsigned for ping in source.pings):
+        unsigned = InboundRequest(source=source.name, body=body, content_type=request.content_type, headers=headers)
+        if is_ping(source, unsigned, None, unsigned_only=True):
+            log.info("unsigned ping answered", extra={"source": source.name})
+            metrics.received(source.name, "ping")
+            return jsonify({"status": "ping"}), 200
+    authenticate(source, body=body, headers=headers, query=request.args, env=settings.env)
+    inbound = InboundRequest(
+        source=source.name,
+        body=body,
+        content_type=request.content_type,
+        headers=keepable_headers(headers),
+        client_ip=client_address(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies
+        ),
+    )
+    payload = parse_request(inbound)
+    if is_ping(source, inbound, payload):
+        log.info("ping answered", extra={"source": source.name})
+        metrics.received(source.name, "ping")
+        return jsonify({"status": "ping"}), 200
+    prepared = prepare_payload(source, payload)
+    event = event_of(source, prepared, inbound.headers)
+    rule = select_rule(source, prepared, event)
+    if rule is None or rule.ignore is not None:
+        reason = rule.ignore if rule is not None and rule.ignore else f"no rule forwards event {event!r}"
+        log.info("ignored", extra={"source": source.name, "event": event, "reason": reason})
+        metrics.received(source.name, "ignored")
+        return jsonify({"status": "ignored", "reason": reason}), 200
+    status = "queued" if settings.upstream_url else "held"
+    accepted = store.accept(
+        inbound,
+        dedup_key=dedup_key(source, inbound, prepared),
+        status=status,
+        dedup_window=settings.dedup_window,
+    )
+    if accepted.duplicate:
+        log.info("duplicate", extra={"source": source.name, "delivery_id": accepted.id})
+        metrics.received(source.name, "duplicate")
+        return jsonify({"status": "duplicate", "id": accepted.id}), 200
+    log.info("accepted", extra={"source": source.name, "delivery_id": accepted.id, "event": event})
+    metrics.received(source.name, "accepted")
+    metrics.observe_ingress(time.perf_counter() - g.started)
+    return jsonify({"status": "accepted", "id": accepted.id}), 202
+
+
+def _error(status: int, code: str, detail: str) -> tuple[Response, int]:
+    return jsonify({"error": code, "detail": detail}), status
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(RelayError)
+    def relay_error(exc: RelayError) -> tuple[Response, int]:
+        name = g.get("source")
+        if isinstance(exc, RequestRejected):
+            log.info(
+                "rejected",
+                extra={"source": name, "code": exc.code, "detail": exc.detail, "path": redact_query(request.full_path)},
+            )
+            metrics.received(name or "unknown", exc.code)
+        else:
+            log.error("error", extra={"source": name, "code": exc.code, "detail": exc.detail})
+        return _error(exc.status, exc.code, exc.detail)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        if exc.code == 404:
+            return _error(404, "not_found", "no such route")
+        return _error(exc.code or 500, code, exc.description or "")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error", extra={"path": redact_query(request.path)})
+        return _error(500, "internal", "relay failed to handle this request; it was logged")

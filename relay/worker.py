@@ -1,0 +1,216 @@
+"""The delivery worker: claim due deliveries, translate with today's mapping, send, settle.
+
+Each claimed delivery is translated afresh from its stored raw request, then
+its calls are sent in order from `calls_done`, so a call the upstream already
+took is not sent again on the next try. Every try is recorded. SIGTERM and
+SIGINT stop the loop; what a thread holds is finished or left to its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from relay import metrics
+from relay.errors import MappingError, PermanentUpstreamError, TransientUpstreamError
+from relay.mapping.loader import load_sources
+from relay.mapping.model import Source
+from relay.mapping.translate import TranslateContext
+from relay.pipeline import translate_request
+from relay.retry import next_attempt
+from relay.settings import Settings
+from relay.store import Delivery, Store
+from relay.upstream.client import RateLimiter, UpstreamClient
+from relay.upstream.request import UpstreamCall
+
+__all__ = ["Worker", "cmd_worker"]
+
+log = logging.getLogger("relay.worker")
+
+
+class Worker:
+    """A pool of threads that deliver what the store has due."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        sources: dict[str, Source] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.database_url)
+        self.sources = sources if sources is not None else load_sources(settings.mappings_dir)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.stop_event = threading.Event()
+        self.limiter = RateLimiter(settings.upstream_rate)
+        self.client = UpstreamClient(settings) if settings.upstream_url else None
+        geo = None
+        if settings.geoip_db:
+            from relay.geo import GeoLookup
+
+            geo = GeoLookup(settings.geoip_db)
+        self.context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=geo)
+        self.threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self) -> None:
+        if self.client is None:
+            log.warning("RELAY_UPSTREAM_URL is unset: deliveries are held until it is set")
+            return
+        released = self.store.release_held()
+        if released:
+            log.info("held deliveries queued", extra={"count": released})
+        for index in range(self.settings.worker_concurrency):
+            thread = threading.Thread(target=self._loop, name=f"relay-worker-{index}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.client is not None:
+            self.client.close()
+
+    def run_forever(self) -> None:
+        self.start()
+        self.stop_event.wait()
+        self.stop()
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                claimed = self.store.claim(owner=self.owner, limit=1, lease_seconds=self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - a store hiccup must not kill the thread
+                log.exception("claim failed")
+                self.stop_event.wait(self.settings.poll_interval * 4)
+                continue
+            if not claimed:
+                self.stop_event.wait(self.settings.poll_interval)
+                continue
+            for delivery, token in claimed:
+                try:
+                    self.process(delivery, token)
+                except Exception:  # noqa: BLE001 - the lease brings it back
+                    log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
+
+    # -- one delivery -----------------------------------------------------
+    def process(self, delivery: Delivery, token: str) -> str:
+        """Deliver one claimed delivery; returns the status it was settled with."""
+        extra = {"delivery_id": delivery.id, "source": delivery.source}
+        source = self.sources.get(delivery.source)
+        if source is None:
+            self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=f"no mapping for source {delivery.source!r}")
+            return "failed"
+        try:
+            translation = translate_request(source, delivery.inbound(), self.context)
+        except MappingError as exc:
+            log.warning("mapping failed", extra={**extra, "detail": exc.detail})
+            self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=exc.detail)
+            return "failed"
+        if translation.ignored:
+            self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[])
+            return "delivered"
+        calls = [call.to_dict() for call in translation.calls]
+        self.store.save_calls(delivery.id, token, calls)
+        done = delivery.calls_done
+        attempt_no = delivery.attempts
+        for index in range(done, len(translation.calls)):
+            call = translation.calls[index]
+            if not self.limiter.acquire(self.stop_event):
+                # Stopping: give the delivery back at once rather than wait out the lease.
+                self.store.finish(delivery.id, token, status="retrying", next_attempt_at=time.time(), calls=calls)
+                return "retrying"
+            outcome = self._send(delivery, token, index, call)
+            attempt_no += 1
+            if outcome is None:
+                continue
+            if isinstance(outcome, PermanentUpstreamError):
+                self.store.finish(delivery.id, token, status="failed", reason="rejected", detail=outcome.detail, calls=calls)
+                log.warning("rejected by upstream", extra={**extra, "detail": outcome.detail})
+                return "failed"
+            overloaded = outcome.http_status in (429, 402) or "timeout" in outcome.detail
+            if outcome.http_status == 429 and outcome.retry_after:
+                self.limiter.pause(min(outcome.retry_after, 60))
+            when = next_attempt(
+                attempt_no,
+                now=time.time(),
+                cycle_started_at=delivery.cycle_started_at,
+                max_attempts=self.settings.max_attempts,
+                max_age=self.settings.max_age,
+                retry_after=outcome.retry_after,
+                overloaded=overloaded,
+            )
+            if when is None:
+                self.store.finish(delivery.id, token, status="failed", reason="exhausted", detail=outcome.detail, calls=calls)
+                log.warning("retries exhausted", extra={**extra, "detail": outcome.detail})
+                return "failed"
+            self.store.finish(delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls)
+            return "retrying"
+        self.store.finish(delivery.id, token, status="delivered", calls=calls)
+        log.info("delivered", extra=extra)
+        return "delivered"
+
+    def _send(
+        self, delivery: Delivery, token: str, index: int, call: UpstreamCall
+    ) -> TransientUpstreamError | PermanentUpstreamError | None:
+        assert self.client is not None
+        started = time.time()
+        clock = time.perf_counter()
+        error: TransientUpstreamError | PermanentUpstreamError | None = None
+        http_status: int | None = None
+        response = ""
+        profile_id = None
+        try:
+            answer = self.client.send(call)
+            http_status, response, profile_id = answer.http_status, answer.text, answer.profile_id
+            outcome = "delivered"
+        except TransientUpstreamError as exc:
+            error, http_status, response, outcome = exc, exc.http_status, exc.body, "transient"
+        except PermanentUpstreamError as exc:
+            error, http_status, response, outcome = exc, exc.http_status, exc.body, "rejected"
+        seconds = time.perf_counter() - clock
+        metrics.attempt(delivery.source, outcome, seconds)
+        self.store.record_attempt(
+            delivery.id,
+            token,
+            started_at=started,
+            duration_ms=seconds * 1000,
+            call_index=index,
+            method=call.method,
+            request=call.body,
+            http_status=http_status,
+            response=response,
+            outcome=outcome,
+            error=error.detail if error else None,
+            calls_done=index + 1 if error is None else None,
+            profile_id=profile_id,
+        )
+        return error
+
+
+def cmd_worker(_args: Any, settings: Settings) -> int:
+    from relay.logs import configure_logging
+
+    configure_logging(settings)
+    worker = Worker(settings)
+    install_stop_signals(worker.stop_event)
+    log.info("worker started", extra={"concurrency": settings.worker_concurrency})
+    worker.run_forever()
+    log.info("worker stopped")
+    return 0
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    def _stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
