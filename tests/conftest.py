@@ -1,0 +1,103 @@
+"""Shared fixtures: real app, real SQLite (and PostgreSQL when it answers), loopback only."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.settings import Settings
+from relay.store import Store
+from relay.web import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPINGS = ROOT / "mappings"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+SECRETS = {
+    "TILDA_WEBHOOK_TOKEN": "tilda-test-token-9c1f",
+    "JOTFORM_WEBHOOK_TOKEN": "jotform-test-token-77aa",
+    "GOOGLE_FORMS_WEBHOOK_TOKEN": "gforms-test-token-3b2e",
+    "ELEMENTOR_WEBHOOK_TOKEN": "elementor-test-token-5d4c",
+    "SHOPIFY_WEBHOOK_SECRET": "shpss_test_secret_0f9e8d",
+    "WOOCOMMERCE_WEBHOOK_SECRET": "wc-test-secret-a1b2",
+    "STRIPE_WEBHOOK_SECRET": "whsec_test_secret_c3d4",
+    "TYPEFORM_WEBHOOK_SECRET": "typeform-test-secret-e5f6",
+    "TALLY_WEBHOOK_SECRET": "tally-test-secret-0a0b",
+    "WEBFLOW_WEBHOOK_SECRET": "webflow-test-secret-1c1d",
+    "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
+    "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
+}
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no cover - guard
+    if isinstance(address, tuple) and address:
+        host = str(address[0])
+        if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise RuntimeError(f"tests may only reach loopback, not {host}")
+    return _real_connect(self, address)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _guard_network() -> Iterator[None]:
+    socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+def make_settings(tmp_path: Path, **env: str) -> Settings:
+    base = {
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+        "RELAY_MAPPINGS_DIR": str(MAPPINGS),
+        "RELAY_LOG_LEVEL": "warning",
+        **SECRETS,
+    }
+    base.update(env)
+    return Settings.from_env({k: v for k, v in base.items() if v is not None})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    application = create_app(settings)
+    yield application
+    application.extensions["relay"]["store"].close()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("RELAY_TEST_DATABASE_URL")
+
+
+def postgres_available() -> tuple[bool, str]:
+    url = postgres_url()
+    if not url:
+        return False, "RELAY_TEST_DATABASE_URL is unset (CI sets it; .ci/run starts PostgreSQL)"
+    try:
+        store = Store(url)
+        store.ping()
+        store.close()
+    except Exception as exc:  # noqa: BLE001
+        return False, f"PostgreSQL at RELAY_TEST_DATABASE_URL does not answer: {type(exc).__name__}"
+    return True, ""
+
+
+def require_postgres() -> None:
+    ok, why = postgres_available()
+    if not ok:
+        if os.environ.get("RELAY_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here: {why}")
+        pytest.skip(why)

@@ -1,0 +1,172 @@
+"""POST /hooks/<source>: answers for every kind of request, never a 500 for bad input."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from .conftest import SECRETS, make_settings
+
+TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+FORM = "application/x-www-form-urlencoded"
+
+
+def shopify_sig(body: bytes) -> str:
+    digest = hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def test_accepts_and_stores_before_answering(client, app):
+    """A token-authenticated Tilda form is stored and answered 202 with its id."""
+    response = client.post(TILDA, data=b"Email=a%40example.com&tranid=1%3A1", content_type=FORM)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "accepted"
+    stored = app.extensions["relay"]["store"].get(body["id"])
+    assert stored is not None and stored.body == b"Email=a%40example.com&tranid=1%3A1"
+    assert stored.status == "held"  # no upstream configured: kept, not lost
+
+
+def test_duplicate_is_answered_200_with_the_first_id(client):
+    """A repeat of the same tranid within the window is a duplicate."""
+    first = client.post(TILDA, data=b"Email=a%40example.com&tranid=1%3A2", content_type=FORM).get_json()
+    again = client.post(TILDA, data=b"Email=a%40example.com&tranid=1%3A2&x=1", content_type=FORM)
+    assert again.status_code == 200
+    assert again.get_json() == {"status": "duplicate", "id": first["id"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "headers"),
+    [
+        (TILDA, b"test=test", FORM, {}),
+        ("/hooks/woocommerce", b"webhook_id=4", FORM, {}),
+    ],
+)
+def test_pings_are_answered_and_not_stored(client, app, path, body, content_type, headers):
+    """Tilda's test=test and WooCommerce's unsigned webhook_id=N get exactly 200."""
+    response = client.post(path, data=body, content_type=content_type, headers=headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ping"}
+    assert app.extensions["relay"]["store"].counts() == {}
+
+
+def test_shopify_test_notification_is_a_ping(client, app):
+    """X-Shopify-Test: true on a genuine request is a ping."""
+    body = b'{"id":1,"email":"a@example.com"}'
+    response = client.post(
+        "/hooks/shopify", data=body, content_type="application/json",
+        headers={"X-Shopify-Hmac-Sha256": shopify_sig(body), "X-Shopify-Topic": "orders/create", "X-Shopify-Test": "true"},
+    )
+    assert response.get_json() == {"status": "ping"}
+
+
+def test_shopify_signed_order_is_accepted_and_forged_refused(client):
+    """A genuine Shopify HMAC is accepted; one byte changed is refused with 401."""
+    body = b'{"id":1,"email":"a@example.com"}'
+    headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "w-1"}
+    ok = client.post("/hooks/shopify", data=body, content_type="application/json",
+                     headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)})
+    assert ok.status_code == 202
+    forged = client.post("/hooks/shopify", data=body.replace(b"1", b"2"), content_type="application/json",
+                         headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)})
+    assert forged.status_code == 401
+    assert forged.get_json()["error"] == "authentication_failed"
+
+
+def test_ignored_event(client):
+    """A Stripe event no rule forwards is answered 200 ignored."""
+    body = json.dumps({"id": "evt_1", "type": "customer.created", "data": {"object": {}}}).encode()
+    ts = str(int(time.time()))
+    sig = hmac.new(SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    response = client.post("/hooks/stripe", data=body, content_type="application/json",
+                           headers={"Stripe-Signature": f"t={ts},v1={sig}"})
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+
+
+def test_unset_secret_fails_closed(tmp_path):
+    """A source whose token is unset refuses with 401 naming the variable."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, TILDA_WEBHOOK_TOKEN=""))
+    response = app.test_client().post("/hooks/tilda?token=x", data=b"Email=a%40b.c", content_type=FORM)
+    assert response.status_code == 401
+    assert "TILDA_WEBHOOK_TOKEN" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"a":', "application/json", 400, "unparsable"),
+        (b"", "application/json", 400, "unparsable"),
+        (b"\xff\xfe\x00", "application/json", 400, "unparsable"),
+        (b"[" * 5000 + b"]" * 5000, "application/json", 400, "unparsable"),
+        (b"a=%ff%fe", FORM, 400, "unparsable"),
+        (b"<a><b></a>", "application/xml", 400, "unparsable"),
+        (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>', "application/xml", 400, "unparsable"),
+        (b"--x\r\nbroken", "multipart/form-data", 400, "unparsable"),
+        (b"\x89PNG", "image/png", 415, "unsupported_content_type"),
+    ],
+)
+def test_bad_bodies_get_a_clear_4xx(client, body, content_type, status, code):
+    """Every kind of broken body is a JSON 4xx with a code, never a 500 or HTML."""
+    response = client.post(TILDA, data=body, content_type=content_type)
+    assert response.status_code == status
+    assert response.is_json
+    assert response.get_json()["error"] == code
+
+
+def test_body_over_the_limit_is_413(tmp_path):
+    """A body one byte over RELAY_MAX_BODY_BYTES gets 413."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, RELAY_MAX_BODY_BYTES="100"))
+    client = app.test_client()
+    assert client.post(TILDA, data=b"a=" + b"x" * 98, content_type=FORM).status_code == 202
+    assert client.post(TILDA, data=b"a=" + b"x" * 99, content_type=FORM).status_code == 413
+
+
+def test_unknown_source_and_wrong_method(client):
+    """Unknown sources answer 404 and GET on a hook 405, both in JSON."""
+    unknown = client.post("/hooks/nope", data=b"{}", content_type="application/json")
+    assert unknown.status_code == 404 and unknown.get_json()["error"] == "unknown_source"
+    assert client.get("/hooks/tilda").status_code == 405
+
+
+def test_parses_every_content_type(client, app):
+    """JSON, bracketed form keys, multipart and XML bodies are all accepted and kept verbatim."""
+    store = app.extensions["relay"]["store"]
+    cases = [
+        (b'{"Email": "j@example.com", "tranid": "9:1"}', "application/json"),
+        (b"fields%5Bemail%5D%5Bvalue%5D=j%40example.com&tranid=9%3A2", FORM),
+        (b"--b\r\nContent-Disposition: form-data; name=\"Email\"\r\n\r\nj@example.com\r\n--b--\r\n",
+         "multipart/form-data; boundary=b"),
+        (b"<xml><Email>j@example.com</Email><tranid>9:3</tranid></xml>", "application/xml"),
+    ]
+    for body, content_type in cases:
+        response = client.post(TILDA, data=body, content_type=content_type)
+        assert response.status_code == 202, (content_type, response.get_json())
+        assert store.get(response.get_json()["id"]).body == body
+
+
+def test_token_never_stored_and_header_token_works(client, app):
+    """X-Relay-Token authenticates, and neither it nor the query token is stored."""
+    token = SECRETS["TILDA_WEBHOOK_TOKEN"]
+    response = client.post("/hooks/tilda", data=b"Email=z%40example.com", content_type=FORM,
+                           headers={"X-Relay-Token": token})
+    assert response.status_code == 202
+    stored = app.extensions["relay"]["store"].get(response.get_json()["id"])
+    assert token not in json.dumps(stored.headers)
+
+
+def test_health_and_readiness(client):
+    """/healthz is 200; /readyz reports mappings and the held upstream."""
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["mappings"] == 10
