@@ -95,21 +95,26 @@ def load_sources(folder: str | Path) -> dict[str, Source]:
     return sources
 
 
-def _walk(messages: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+def _walk(
+    messages: Any, path: tuple[str, ...], lines: LineTable
+) -> Iterator[tuple[tuple[str, ...], str]]:
     if isinstance(messages, dict):
         for key, value in messages.items():
-            child = path if key == "_schema" else (*path, str(key))
-            yield from _walk(value, child)
+            child = (*path, str(key))
+            # marshmallow's Dict nests its errors under "key"/"value", which the file does not have.
+            if key == "_schema" or (key in ("key", "value") and child not in lines):
+                child = path
+            yield from _walk(value, child, lines)
     elif isinstance(messages, list):
         for item in messages:
-            yield from _walk(item, path)
+            yield from _walk(item, path, lines)
     else:
         yield path, str(messages)
 
 
 def _describe(messages: Any, lines: LineTable, shown: str) -> list[str]:
     found = []
-    for path, message in _walk(messages, ()):
+    for path, message in _walk(messages, (), lines):
         if message == "Unknown field.":
             message = "unknown key"
         key = ".".join(path) or "(file)"

@@ -1,0 +1,58 @@
+"""Transforms: phones, e-mails, names, dates, maps."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.mapping.transforms import TransformContext, apply_transform
+
+CTX = TransformContext(phone_region="RU")
+
+
+@pytest.mark.parametrize(
+    ("raw", "arg", "expected"),
+    [
+        ("8 (912) 345-67-89", None, "+79123456789"),
+        ("+7 (999) 123-45-67", None, "+79991234567"),
+        ("(555) 555-5555", {"region": "US"}, "+15555555555"),
+        (15550000000, None, "+15550000000"),
+        ("555-555-SHIP", None, None),
+        ("not a phone", None, None),
+        ("", None, None),
+    ],
+)
+def test_phone(raw, arg, expected):
+    """Phones become E.164 with the default region; junk becomes None."""
+    assert apply_transform("phone", arg, raw, CTX) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("  Ivan.Petrov@Example.COM ", "ivan.petrov@example.com"), ("no-at-sign", None), ("a@b", None), (None, None)],
+)
+def test_email(raw, expected):
+    """E-mails are normalised and lower-cased without DNS; invalid ones become None."""
+    assert apply_transform("email", None, raw, CTX) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "order", "expected"),
+    [
+        ("02.04.1990", "dmy", "1990-04-02"),
+        ("04/02/1990", "mdy", "1990-04-02"),
+        ("1990-04-02", "dmy", "1990-04-02"),
+        ({"year": "1990", "month": "4", "day": "2"}, None, "1990-04-02"),
+        ("31.02.1990", "dmy", None),
+    ],
+)
+def test_dates(raw, order, expected):
+    """Day-first and month-first dates are read as declared."""
+    assert apply_transform("date", {"order": order} if order else None, raw, CTX) == expected
+
+
+def test_name_split_and_map():
+    """Full names split into first and the rest; maps translate values."""
+    assert apply_transform("first_name", None, "Анна Мария Смирнова", CTX) == "Анна"
+    assert apply_transform("last_name", None, "Анна Мария Смирнова", CTX) == "Мария Смирнова"
+    assert apply_transform("map", {"yes": True, "no": False}, "Yes", CTX) is True
+    assert apply_transform("scale", 0.01, 6099, CTX) == 60.99

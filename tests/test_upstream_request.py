@@ -1,0 +1,81 @@
+"""The profile update schema enforces the upstream contract; XML bodies follow the seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.bodies import parse_body
+from relay.upstream.request import request_problems
+from relay.upstream.xmlbody import to_xml
+
+OK = {"db_id": 1, "matching": "email", "email": "a@example.com", "data": {"email": "a@example.com"}}
+
+
+def test_valid_request_has_no_problems():
+    """A well-formed import passes."""
+    assert request_problems("profiles/import", OK) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"matching": "phone"}, "matching 'phone' needs phone"),
+        ({"matching": "custom", "field_name": "x"}, "needs field_value"),
+        ({"matching": "nope"}, "matching"),
+        ({"db_id": "1"}, "db_id"),
+        ({"detect_geo": "yes"}, "detect_geo"),
+        ({"data": {"email": "no-at"}}, "data.email"),
+        ({"data": {"_bdate": "02.04.1990"}}, "data._bdate"),
+        ({"data": {"_ip": "999.1.1.1"}}, "data._ip"),
+        ({"data": {"n": {"action": "incr", "value": "1"}}}, "incr needs a number"),
+        ({"data": {"tags": {"action": "add", "value": "x"}}}, "add needs a list"),
+        ({"data": {"email": {"action": "unset"}}}, "email cannot be unset"),
+        ({"data": {"o": {"action": "upsert", "value": 1}}}, "upsert needs submatch"),
+        ({"data": {"x": {"action": "frobnicate"}}}, "unknown action"),
+        ({"data": {"subscriptions": [{"resource_id": 1, "channel": "sms"}]}}, "sms subscription needs phone"),
+        ({"data": {"subscriptions": [{"resource_id": 1, "channel": "pigeon", "email": "a@b.c"}]}}, "channel"),
+        ({"data": {"subscriptions": [{"resource_id": 1, "channel": "email", "email": "a@b.c", "status": "gone"}]}}, "status"),
+        ({"add_to_segments": ["a"]}, "add_to_segments"),
+    ],
+)
+def test_contract_violations(change, fragment):
+    """Each breach of the contract is named."""
+    problems = request_problems("profiles/update", {**OK, **change})
+    assert any(fragment in p for p in problems), problems
+
+
+def test_profile_id_matching_only_on_update():
+    """matching=profile_id is refused for profiles/import."""
+    body = {"db_id": 1, "matching": "profile_id", "profile_id": "0" * 24, "data": {}}
+    assert request_problems("profiles/update", body) == []
+    assert request_problems("profiles/import", body)
+
+
+def test_every_channel_and_operator_accepted():
+    """All seven channels and six operators are accepted in their valid forms."""
+    body = {**OK, "data": {
+        "a": {"action": "set", "value": 1}, "b": {"action": "unset"}, "c": {"action": "incr", "value": -2},
+        "tags": {"action": "add", "value": ["x"]}, "t2": {"action": "delete", "value": ["y"]},
+        "o": {"action": "upsert", "submatch": "k", "value": 1},
+        "subscriptions": [
+            {"resource_id": 1, "channel": "email", "email": "a@b.co", "status": "subscribed", "priority": 1,
+             "custom_fields": {"k": 1}, "cats": ["news"]},
+            {"resource_id": 1, "channel": "sms", "phone": "+79123456789", "status": 0},
+            {"resource_id": 1, "channel": "push", "provider": "fcm", "subscription_id": "s"},
+            {"resource_id": 1, "channel": "telegram_bot", "cc_data": {"id": 5}},
+            {"resource_id": 1, "channel": "whatsapp", "cc_data": {"phone": "+79123456789"}},
+            {"resource_id": 1, "channel": "viber", "cc_data": {"phone": "+79123456789"}},
+            {"resource_id": 1, "channel": "notify", "cc_data": {"phone": "+79123456789"}, "status": -1},
+        ]}}
+    assert request_problems("profiles/update", body) == []
+
+
+def test_xml_body_round_trips():
+    """The XML form has root <xml>, marks arrays, and parses back to the same data."""
+    body = {"db_id": 1, "email": "a&b@example.com", "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}}}
+    text = to_xml(body)
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?><xml>')
+    assert "<phones array=\"true\">+1</phones><phones array=\"true\">+2</phones>" in text
+    back = parse_body(text.encode(), "application/xml")
+    assert back == {"db_id": "1", "email": "a&b@example.com",
+                    "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}}}
