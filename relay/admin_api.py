@@ -138,7 +138,7 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
         if delivery is None:
             abort(404, description="no such delivery")
         status = "queued" if settings.upstream_url else "held"
-        if not store.replay(delivery_id, status=status):
+        if not store.replay(delivery_id, to_status=status):
             return jsonify({"error": "not_replayable", "detail": f"status is {delivery.status}; failed and held deliveries replay"}), 409
         return jsonify({"status": status, "id": delivery_id}), 202
 
@@ -148,7 +148,7 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
         if not any(filters.values()):
             abort(400, description="give at least one filter: status, source, since or until")
         status = "queued" if settings.upstream_url else "held"
-        count = store.replay_matching(status=status, **filters)
+        count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202
 
     return bp

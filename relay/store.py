@@ -456,7 +456,7 @@ class Store:
         return result.rowcount == 1
 
     # -- operators --------------------------------------------------------
-    def replay(self, delivery_id: str, *, status: str = "queued", now: float | None = None) -> bool:
+    def replay(self, delivery_id: str, *, to_status: str = "queued", now: float | None = None) -> bool:
         """Start a fresh retry cycle for a failed or held delivery; earlier attempts stay."""
         now = time.time() if now is None else now
         with self._tx() as tx:
@@ -464,7 +464,7 @@ class Store:
                 update(deliveries)
                 .where(deliveries.c.id == delivery_id, deliveries.c.status.in_(REPLAYABLE))
                 .values(
-                    status=status,
+                    status=to_status,
                     reason=None,
                     detail=None,
                     calls=None,
@@ -476,7 +476,7 @@ class Store:
             )
         return result.rowcount == 1
 
-    def replay_matching(self, *, status: str = "queued", **filters: Any) -> int:
+    def replay_matching(self, *, to_status: str = "queued", **filters: Any) -> int:
         conditions = self._filters(**filters)
         now = time.time()
         with self._tx() as tx:
@@ -484,7 +484,7 @@ class Store:
                 update(deliveries)
                 .where(deliveries.c.status.in_(REPLAYABLE), *conditions)
                 .values(
-                    status=status,
+                    status=to_status,
                     reason=None,
                     detail=None,
                     calls=None,

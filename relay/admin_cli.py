@@ -1,0 +1,56 @@
+"""`python -m relay deliveries` and `replay`: the admin API's list, show and replay from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from relay.admin_api import delivery_detail, delivery_summary, parse_time
+from relay.settings import Settings
+from relay.store import Store
+
+__all__ = ["cmd_deliveries", "cmd_replay"]
+
+
+def _filters(args: Any) -> dict[str, Any]:
+    return {"status": args.status, "source": args.source, "since": parse_time(args.since), "until": parse_time(args.until)}
+
+
+def cmd_deliveries(args: Any, settings: Settings) -> int:
+    store = Store(settings.database_url)
+    try:
+        if args.id:
+            delivery = store.get(args.id)
+            if delivery is None:
+                print(f"relay: no delivery {args.id}", file=sys.stderr)
+                return 1
+            print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
+            return 0
+        for delivery in store.list(limit=args.limit, **_filters(args)):
+            row = delivery_summary(delivery)
+            print(f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
+                  f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_replay(args: Any, settings: Settings) -> int:
+    store = Store(settings.database_url)
+    status = "queued" if settings.upstream_url else "held"
+    try:
+        if args.id:
+            if not store.replay(args.id, to_status=status):
+                print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
+                return 1
+            print(f"{args.id}: {status}")
+            return 0
+        filters = _filters(args)
+        if not any(filters.values()):
+            print("relay: give an id, or a filter (--status, --source, --since, --until)", file=sys.stderr)
+            return 1
+        print(f"replayed {store.replay_matching(to_status=status, **filters)} deliveries ({status})")
+        return 0
+    finally:
+        store.close()
