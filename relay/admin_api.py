@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
@@ -29,14 +29,14 @@ def parse_time(text: str | None) -> float | None:
         pass
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def delivery_summary(delivery: Delivery) -> dict[str, Any]:
@@ -107,8 +107,12 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             return jsonify({"error": "admin_disabled", "detail": "set RELAY_ADMIN_TOKEN to use the admin API"}), 403
         header = request.headers.get("Authorization", "")
         scheme, _, offered = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), settings.admin_token.encode()):
-            return jsonify({"error": "unauthorized", "detail": "Authorization: Bearer <RELAY_ADMIN_TOKEN> required"}), 401
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), settings.admin_token.encode()
+        ):
+            return jsonify(
+                {"error": "unauthorized", "detail": "Authorization: Bearer <RELAY_ADMIN_TOKEN> required"}
+            ), 401
         return None
 
     @bp.get("/deliveries")
@@ -139,7 +143,9 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             abort(404, description="no such delivery")
         status = "queued" if settings.upstream_url else "held"
         if not store.replay(delivery_id, to_status=status):
-            return jsonify({"error": "not_replayable", "detail": f"status is {delivery.status}; failed and held deliveries replay"}), 409
+            return jsonify(
+                {"error": "not_replayable", "detail": f"status is {delivery.status}; failed and held deliveries replay"}
+            ), 409
         return jsonify({"status": status, "id": delivery_id}), 202
 
     @bp.post("/replay")

@@ -14,7 +14,12 @@ __all__ = ["cmd_deliveries", "cmd_replay"]
 
 
 def _filters(args: Any) -> dict[str, Any]:
-    return {"status": args.status, "source": args.source, "since": parse_time(args.since), "until": parse_time(args.until)}
+    return {
+        "status": args.status,
+        "source": args.source,
+        "since": parse_time(args.since),
+        "until": parse_time(args.until),
+    }
 
 
 def cmd_deliveries(args: Any, settings: Settings) -> int:
@@ -29,8 +34,10 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
             return 0
         for delivery in store.list(limit=args.limit, **_filters(args)):
             row = delivery_summary(delivery)
-            print(f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
-                  f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}")
+            print(
+                f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
+                f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}"
+            )
         return 0
     finally:
         store.close()

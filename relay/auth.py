@@ -86,9 +86,7 @@ def authenticate(
     _verify_hmac(auth, body=body, headers=headers, secrets=secrets, now=time.time() if now is None else now)
 
 
-def _verify_hmac(
-    auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], secrets: list[str], now: float
-) -> None:
+def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], secrets: list[str], now: float) -> None:
     assert auth.header is not None
     raw = _header(headers, auth.header)
     if not raw:

@@ -64,8 +64,7 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     if mimetype in XML_TYPES or mimetype.endswith("+xml"):
         return _parse_xml(body)
     raise UnsupportedContentType(
-        f"content type {mimetype!r} is not supported; send JSON, form-urlencoded, "
-        "multipart/form-data or XML"
+        f"content type {mimetype!r} is not supported; send JSON, form-urlencoded, multipart/form-data or XML"
     )
 
 
@@ -135,9 +134,7 @@ def _parse_form(body: bytes, charset: str | None) -> dict[str, Any]:
 def _parse_multipart(body: bytes, mimetype: str, options: dict[str, str]) -> dict[str, Any]:
     if not options.get("boundary"):
         raise Unparsable("multipart body without a boundary")
-    parser = FormDataParser(
-        max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1
-    )
+    parser = FormDataParser(max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1)
     try:
         _stream, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
     except (ValueError, RequestEntityTooLarge) as exc:

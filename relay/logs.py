@@ -54,7 +54,10 @@ class _Formatter(logging.Formatter):
         if self.style_name == "json":
             line = json.dumps(fields, ensure_ascii=False, default=str)
         else:
-            line = " ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
+            line = " ".join(
+                f"{k}={json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, str) and ' ' in v else v}"
+                for k, v in fields.items()
+            )
         return redact_query(line)
 
 

@@ -20,17 +20,27 @@ __all__ = ["attempt", "observe_ingress", "received", "render"]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 WEBHOOKS = Counter(
-    "relay_webhooks_received_total", "Webhooks received, by source and outcome", ["source", "outcome"], registry=REGISTRY
+    "relay_webhooks_received_total",
+    "Webhooks received, by source and outcome",
+    ["source", "outcome"],
+    registry=REGISTRY,
 )
 ATTEMPTS = Counter(
-    "relay_delivery_attempts_total", "Upstream call attempts, by source and outcome", ["source", "outcome"], registry=REGISTRY
+    "relay_delivery_attempts_total",
+    "Upstream call attempts, by source and outcome",
+    ["source", "outcome"],
+    registry=REGISTRY,
 )
 INGRESS_LATENCY = Histogram(
-    "relay_ingress_seconds", "Time to accept a webhook", registry=REGISTRY,
+    "relay_ingress_seconds",
+    "Time to accept a webhook",
+    registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 UPSTREAM_LATENCY = Histogram(
-    "relay_upstream_seconds", "Duration of upstream calls", registry=REGISTRY,
+    "relay_upstream_seconds",
+    "Duration of upstream calls",
+    registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DELIVERIES = Gauge("relay_deliveries", "Deliveries in the store, by status", ["status"], registry=REGISTRY)

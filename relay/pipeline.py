@@ -22,9 +22,7 @@ def parse_request(request: InboundRequest) -> Any:
     return parse_body(request.body, request.content_type)
 
 
-def translate_request(
-    source: Source, request: InboundRequest, context: TranslateContext
-) -> Translation:
+def translate_request(source: Source, request: InboundRequest, context: TranslateContext) -> Translation:
     """Parse and translate a request that was already accepted.
 
     A body that no longer parses (it was accepted, so this means the parser

@@ -35,11 +35,23 @@ def cmd_run(args: Any, settings: Settings) -> int:
     Store(settings.database_url).close()  # create the schema once, before two processes race for it
     web = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"{args.host}:{args.port}",
-            "--workers", "2", "--threads", "4",
-            "--graceful-timeout", "20", "--timeout", "30",
-            "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{args.host}:{args.port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "20",
+            "--timeout",
+            "30",
+            "--access-logfile",
+            "-",
+            "--access-logformat",
+            '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
             "app:app",
         ]
     )

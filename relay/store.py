@@ -311,9 +311,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
-            ).all()
+            rows = connection.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all()
         return {status: count for status, count in rows}
 
     def oldest_due(self, now: float | None = None) -> float | None:
@@ -326,7 +324,9 @@ class Store:
             ).scalar()
 
     # -- the worker's side ------------------------------------------------
-    def claim(self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None) -> list[tuple[Delivery, str]]:
+    def claim(
+        self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None
+    ) -> list[tuple[Delivery, str]]:
         """Claim up to `limit` due deliveries (or ones whose lease ran out)."""
         now = time.time() if now is None else now
         due = or_(

@@ -121,9 +121,7 @@ def _receive(source: Source, settings: Settings, store: Store) -> tuple[Response
         body=body,
         content_type=request.content_type,
         headers=keepable_headers(headers),
-        client_ip=client_address(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies
-        ),
+        client_ip=client_address(request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
     payload = parse_request(inbound)
     if is_ping(source, inbound, payload):

@@ -107,7 +107,13 @@ class Worker:
         extra = {"delivery_id": delivery.id, "source": delivery.source}
         source = self.sources.get(delivery.source)
         if source is None:
-            self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=f"no mapping for source {delivery.source!r}")
+            self.store.finish(
+                delivery.id,
+                token,
+                status="failed",
+                reason="mapping",
+                detail=f"no mapping for source {delivery.source!r}",
+            )
             return "failed"
         try:
             translation = translate_request(source, delivery.inbound(), self.context)
@@ -116,7 +122,9 @@ class Worker:
             self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=exc.detail)
             return "failed"
         if translation.ignored:
-            self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[])
+            self.store.finish(
+                delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
+            )
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
         self.store.save_calls(delivery.id, token, calls)
@@ -133,7 +141,9 @@ class Worker:
             if outcome is None:
                 continue
             if isinstance(outcome, PermanentUpstreamError):
-                self.store.finish(delivery.id, token, status="failed", reason="rejected", detail=outcome.detail, calls=calls)
+                self.store.finish(
+                    delivery.id, token, status="failed", reason="rejected", detail=outcome.detail, calls=calls
+                )
                 log.warning("rejected by upstream", extra={**extra, "detail": outcome.detail})
                 return "failed"
             overloaded = outcome.http_status in (429, 402) or "timeout" in outcome.detail
@@ -149,10 +159,14 @@ class Worker:
                 overloaded=overloaded,
             )
             if when is None:
-                self.store.finish(delivery.id, token, status="failed", reason="exhausted", detail=outcome.detail, calls=calls)
+                self.store.finish(
+                    delivery.id, token, status="failed", reason="exhausted", detail=outcome.detail, calls=calls
+                )
                 log.warning("retries exhausted", extra={**extra, "detail": outcome.detail})
                 return "failed"
-            self.store.finish(delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls)
+            self.store.finish(
+                delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls
+            )
             return "retrying"
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         log.info("delivered", extra=extra)

@@ -12,8 +12,15 @@ ENV = {"PATH": "/usr/bin:/bin", "RELAY_UPSTREAM_TOKEN": "secret-upstream-token-z
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "relay", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=ENV, input=stdin.decode() if stdin else None, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        input=stdin.decode() if stdin else None,
+        timeout=60,
+    )
 
 
 def test_preview_shopify_order_with_browser_ip(tmp_path):
@@ -39,7 +46,7 @@ def test_preview_shopify_order_with_browser_ip(tmp_path):
 
 def test_preview_tilda_russian_phone_from_stdin():
     """A Tilda form with 8 (912) 345-67-89 comes out as +79123456789."""
-    body = "Name=Ivan&Email=ivan%40example.com&Phone=8+(912)+345-67-89".encode()
+    body = b"Name=Ivan&Email=ivan%40example.com&Phone=8+(912)+345-67-89"
     result = run("preview", "--source", "tilda", "--content-type", "application/x-www-form-urlencoded", "-", stdin=body)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["body"]["data"]["phones"] == ["+79123456789"]
@@ -62,7 +69,9 @@ def test_preview_xml_format(tmp_path):
     path.write_text(json.dumps({"Email": "a@example.com"}))
     result = run("preview", "--source", "tilda", "--format", "xml", str(path))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["body"].startswith('<?xml version="1.0" encoding="UTF-8"?><xml><token>***</token>')
+    assert json.loads(result.stdout)[0]["body"].startswith(
+        '<?xml version="1.0" encoding="UTF-8"?><xml><token>***</token>'
+    )
 
 
 def test_sources_lists_urls_auth_and_readiness():

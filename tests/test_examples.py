@@ -22,8 +22,18 @@ def test_example(path):  # type: ignore[no-untyped-def]
 
 def test_every_source_has_two_examples():
     """Each built-in source ships at least two examples."""
-    expected = {"tilda", "typeform", "tally", "jotform", "google_forms", "webflow", "elementor",
-                "shopify", "woocommerce", "stripe"}
+    expected = {
+        "tilda",
+        "typeform",
+        "tally",
+        "jotform",
+        "google_forms",
+        "webflow",
+        "elementor",
+        "shopify",
+        "woocommerce",
+        "stripe",
+    }
     assert set(SOURCES) == expected
     for name in expected:
         assert len(example_files(MAPPINGS, name)) >= 2, name
@@ -33,7 +43,11 @@ def test_example_runner_reports_a_difference(tmp_path):
     """A wrong expectation is reported, so the examples can fail."""
     original = load_example(MAPPINGS / "examples" / "tilda" / "form-russian-phone.yaml")
     broken = type(original)(
-        path=original.path, source=original.source, description="", request=original.request,
-        env={}, expect={"calls": [{"method": "profiles/import", "body": {}}]},
+        path=original.path,
+        source=original.source,
+        description="",
+        request=original.request,
+        env={},
+        expect={"calls": [{"method": "profiles/import", "body": {}}]},
     )
     assert run_example(broken, SOURCES["tilda"])

@@ -16,9 +16,19 @@ from .conftest import MAPPINGS
     [
         ("81.2.69.142", "81.2.69.142"),
         ("2a00:1450:4001:80b::200e", "2a00:1450:4001:80b::200e"),
-        ("10.1.2.3", None), ("192.168.0.1", None), ("172.16.5.4", None), ("127.0.0.1", None),
-        ("169.254.1.1", None), ("100.64.0.1", None), ("203.0.113.42", None), ("198.51.100.1", None),
-        ("::1", None), ("fe80::1", None), ("224.0.0.1", None), ("0.0.0.0", None), ("not-an-ip", None),
+        ("10.1.2.3", None),
+        ("192.168.0.1", None),
+        ("172.16.5.4", None),
+        ("127.0.0.1", None),
+        ("169.254.1.1", None),
+        ("100.64.0.1", None),
+        ("203.0.113.42", None),
+        ("198.51.100.1", None),
+        ("::1", None),
+        ("fe80::1", None),
+        ("224.0.0.1", None),
+        ("0.0.0.0", None),
+        ("not-an-ip", None),
         ("::ffff:81.2.69.142", "81.2.69.142"),
     ],
 )
@@ -48,19 +58,29 @@ def test_local_geoip_database_fills_city_country_and_zone(tmp_path):
     from netaddr import IPSet
 
     writer = MMDBWriter(ip_version=4, database_type="GeoIP2-City", languages=["en"])
-    writer.insert_network(IPSet(["81.2.69.0/24"]), {
-        "city": {"names": {"en": "London"}},
-        "country": {"iso_code": "GB", "names": {"en": "United Kingdom"}},
-        "location": {"time_zone": "Europe/London"},
-    })
+    writer.insert_network(
+        IPSet(["81.2.69.0/24"]),
+        {
+            "city": {"names": {"en": "London"}},
+            "country": {"iso_code": "GB", "names": {"en": "United Kingdom"}},
+            "location": {"time_zone": "Europe/London"},
+        },
+    )
     path = tmp_path / "city.mmdb"
     writer.to_db_file(str(path))
     geo = GeoLookup(path)
     source = load_sources(MAPPINGS)["woocommerce"]
     payload = {"billing": {"email": "a@example.com"}, "customer_ip_address": "81.2.69.160", "status": "pending"}
-    body = translate(source, payload, headers={"X-WC-Webhook-Topic": "order.created"},
-                     context=TranslateContext(geo=geo)).calls[0].body
+    body = (
+        translate(source, payload, headers={"X-WC-Webhook-Topic": "order.created"}, context=TranslateContext(geo=geo))
+        .calls[0]
+        .body
+    )
     geo.close()
     assert body["detect_geo"] is True
     assert body["data"]["_ip"] == body["data"]["_regip"] == "81.2.69.160"
-    assert (body["data"]["_city"], body["data"]["_country"], body["data"]["_tz"]) == ("London", "United Kingdom", "Europe/London")
+    assert (body["data"]["_city"], body["data"]["_country"], body["data"]["_tz"]) == (
+        "London",
+        "United Kingdom",
+        "Europe/London",
+    )

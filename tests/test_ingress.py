@@ -59,8 +59,14 @@ def test_shopify_test_notification_is_a_ping(client, app):
     """X-Shopify-Test: true on a genuine request is a ping."""
     body = b'{"id":1,"email":"a@example.com"}'
     response = client.post(
-        "/hooks/shopify", data=body, content_type="application/json",
-        headers={"X-Shopify-Hmac-Sha256": shopify_sig(body), "X-Shopify-Topic": "orders/create", "X-Shopify-Test": "true"},
+        "/hooks/shopify",
+        data=body,
+        content_type="application/json",
+        headers={
+            "X-Shopify-Hmac-Sha256": shopify_sig(body),
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Test": "true",
+        },
     )
     assert response.get_json() == {"status": "ping"}
 
@@ -69,11 +75,19 @@ def test_shopify_signed_order_is_accepted_and_forged_refused(client):
     """A genuine Shopify HMAC is accepted; one byte changed is refused with 401."""
     body = b'{"id":1,"email":"a@example.com"}'
     headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "w-1"}
-    ok = client.post("/hooks/shopify", data=body, content_type="application/json",
-                     headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)})
+    ok = client.post(
+        "/hooks/shopify",
+        data=body,
+        content_type="application/json",
+        headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)},
+    )
     assert ok.status_code == 202
-    forged = client.post("/hooks/shopify", data=body.replace(b"1", b"2"), content_type="application/json",
-                         headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)})
+    forged = client.post(
+        "/hooks/shopify",
+        data=body.replace(b"1", b"2"),
+        content_type="application/json",
+        headers={**headers, "X-Shopify-Hmac-Sha256": shopify_sig(body)},
+    )
     assert forged.status_code == 401
     assert forged.get_json()["error"] == "authentication_failed"
 
@@ -83,8 +97,9 @@ def test_ignored_event(client):
     body = json.dumps({"id": "evt_1", "type": "customer.created", "data": {"object": {}}}).encode()
     ts = str(int(time.time()))
     sig = hmac.new(SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    response = client.post("/hooks/stripe", data=body, content_type="application/json",
-                           headers={"Stripe-Signature": f"t={ts},v1={sig}"})
+    response = client.post(
+        "/hooks/stripe", data=body, content_type="application/json", headers={"Stripe-Signature": f"t={ts},v1={sig}"}
+    )
     assert response.status_code == 200
     assert response.get_json()["status"] == "ignored"
 
@@ -144,8 +159,10 @@ def test_parses_every_content_type(client, app):
     cases = [
         (b'{"Email": "j@example.com", "tranid": "9:1"}', "application/json"),
         (b"fields%5Bemail%5D%5Bvalue%5D=j%40example.com&tranid=9%3A2", FORM),
-        (b"--b\r\nContent-Disposition: form-data; name=\"Email\"\r\n\r\nj@example.com\r\n--b--\r\n",
-         "multipart/form-data; boundary=b"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\nj@example.com\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),
         (b"<xml><Email>j@example.com</Email><tranid>9:3</tranid></xml>", "application/xml"),
     ]
     for body, content_type in cases:
@@ -157,8 +174,9 @@ def test_parses_every_content_type(client, app):
 def test_token_never_stored_and_header_token_works(client, app):
     """X-Relay-Token authenticates, and neither it nor the query token is stored."""
     token = SECRETS["TILDA_WEBHOOK_TOKEN"]
-    response = client.post("/hooks/tilda", data=b"Email=z%40example.com", content_type=FORM,
-                           headers={"X-Relay-Token": token})
+    response = client.post(
+        "/hooks/tilda", data=b"Email=z%40example.com", content_type=FORM, headers={"X-Relay-Token": token}
+    )
     assert response.status_code == 202
     stored = app.extensions["relay"]["store"].get(response.get_json()["id"])
     assert token not in json.dumps(stored.headers)

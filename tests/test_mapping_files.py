@@ -40,12 +40,18 @@ def test_good_file_loads(tmp_path):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("transform: [phone, list]", "transform: [e164x, list]"), "demo.yaml:9 rules.0.fields.phones.transform.0: unknown transform 'e164x'"),
+        (
+            ("transform: [phone, list]", "transform: [e164x, list]"),
+            "demo.yaml:9 rules.0.fields.phones.transform.0: unknown transform 'e164x'",
+        ),
         (("    match:", "    matchh:"), "demo.yaml:6 rules.0.matchh: unknown key"),
         (("version: 1", "version: 2"), "demo.yaml:1 version: only version 1 exists"),
         (('secret: "${DEMO_TOKEN}"', "secret: hunter2"), "auth.secret: secrets must be written as ${NAME} references"),
         (("path: email,", "path: 'email[',"), "rules.0.match.email.path: invalid expression"),
-        (("email: {path: email, transform: email}", "phone: {path: phone}"), "rules.0.match: matching 'email' needs match keys: email"),
+        (
+            ("email: {path: email, transform: email}", "phone: {path: phone}"),
+            "rules.0.match: matching 'email' needs match keys: email",
+        ),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path, change, expected):
@@ -74,8 +80,12 @@ def test_check_command_exits_1_listing_problems(tmp_path):
     """python -m relay check exits 1 and names file and key."""
     write(tmp_path, GOOD.replace("transform: [phone, list]", "transform: [e164x]"))
     result = subprocess.run(
-        [sys.executable, "-m", "relay", "check"], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)}, timeout=60,
+        [sys.executable, "-m", "relay", "check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)},
+        timeout=60,
     )
     assert result.returncode == 1
     assert "demo.yaml:9 rules.0.fields.phones.transform.0: unknown transform 'e164x'" in result.stderr
@@ -83,7 +93,13 @@ def test_check_command_exits_1_listing_problems(tmp_path):
 
 def test_check_passes_on_the_built_in_mappings():
     """The shipped mappings and all their examples pass check."""
-    result = subprocess.run([sys.executable, "-m", "relay", "check"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "10 mapping files" in result.stdout

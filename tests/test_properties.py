@@ -13,16 +13,59 @@ from relay.mapping.translate import translate
 from .conftest import MAPPINGS
 
 SOURCES = load_sources(MAPPINGS)
-EVENTS = ["orders/create", "orders/paid", "checkouts/create", "customers/create", "order.created",
-          "order.updated", "customer.created", None]
+EVENTS = [
+    "orders/create",
+    "orders/paid",
+    "checkouts/create",
+    "customers/create",
+    "order.created",
+    "order.updated",
+    "customer.created",
+    None,
+]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
-                    st.sampled_from(["a@example.com", "8 (912) 345-67-89", "81.2.69.142", "02.04.1990", "yes"]))
-keys = st.sampled_from(["email", "Email", "phone", "Phone", "Name", "name", "customer", "billing", "data", "payload",
-                        "object", "customer_details", "answers", "fields", "form_response", "rawRequest", "payment",
-                        "browser_ip", "type", "triggerType", "value", "first_name", "status", "total_price", "x"])
-payloads = st.recursive(scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=6)), max_leaves=30)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["a@example.com", "8 (912) 345-67-89", "81.2.69.142", "02.04.1990", "yes"]),
+)
+keys = st.sampled_from(
+    [
+        "email",
+        "Email",
+        "phone",
+        "Phone",
+        "Name",
+        "name",
+        "customer",
+        "billing",
+        "data",
+        "payload",
+        "object",
+        "customer_details",
+        "answers",
+        "fields",
+        "form_response",
+        "rawRequest",
+        "payment",
+        "browser_ip",
+        "type",
+        "triggerType",
+        "value",
+        "first_name",
+        "status",
+        "total_price",
+        "x",
+    ]
+)
+payloads = st.recursive(
+    scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=6)),
+    max_leaves=30,
+)
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))

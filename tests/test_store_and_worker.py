@@ -42,8 +42,9 @@ def test_accept_dedup_claim_and_fencing(store):
     assert claimed, "the due delivery is claimed"
     _delivery, token = claimed[0]
     # The lease runs out; another worker claims it again with a new token.
-    reclaimed = [(d, t) for d, t in store.claim(owner="b", limit=100, lease_seconds=30, now=time.time() + 31)
-                 if d.id == first.id]
+    reclaimed = [
+        (d, t) for d, t in store.claim(owner="b", limit=100, lease_seconds=30, now=time.time() + 31) if d.id == first.id
+    ]
     assert reclaimed
     assert store.finish(first.id, token, status="delivered") is False  # the stale worker cannot settle it
     assert store.finish(first.id, reclaimed[0][1], status="failed", reason="rejected", detail="no") is True
@@ -121,8 +122,9 @@ def test_worker_delivers_retries_and_keeps_failures(tmp_path, upstream):
     settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=upstream.url)
     store = Store(settings.database_url)
     worker = Worker(settings, store=store)
-    accepted = store.accept(_request(b"Email=Ivan%40Example.com&Phone=8+912+345-67-89"), dedup_key="k1",
-                            status="queued", dedup_window=60)
+    accepted = store.accept(
+        _request(b"Email=Ivan%40Example.com&Phone=8+912+345-67-89"), dedup_key="k1", status="queued", dedup_window=60
+    )
     upstream.faults = [503]
     assert _drain(worker, store, accepted.id) == "delivered"
     delivered = store.get(accepted.id)
@@ -152,8 +154,11 @@ def test_admin_api_lists_shows_and_replays(tmp_path):
 
     app = create_app(make_settings(tmp_path))
     client = app.test_client()
-    response = client.post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"], data=b"Email=a%40example.com",
-                           content_type="application/x-www-form-urlencoded")
+    response = client.post(
+        "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"],
+        data=b"Email=a%40example.com",
+        content_type="application/x-www-form-urlencoded",
+    )
     delivery_id = response.get_json()["id"]
     assert client.get("/admin/api/deliveries").status_code == 401
     auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}

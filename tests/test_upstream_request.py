@@ -34,7 +34,10 @@ def test_valid_request_has_no_problems():
         ({"data": {"x": {"action": "frobnicate"}}}, "unknown action"),
         ({"data": {"subscriptions": [{"resource_id": 1, "channel": "sms"}]}}, "sms subscription needs phone"),
         ({"data": {"subscriptions": [{"resource_id": 1, "channel": "pigeon", "email": "a@b.c"}]}}, "channel"),
-        ({"data": {"subscriptions": [{"resource_id": 1, "channel": "email", "email": "a@b.c", "status": "gone"}]}}, "status"),
+        (
+            {"data": {"subscriptions": [{"resource_id": 1, "channel": "email", "email": "a@b.c", "status": "gone"}]}},
+            "status",
+        ),
         ({"add_to_segments": ["a"]}, "add_to_segments"),
     ],
 )
@@ -53,29 +56,50 @@ def test_profile_id_matching_only_on_update():
 
 def test_every_channel_and_operator_accepted():
     """All seven channels and six operators are accepted in their valid forms."""
-    body = {**OK, "data": {
-        "a": {"action": "set", "value": 1}, "b": {"action": "unset"}, "c": {"action": "incr", "value": -2},
-        "tags": {"action": "add", "value": ["x"]}, "t2": {"action": "delete", "value": ["y"]},
-        "o": {"action": "upsert", "submatch": "k", "value": 1},
-        "subscriptions": [
-            {"resource_id": 1, "channel": "email", "email": "a@b.co", "status": "subscribed", "priority": 1,
-             "custom_fields": {"k": 1}, "cats": ["news"]},
-            {"resource_id": 1, "channel": "sms", "phone": "+79123456789", "status": 0},
-            {"resource_id": 1, "channel": "push", "provider": "fcm", "subscription_id": "s"},
-            {"resource_id": 1, "channel": "telegram_bot", "cc_data": {"id": 5}},
-            {"resource_id": 1, "channel": "whatsapp", "cc_data": {"phone": "+79123456789"}},
-            {"resource_id": 1, "channel": "viber", "cc_data": {"phone": "+79123456789"}},
-            {"resource_id": 1, "channel": "notify", "cc_data": {"phone": "+79123456789"}, "status": -1},
-        ]}}
+    body = {
+        **OK,
+        "data": {
+            "a": {"action": "set", "value": 1},
+            "b": {"action": "unset"},
+            "c": {"action": "incr", "value": -2},
+            "tags": {"action": "add", "value": ["x"]},
+            "t2": {"action": "delete", "value": ["y"]},
+            "o": {"action": "upsert", "submatch": "k", "value": 1},
+            "subscriptions": [
+                {
+                    "resource_id": 1,
+                    "channel": "email",
+                    "email": "a@b.co",
+                    "status": "subscribed",
+                    "priority": 1,
+                    "custom_fields": {"k": 1},
+                    "cats": ["news"],
+                },
+                {"resource_id": 1, "channel": "sms", "phone": "+79123456789", "status": 0},
+                {"resource_id": 1, "channel": "push", "provider": "fcm", "subscription_id": "s"},
+                {"resource_id": 1, "channel": "telegram_bot", "cc_data": {"id": 5}},
+                {"resource_id": 1, "channel": "whatsapp", "cc_data": {"phone": "+79123456789"}},
+                {"resource_id": 1, "channel": "viber", "cc_data": {"phone": "+79123456789"}},
+                {"resource_id": 1, "channel": "notify", "cc_data": {"phone": "+79123456789"}, "status": -1},
+            ],
+        },
+    }
     assert request_problems("profiles/update", body) == []
 
 
 def test_xml_body_round_trips():
     """The XML form has root <xml>, marks arrays, and parses back to the same data."""
-    body = {"db_id": 1, "email": "a&b@example.com", "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}}}
+    body = {
+        "db_id": 1,
+        "email": "a&b@example.com",
+        "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}},
+    }
     text = to_xml(body)
     assert text.startswith('<?xml version="1.0" encoding="UTF-8"?><xml>')
-    assert "<phones array=\"true\">+1</phones><phones array=\"true\">+2</phones>" in text
+    assert '<phones array="true">+1</phones><phones array="true">+2</phones>' in text
     back = parse_body(text.encode(), "application/xml")
-    assert back == {"db_id": "1", "email": "a&b@example.com",
-                    "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}}}
+    assert back == {
+        "db_id": "1",
+        "email": "a&b@example.com",
+        "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}},
+    }

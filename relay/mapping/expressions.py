@@ -2,8 +2,10 @@
 
 JMESPath does the selecting (`customer.email`, `answers[?type=='email'] | [0]`);
 the added functions are the ones form payloads need and JMESPath lacks:
-`lower`, `upper`, `trim`, `split`, `from_json`, `matches` and `pick` (the values of the keys that match a pattern, for payloads keyed by field ids such as Jotform's `q4_email`) (a case-insensitive
-substring test for finding answers by their question's title).
+`lower`, `upper`, `trim`, `split`, `from_json`; `matches(text, pattern)`, a
+case-insensitive regex test for finding answers by their question's title; and
+`pick(object, pattern)`, the values of the keys that match a pattern, for
+payloads keyed by field ids such as Jotform's `q4_email`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ class _RelayFunctions(functions.Functions):
             return re.search(pattern, value, re.IGNORECASE) is not None
         except re.error:
             return False
-
 
     @functions.signature({"types": ["object", "null"]}, {"types": ["string"]})
     def _func_pick(self, value: dict[str, Any] | None, pattern: str) -> list[Any]:

@@ -47,8 +47,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
         return None, problems
     if loaded["source"] != path.stem:
         problems.append(
-            f"{shown}:{line_of(lines, ('source',))} source: {loaded['source']!r} must match "
-            f"the file name {path.stem!r}"
+            f"{shown}:{line_of(lines, ('source',))} source: {loaded['source']!r} must match the file name {path.stem!r}"
         )
     if problems:
         return None, problems
@@ -95,9 +94,7 @@ def load_sources(folder: str | Path) -> dict[str, Source]:
     return sources
 
 
-def _walk(
-    messages: Any, path: tuple[str, ...], lines: LineTable
-) -> Iterator[tuple[tuple[str, ...], str]]:
+def _walk(messages: Any, path: tuple[str, ...], lines: LineTable) -> Iterator[tuple[tuple[str, ...], str]]:
     if isinstance(messages, dict):
         for key, value in messages.items():
             child = (*path, str(key))
@@ -126,9 +123,7 @@ def _broken_references(data: Any, lines: LineTable, shown: str) -> list[str]:
     problems = []
     for path, text in _strings(data, ()):
         if "${" in text and envrefs.broken_ref(text):
-            problems.append(
-                f"{shown}:{line_of(lines, path)} {'.'.join(path)}: malformed reference in {text!r}"
-            )
+            problems.append(f"{shown}:{line_of(lines, path)} {'.'.join(path)}: malformed reference in {text!r}")
     return problems
 
 

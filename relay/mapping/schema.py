@@ -85,9 +85,7 @@ class SecretRef(fields.String):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if not envrefs.is_ref(text):
-            raise ValidationError(
-                "secrets must be written as ${NAME} references to a setting, never inline"
-            )
+            raise ValidationError("secrets must be written as ${NAME} references to a setting, never inline")
         return text
 
 
@@ -284,7 +282,9 @@ class RuleSchema(StrictSchema):
     ignore = fields.String(load_default=None)
     method = fields.String(load_default="profiles/import", validate=validate.OneOf(METHODS))
     matching = fields.String(load_default="email", validate=validate.OneOf(list(MATCHING_MODES)))
-    match = fields.Dict(keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict)
+    match = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict
+    )
     db_id = EnvOr(int, load_default="${RELAY_DB_ID:-1}")
     resource_id = EnvOr(int, load_default=None)
     skip_triggers = fields.Boolean(load_default=False)

@@ -139,9 +139,7 @@ def _short(messages: Any) -> str:
 class _Builder:
     """Builds the calls of one rule for one payload."""
 
-    def __init__(
-        self, source: Source, rule: Rule, payload: Any, ctx: TranslateContext, client_ip: str | None
-    ) -> None:
+    def __init__(self, source: Source, rule: Rule, payload: Any, ctx: TranslateContext, client_ip: str | None) -> None:
         self.source = source
         self.rule = rule
         self.payload = payload
@@ -213,9 +211,7 @@ class _Builder:
         if rule.add_to_segments:
             body["add_to_segments"] = [self.integer(s, "add_to_segments") for s in rule.add_to_segments]
         if rule.remove_from_segments:
-            body["remove_from_segments"] = [
-                self.integer(s, "remove_from_segments") for s in rule.remove_from_segments
-            ]
+            body["remove_from_segments"] = [self.integer(s, "remove_from_segments") for s in rule.remove_from_segments]
         body["data"] = data
         calls = [UpstreamCall(rule.method, body)]
         if remove_tags:
@@ -236,8 +232,7 @@ class _Builder:
         if missing or (one_of and not any(body.get(key) not in (None, "") for key in one_of)):
             wanted = ", ".join(missing) or " or ".join(one_of)
             raise MappingError(
-                f"rule {self.rule.name!r} matches by {self.rule.matching} but the payload "
-                f"gives no usable {wanted}"
+                f"rule {self.rule.name!r} matches by {self.rule.matching} but the payload gives no usable {wanted}"
             )
 
     def _fields(self) -> dict[str, Any]:

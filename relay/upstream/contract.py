@@ -28,8 +28,7 @@ MATCHING_MODES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "email_phone_sub": ((), ("email", "phone")),
 }
 
-MATCHING_KEYS = ("email", "phone", "profile_id", "provider", "subscription_id",
-                 "field_name", "field_value")
+MATCHING_KEYS = ("email", "phone", "profile_id", "provider", "subscription_id", "field_name", "field_value")
 
 OPERATORS = ("set", "unset", "incr", "add", "delete", "upsert")
 

@@ -41,8 +41,17 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
 
 _STRING_FIELDS = {
-    "_fname", "_lname", "_regcity", "_regcountry", "_regurl", "_city", "_country",
-    "_region", "_tz", "_vendor", "_browser",
+    "_fname",
+    "_lname",
+    "_regcity",
+    "_regcountry",
+    "_regurl",
+    "_city",
+    "_country",
+    "_region",
+    "_tz",
+    "_vendor",
+    "_browser",
 }
 _DATE_FIELDS = {"_bdate", "_regdate"}
 _IP_FIELDS = {"_regip", "_ip"}
