@@ -1,4 +1,4 @@
-"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, replay."""
+"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, replay, sandbox."""
 
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--since")
     replay.add_argument("--until")
 
+    sandbox = commands.add_parser("sandbox", help="a local stand-in for the upstream API")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8900)
+    sandbox.add_argument("--token", action="append", default=[], help="a valid API token (repeatable)")
+    sandbox.add_argument("--config", help="JSON file with databases, resources, segments and tokens")
     return parser
 
 
@@ -221,4 +226,5 @@ _COMMANDS = {
     "worker": _lazy("relay.worker", "cmd_worker"),
     "deliveries": _lazy("relay.admin_cli", "cmd_deliveries"),
     "replay": _lazy("relay.admin_cli", "cmd_replay"),
+    "sandbox": _lazy("relay.sandbox", "cmd_sandbox"),
 }

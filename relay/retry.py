@@ -21,6 +21,7 @@ def next_attempt(
     max_age: float,
     retry_after: float | None = None,
     overloaded: bool = False,
+    schedule: tuple[float, ...] = SCHEDULE,
     rng: random.Random | None = None,
 ) -> float | None:
     """The time of the next try after failed try number `attempt_no` (1-based), or None.
@@ -32,9 +33,9 @@ def next_attempt(
     """
     if attempt_no >= max_attempts:
         return None
-    step = SCHEDULE[min(attempt_no - 1, len(SCHEDULE) - 1)]
+    step = schedule[min(attempt_no - 1, len(schedule) - 1)]
     if overloaded:
-        step = max(step, OVERLOAD_FLOOR)
+        step = max(step, min(OVERLOAD_FLOOR, schedule[-1]))
     delay = step * (1 + (rng or random).uniform(-JITTER, JITTER))
     if retry_after is not None and retry_after > 0:
         delay = min(max(retry_after, step), 2 * step)

@@ -80,6 +80,13 @@ def _region(text: str) -> str:
     return value
 
 
+def _schedule(text: str) -> tuple[float, ...]:
+    steps = tuple(float(part) for part in text.split(",") if part.strip())
+    if not steps or any(step <= 0 for step in steps):
+        raise ValueError("must be a comma-separated list of positive seconds, e.g. 5,30,120")
+    return steps
+
+
 def _text(text: str) -> str:
     return text
 
@@ -103,6 +110,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("lease_seconds", "RELAY_LEASE_SECONDS", _positive_int, "60"),
     ("max_attempts", "RELAY_MAX_ATTEMPTS", _positive_int, "30"),
     ("max_age", "RELAY_MAX_AGE", _positive_int, str(4 * 24 * 3600)),
+    ("retry_schedule", "RELAY_RETRY_SCHEDULE", _schedule, "5,30,120,300,900,1800,3600,7200,14400,21600"),
     ("poll_interval", "RELAY_POLL_INTERVAL", _positive_float, "0.5"),
     ("log_format", "RELAY_LOG_FORMAT", _choice("json", "text"), "json"),
     ("log_level", "RELAY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),
@@ -132,6 +140,7 @@ class Settings:
     lease_seconds: int
     max_attempts: int
     max_age: int
+    retry_schedule: tuple[float, ...]
     poll_interval: float
     log_format: str
     log_level: str

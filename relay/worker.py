@@ -157,6 +157,7 @@ class Worker:
                 max_age=self.settings.max_age,
                 retry_after=outcome.retry_after,
                 overloaded=overloaded,
+                schedule=self.settings.retry_schedule,
             )
             if when is None:
                 self.store.finish(
