@@ -1,0 +1,162 @@
+"""The worker against the sandbox upstream on loopback: every fault, retries, final failures, held."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from relay.inbound import InboundRequest
+from relay.sandbox import Sandbox, SandboxServer, default_config
+from relay.store import Store
+from relay.worker import Worker
+
+from .conftest import SECRETS, make_settings
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.fixture
+def sandbox():  # type: ignore[no-untyped-def]
+    server = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_UPSTREAM_TIMEOUT="0.5",
+                             RELAY_RETRY_SCHEDULE="0.05,0.1,0.2", RELAY_MAX_ATTEMPTS="6")
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    yield store, worker
+    worker.stop()
+    store.close()
+
+
+def accept(store: Store, body: bytes, key: str) -> str:
+    request = InboundRequest(source="tilda", body=body, content_type=FORM)
+    return store.accept(request, dedup_key=key, status="queued", dedup_window=60).id
+
+
+def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -> str:
+    """Process the delivery, jumping the clock past each retry time, until it settles."""
+    for _ in range(rounds):
+        claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
+        if not claimed:
+            break
+        if worker.process(*claimed[0]) != "retrying":
+            break
+    return store.get(delivery_id).status
+
+
+@pytest.mark.parametrize(
+    ("faults", "outcomes"),
+    [
+        ([{"status": 503}], ["transient", "delivered"]),
+        ([{"status": 500, "body": "Internal Server Error"}], ["transient", "delivered"]),
+        ([{"delay_ms": 1500}], ["transient", "delivered"]),
+        ([{"drop": True}], ["transient", "delivered"]),
+        ([{"status": 429, "retry_after": 1}], ["transient", "delivered"]),
+        ([{"status": 200, "body": "<html>proxy login</html>"}], ["transient", "delivered"]),
+    ],
+    ids=["503", "500-text", "timeout", "connection-drop", "429-retry-after", "200-not-json"],
+)
+def test_transient_faults_are_retried_then_delivered(relay, sandbox, faults, outcomes):
+    """5xx, timeouts, dropped connections, 429 and non-JSON answers are retried until delivered."""
+    store, worker = relay
+    delivery_id = accept(store, b"Email=Ivan%40Example.com&Phone=8+912+345-67-89", "k")
+    sandbox.sandbox.faults.extend(faults)
+    assert drain(store, worker, delivery_id) == "delivered"
+    assert [a["outcome"] for a in store.attempts_of(delivery_id)] == outcomes
+    profile = next(iter(sandbox.sandbox.profiles.values()))
+    assert profile.fields["phones"] == ["+79123456789"] and profile.fields["email"] == "ivan@example.com"
+    assert store.get(delivery_id).profile_id == profile.id
+
+
+def test_retry_after_sets_the_next_attempt(relay, sandbox):
+    """A 429's Retry-After is honoured but clamped to twice the (overload-floored) step."""
+    store, worker = relay
+    delivery_id = accept(store, b"Email=a%40example.com", "k")
+    sandbox.sandbox.faults.append({"status": 429, "retry_after": 1})
+    claimed = store.claim(owner="t", limit=1, lease_seconds=30)
+    before = time.time()
+    assert worker.process(*claimed[0]) == "retrying"
+    delivery = store.get(delivery_id)
+    assert delivery.status == "retrying"
+    # step 0.05 raised to the overload floor (capped at the last step, 0.2); Retry-After 1 s clamps to 0.4
+    assert 0.35 <= delivery.next_attempt_at - before <= 0.5
+
+
+def test_final_refusals_are_kept_with_the_answer(relay, sandbox):
+    """error != 0 with a 4xx is final: failed/rejected, with the upstream's answer kept."""
+    store, worker = relay
+    sandbox.sandbox.config["databases"]["1"]["fields"].pop("tags")  # the mapping writes tags: unknown field
+    delivery_id = accept(store, b"Email=a%40example.com", "k")
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery.reason == "rejected" and "unknown field tags" in delivery.detail
+    attempts = store.attempts_of(delivery_id)
+    assert len(attempts) == 1 and attempts[0]["http_status"] == 400 and "unknown field" in attempts[0]["response"]
+
+
+def test_retries_run_out_as_exhausted(relay, sandbox):
+    """A delivery that keeps failing ends failed/exhausted after the attempt budget."""
+    store, worker = relay
+    delivery_id = accept(store, b"Email=a%40example.com", "k")
+    sandbox.sandbox.faults.extend([{"status": 503}] * 10)
+    assert drain(store, worker, delivery_id, rounds=10) == "failed"
+    assert store.get(delivery_id).reason == "exhausted"
+    assert len(store.attempts_of(delivery_id)) == 6
+
+
+def test_second_call_resumes_without_resending_the_first(tmp_path, sandbox):
+    """When the tag-removal call fails, the retry sends only that call: counters are not doubled."""
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_RETRY_SCHEDULE="0.05")
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    body = json.dumps({"email": "a@example.com", "total_price": "10.00", "id": 1}).encode()
+    request = InboundRequest(source="shopify", body=body, content_type="application/json",
+                             headers={"X-Shopify-Topic": "orders/paid"})
+    delivery_id = store.accept(request, dedup_key="s", status="queued", dedup_window=60).id
+    sandbox.sandbox.faults.extend([{"delay_ms": 0}, {"status": 502}])  # 1st call passes, 2nd fails once
+    assert drain(store, worker, delivery_id) == "delivered"
+    methods = [r["method"] for r in sandbox.sandbox.requests if r["outcome"] == "ok"]
+    assert methods == ["profiles/import", "profiles/update"]
+    profile = next(iter(sandbox.sandbox.profiles.values()))
+    assert profile.fields["revenue"] == 10
+    worker.stop()
+    store.close()
+
+
+def test_held_until_an_upstream_is_configured(tmp_path, sandbox):
+    """With no upstream the delivery waits as held; a worker with an upstream sends it."""
+    from relay.web import create_app
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    response = app.test_client().post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"],
+                                      data=b"Email=held%40example.com", content_type=FORM)
+    delivery_id = response.get_json()["id"]
+    store = app.extensions["relay"]["store"]
+    assert store.get(delivery_id).status == "held"
+    configured = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_POLL_INTERVAL="0.05")
+    worker = Worker(configured, store=store)
+    worker.start()
+    deadline = time.time() + 10
+    while store.get(delivery_id).status != "delivered" and time.time() < deadline:
+        time.sleep(0.05)
+    worker.stop()
+    assert store.get(delivery_id).status == "delivered"
+    assert sandbox.sandbox.profiles
+
+
+def test_mapping_failure_is_kept_and_replay_uses_todays_mapping(relay, sandbox):
+    """A payload the mapping rejects is failed/mapping; after replay it is translated again."""
+    store, worker = relay
+    delivery_id = accept(store, b"Name=nobody", "k")
+    assert drain(store, worker, delivery_id) == "failed"
+    assert store.get(delivery_id).reason == "mapping"
+    assert store.replay(delivery_id)
+    assert store.get(delivery_id).status == "queued"
