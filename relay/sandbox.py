@@ -132,6 +132,9 @@ class Sandbox:
             return _json(404, {"error": 404, "error_text": "Not found"})
         method = split.path[len("/api/v1.1/") :]
         want_xml = query.get("format") == "xml" or "xml" in headers.get("accept", "").lower()
+        latency = float(self.chaos.get("latency_ms", 0))
+        if latency:
+            time.sleep(latency / 1000)
         fault = self._next_fault()
         if fault is not None:
             delay = fault.get("delay_ms")
@@ -583,8 +586,15 @@ class SandboxServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        ThreadingHTTPServer.daemon_threads = True
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that hangs up mid-answer (a relay killed in a test) is not our fault.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self.server = Server((host, port), Handler)
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox", daemon=True
         )

@@ -25,6 +25,17 @@ __all__ = ["cmd_run"]
 log = logging.getLogger("relay.run")
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when `run` dies, even by SIGKILL, so nothing is orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def cmd_run(args: Any, settings: Settings) -> int:
     configure_logging(settings)
     try:
@@ -53,9 +64,10 @@ def cmd_run(args: Any, settings: Settings) -> int:
             "--access-logformat",
             '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
             "app:app",
-        ]
+        ],
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
     )
-    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"])
+    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"], preexec_fn=_die_with_parent)
     children = [web, worker]
     stopping = False
 

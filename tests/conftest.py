@@ -95,6 +95,27 @@ def postgres_available() -> tuple[bool, str]:
     return True, ""
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards, as a store URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    require_postgres()
+    base = postgres_url()
+    assert base is not None
+    schema = f"relay_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
 def require_postgres() -> None:
     ok, why = postgres_available()
     if not ok:

@@ -160,3 +160,28 @@ def test_mapping_failure_is_kept_and_replay_uses_todays_mapping(relay, sandbox):
     assert store.get(delivery_id).reason == "mapping"
     assert store.replay(delivery_id)
     assert store.get(delivery_id).status == "queued"
+
+
+def test_two_workers_on_postgres_never_send_one_delivery_twice(tmp_path, sandbox, pg_url):
+    """Two worker processes' worth of threads on one PostgreSQL deliver each delivery exactly once."""
+    sandbox.sandbox.chaos = {"latency_ms": 5}
+    settings = make_settings(tmp_path, RELAY_DATABASE_URL=pg_url, RELAY_UPSTREAM_URL=sandbox.api_url,
+                             RELAY_POLL_INTERVAL="0.02", RELAY_WORKER_CONCURRENCY="4", RELAY_UPSTREAM_RATE="1000")
+    seed = Store(pg_url)
+    total = 150
+    for index in range(total):
+        request = InboundRequest(source="tilda", body=f"Email=pg{index}%40example.com".encode(), content_type=FORM)
+        seed.accept(request, dedup_key=f"pg:{index}", status="queued", dedup_window=60)
+    workers = [Worker(settings, store=Store(pg_url)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    deadline = time.time() + 60
+    while seed.counts().get("delivered", 0) < total and time.time() < deadline:
+        time.sleep(0.1)
+    for worker in workers:
+        worker.stop()
+        worker.store.close()
+    assert seed.counts() == {"delivered": total}
+    sent = [r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok"]
+    assert len(sent) == total and len(set(sent)) == total  # no delivery was sent twice
+    seed.close()

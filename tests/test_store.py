@@ -10,7 +10,7 @@ import pytest
 from relay.inbound import InboundRequest
 from relay.store import Store
 
-from .conftest import SECRETS, make_settings, postgres_url, require_postgres
+from .conftest import SECRETS, make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -18,8 +18,7 @@ def store(request, tmp_path):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         s = Store(f"sqlite:///{tmp_path / 'contract.db'}")
     else:
-        require_postgres()
-        s = Store(postgres_url())  # type: ignore[arg-type]
+        s = Store(request.getfixturevalue("pg_url"))
     yield s
     s.close()
 

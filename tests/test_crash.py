@@ -1,0 +1,81 @@
+"""Kill relay with SIGKILL in the middle of deliveries, start it again: nothing accepted is lost."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from relay.sandbox import Sandbox, SandboxServer, default_config
+from relay.store import Store
+from relay.testing import RelayProcess
+
+from .conftest import SECRETS
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_sigkill_mid_delivery_loses_nothing(tmp_path):
+    """Every webhook answered 202 is delivered after a SIGKILL and restart; re-sends only where cut off."""
+    sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    sandbox.sandbox.chaos = {"latency_ms": 40}  # slow enough that the kill lands mid-call
+    database = tmp_path / "relay.db"
+    env = {
+        "RELAY_DATABASE_URL": f"sqlite:///{database}",
+        "RELAY_UPSTREAM_URL": sandbox.api_url,
+        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "RELAY_LEASE_SECONDS": "2",
+        "RELAY_RETRY_SCHEDULE": "0.2",
+        "RELAY_POLL_INTERVAL": "0.05",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    relay = RelayProcess(env, log=tmp_path / "relay.log").start()
+    accepted: set[str] = set()
+    hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+    total = 120
+
+    def send(index: int, client: httpx.Client) -> None:
+        body = urlencode({"Email": f"lead{index}@example.com", "tranid": f"crash:{index}"})
+        try:
+            response = client.post(hook, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        except httpx.HTTPError:
+            return  # the provider would retry; relay never said it had it
+        if response.status_code in (200, 202):
+            accepted.add(f"lead{index}@example.com")
+
+    try:
+        with httpx.Client(base_url=relay.url, timeout=5) as client:
+            for index in range(total // 2):
+                send(index, client)
+        time.sleep(0.5)  # deliveries are under way
+        delivered_before = sum(1 for r in sandbox.sandbox.requests if r["outcome"] == "ok")
+        relay.kill()
+        assert 0 < delivered_before < len(accepted), "the kill should land in the middle of the deliveries"
+        relay.start()
+        with httpx.Client(base_url=relay.url, timeout=5) as client:
+            for index in range(total // 2 - 5, total):  # a few repeats: providers retry what they sent
+                send(index, client)
+        store = Store(f"sqlite:///{database}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            counts = store.counts()
+            if counts.get("delivered", 0) >= total and set(counts) == {"delivered"}:
+                break
+            time.sleep(0.2)
+        counts = store.counts()
+        store.close()
+    finally:
+        relay.stop()
+        sandbox.stop()
+
+    assert len(accepted) == total
+    assert counts == {"delivered": total}, counts
+    applied = Counter(r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok")
+    assert set(applied) == accepted  # every accepted lead reached the upstream
+    resent = sum(applied.values()) - total
+    # Only calls in flight at the kill can be sent twice: at most one per worker thread.
+    assert 0 <= resent <= 4, applied.most_common(5)
