@@ -74,7 +74,8 @@ def main() -> int:
             while time.monotonic() < deadline:
                 try:
                     response = client.post(
-                        f"/hooks/tilda?token={HOOK_TOKEN}", content=body,
+                        f"/hooks/tilda?token={HOOK_TOKEN}",
+                        content=body,
                         headers={"Content-Type": "application/x-www-form-urlencoded"},
                     )
                 except httpx.HTTPError:
@@ -109,9 +110,7 @@ def main() -> int:
     counts = store.counts()
     store.close()
     relay.stop()
-    applied = Counter(
-        r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok" and r["body"]
-    )
+    applied = Counter(r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok" and r["body"])
     faults = sum(1 for r in sandbox.sandbox.requests if r["outcome"] != "ok")
     sandbox.stop()
     expected = {f"soak{i}@example.com" for i in accepted}

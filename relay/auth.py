@@ -92,12 +92,12 @@ def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], sec
     if not raw:
         raise AuthenticationFailed(f"missing signature header {auth.header}")
     timestamp: str | None = None
-    if auth.signature_format == "stripe":
-        parts = [part.strip().split("=", 1) for part in raw.split(",") if "=" in part]
-        timestamp = next((v for k, v in parts if k == "t"), None)
-        offered = [v for k, v in parts if k == "v1"]
+    if auth.signature_format == "fields":
+        parts = [part.strip().split("=", 1) for part in raw.split(auth.field_separator) if "=" in part]
+        timestamp = next((v for k, v in parts if k == auth.timestamp_field), None)
+        offered = [v for k, v in parts if k == auth.signature_field]  # several during rotation
         if timestamp is None or not offered:
-            raise AuthenticationFailed(f"{auth.header} lacks t= or v1=")
+            raise AuthenticationFailed(f"{auth.header} lacks {auth.timestamp_field}= or {auth.signature_field}=")
     else:
         offered = [s.strip() for s in raw.split(",")] if "," in raw and auth.encoding == "hex" else [raw.strip()]
         if auth.timestamp_header:
@@ -115,7 +115,10 @@ def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], sec
     signed = body.join(message)
     algorithm = getattr(hashlib, auth.algorithm)
     for secret in secrets:
-        key = bytes.fromhex(secret) if auth.hex_key else secret.encode()
+        try:
+            key = bytes.fromhex(secret) if auth.hex_key else secret.encode()
+        except ValueError:
+            continue  # a secret that is not hex cannot match a hex-key scheme
         digest = hmac.new(key, signed, algorithm).digest()
         expected = digest.hex() if auth.encoding == "hex" else base64.b64encode(digest).decode()
         expected = auth.prefix + expected

@@ -119,7 +119,7 @@ class Sandbox:
             self.chaos: dict[str, Any] = {}
             self.tariff_exhausted = False
             self.applied = 0
-            self.rng = random.Random(self.config.get("seed", 0))
+            self.rng = random.Random(self.config.get("seed", 0))  # noqa: S311 - fault injection, not crypto
 
     # -- entry point ------------------------------------------------------
     def handle(self, verb: str, path: str, headers: dict[str, str], body: bytes) -> Any:
@@ -544,7 +544,9 @@ def _coerce_xml(data: Any) -> Any:
     return data
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 

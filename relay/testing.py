@@ -41,7 +41,11 @@ class RelayProcess:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "relay", "run", "--port", str(self.port)],
-                cwd=ROOT, env=self.env, stdout=output, stderr=output, start_new_session=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
             )
         finally:
             if self.log:

@@ -28,6 +28,7 @@ SECRETS = {
     "TYPEFORM_WEBHOOK_SECRET": "typeform-test-secret-e5f6",
     "TALLY_WEBHOOK_SECRET": "tally-test-secret-0a0b",
     "WEBFLOW_WEBHOOK_SECRET": "webflow-test-secret-1c1d",
+    "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_test_secret_4e4f",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }

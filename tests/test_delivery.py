@@ -26,8 +26,13 @@ def sandbox():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_UPSTREAM_TIMEOUT="0.5",
-                             RELAY_RETRY_SCHEDULE="0.05,0.1,0.2", RELAY_MAX_ATTEMPTS="6")
+    settings = make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_UPSTREAM_TIMEOUT="0.5",
+        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
+        RELAY_MAX_ATTEMPTS="6",
+    )
     store = Store(settings.database_url)
     worker = Worker(settings, store=store)
     yield store, worker
@@ -117,8 +122,9 @@ def test_second_call_resumes_without_resending_the_first(tmp_path, sandbox):
     store = Store(settings.database_url)
     worker = Worker(settings, store=store)
     body = json.dumps({"email": "a@example.com", "total_price": "10.00", "id": 1}).encode()
-    request = InboundRequest(source="shopify", body=body, content_type="application/json",
-                             headers={"X-Shopify-Topic": "orders/paid"})
+    request = InboundRequest(
+        source="shopify", body=body, content_type="application/json", headers={"X-Shopify-Topic": "orders/paid"}
+    )
     delivery_id = store.accept(request, dedup_key="s", status="queued", dedup_window=60).id
     sandbox.sandbox.faults.extend([{"delay_ms": 0}, {"status": 502}])  # 1st call passes, 2nd fails once
     assert drain(store, worker, delivery_id) == "delivered"
@@ -136,8 +142,9 @@ def test_held_until_an_upstream_is_configured(tmp_path, sandbox):
 
     settings = make_settings(tmp_path)
     app = create_app(settings)
-    response = app.test_client().post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"],
-                                      data=b"Email=held%40example.com", content_type=FORM)
+    response = app.test_client().post(
+        "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"], data=b"Email=held%40example.com", content_type=FORM
+    )
     delivery_id = response.get_json()["id"]
     store = app.extensions["relay"]["store"]
     assert store.get(delivery_id).status == "held"
@@ -165,8 +172,14 @@ def test_mapping_failure_is_kept_and_replay_uses_todays_mapping(relay, sandbox):
 def test_two_workers_on_postgres_never_send_one_delivery_twice(tmp_path, sandbox, pg_url):
     """Two worker processes' worth of threads on one PostgreSQL deliver each delivery exactly once."""
     sandbox.sandbox.chaos = {"latency_ms": 5}
-    settings = make_settings(tmp_path, RELAY_DATABASE_URL=pg_url, RELAY_UPSTREAM_URL=sandbox.api_url,
-                             RELAY_POLL_INTERVAL="0.02", RELAY_WORKER_CONCURRENCY="4", RELAY_UPSTREAM_RATE="1000")
+    settings = make_settings(
+        tmp_path,
+        RELAY_DATABASE_URL=pg_url,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_POLL_INTERVAL="0.02",
+        RELAY_WORKER_CONCURRENCY="4",
+        RELAY_UPSTREAM_RATE="1000",
+    )
     seed = Store(pg_url)
     total = 150
     for index in range(total):

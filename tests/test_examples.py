@@ -33,6 +33,7 @@ def test_every_source_has_two_examples():
         "shopify",
         "woocommerce",
         "stripe",
+        "paddle",
     }
     assert set(SOURCES) == expected
     for name in expected:

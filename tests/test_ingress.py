@@ -187,4 +187,4 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["mappings"] == 10
+    assert ready.get_json()["mappings"] == 11

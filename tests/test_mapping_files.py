@@ -102,4 +102,4 @@ def test_check_passes_on_the_built_in_mappings():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "10 mapping files" in result.stdout
+    assert "11 mapping files" in result.stdout

@@ -10,7 +10,9 @@ from relay.retry import SCHEDULE, next_attempt
 def test_backoff_grows_with_jitter_and_reaches_three_days():
     """Delays follow the schedule within ±20%, and the defaults keep trying for over 3 days."""
     rng = random.Random(1)
-    delays = [next_attempt(n, now=0, cycle_started_at=0, max_attempts=30, max_age=4 * 86400, rng=rng) for n in (1, 2, 3)]
+    delays = [
+        next_attempt(n, now=0, cycle_started_at=0, max_attempts=30, max_age=4 * 86400, rng=rng) for n in (1, 2, 3)
+    ]
     for delay, step in zip(delays, SCHEDULE, strict=False):
         assert delay is not None and 0.8 * step <= delay <= 1.2 * step
     now, attempt = 0.0, 1

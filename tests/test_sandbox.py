@@ -33,12 +33,23 @@ def test_import_creates_update_matches_and_operators_apply(api):
     """import creates, update needs a match, and incr/add/delete work as documented."""
     client, _server = api
     assert call(client, "profiles/update", email="a@b.co", data={"_fname": "A"}).status_code == 404
-    created = call(client, "profiles/import", email="a@b.co",
-                   data={"email": "a@b.co", "orders_count": {"action": "incr", "value": 2},
-                         "tags": {"action": "add", "value": ["x", "y"]}})
+    created = call(
+        client,
+        "profiles/import",
+        email="a@b.co",
+        data={
+            "email": "a@b.co",
+            "orders_count": {"action": "incr", "value": 2},
+            "tags": {"action": "add", "value": ["x", "y"]},
+        },
+    )
     assert created.json()["error"] == 0 and len(created.json()["profile_id"]) == 24
-    again = call(client, "profiles/update", email="A@B.co",
-                 data={"orders_count": {"action": "incr", "value": 1}, "tags": {"action": "delete", "value": ["x"]}})
+    again = call(
+        client,
+        "profiles/update",
+        email="A@B.co",
+        data={"orders_count": {"action": "incr", "value": 1}, "tags": {"action": "delete", "value": ["x"]}},
+    )
     assert again.json()["profile_id"] == created.json()["profile_id"]
     got = call(client, "profiles/get", email="a@b.co").json()["data"]
     assert got["orders_count"] == 3 and got["tags"] == ["y"]
@@ -53,8 +64,10 @@ def test_import_creates_update_matches_and_operators_apply(api):
         ({"email": "a@b.co", "data": {"_fname": {"action": "incr", "value": 1}}}, "incr does not apply"),
         ({"email": "a@b.co", "data": {"email": {"action": "unset"}}}, "email cannot be unset"),
         ({"email": "a@b.co", "add_to_segments": [77], "data": {}}, "unknown segment"),
-        ({"email": "a@b.co", "data": {"subscriptions": [{"resource_id": 5, "channel": "email", "email": "a@b.co"}]}},
-         "invalid subscription"),
+        (
+            {"email": "a@b.co", "data": {"subscriptions": [{"resource_id": 5, "channel": "email", "email": "a@b.co"}]}},
+            "invalid subscription",
+        ),
     ],
 )
 def test_refusals_are_400_and_write_nothing(api, body, fragment):
@@ -68,15 +81,27 @@ def test_refusals_are_400_and_write_nothing(api, body, fragment):
 def test_skip_invalid_subscriptions_and_xml(api):
     """Invalid subscriptions are dropped when asked; XML requests get XML answers."""
     client, _server = api
-    ok = call(client, "profiles/import", email="a@b.co", skip_invalid_subscriptions=True,
-              data={"email": "a@b.co", "subscriptions": [
-                  {"resource_id": 5, "channel": "email", "email": "a@b.co"},
-                  {"resource_id": 1, "channel": "email", "email": "a@b.co"}]})
+    ok = call(
+        client,
+        "profiles/import",
+        email="a@b.co",
+        skip_invalid_subscriptions=True,
+        data={
+            "email": "a@b.co",
+            "subscriptions": [
+                {"resource_id": 5, "channel": "email", "email": "a@b.co"},
+                {"resource_id": 1, "channel": "email", "email": "a@b.co"},
+            ],
+        },
+    )
     assert ok.json()["error"] == 0
-    xml = ('<?xml version="1.0" encoding="UTF-8"?><xml><token>tok</token><db_id>1</db_id><email>a@b.co</email>'
-           '<data><phones array="true">+79123456789</phones></data></xml>')
-    answer = client.post("/profiles/update", content=xml,
-                         headers={"Content-Type": "application/xml", "Accept": "application/xml"})
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><xml><token>tok</token><db_id>1</db_id><email>a@b.co</email>'
+        '<data><phones array="true">+79123456789</phones></data></xml>'
+    )
+    answer = client.post(
+        "/profiles/update", content=xml, headers={"Content-Type": "application/xml", "Accept": "application/xml"}
+    )
     assert answer.status_code == 200 and answer.text.startswith("<?xml") and "<error>0</error>" in answer.text
 
 

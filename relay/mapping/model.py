@@ -102,6 +102,9 @@ class AuthSpec:
     prefix: str = ""
     signed: str = "{body}"
     signature_format: str = "plain"
+    field_separator: str = ","
+    timestamp_field: str = "t"
+    signature_field: str = "v1"
     timestamp_header: str | None = None
     timestamp_unit: str = "s"
     tolerance: int | None = None

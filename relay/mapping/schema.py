@@ -349,7 +349,11 @@ class AuthSchema(StrictSchema):
     encoding = fields.String(load_default="base64", validate=validate.OneOf(["base64", "hex"]))
     prefix = fields.String(load_default="")
     signed = fields.String(load_default="{body}")
-    signature_format = fields.String(load_default="plain", validate=validate.OneOf(["plain", "stripe"]))
+    # plain: the header is the signature; fields: `t=..,v1=..` (Stripe) or `ts=..;h1=..` (Paddle)
+    signature_format = fields.String(load_default="plain", validate=validate.OneOf(["plain", "fields"]))
+    field_separator = fields.String(load_default=",", validate=validate.Length(equal=1))
+    timestamp_field = fields.String(load_default="t")
+    signature_field = fields.String(load_default="v1")
     timestamp_header = fields.String(load_default=None)
     timestamp_unit = fields.String(load_default="s", validate=validate.OneOf(["s", "ms"]))
     tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
@@ -365,7 +369,7 @@ class AuthSchema(StrictSchema):
         signed = data.get("signed", "{body}")
         if "{body}" not in signed:
             raise ValidationError("signed must contain {body}", "signed")
-        if "{timestamp}" in signed and data.get("signature_format") != "stripe" and not data.get("timestamp_header"):
+        if "{timestamp}" in signed and data.get("signature_format") != "fields" and not data.get("timestamp_header"):
             raise ValidationError("a signed {timestamp} needs timestamp_header", "timestamp_header")
 
     @post_load
@@ -382,6 +386,9 @@ class AuthSchema(StrictSchema):
             prefix=data["prefix"],
             signed=data["signed"],
             signature_format=data["signature_format"],
+            field_separator=data["field_separator"],
+            timestamp_field=data["timestamp_field"],
+            signature_field=data["signature_field"],
             timestamp_header=data["timestamp_header"],
             timestamp_unit=data["timestamp_unit"],
             tolerance=data["tolerance"],
