@@ -11,7 +11,7 @@ from typing import Any
 
 from relay.settings import Settings
 
-__all__ = ["configure_logging", "redact_query", "mask_contact"]
+__all__ = ["LineFormatter", "configure_logging", "mask_contact", "redact_query"]
 
 _TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
@@ -31,7 +31,9 @@ def mask_contact(text: str) -> str:
     return _PHONE.sub(lambda m: m.group(0)[:3] + "***", text)
 
 
-class _Formatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """One log record as one line: JSON, or key=value; tokens redacted, contacts masked."""
+
     def __init__(self, style: str) -> None:
         super().__init__()
         self.style_name = style
@@ -66,12 +68,12 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     for handler in root.handlers:
         if getattr(handler, "_relay", False):
-            handler.setFormatter(_Formatter(settings.log_format))
+            handler.setFormatter(LineFormatter(settings.log_format))
             break
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler._relay = True  # type: ignore[attr-defined]
-        handler.setFormatter(_Formatter(settings.log_format))
+        handler.setFormatter(LineFormatter(settings.log_format))
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -103,6 +103,8 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("admin_token", "RELAY_ADMIN_TOKEN", _text, None),
     ("max_body_bytes", "RELAY_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
     ("trusted_proxies", "RELAY_TRUSTED_PROXIES", _non_negative_int, "0"),
+    ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _text, "1000 per second"),
+    ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _text, "memory://"),
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
     ("geoip_db", "RELAY_GEOIP_DB", _text, None),
     ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
@@ -133,6 +135,8 @@ class Settings:
     admin_token: str | None = field(repr=False)
     max_body_bytes: int
     trusted_proxies: int
+    hook_rate_limit: str
+    rate_limit_storage: str
     phone_region: str
     geoip_db: str | None
     dedup_window: int

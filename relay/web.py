@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+import sentry_sdk
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -25,6 +26,7 @@ from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import event_of, prepare_payload, select_rule
 from relay.pipeline import parse_request
+from relay.sentry import init_sentry
 from relay.settings import Settings
 from relay.store import Store
 
@@ -33,7 +35,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("relay.ingress")
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, store: Store | None = None, sentry_transport: Any = None) -> Flask:
     """Build the app: settings checked, mappings loaded, store opened.
 
     Raises:
@@ -41,18 +43,21 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     """
     settings = settings or Settings.from_env()
     configure_logging(settings)
+    init_sentry(settings, transport=sentry_transport)
     sources = load_sources(settings.mappings_dir)
     store = store or Store(settings.database_url)
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
     app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store}
     _register_errors(app)
+    limiter = _limiter(app, settings)
 
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
 
     @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
+    @limiter.limit(settings.hook_rate_limit, key_func=lambda: "hook:" + (request.view_args or {}).get("name", ""))
     def hook(name: str) -> tuple[Response, int]:
         source = sources.get(name)
         if source is None:
@@ -94,6 +99,20 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     app.register_blueprint(admin_blueprint(settings, store))
     return app
+
+
+def _limiter(app: Flask, settings: Settings) -> Any:
+    """Per-source request limits; shared across processes when the storage is Redis."""
+    from flask_limiter import Limiter
+
+    return Limiter(
+        key_func=lambda: request.path,
+        app=app,
+        storage_uri=settings.rate_limit_storage,
+        headers_enabled=True,
+        default_limits=[],
+        strategy="moving-window",
+    )
 
 
 def _read_body(limit: int) -> bytes:
@@ -176,9 +195,19 @@ def _register_errors(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         if exc.code == 404:
             return _error(404, "not_found", "no such route")
+        if exc.code == 429:
+            log.info("rate limited", extra={"path": redact_query(request.path)})
+            response, status = _error(429, "rate_limited", f"too many requests ({exc.description}); retry later")
+            limiter_headers = getattr(exc, "response", None)
+            if limiter_headers is not None:
+                response.headers.update(
+                    {k: v for k, v in limiter_headers.headers.items() if k.startswith(("Retry", "X-Rate"))}
+                )
+            return response, status
         return _error(exc.code or 500, code, exc.description or "")
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unexpected error", extra={"path": redact_query(request.path)})
+        sentry_sdk.capture_exception(exc)
         return _error(500, "internal", "relay failed to handle this request; it was logged")

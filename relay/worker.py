@@ -23,6 +23,7 @@ from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import translate_request
 from relay.retry import next_attempt
+from relay.sentry import report_delivery_failure
 from relay.settings import Settings
 from relay.store import Delivery, Store
 from relay.upstream.client import RateLimiter, UpstreamClient
@@ -98,8 +99,9 @@ class Worker:
             for delivery, token in claimed:
                 try:
                     self.process(delivery, token)
-                except Exception:  # noqa: BLE001 - the lease brings it back
+                except Exception as exc:  # noqa: BLE001 - the lease brings it back
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
+                    _capture(exc, source=delivery.source, delivery_id=delivery.id)
 
     # -- one delivery -----------------------------------------------------
     def process(self, delivery: Delivery, token: str) -> str:
@@ -120,6 +122,9 @@ class Worker:
         except MappingError as exc:
             log.warning("mapping failed", extra={**extra, "detail": exc.detail})
             self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=exc.detail)
+            report_delivery_failure(
+                "delivery failed: mapping", source=delivery.source, delivery_id=delivery.id, reason="mapping"
+            )
             return "failed"
         if translation.ignored:
             self.store.finish(
@@ -145,6 +150,9 @@ class Worker:
                     delivery.id, token, status="failed", reason="rejected", detail=outcome.detail, calls=calls
                 )
                 log.warning("rejected by upstream", extra={**extra, "detail": outcome.detail})
+                report_delivery_failure(
+                    "delivery failed: rejected", source=delivery.source, delivery_id=delivery.id, reason="rejected"
+                )
                 return "failed"
             overloaded = outcome.http_status in (429, 402) or "timeout" in outcome.detail
             if outcome.http_status == 429 and outcome.retry_after:
@@ -164,6 +172,9 @@ class Worker:
                     delivery.id, token, status="failed", reason="exhausted", detail=outcome.detail, calls=calls
                 )
                 log.warning("retries exhausted", extra={**extra, "detail": outcome.detail})
+                report_delivery_failure(
+                    "delivery failed: exhausted", source=delivery.source, delivery_id=delivery.id, reason="exhausted"
+                )
                 return "failed"
             self.store.finish(
                 delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls
@@ -211,10 +222,21 @@ class Worker:
         return error
 
 
+def _capture(exc: Exception, *, source: str, delivery_id: str) -> None:
+    import sentry_sdk
+
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("source", source)
+        scope.set_tag("delivery_id", delivery_id)
+        sentry_sdk.capture_exception(exc)
+
+
 def cmd_worker(_args: Any, settings: Settings) -> int:
     from relay.logs import configure_logging
+    from relay.sentry import init_sentry
 
     configure_logging(settings)
+    init_sentry(settings)
     worker = Worker(settings)
     install_stop_signals(worker.stop_event)
     log.info("worker started", extra={"concurrency": settings.worker_concurrency})

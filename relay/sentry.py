@@ -1,0 +1,95 @@
+"""Sentry, opt-in and scrubbed: no local variables, no bodies, no secrets, no 4xx noise."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from relay import __version__
+from relay.errors import RequestRejected
+from relay.logs import redact_query
+from relay.settings import Settings
+
+__all__ = ["init_sentry", "report_delivery_failure", "scrubber"]
+
+_SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|signature|hmac|secret|api-?key", re.IGNORECASE)
+
+
+def _secret_values(settings: Settings) -> list[str]:
+    """Every value that must never leave the process: settings secrets and per-source secrets."""
+    values = [settings.upstream_token, settings.admin_token]
+    for name, value in settings.env.items():
+        if name.endswith(("_WEBHOOK_SECRET", "_WEBHOOK_TOKEN", "_TOKEN", "_SECRET", "_PASSWORD")) and value:
+            values.extend(part.strip() for part in value.split(","))
+    return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+
+
+def _scrub(value: Any, secrets: Iterable[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return redact_query(value)
+    if isinstance(value, dict):
+        return {key: _scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(item, secrets) for item in value)
+    return value
+
+
+def scrubber(settings: Settings) -> Any:
+    """The `before_send` hook: drop expected 4xx errors, then remove every secret."""
+    secrets = _secret_values(settings)
+
+    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+        exc_info = hint.get("exc_info")
+        if exc_info and isinstance(exc_info[1], RequestRejected):
+            return None
+        request = event.get("request")
+        if isinstance(request, dict):
+            headers = request.get("headers") or {}
+            request["headers"] = {k: ("***" if _SENSITIVE_HEADER.search(k) else v) for k, v in headers.items()}
+            request.pop("data", None)
+            request.pop("cookies", None)
+            if request.get("query_string"):
+                request["query_string"] = redact_query("?" + str(request["query_string"]))[1:]
+        return _scrub(event, secrets)  # type: ignore[no-any-return]
+
+    return before_send
+
+
+def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
+    """Start Sentry when SENTRY_DSN is set (or a test transport is given)."""
+    if not settings.sentry_dsn and transport is None:
+        return False
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn or "https://public@sentry.invalid/1",
+        transport=transport,
+        environment=settings.sentry_environment,
+        release=f"relay@{__version__}",
+        integrations=[FlaskIntegration(), LoggingIntegration(event_level=None)],
+        default_integrations=False,
+        include_local_variables=False,
+        max_request_body_size="never",
+        before_send=scrubber(settings),
+    )
+    return True
+
+
+def report_delivery_failure(message: str, *, source: str, delivery_id: str, reason: str) -> None:
+    """A delivery that failed for good is worth an alert, tagged so it can be found."""
+    import sentry_sdk
+
+    if sentry_sdk.get_client().is_active():
+        with sentry_sdk.new_scope() as scope:
+            scope.set_tag("source", source)
+            scope.set_tag("delivery_id", delivery_id)
+            scope.set_tag("reason", reason)
+            sentry_sdk.capture_message(message, level="warning")

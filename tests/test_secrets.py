@@ -1,0 +1,139 @@
+"""Secrets never leave: not in logs, Sentry events, error bodies, stored rows or preview output."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+
+import sentry_sdk
+from sentry_sdk.transport import Transport
+from sqlalchemy import text
+
+from relay.logs import LineFormatter
+from relay.web import create_app
+
+from .conftest import SECRETS, make_settings
+
+
+class CapturingTransport(Transport):
+    """A Sentry transport that keeps envelopes in memory instead of sending them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict] = []
+
+    def capture_envelope(self, envelope) -> None:  # type: ignore[no-untyped-def]
+        for item in envelope.items:
+            if item.type == "event":
+                self.events.append(item.payload.json)
+
+
+def _exercise(client) -> None:  # type: ignore[no-untyped-def]
+    """Requests of every kind, each carrying secrets somewhere."""
+    tilda = SECRETS["TILDA_WEBHOOK_TOKEN"]
+    form = "application/x-www-form-urlencoded"
+    client.post(f"/hooks/tilda?token={tilda}", data=b"Email=ivan%40example.com&Phone=%2B79123456789", content_type=form)
+    client.post(f"/hooks/tilda?token={tilda}x", data=b"Email=a%40b.co", content_type=form)
+    client.post(f"/hooks/tilda?token={tilda}", data=b"{broken", content_type="application/json")
+    client.post(
+        "/hooks/elementor",
+        data=b"Email=a%40b.co",
+        content_type=form,
+        headers={"X-Relay-Token": SECRETS["ELEMENTOR_WEBHOOK_TOKEN"]},
+    )
+    body = b'{"email": "a@example.com"}'
+    sig = base64.b64encode(hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest())
+    client.post(
+        "/hooks/shopify",
+        data=body,
+        content_type="application/json",
+        headers={
+            "X-Shopify-Hmac-Sha256": sig.decode(),
+            "X-Shopify-Topic": "orders/create",
+            "Authorization": "Bearer " + SECRETS["RELAY_UPSTREAM_TOKEN"],
+        },
+    )
+    client.get("/admin/api/deliveries", headers={"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]})
+    client.get("/admin/api/deliveries", headers={"Authorization": "Bearer wrong"})
+
+
+def _leaks(text_blob: str) -> list[str]:
+    return [name for name, secret in SECRETS.items() if secret in text_blob]
+
+
+def test_logs_bodies_and_rows_hold_no_secret(tmp_path):
+    """Every log line, response body and stored row of a busy session is free of secrets."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Keep()
+    handler.setFormatter(LineFormatter("json"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        app = create_app(make_settings(tmp_path, RELAY_LOG_LEVEL="debug"))
+        client = app.test_client()
+        bodies = []
+        original = client.open
+
+        def recording_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+            response = original(*args, **kwargs)
+            bodies.append(response.get_data(as_text=True))
+            return response
+
+        client.open = recording_open  # type: ignore[method-assign]
+        _exercise(client)
+        store = app.extensions["relay"]["store"]
+        with store.engine.connect() as connection:
+            rows = [
+                repr(tuple(row))
+                for table in ("deliveries", "attempts", "dedup_keys")
+                for row in connection.execute(text(f"SELECT * FROM {table}"))  # noqa: S608 - fixed names
+            ]
+        store.close()
+    finally:
+        root.removeHandler(handler)
+    assert records, "the session logged something"
+    assert _leaks("\n".join(records)) == []
+    assert _leaks("\n".join(bodies)) == []
+    assert _leaks("\n".join(rows)) == []
+    assert "ivan@example.com" not in "\n".join(records)  # contacts are masked at info level
+
+
+def test_sentry_events_are_scrubbed_and_4xx_not_reported(tmp_path):
+    """An unexpected error reaches Sentry without secrets; rejected requests send nothing."""
+    transport = CapturingTransport()
+    app = create_app(make_settings(tmp_path, SENTRY_DSN="https://public@sentry.invalid/1"), sentry_transport=transport)
+    try:
+        client = app.test_client()
+        tilda = SECRETS["TILDA_WEBHOOK_TOKEN"]
+        client.post(f"/hooks/tilda?token={tilda}x", data=b"a=1", content_type="application/x-www-form-urlencoded")
+        client.post(f"/hooks/tilda?token={tilda}", data=b"{", content_type="application/json")
+        sentry_sdk.flush()
+        assert transport.events == []
+        store = app.extensions["relay"]["store"]
+        store.close()
+        from sqlalchemy import create_engine
+
+        store.engine = create_engine(f"sqlite:///{tmp_path}/missing-dir/x.db")  # the store breaks
+        response = client.post(
+            f"/hooks/tilda?token={tilda}",
+            data=b"Email=a%40b.co",
+            content_type="application/x-www-form-urlencoded",
+            headers={"X-Relay-Token": tilda, "Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]},
+        )
+        assert response.status_code == 500 and response.get_json()["error"] == "internal"
+        sentry_sdk.flush()
+        assert len(transport.events) == 1
+        event = json.dumps(transport.events[0])
+        assert _leaks(event) == []
+        assert "Email=a%40b.co" not in event  # no request body
+        assert '"vars"' not in event  # no local variables
+    finally:
+        sentry_sdk.init()  # off again for the other tests
