@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -11,11 +12,13 @@ from typing import Any
 
 from relay.settings import Settings
 
-__all__ = ["LineFormatter", "configure_logging", "mask_contact", "redact_query"]
+__all__ = ["REQUEST_ID", "LineFormatter", "configure_logging", "mask_contact", "redact_query"]
 
 _TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
 _PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+# The request being served, for every line logged while serving it.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_request_id", default=None)
 _FREE_TEXT = ("event", "detail", "reason", "exception", "error")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -45,6 +48,9 @@ class LineFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            fields["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_") and value is not None:
                 fields[key] = value

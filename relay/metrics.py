@@ -6,17 +6,21 @@ or an address.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
 from flask import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
     from relay.store import Store
 
 __all__ = ["attempt", "observe_ingress", "received", "render"]
 
+# With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
+# counters to that folder and a scrape merges them; otherwise they live in memory.
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 WEBHOOKS = Counter(
@@ -43,8 +47,18 @@ UPSTREAM_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-DELIVERIES = Gauge("relay_deliveries", "Deliveries in the store, by status", ["status"], registry=REGISTRY)
-OLDEST_DUE = Gauge("relay_oldest_due_age_seconds", "Age of the oldest delivery that is due", registry=REGISTRY)
+STORE_GAUGES = {
+    "relay_deliveries": "Deliveries in the store, by status",
+    "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
+    "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
+}
+DECLARED = {
+    "relay_webhooks_received_total",
+    "relay_delivery_attempts_total",
+    "relay_ingress_seconds",
+    "relay_upstream_seconds",
+    *STORE_GAUGES,
+}
 
 
 def received(source: str, outcome: str) -> None:
@@ -60,13 +74,43 @@ def observe_ingress(seconds: float) -> None:
     INGRESS_LATENCY.observe(seconds)
 
 
-def render(store: Store) -> Response:
-    """The text exposition, with the queue gauges read from the store now."""
-    from relay.store import STATUSES
+class _StoreCollector:
+    """Gauges read from the store at scrape time, so they are right whichever process serves."""
 
-    counts = store.counts()
-    for status in STATUSES:
-        DELIVERIES.labels(status=status).set(counts.get(status, 0))
-    oldest = store.oldest_due()
-    OLDEST_DUE.set(time.time() - oldest if oldest else 0)
-    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from relay.store import STATUSES
+
+        counts = self.store.counts()
+        by_status = GaugeMetricFamily("relay_deliveries", STORE_GAUGES["relay_deliveries"], labels=["status"])
+        for status in STATUSES:
+            by_status.add_metric([status], counts.get(status, 0))
+        yield by_status
+        yield GaugeMetricFamily(
+            "relay_queue_depth",
+            STORE_GAUGES["relay_queue_depth"],
+            value=counts.get("queued", 0) + counts.get("retrying", 0),
+        )
+        oldest = self.store.oldest_due()
+        yield GaugeMetricFamily(
+            "relay_oldest_due_age_seconds",
+            STORE_GAUGES["relay_oldest_due_age_seconds"],
+            value=time.time() - oldest if oldest else 0,
+        )
+
+
+def render(store: Store) -> Response:
+    """The text exposition: counters of every process, gauges from the store."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    scrape = CollectorRegistry()
+    scrape.register(_StoreCollector(store))  # type: ignore[arg-type]
+    body = generate_latest(registry) + generate_latest(scrape)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)

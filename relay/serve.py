@@ -8,10 +8,14 @@ stops both gracefully; if one dies, the other is stopped too.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError
@@ -23,6 +27,7 @@ from relay.store import Store
 __all__ = ["cmd_run"]
 
 log = logging.getLogger("relay.run")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _die_with_parent() -> None:
@@ -44,30 +49,24 @@ def cmd_run(args: Any, settings: Settings) -> int:
         print("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
     Store(settings.database_url).close()  # create the schema once, before two processes race for it
+    env = dict(os.environ)
+    env["RELAY_BIND"] = f"{args.host}:{args.port}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # One metrics folder for the web workers and the delivery worker, so /metrics shows both.
+    metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"{args.host}:{args.port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--graceful-timeout",
-            "20",
-            "--timeout",
-            "30",
-            "--access-logfile",
-            "-",
-            "--access-logformat",
-            '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
-            "app:app",
-        ],
+        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "app:app"],
+        cwd=ROOT,
+        env=env,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
     )
-    worker = subprocess.Popen([sys.executable, "-m", "relay", "worker"], preexec_fn=_die_with_parent)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "relay", "worker"],
+        cwd=ROOT,
+        env=env,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
+    )
     children = [web, worker]
     stopping = False
 
@@ -89,4 +88,5 @@ def cmd_run(args: Any, settings: Settings) -> int:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping else 1

@@ -8,7 +8,9 @@ error, ours or Werkzeug's, answers JSON; bad input is never a 500.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 import sentry_sdk
@@ -21,7 +23,7 @@ from relay.auth import authenticate, missing_secrets
 from relay.errors import BodyTooLarge, RelayError, RequestRejected, UnknownSource
 from relay.geo import client_address
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
-from relay.logs import configure_logging, redact_query
+from relay.logs import REQUEST_ID, configure_logging, redact_query
 from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import event_of, prepare_payload, select_rule
@@ -33,6 +35,7 @@ from relay.store import Store
 __all__ = ["create_app"]
 
 log = logging.getLogger("relay.ingress")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None, sentry_transport: Any = None) -> Flask:
@@ -55,6 +58,20 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        offered = request.headers.get("X-Request-ID", "")
+        g.request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        g.request_id_token = REQUEST_ID.set(g.request_id)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    @app.teardown_request
+    def _forget(_exc: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            REQUEST_ID.reset(token)
 
     @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
     @limiter.limit(settings.hook_rate_limit, key_func=lambda: "hook:" + (request.view_args or {}).get("name", ""))

@@ -237,12 +237,24 @@ def cmd_worker(_args: Any, settings: Settings) -> int:
 
     configure_logging(settings)
     init_sentry(settings)
+    port = os.environ.get("RELAY_WORKER_METRICS_PORT")
+    if port:
+        _serve_metrics(int(port))
     worker = Worker(settings)
     install_stop_signals(worker.stop_event)
     log.info("worker started", extra={"concurrency": settings.worker_concurrency})
     worker.run_forever()
     log.info("worker stopped")
     return 0
+
+
+def _serve_metrics(port: int) -> None:
+    """A standalone worker's own /metrics, for a worker on a machine without the web nodes."""
+    from prometheus_client import start_http_server
+
+    from relay.metrics import REGISTRY
+
+    start_http_server(port, addr="0.0.0.0", registry=REGISTRY)  # noqa: S104
 
 
 def install_stop_signals(stop: threading.Event) -> None:

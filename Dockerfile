@@ -1,0 +1,28 @@
+# relay: `gunicorn app:app` by default; run the worker with `python -m relay worker`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RELAY_BIND=0.0.0.0:8000 \
+    RELAY_DATABASE_URL=sqlite:////data/relay.db
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+COPY app.py gunicorn.conf.py ./
+COPY relay ./relay
+COPY mappings ./mappings
+
+RUN useradd --system --uid 10001 --home-dir /app relay \
+    && mkdir -p /data && chown relay /data
+USER relay
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+
+CMD ["gunicorn", "app:app"]

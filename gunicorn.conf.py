@@ -1,0 +1,32 @@
+"""Gunicorn settings for `gunicorn app:app` (read automatically from the working directory).
+
+Every value comes from an environment variable with a default, so the
+Dockerfile, `python -m relay run` and a bare `gunicorn app:app` agree.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+bind = os.environ.get("RELAY_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("RELAY_WEB_WORKERS", "2"))
+threads = int(os.environ.get("RELAY_WEB_THREADS", "4"))
+worker_class = "gthread"
+timeout = int(os.environ.get("RELAY_WEB_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("RELAY_WEB_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+# %(U)s is the path without the query string, so ?token=... never reaches the access log.
+accesslog = "-" if os.environ.get("RELAY_ACCESS_LOG", "1") != "0" else None
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+errorlog = "-"
+
+# Prometheus counters from every worker process are merged at scrape time.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

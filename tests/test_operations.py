@@ -1,0 +1,206 @@
+"""Operating relay: metrics, request ids, log formats, gunicorn and the Docker command, worker signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import sentry_sdk
+
+from relay.logs import LineFormatter
+from relay.metrics import DECLARED
+from relay.testing import free_port
+from relay.web import create_app
+
+from .conftest import ROOT, SECRETS, make_settings
+from .test_secrets import CapturingTransport
+
+FORM = "application/x-www-form-urlencoded"
+TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(\{(?P<labels>[^}]*)\})? ", re.MULTILINE)
+
+
+def _value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_declared_bounded_and_counting(client):
+    """/metrics shows declared metrics only, with labels from small fixed sets, and counts what happened."""
+    accepted = 'relay_webhooks_received_total{outcome="accepted",source="tilda"}'
+    unparsable = 'relay_webhooks_received_total{outcome="unparsable",source="tilda"}'
+    before = client.get("/metrics").get_data(as_text=True)
+    client.post(TILDA, data=b"Email=m%40example.com", content_type=FORM)
+    client.post(TILDA, data=b"{", content_type="application/json")
+    client.post("/hooks/nope", data=b"{}", content_type="application/json")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _value(text, accepted) - _value(before, accepted) == 1
+    assert _value(text, unparsable) - _value(before, unparsable) == 1
+    assert 'relay_deliveries{status="held"} 1.0' in text
+    assert "relay_queue_depth 0.0" in text and "relay_oldest_due_age_seconds" in text
+    allowed = {
+        "tilda",
+        "unknown",
+        "accepted",
+        "unparsable",
+        "unknown_source",
+        "held",
+        "queued",
+        "delivering",
+        "delivered",
+        "retrying",
+        "failed",
+        "+Inf",
+    }
+    for match in SAMPLE.finditer(text):
+        name = match.group("name")
+        assert any(name.startswith(d.removesuffix("_total")) for d in DECLARED), name
+        for label in filter(None, (match.group("labels") or "").split(",")):
+            value = label.split("=", 1)[1].strip('"')
+            assert value in allowed or re.fullmatch(r"[0-9.]+", value), label
+
+
+def test_metrics_objects_only_in_the_metrics_module():
+    """No module but relay/metrics.py creates Prometheus metrics."""
+    offenders = [
+        str(path)
+        for path in (ROOT / "relay").rglob("*.py")
+        if path.name != "metrics.py"
+        and re.search(r"\b(Counter|Gauge|Histogram|Summary)\(", path.read_text())
+        and "prometheus_client" in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_request_id_read_returned_and_logged(tmp_path):
+    """X-Request-ID is kept when sane, made up otherwise, returned, and in the log lines."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep()
+    handler.setFormatter(LineFormatter("text"))
+    logging.getLogger().addHandler(handler)
+    try:
+        app = create_app(make_settings(tmp_path, RELAY_LOG_LEVEL="info"))
+        client = app.test_client()
+        given = client.post(
+            TILDA, data=b"Email=r%40example.com", content_type=FORM, headers={"X-Request-ID": "abc-123"}
+        )
+        made = client.post(TILDA, data=b"Email=s%40example.com", content_type=FORM, headers={"X-Request-ID": "<bad>"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert given.headers["X-Request-ID"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    accepted = [line for line in lines if "event=accepted" in line]
+    assert any("request_id=abc-123" in line and "source=tilda" in line and "delivery_id=" in line for line in accepted)
+
+
+def test_worker_failures_reach_sentry_with_tags(tmp_path):
+    """A delivery that fails for good is reported with its source and delivery id as tags."""
+    from relay.inbound import InboundRequest
+    from relay.store import Store
+    from relay.worker import Worker
+
+    transport = CapturingTransport()
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL="http://127.0.0.1:9/api")
+    from relay.sentry import init_sentry
+
+    init_sentry(settings, transport=transport)
+    try:
+        store = Store(settings.database_url)
+        worker = Worker(settings, store=store)
+        delivery_id = store.accept(
+            InboundRequest(source="tilda", body=b"Name=x", content_type=FORM),
+            dedup_key="w",
+            status="queued",
+            dedup_window=60,
+        ).id
+        worker.process(*store.claim(owner="t", limit=1, lease_seconds=30)[0])
+        sentry_sdk.flush()
+        worker.stop()
+        store.close()
+    finally:
+        sentry_sdk.init()
+    tags = transport.events[0]["tags"]
+    assert tags["source"] == "tilda" and tags["delivery_id"] == delivery_id and tags["reason"] == "mapping"
+
+
+def _dockerfile_cmd() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("CMD "))
+    import json
+
+    return json.loads(line[4:])
+
+
+def test_the_image_command_serves_and_stops_gracefully(tmp_path):
+    """The Dockerfile's CMD (gunicorn app:app) starts, answers, merges metrics of its workers, stops on SIGTERM."""
+    command = _dockerfile_cmd()
+    assert command == ["gunicorn", "app:app"]
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_BIND": f"127.0.0.1:{port}",
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "RELAY_WEB_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    (tmp_path / "metrics").mkdir()
+    executable = str(Path(sys.executable).parent / command[0])
+    process = subprocess.Popen(
+        [executable, *command[1:]], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=5) as client:
+            for index in range(20):
+                response = client.post(TILDA, content=f"Email=g{index}%40example.com", headers={"Content-Type": FORM})
+                assert response.status_code == 202
+            metrics = client.get("/metrics").text
+        assert 'relay_webhooks_received_total{outcome="accepted",source="tilda"} 20.0' in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_worker_command_stops_on_sigterm(tmp_path):
+    """python -m relay worker starts and exits 0 on SIGTERM."""
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/w.db",
+        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+    }
+    process = subprocess.Popen(
+        shlex.split(f"{sys.executable} -m relay worker"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(2)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert b"worker stopped" in process.stderr.read()  # type: ignore[union-attr]
+    process.stderr.close()  # type: ignore[union-attr]
