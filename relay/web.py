@@ -213,6 +213,9 @@ def _register_errors(app: Flask) -> None:
         if exc.code == 404:
             return _error(404, "not_found", "no such route")
         if exc.code == 429:
+            name = (request.view_args or {}).get("name")
+            known = name in app.extensions["relay"]["sources"]
+            metrics.received(name if known else "unknown", "rate_limited")
             log.info("rate limited", extra={"path": redact_query(request.path)})
             response, status = _error(429, "rate_limited", f"too many requests ({exc.description}); retry later")
             limiter_headers = getattr(exc, "response", None)

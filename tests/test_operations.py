@@ -48,20 +48,25 @@ def test_metrics_declared_bounded_and_counting(client):
     assert _value(text, unparsable) - _value(before, unparsable) == 1
     assert 'relay_deliveries{status="held"} 1.0' in text
     assert "relay_queue_depth 0.0" in text and "relay_oldest_due_age_seconds" in text
-    allowed = {
-        "tilda",
-        "unknown",
+    from relay import errors
+    from relay.mapping.loader import load_sources
+    from relay.store import STATUSES
+
+    from .conftest import MAPPINGS
+
+    codes = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.RelayError)}
+    outcomes = {
         "accepted",
-        "unparsable",
-        "unknown_source",
-        "held",
-        "queued",
-        "delivering",
+        "duplicate",
+        "ping",
+        "ignored",
+        "rate_limited",
         "delivered",
-        "retrying",
-        "failed",
+        "transient",
+        "rejected",
         "+Inf",
     }
+    allowed = set(load_sources(MAPPINGS)) | {"unknown"} | codes | outcomes | set(STATUSES)
     for match in SAMPLE.finditer(text):
         name = match.group("name")
         assert any(name.startswith(d.removesuffix("_total")) for d in DECLARED), name
