@@ -98,20 +98,22 @@ def _parse_json(body: bytes, charset: str | None) -> Any:
         raise Unparsable("JSON nested too deeply") from exc
     except ValueError as exc:
         raise Unparsable(f"invalid JSON: {exc}") from exc
-    _check_depth(data)
+    if isinstance(data, (dict, list)):
+        _check_depth(data)
     return data
 
 
 def _check_depth(data: Any) -> None:
+    """Refuse payloads nested deeper than the limit; only containers are visited."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > Limits.max_depth:
             raise Unparsable(f"payload nested deeper than {Limits.max_depth} levels")
-        if isinstance(value, dict):
-            stack.extend((child, depth + 1) for child in value.values())
-        elif isinstance(value, list):
-            stack.extend((child, depth + 1) for child in value)
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
 
 
 def _parse_form(body: bytes, charset: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -78,10 +79,14 @@ def _string(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
 
 def _email(value: Any, _arg: Any, _ctx: TransformContext) -> str | None:
     text = _text(value)
-    if not text:
-        return None
+    return _normalised_email(text.strip()) if text else None
+
+
+@lru_cache(maxsize=8192)
+def _normalised_email(text: str) -> str | None:
+    # A mapping often reads the same address three times (match key, field, subscription).
     try:
-        result = validate_email(text.strip(), check_deliverability=False)
+        result = validate_email(text, check_deliverability=False)
     except EmailNotValidError:
         return None
     return str(result.normalized).lower()
@@ -95,11 +100,15 @@ def _phone(value: Any, arg: Any, ctx: TransformContext) -> str | None:
     if not text or _LETTERS_IN_PHONE.search(text.replace("ext", "")):
         return None
     region = (arg or {}).get("region") if isinstance(arg, dict) else arg
-    digits = re.sub(r"\D", "", text)
-    if not text.strip().startswith("+") and len(digits) >= 11 and isinstance(value, (int, float)):
-        text = "+" + digits  # a JSON number such as 15550000000 carries its country code
+    if isinstance(value, (int, float)) and len(text) >= 11:
+        text = "+" + text  # a JSON number such as 15550000000 carries its country code
+    return _e164(text, (region or ctx.phone_region).upper())
+
+
+@lru_cache(maxsize=8192)
+def _e164(text: str, region: str) -> str | None:
     try:
-        number = phonenumbers.parse(text, (region or ctx.phone_region).upper())
+        number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(number):

@@ -164,7 +164,10 @@ class _Builder:
             value = apply_transform(name, self._literal(arg), value, self.transform_ctx)
         if _empty(value):
             value = self._literal(spec.default)
-        return None if _empty(value) else copy.deepcopy(value)
+        if _empty(value):
+            return None
+        # Containers are copied so a call never shares (and mutates) the payload's objects.
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def _literal(self, value: Any) -> Any:
         if isinstance(value, str) and "${" in value:

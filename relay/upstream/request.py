@@ -211,7 +211,7 @@ class ProfileRequestSchema(Schema):
                 problems = {
                     i: msgs
                     for i, item in enumerate(value)
-                    if (msgs := SubscriptionSchema().validate(item if isinstance(item, dict) else {}))
+                    if (msgs := _SUBSCRIPTION.validate(item if isinstance(item, dict) else {}))
                 }
                 if problems:
                     errors[name] = problems
@@ -227,6 +227,11 @@ class ProfileRequestSchema(Schema):
             raise ValidationError({"data": errors})
 
 
+# Schema instances are stateless between calls; building one per request costs more than using it.
+_SUBSCRIPTION = SubscriptionSchema()
+_PROFILE_REQUEST = ProfileRequestSchema()
+
+
 def request_problems(method: str, body: dict[str, Any]) -> list[str]:
     """Every reason `body` breaks the contract, as `key.path: message` lines."""
     problems: list[str] = []
@@ -234,7 +239,7 @@ def request_problems(method: str, body: dict[str, Any]) -> list[str]:
         problems.append(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if method == "profiles/import" and body.get("matching") == "profile_id":
         problems.append("matching: profile_id works only with profiles/update")
-    messages = ProfileRequestSchema().validate(body)
+    messages = _PROFILE_REQUEST.validate(body)
     problems.extend(_flatten(messages, ()))
     return problems
 
