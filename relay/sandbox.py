@@ -624,7 +624,7 @@ def cmd_sandbox(args: Any, _settings: Any) -> int:
     if args.config:
         with open(args.config, encoding="utf-8") as handle:
             config = json.load(handle)
-    server = SandboxServer(Sandbox(config, echo=True), host=args.host, port=args.port)
+    server = SandboxServer(Sandbox(config, echo=not args.quiet), host=args.host, port=args.port)
     default = "" if args.token or args.config else " (the default token is sandbox-token)"
     print(
         f"sandbox upstream on {server.api_url}: {len(config['tokens'])} token(s){default}, "

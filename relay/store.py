@@ -34,16 +34,15 @@ from sqlalchemy import (
     Text,
     and_,
     create_engine,
-    delete,
     event,
     func,
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
 
 from relay.inbound import InboundRequest
 
@@ -108,6 +107,17 @@ dedup_keys = Table(
     Column("delivery_id", String(32), nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+
+# The ingress statements, built once: building SQL per request costs more than running it.
+# ON CONFLICT ... DO UPDATE ... WHERE and RETURNING work alike on SQLite (3.35+) and PostgreSQL.
+_CLAIM_KEY = text(
+    'INSERT INTO dedup_keys ("key", delivery_id, expires_at) VALUES (:key, :id, :expires) '
+    'ON CONFLICT ("key") DO UPDATE SET delivery_id = excluded.delivery_id, expires_at = excluded.expires_at '
+    "WHERE dedup_keys.expires_at <= :now RETURNING delivery_id"
+)
+_KEY_OWNER = text('SELECT delivery_id FROM dedup_keys WHERE "key" = :key')
+_INSERT_DELIVERY = insert(deliveries)
 
 
 @dataclass(frozen=True)
@@ -222,46 +232,40 @@ class Store:
         dedup_window: float,
         now: float | None = None,
     ) -> Accepted:
-        """Store a webhook (committed before returning), or name the one it repeats."""
+        """Store a webhook (committed before returning), or name the one it repeats.
+
+        One upsert claims the de-duplication key: it inserts a new key, takes
+        over one whose window has passed, or leaves a live one alone (and then
+        returns no row). This is the ingress hot path, so it is two statements.
+        """
         now = time.time() if now is None else now
         delivery_id = new_id()
-        try:
-            with self._tx() as tx:
-                existing = tx.execute(
-                    select(dedup_keys.c.delivery_id, dedup_keys.c.expires_at).where(dedup_keys.c.key == dedup_key)
-                ).first()
-                if existing is not None and existing.expires_at > now:
-                    return Accepted(existing.delivery_id, duplicate=True)
-                if existing is not None:
-                    tx.execute(delete(dedup_keys).where(dedup_keys.c.key == dedup_key))
-                tx.execute(
-                    insert(dedup_keys).values(key=dedup_key, delivery_id=delivery_id, expires_at=now + dedup_window)
-                )
-                tx.execute(
-                    insert(deliveries).values(
-                        id=delivery_id,
-                        source=request.source,
-                        received_at=now,
-                        status=status,
-                        body=request.body,
-                        content_type=request.content_type,
-                        headers=json.dumps(request.headers, ensure_ascii=False),
-                        client_ip=request.client_ip,
-                        dedup_key=dedup_key,
-                        attempts=0,
-                        calls_done=0,
-                        cycle_started_at=now,
-                        next_attempt_at=now,
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError:
-            # Another node stored the same key between our read and our insert.
-            with self.engine.connect() as connection:
-                other = connection.execute(
-                    select(dedup_keys.c.delivery_id).where(dedup_keys.c.key == dedup_key)
-                ).scalar_one()
-            return Accepted(other, duplicate=True)
+        with self._tx() as tx:
+            owner = tx.execute(
+                _CLAIM_KEY, {"key": dedup_key, "id": delivery_id, "expires": now + dedup_window, "now": now}
+            ).scalar()
+            if owner is None:
+                existing = tx.execute(_KEY_OWNER, {"key": dedup_key}).scalar_one()
+                return Accepted(existing, duplicate=True)
+            tx.execute(
+                _INSERT_DELIVERY,
+                {
+                    "id": delivery_id,
+                    "source": request.source,
+                    "received_at": now,
+                    "status": status,
+                    "body": request.body,
+                    "content_type": request.content_type,
+                    "headers": json.dumps(request.headers, ensure_ascii=False),
+                    "client_ip": request.client_ip,
+                    "dedup_key": dedup_key,
+                    "attempts": 0,
+                    "calls_done": 0,
+                    "cycle_started_at": now,
+                    "next_attempt_at": now,
+                    "updated_at": now,
+                },
+            )
         return Accepted(delivery_id, duplicate=False)
 
     # -- reading ----------------------------------------------------------

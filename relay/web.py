@@ -28,6 +28,7 @@ from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import event_of, prepare_payload, select_rule
 from relay.pipeline import parse_request
+from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
 from relay.settings import Settings
 from relay.store import Store
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
     app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store}
     _register_errors(app)
-    limiter = _limiter(app, settings)
+    limiter = HookLimiter(settings.hook_rate_limit, settings.rate_limit_storage)
 
     @app.before_request
     def _start() -> None:
@@ -74,12 +75,18 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             REQUEST_ID.reset(token)
 
     @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
-    @limiter.limit(settings.hook_rate_limit, key_func=lambda: "hook:" + (request.view_args or {}).get("name", ""))
     def hook(name: str) -> tuple[Response, int]:
         source = sources.get(name)
         if source is None:
             raise UnknownSource(f"no mapping file for source {name!r}")
         g.source = name
+        wait = limiter.retry_after(name)
+        if wait is not None:
+            metrics.received(name, "rate_limited")
+            log.info("rate limited", extra={"source": name, "limit": limiter.spec})
+            response, status = _error(429, "rate_limited", f"over {limiter.spec} for {name}; retry later")
+            response.headers["Retry-After"] = str(wait)
+            return response, status
         if request.method != "POST":
             return _error(405, "method_not_allowed", "hooks take POST")
         return _receive(source, settings, store)
@@ -116,20 +123,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     app.register_blueprint(admin_blueprint(settings, store))
     return app
-
-
-def _limiter(app: Flask, settings: Settings) -> Any:
-    """Per-source request limits; shared across processes when the storage is Redis."""
-    from flask_limiter import Limiter
-
-    return Limiter(
-        key_func=lambda: request.path,
-        app=app,
-        storage_uri=settings.rate_limit_storage,
-        headers_enabled=True,
-        default_limits=[],
-        strategy="moving-window",
-    )
 
 
 def _read_body(limit: int) -> bytes:
@@ -212,18 +205,6 @@ def _register_errors(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         if exc.code == 404:
             return _error(404, "not_found", "no such route")
-        if exc.code == 429:
-            name = (request.view_args or {}).get("name")
-            known = name in app.extensions["relay"]["sources"]
-            metrics.received(name if known else "unknown", "rate_limited")
-            log.info("rate limited", extra={"path": redact_query(request.path)})
-            response, status = _error(429, "rate_limited", f"too many requests ({exc.description}); retry later")
-            limiter_headers = getattr(exc, "response", None)
-            if limiter_headers is not None:
-                response.headers.update(
-                    {k: v for k, v in limiter_headers.headers.items() if k.startswith(("Retry", "X-Rate"))}
-                )
-            return response, status
         return _error(exc.code or 500, code, exc.description or "")
 
     @app.errorhandler(Exception)

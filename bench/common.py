@@ -1,0 +1,176 @@
+"""Shared pieces of the benchmarks: start servers, drive load with wrk or an open-loop client, read figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from relay.testing import free_port  # noqa: E402
+
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+
+__all__ = ["ROOT", "Server", "free_port", "open_loop", "percentile", "rss_mb", "wrk"]
+
+
+class Server:
+    """A gunicorn (or other) process on loopback, with the project's gunicorn.conf.py settings."""
+
+    def __init__(self, command: list[str], env: dict[str, str], *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.command = command
+        self.env = {**os.environ, "RELAY_BIND": f"127.0.0.1:{self.port}", "RELAY_ACCESS_LOG": "0", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def gunicorn(cls, app: str, env: dict[str, str], **kwargs: object) -> Server:
+        metrics = tempfile.mkdtemp(prefix="bench-metrics-")
+        command = [
+            str(BIN / "gunicorn"),
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
+            "--pythonpath",
+            f"{ROOT},{ROOT / 'bench'}",
+            app,
+        ]
+        return cls(command, {"PROMETHEUS_MULTIPROC_DIR": metrics, **env}, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/healthz", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.command} did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+WRK_SCRIPT = """
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+request = function()
+  local n = math.random(1, 1000000000)
+  local body = '{"Email":"lead' .. n .. '@example.com","Name":"Lead ' .. n .. '","tranid":"b:' .. n .. '"}'
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def wrk(url: str, *, seconds: int = 10, connections: int = 16, threads: int = 2) -> dict[str, float]:
+    """Closed-loop maximum throughput with wrk, unique JSON bodies."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    output = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+
+    def millis(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests_per_second": round(rps, 1),
+        "p50_ms": millis("50"),
+        "p99_ms": millis("99"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def open_loop(url: str, *, rate: float, seconds: float, body: Callable[[int], bytes]) -> dict[str, float]:
+    """Send at a fixed rate whatever the answers take (so slow answers cannot hide), and time each."""
+
+    async def run() -> dict[str, float]:
+        latencies: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+            async def one(index: int) -> None:
+                nonlocal errors
+                started = time.perf_counter()
+                try:
+                    response = await client.post(url, content=body(index), headers={"Content-Type": "application/json"})
+                    if response.status_code >= 300:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append((time.perf_counter() - started) * 1000)
+
+            tasks = []
+            total = int(rate * seconds)
+            began = time.perf_counter()
+            for index in range(total):
+                delay = began + index / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(index)))
+            await asyncio.gather(*tasks)
+        return {
+            "rate": rate,
+            "requests": len(latencies),
+            "errors": errors,
+            "p50_ms": round(percentile(latencies, 0.50), 2),
+            "p99_ms": round(percentile(latencies, 0.99), 2),
+            "mean_ms": round(statistics.fmean(latencies), 2) if latencies else float("nan"),
+        }
+
+    return asyncio.run(run())
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")

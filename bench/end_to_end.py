@@ -1,0 +1,144 @@
+"""End to end: webhooks delivered per second to the sandbox upstream, against bare httpx posting the same bodies.
+
+    .venv/bin/python bench/end_to_end.py [--deliveries 3000]
+
+The store is filled with real Tilda webhooks, then `python -m relay worker`
+(4 threads) drains it into `python -m relay sandbox`; the clock runs from the
+worker's start to the last delivery. The baseline posts the very same
+translated bodies to the same sandbox with one pooled httpx client and as many
+threads. Also reports the worker's resident memory. Targets: relay >= 0.7 of
+bare httpx; worker RSS <= 120 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from common import BIN, ROOT, free_port, rss_mb
+
+from relay.inbound import InboundRequest
+from relay.mapping.loader import load_sources
+from relay.mapping.translate import TranslateContext
+from relay.pipeline import translate_request
+from relay.store import Store
+
+TOKEN = "bench-upstream-token"
+FORM = "application/x-www-form-urlencoded"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    port = free_port()
+    sandbox = subprocess.Popen(
+        [str(BIN / "python"), "-m", "relay", "sandbox", "--port", str(port), "--token", TOKEN, "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(base + "/_fake/requests", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    work = tempfile.mkdtemp(prefix="bench-e2e-")
+    url = f"sqlite:///{work}/relay.db"
+    store = Store(url)
+    requests = [
+        InboundRequest(
+            source="tilda",
+            body=f"Email=lead{i}%40example.com&Name=Lead+{i}&Phone=8+912+{i:07d}".encode(),
+            content_type=FORM,
+        )
+        for i in range(args.deliveries)
+    ]
+    for index, request in enumerate(requests):
+        store.accept(request, dedup_key=f"e2e:{index}", status="queued", dedup_window=3600)
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": url,
+        "RELAY_UPSTREAM_URL": f"{base}/api/v1.1",
+        "RELAY_UPSTREAM_TOKEN": TOKEN,
+        "RELAY_UPSTREAM_RATE": "100000",
+        "RELAY_WORKER_CONCURRENCY": str(args.threads),
+        "RELAY_POLL_INTERVAL": "0.01",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        [str(BIN / "python"), "-m", "relay", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while store.counts().get("delivered", 0) < args.deliveries:
+        time.sleep(0.05)
+        if time.perf_counter() - started > 600:
+            break
+    relay_seconds = time.perf_counter() - started
+    worker_rss = rss_mb(worker.pid)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)
+    counts = store.counts()
+    store.close()
+
+    httpx.post(base + "/_fake/reset", timeout=5)
+    source = load_sources(ROOT / "mappings")["tilda"]
+    bodies = [
+        json.dumps({"token": TOKEN, **translate_request(source, r, TranslateContext()).calls[0].body}).encode()
+        for r in requests
+    ]
+    client = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+
+    def post(body: bytes) -> int:
+        return client.post(
+            f"{base}/api/v1.1/profiles/import", content=body, headers={"Content-Type": "application/json"}
+        ).status_code
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:
+        statuses = list(pool.map(post, bodies))
+    bare_seconds = time.perf_counter() - started
+    client.close()
+    sandbox.send_signal(signal.SIGTERM)
+    sandbox.wait(timeout=10)
+    relay_rate = counts.get("delivered", 0) / relay_seconds
+    bare_rate = len(bodies) / bare_seconds
+    print(
+        json.dumps(
+            {
+                "deliveries": args.deliveries,
+                "relay": {
+                    "delivered": counts.get("delivered", 0),
+                    "seconds": round(relay_seconds, 2),
+                    "per_second": round(relay_rate, 1),
+                    "worker_rss_mb": worker_rss,
+                },
+                "bare_httpx": {
+                    "ok": statuses.count(200),
+                    "seconds": round(bare_seconds, 2),
+                    "per_second": round(bare_rate, 1),
+                },
+                "ratio": round(relay_rate / bare_rate, 3),
+                "targets": {"ratio": 0.7, "worker_rss_mb": 120},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Ingress: accepted webhooks per second and latency of `gunicorn app:app` against a bare Flask endpoint.
+
+    .venv/bin/python bench/ingress.py [--seconds 10]
+
+Both run under the same gunicorn settings (gunicorn.conf.py: 2 workers x 4
+threads). Relay stores every webhook durably in SQLite before answering;
+the bare endpoint only parses JSON. Needs wrk (apt-get install wrk).
+Targets: relay >= 0.7 of bare; p99 <= 25 ms at 300 requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from common import Server, open_loop, wrk
+
+TOKEN = "bench-token"
+
+
+def body(index: int) -> bytes:
+    return json.dumps({"Email": f"lead{index}@example.com", "Name": f"Lead {index}", "tranid": f"o:{index}"}).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=300)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-ingress-")
+    relay_env = {"RELAY_DATABASE_URL": f"sqlite:///{work}/relay.db", "TILDA_WEBHOOK_TOKEN": TOKEN}
+    report: dict[str, object] = {}
+    for name, server in (
+        ("bare_flask", Server.gunicorn("bare_app:app", {})),
+        ("relay", Server.gunicorn("app:app", relay_env)),
+    ):
+        with server:
+            url = f"{server.url}/hooks/tilda?token={TOKEN}"
+            wrk(url, seconds=2)  # warm up
+            report[name] = {
+                "max": wrk(url, seconds=args.seconds),
+                f"at_{int(args.rate)}_rps": open_loop(url, rate=args.rate, seconds=args.seconds, body=body),
+            }
+    relay_max = report["relay"]["max"]["requests_per_second"]  # type: ignore[index]
+    bare_max = report["bare_flask"]["max"]["requests_per_second"]  # type: ignore[index]
+    report["ratio"] = round(relay_max / bare_max, 3)
+    report["targets"] = {"ratio": 0.7, "p99_ms_at_300_rps": 25}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Slow upstream: relay's ingress p99 while every upstream call takes 500 ms, beside a naive inline forwarder.
+
+    .venv/bin/python bench/slow_upstream.py [--rate 50 --seconds 10]
+
+Relay (`python -m relay run`: web and worker) is measured at a fixed request
+rate first with a fast upstream, then with one that answers in 500 ms; its p99
+should not move, because it stores and answers before forwarding. The naive
+Flask handler forwards inside the request under the same gunicorn settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import httpx
+from common import BIN, ROOT, Server, free_port, open_loop
+
+TOKEN = "bench-upstream-token"
+HOOK = "bench-hook-token"
+
+
+def body(index: int) -> bytes:
+    return json.dumps({"Email": f"slow{index}@example.com", "tranid": f"s:{index}:{time.time_ns()}"}).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    port = free_port()
+    sandbox = subprocess.Popen(
+        [str(BIN / "python"), "-m", "relay", "sandbox", "--port", str(port), "--token", TOKEN, "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(base + "/_fake/requests", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    work = tempfile.mkdtemp(prefix="bench-slow-")
+    relay_port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{work}/relay.db",
+        "RELAY_UPSTREAM_URL": f"{base}/api/v1.1",
+        "RELAY_UPSTREAM_TOKEN": TOKEN,
+        "TILDA_WEBHOOK_TOKEN": HOOK,
+        "RELAY_ACCESS_LOG": "0",
+    }
+    relay = subprocess.Popen(
+        [str(BIN / "python"), "-m", "relay", "run", "--port", str(relay_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    relay_url = f"http://127.0.0.1:{relay_port}/hooks/tilda?token={HOOK}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{relay_port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    report: dict[str, object] = {}
+    report["relay_fast_upstream"] = open_loop(relay_url, rate=args.rate, seconds=args.seconds, body=body)
+    httpx.post(base + "/_fake/chaos", json={"latency_ms": 500}, timeout=5)
+    report["relay_slow_upstream"] = open_loop(relay_url, rate=args.rate, seconds=args.seconds, body=body)
+    os.killpg(relay.pid, signal.SIGTERM)
+    relay.wait(timeout=60)
+    naive_env = {"NAIVE_UPSTREAM_URL": f"{base}/api/v1.1", "NAIVE_UPSTREAM_TOKEN": TOKEN}
+    with Server.gunicorn("naive_forwarder:app", naive_env) as naive:
+        report["naive_inline_slow_upstream"] = open_loop(
+            f"{naive.url}/hooks/tilda", rate=args.rate, seconds=args.seconds, body=body
+        )
+    sandbox.send_signal(signal.SIGTERM)
+    sandbox.wait(timeout=10)
+    report["upstream_latency_ms"] = 500
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
