@@ -25,7 +25,7 @@ from relay.testing import free_port  # noqa: E402
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 
-__all__ = ["ROOT", "Server", "free_port", "open_loop", "percentile", "rss_mb", "wrk"]
+__all__ = ["ROOT", "Sandbox", "Server", "free_port", "open_loop", "percentile", "rss_mb", "wrk"]
 
 
 class Server:
@@ -80,6 +80,46 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+class Sandbox:
+    """`python -m relay sandbox` in its own process, so it never shares a GIL with what is measured."""
+
+    def __init__(self, token: str) -> None:
+        self.port = free_port()
+        self.token = token
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.base}/api/v1.1"
+
+    def __enter__(self) -> Sandbox:
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "relay", "sandbox", "--port", str(self.port), "--token", self.token, "--quiet"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                httpx.get(self.base + "/_fake/requests", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the sandbox did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def control(self, name: str, body: object = None) -> None:
+        httpx.post(f"{self.base}/_fake/{name}", json=body or {}, timeout=5)
 
 
 WRK_SCRIPT = """

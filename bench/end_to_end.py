@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from common import BIN, ROOT, free_port, rss_mb
+from common import BIN, ROOT, Sandbox, rss_mb
 
 from relay.inbound import InboundRequest
 from relay.mapping.loader import load_sources
@@ -39,20 +39,13 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
-    port = free_port()
-    sandbox = subprocess.Popen(
-        [str(BIN / "python"), "-m", "relay", "sandbox", "--port", str(port), "--token", TOKEN, "--quiet"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(base + "/_fake/requests", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    with Sandbox(TOKEN) as sandbox:
+        report = run(sandbox, args)
+    print(json.dumps(report, indent=2))
+
+
+def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
+    base = sandbox.base
     work = tempfile.mkdtemp(prefix="bench-e2e-")
     url = f"sqlite:///{work}/relay.db"
     store = Store(url)
@@ -95,7 +88,7 @@ def main() -> None:
     counts = store.counts()
     store.close()
 
-    httpx.post(base + "/_fake/reset", timeout=5)
+    sandbox.control("reset")
     source = load_sources(ROOT / "mappings")["tilda"]
     bodies = [
         json.dumps({"token": TOKEN, **translate_request(source, r, TranslateContext()).calls[0].body}).encode()
@@ -113,8 +106,6 @@ def main() -> None:
         statuses = list(pool.map(post, bodies))
     bare_seconds = time.perf_counter() - started
     client.close()
-    sandbox.send_signal(signal.SIGTERM)
-    sandbox.wait(timeout=10)
     relay_rate = counts.get("delivered", 0) / relay_seconds
     bare_rate = len(bodies) / bare_seconds
     print(

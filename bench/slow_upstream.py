@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import httpx
-from common import BIN, ROOT, Server, free_port, open_loop
+from common import BIN, ROOT, Sandbox, Server, free_port, open_loop
 
 TOKEN = "bench-upstream-token"
 HOOK = "bench-hook-token"
@@ -34,20 +34,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    port = free_port()
-    sandbox = subprocess.Popen(
-        [str(BIN / "python"), "-m", "relay", "sandbox", "--port", str(port), "--token", TOKEN, "--quiet"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(base + "/_fake/requests", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    with Sandbox(TOKEN) as sandbox:
+        report = run(sandbox, args)
+    print(json.dumps(report, indent=2))
+
+
+def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
+    base = sandbox.base
     work = tempfile.mkdtemp(prefix="bench-slow-")
     relay_port = free_port()
     env = {
@@ -75,7 +68,7 @@ def main() -> None:
             time.sleep(0.1)
     report: dict[str, object] = {}
     report["relay_fast_upstream"] = open_loop(relay_url, rate=args.rate, seconds=args.seconds, body=body)
-    httpx.post(base + "/_fake/chaos", json={"latency_ms": 500}, timeout=5)
+    sandbox.control("chaos", {"latency_ms": 500})
     report["relay_slow_upstream"] = open_loop(relay_url, rate=args.rate, seconds=args.seconds, body=body)
     os.killpg(relay.pid, signal.SIGTERM)
     relay.wait(timeout=60)
@@ -84,10 +77,8 @@ def main() -> None:
         report["naive_inline_slow_upstream"] = open_loop(
             f"{naive.url}/hooks/tilda", rate=args.rate, seconds=args.seconds, body=body
         )
-    sandbox.send_signal(signal.SIGTERM)
-    sandbox.wait(timeout=10)
     report["upstream_latency_ms"] = 500
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

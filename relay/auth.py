@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 
 from relay.errors import AuthenticationFailed
+from relay.inbound import header_value
 from relay.mapping import envrefs
 from relay.mapping.model import AuthSpec, Source
 
@@ -46,14 +47,6 @@ def missing_secrets(source: Source, env: Mapping[str, str]) -> list[str]:
     return _secret_values(source.auth, env)[1]
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
 def authenticate(
     source: Source,
     *,
@@ -77,7 +70,7 @@ def authenticate(
             f"source {source.name!r} is not configured: set {' or '.join(unset) or 'its secret'}"
         )
     if auth.scheme == "token":
-        offered = query.get("token") or _header(headers, "X-Relay-Token")
+        offered = query.get("token") or header_value(headers, "X-Relay-Token")
         if not offered:
             raise AuthenticationFailed("missing token: add ?token=... or the X-Relay-Token header")
         if not any(hmac.compare_digest(offered.encode(), s.encode()) for s in secrets):
@@ -88,7 +81,7 @@ def authenticate(
 
 def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], secrets: list[str], now: float) -> None:
     assert auth.header is not None
-    raw = _header(headers, auth.header)
+    raw = header_value(headers, auth.header)
     if not raw:
         raise AuthenticationFailed(f"missing signature header {auth.header}")
     timestamp: str | None = None
@@ -101,7 +94,7 @@ def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], sec
     else:
         offered = [s.strip() for s in raw.split(",")] if "," in raw and auth.encoding == "hex" else [raw.strip()]
         if auth.timestamp_header:
-            timestamp = _header(headers, auth.timestamp_header)
+            timestamp = header_value(headers, auth.timestamp_header)
             if not timestamp:
                 raise AuthenticationFailed(f"missing timestamp header {auth.timestamp_header}")
     if timestamp is not None and auth.tolerance is not None:

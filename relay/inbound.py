@@ -17,11 +17,20 @@ from typing import Any
 from relay.mapping.expressions import search
 from relay.mapping.model import Source
 
-__all__ = ["InboundRequest", "dedup_key", "is_ping", "keepable_headers"]
+__all__ = ["InboundRequest", "dedup_key", "header_value", "is_ping", "keepable_headers"]
 
 # Never stored: credentials, and signatures (useless once verified).
 _DROPPED_HEADERS = {"authorization", "cookie", "x-relay-token", "proxy-authorization"}
 _DROPPED_MARKERS = ("signature", "hmac", "token", "secret", "api-key", "apikey")
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by name, whatever its case."""
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
 
 
 def keepable_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -46,11 +55,7 @@ class InboundRequest:
     client_ip: str | None = None
 
     def header(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == lowered:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 def is_ping(source: Source, request: InboundRequest, payload: Any, *, unsigned_only: bool = False) -> bool:

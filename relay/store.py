@@ -462,27 +462,15 @@ class Store:
     # -- operators --------------------------------------------------------
     def replay(self, delivery_id: str, *, to_status: str = "queued", now: float | None = None) -> bool:
         """Start a fresh retry cycle for a failed or held delivery; earlier attempts stay."""
-        now = time.time() if now is None else now
-        with self._tx() as tx:
-            result = tx.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.status.in_(REPLAYABLE))
-                .values(
-                    status=to_status,
-                    reason=None,
-                    detail=None,
-                    calls=None,
-                    calls_done=0,
-                    cycle_started_at=now,
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-            )
-        return result.rowcount == 1
+        return self._replay(deliveries.c.id == delivery_id, to_status=to_status, now=now) == 1
 
     def replay_matching(self, *, to_status: str = "queued", **filters: Any) -> int:
-        conditions = self._filters(**filters)
-        now = time.time()
+        """Replay every failed or held delivery that matches the filters; returns how many."""
+        return self._replay(*self._filters(**filters), to_status=to_status, now=None)
+
+    def _replay(self, *conditions: Any, to_status: str, now: float | None) -> int:
+        # Replay re-translates with today's mapping, so the calls (and progress through them) start over.
+        now = time.time() if now is None else now
         with self._tx() as tx:
             result = tx.execute(
                 update(deliveries)
@@ -498,7 +486,7 @@ class Store:
                     updated_at=now,
                 )
             )
-        return result.rowcount
+        return int(result.rowcount)
 
     def release_held(self) -> int:
         """Queue every held delivery (an upstream is configured now)."""

@@ -109,23 +109,11 @@ class Worker:
         extra = {"delivery_id": delivery.id, "source": delivery.source}
         source = self.sources.get(delivery.source)
         if source is None:
-            self.store.finish(
-                delivery.id,
-                token,
-                status="failed",
-                reason="mapping",
-                detail=f"no mapping for source {delivery.source!r}",
-            )
-            return "failed"
+            return self._fail(delivery, token, "mapping", f"no mapping for source {delivery.source!r}")
         try:
             translation = translate_request(source, delivery.inbound(), self.context)
         except MappingError as exc:
-            log.warning("mapping failed", extra={**extra, "detail": exc.detail})
-            self.store.finish(delivery.id, token, status="failed", reason="mapping", detail=exc.detail)
-            report_delivery_failure(
-                "delivery failed: mapping", source=delivery.source, delivery_id=delivery.id, reason="mapping"
-            )
-            return "failed"
+            return self._fail(delivery, token, "mapping", exc.detail)
         if translation.ignored:
             self.store.finish(
                 delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
@@ -146,14 +134,7 @@ class Worker:
             if outcome is None:
                 continue
             if isinstance(outcome, PermanentUpstreamError):
-                self.store.finish(
-                    delivery.id, token, status="failed", reason="rejected", detail=outcome.detail, calls=calls
-                )
-                log.warning("rejected by upstream", extra={**extra, "detail": outcome.detail})
-                report_delivery_failure(
-                    "delivery failed: rejected", source=delivery.source, delivery_id=delivery.id, reason="rejected"
-                )
-                return "failed"
+                return self._fail(delivery, token, "rejected", outcome.detail, calls=calls)
             overloaded = outcome.http_status in (429, 402) or "timeout" in outcome.detail
             if outcome.http_status == 429 and outcome.retry_after:
                 self.limiter.pause(min(outcome.retry_after, 60))
@@ -168,14 +149,7 @@ class Worker:
                 schedule=self.settings.retry_schedule,
             )
             if when is None:
-                self.store.finish(
-                    delivery.id, token, status="failed", reason="exhausted", detail=outcome.detail, calls=calls
-                )
-                log.warning("retries exhausted", extra={**extra, "detail": outcome.detail})
-                report_delivery_failure(
-                    "delivery failed: exhausted", source=delivery.source, delivery_id=delivery.id, reason="exhausted"
-                )
-                return "failed"
+                return self._fail(delivery, token, "exhausted", outcome.detail, calls=calls)
             self.store.finish(
                 delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls
             )
@@ -183,6 +157,20 @@ class Worker:
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         log.info("delivered", extra=extra)
         return "delivered"
+
+    def _fail(
+        self, delivery: Delivery, token: str, reason: str, detail: str, *, calls: list[dict[str, Any]] | None = None
+    ) -> str:
+        """Keep the delivery as failed with its reason, log it and tell Sentry."""
+        self.store.finish(delivery.id, token, status="failed", reason=reason, detail=detail, calls=calls)
+        log.warning(
+            f"delivery failed: {reason}",
+            extra={"delivery_id": delivery.id, "source": delivery.source, "detail": detail},
+        )
+        report_delivery_failure(
+            f"delivery failed: {reason}", source=delivery.source, delivery_id=delivery.id, reason=reason
+        )
+        return "failed"
 
     def _send(
         self, delivery: Delivery, token: str, index: int, call: UpstreamCall

@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 
 from relay.errors import MappingError
 from relay.geo import GeoLookup, first_public, public_ip
+from relay.inbound import header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
@@ -46,14 +47,6 @@ class Translation:
     ignored: str | None = None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
 def prepare_payload(source: Source, payload: Any) -> Any:
     """Decode the fields that carry JSON as text (Jotform's rawRequest, Tilda's payment)."""
     if not source.decode_json or not isinstance(payload, dict):
@@ -71,7 +64,7 @@ def prepare_payload(source: Source, payload: Any) -> Any:
 
 def event_of(source: Source, payload: Any, headers: Mapping[str, str]) -> str | None:
     if source.event_header:
-        value = _header(headers, source.event_header)
+        value = header_value(headers, source.event_header)
         return value.strip() if value else None
     if source.event_path:
         value = search(source.event_path, payload)
