@@ -1,12 +1,14 @@
-"""Per-source request limits on the hook route, with the `limits` library.
+"""Per-source request limits on the hook route.
 
-Storage `memory://` counts per process; `redis://...` shares one count across
-every process and node. A fixed window is one counter increment per request,
-which keeps the check off the ingress hot path's profile.
+`memory://` counts per process in a fixed window (a dict and a lock: the
+`limits` library's memory storage starts a timer thread per key and window,
+too dear for every request). `redis://...` uses the `limits` library, so one
+count is shared by every process and node.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from limits import parse, storage, strategies
@@ -17,12 +19,30 @@ __all__ = ["HookLimiter"]
 class HookLimiter:
     def __init__(self, spec: str, storage_uri: str) -> None:
         self.limit = parse(spec)
-        self.strategy = strategies.FixedWindowRateLimiter(storage.storage_from_string(storage_uri))
         self.spec = spec
+        self.window = float(self.limit.get_expiry())
+        self.shared = (
+            None
+            if storage_uri.startswith("memory://")
+            else strategies.FixedWindowRateLimiter(storage.storage_from_string(storage_uri))
+        )
+        self.counts: dict[str, tuple[float, int]] = {}
+        self.lock = threading.Lock()
 
     def retry_after(self, source: str) -> int | None:
         """None when `source` may proceed; else the seconds until its window resets."""
-        if self.strategy.hit(self.limit, "hook", source):
-            return None
-        reset_at, _remaining = self.strategy.get_window_stats(self.limit, "hook", source)
-        return max(1, int(reset_at - time.time() + 0.999))
+        if self.shared is not None:
+            if self.shared.hit(self.limit, "hook", source):
+                return None
+            reset_at, _remaining = self.shared.get_window_stats(self.limit, "hook", source)
+            return max(1, int(reset_at - time.time() + 0.999))
+        now = time.time()
+        start = now - now % self.window
+        with self.lock:
+            window, count = self.counts.get(source, (start, 0))
+            if window != start:
+                window, count = start, 0
+            if count >= self.limit.amount:
+                return max(1, int(start + self.window - now + 0.999))
+            self.counts[source] = (window, count + 1)
+        return None

@@ -11,8 +11,12 @@ transaction as `BEGIN IMMEDIATE` in WAL mode, so a claim is one short write.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import queue
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -170,6 +174,116 @@ class Accepted:
     duplicate: bool
 
 
+@dataclass(frozen=True)
+class _Pending:
+    request: InboundRequest
+    dedup_key: str
+    status: str
+    dedup_window: float
+    now: float
+
+
+class _GroupWriter:
+    """One thread that commits the webhooks of many request threads in one transaction."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: queue.SimpleQueue[tuple[_Pending, threading.Event, list[Any]]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def submit(self, item: _Pending) -> Accepted:
+        self._ensure_thread()
+        done = threading.Event()
+        slot: list[Any] = []
+        self.queue.put((item, done, slot))
+        done.wait()
+        result = slot[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _ensure_thread(self) -> None:
+        # Started lazily, and again after a fork (gunicorn workers), since threads do not survive one.
+        if self.thread is not None and self.pid == os.getpid() and self.thread.is_alive():
+            return
+        with self.lock:
+            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                self.queue = queue.SimpleQueue()
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name="relay-store-writer", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            results: list[Any] = []
+            try:
+                with self.store._tx() as tx:
+                    cursor = tx.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    try:
+                        results = [_accept_sqlite(cursor, item) for item, _done, _slot in batch]
+                    finally:
+                        cursor.close()
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+                results = [exc] * len(batch)
+            for (_item, done, slot), result in zip(batch, results, strict=True):
+                slot.append(result)
+                done.set()
+
+
+_SQLITE_CLAIM_KEY = (
+    'INSERT INTO dedup_keys ("key", delivery_id, expires_at) VALUES (?, ?, ?) '
+    'ON CONFLICT ("key") DO UPDATE SET delivery_id = excluded.delivery_id, expires_at = excluded.expires_at '
+    "WHERE dedup_keys.expires_at <= ? RETURNING delivery_id"
+)
+_SQLITE_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, source, received_at, status, body, content_type, headers, client_ip, dedup_key, "
+    "attempts, calls_done, cycle_started_at, next_attempt_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
+)
+
+
+def _accept_sqlite(cursor: Any, item: _Pending) -> Accepted:
+    """The same two statements as `Store._accept_in`, on the driver's cursor: the group writer
+    runs them for every webhook a process receives, and SQLAlchemy's per-statement work was
+    most of their cost."""
+    delivery_id = new_id()
+    owner = cursor.execute(
+        _SQLITE_CLAIM_KEY, (item.dedup_key, delivery_id, item.now + item.dedup_window, item.now)
+    ).fetchone()
+    if owner is None:
+        existing = cursor.execute('SELECT delivery_id FROM dedup_keys WHERE "key" = ?', (item.dedup_key,)).fetchone()
+        return Accepted(existing[0], duplicate=True)
+    request = item.request
+    cursor.execute(
+        _SQLITE_INSERT_DELIVERY,
+        (
+            delivery_id,
+            request.source,
+            item.now,
+            item.status,
+            request.body,
+            request.content_type,
+            json.dumps(request.headers, ensure_ascii=False),
+            request.client_ip,
+            item.dedup_key,
+            item.now,
+            item.now,
+            item.now,
+        ),
+    )
+    return Accepted(delivery_id, duplicate=False)
+
+
 def new_id() -> str:
     # Time-ordered, so ids sort by arrival: 12 hex of milliseconds + 20 random.
     return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
@@ -188,7 +302,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writes take the write lock up front (no upgrade deadlocks); reads stay concurrent.
+        write = connection.get_execution_options().get("relay_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 class Store:
@@ -199,20 +315,46 @@ class Store:
         if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.dialect = parsed.get_backend_name()
+        self._lock_path: str | None = None
+        self._thread_lock = threading.Lock()
+        self._lock_pid = 0
+        self._lock_file: Any = None
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+                self._lock_path = database + ".lock"
             self.engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
             _sqlite_setup(self.engine)
+            self._writer: _GroupWriter | None = _GroupWriter(self)
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+            self._writer = None  # row locks: PostgreSQL takes concurrent inserts as they come
         metadata.create_all(self.engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as connection:
-            yield connection
+        """A write transaction. On SQLite, writers queue on a file lock first: they then wake
+        the moment the lock is free, instead of sleeping in SQLite's busy handler."""
+        with self._write_lock(), self.engine.connect() as connection:
+            connection = connection.execution_options(relay_write=True)
+            with connection.begin():
+                yield connection
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        with self._thread_lock:
+            if self._lock_pid != os.getpid():  # a forked child opens its own
+                self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 - held for the process's life
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -234,38 +376,49 @@ class Store:
     ) -> Accepted:
         """Store a webhook (committed before returning), or name the one it repeats.
 
-        One upsert claims the de-duplication key: it inserts a new key, takes
-        over one whose window has passed, or leaves a live one alone (and then
-        returns no row). This is the ingress hot path, so it is two statements.
+        On SQLite the webhooks of a process are committed in groups by one
+        writer thread: SQLite has one write lock, and threads that queue for
+        it in Python wait far less than threads that spin on it in SQLite's
+        busy handler (which sleeps up to 100 ms a turn). Each caller still
+        returns only after its own row is committed.
         """
-        now = time.time() if now is None else now
-        delivery_id = new_id()
+        item = _Pending(request, dedup_key, status, dedup_window, time.time() if now is None else now)
+        if self._writer is not None:
+            return self._writer.submit(item)
         with self._tx() as tx:
-            owner = tx.execute(
-                _CLAIM_KEY, {"key": dedup_key, "id": delivery_id, "expires": now + dedup_window, "now": now}
-            ).scalar()
-            if owner is None:
-                existing = tx.execute(_KEY_OWNER, {"key": dedup_key}).scalar_one()
-                return Accepted(existing, duplicate=True)
-            tx.execute(
-                _INSERT_DELIVERY,
-                {
-                    "id": delivery_id,
-                    "source": request.source,
-                    "received_at": now,
-                    "status": status,
-                    "body": request.body,
-                    "content_type": request.content_type,
-                    "headers": json.dumps(request.headers, ensure_ascii=False),
-                    "client_ip": request.client_ip,
-                    "dedup_key": dedup_key,
-                    "attempts": 0,
-                    "calls_done": 0,
-                    "cycle_started_at": now,
-                    "next_attempt_at": now,
-                    "updated_at": now,
-                },
-            )
+            return self._accept_in(tx, item)
+
+    def _accept_in(self, tx: Connection, item: _Pending) -> Accepted:
+        """One upsert claims the de-duplication key (new, or one whose window has passed); a live
+        key returns no row, and the webhook is a duplicate of that key's delivery."""
+        delivery_id = new_id()
+        owner = tx.execute(
+            _CLAIM_KEY,
+            {"key": item.dedup_key, "id": delivery_id, "expires": item.now + item.dedup_window, "now": item.now},
+        ).scalar()
+        if owner is None:
+            existing = tx.execute(_KEY_OWNER, {"key": item.dedup_key}).scalar_one()
+            return Accepted(existing, duplicate=True)
+        request = item.request
+        tx.execute(
+            _INSERT_DELIVERY,
+            {
+                "id": delivery_id,
+                "source": request.source,
+                "received_at": item.now,
+                "status": item.status,
+                "body": request.body,
+                "content_type": request.content_type,
+                "headers": json.dumps(request.headers, ensure_ascii=False),
+                "client_ip": request.client_ip,
+                "dedup_key": item.dedup_key,
+                "attempts": 0,
+                "calls_done": 0,
+                "cycle_started_at": item.now,
+                "next_attempt_at": item.now,
+                "updated_at": item.now,
+            },
+        )
         return Accepted(delivery_id, duplicate=False)
 
     # -- reading ----------------------------------------------------------
