@@ -108,27 +108,22 @@ def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
     client.close()
     relay_rate = counts.get("delivered", 0) / relay_seconds
     bare_rate = len(bodies) / bare_seconds
-    print(
-        json.dumps(
-            {
-                "deliveries": args.deliveries,
-                "relay": {
-                    "delivered": counts.get("delivered", 0),
-                    "seconds": round(relay_seconds, 2),
-                    "per_second": round(relay_rate, 1),
-                    "worker_rss_mb": worker_rss,
-                },
-                "bare_httpx": {
-                    "ok": statuses.count(200),
-                    "seconds": round(bare_seconds, 2),
-                    "per_second": round(bare_rate, 1),
-                },
-                "ratio": round(relay_rate / bare_rate, 3),
-                "targets": {"ratio": 0.7, "worker_rss_mb": 120},
-            },
-            indent=2,
-        )
-    )
+    return {
+        "deliveries": args.deliveries,
+        "relay": {
+            "delivered": counts.get("delivered", 0),
+            "seconds": round(relay_seconds, 2),
+            "per_second": round(relay_rate, 1),
+            "worker_rss_mb": worker_rss,
+        },
+        "bare_httpx": {
+            "ok": statuses.count(200),
+            "seconds": round(bare_seconds, 2),
+            "per_second": round(bare_rate, 1),
+        },
+        "ratio": round(relay_rate / bare_rate, 3),
+        "targets": {"ratio": 0.7, "worker_rss_mb": 120},
+    }
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def main() -> int:
         "RELAY_UPSTREAM_TOKEN": TOKEN,
         "TILDA_WEBHOOK_TOKEN": HOOK_TOKEN,
         "RELAY_LEASE_SECONDS": "3",
+        "RELAY_UPSTREAM_TIMEOUT": "1",
         "RELAY_RETRY_SCHEDULE": "0.2,0.5,1",
         "RELAY_MAX_ATTEMPTS": "1000",
         "RELAY_UPSTREAM_RATE": "2000",

@@ -18,6 +18,7 @@ import json
 import random
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -114,6 +115,11 @@ class Sandbox:
     def reset(self) -> None:
         with self.lock:
             self.profiles: dict[str, Profile] = {}
+            # Lookup indexes (lower-cased e-mail / normalised phone -> profile ids), so a big
+            # sandbox answers as fast as an empty one.
+            self.by_email: dict[str, set[str]] = {}
+            self.by_phone: dict[str, set[str]] = {}
+            self.keys_of: dict[str, tuple[set[str], set[str]]] = {}
             self.requests: list[dict[str, Any]] = []
             self.faults: list[dict[str, Any]] = []
             self.chaos: dict[str, Any] = {}
@@ -266,7 +272,11 @@ class Sandbox:
         phone = phone_key(request.get("phone", "")) if request.get("phone") else ""
         resource = request.get("resource_id")
         found = []
-        for profile in self.profiles.values():
+        candidates: Any = self.profiles.values()
+        if matching in ("email", "email_profile", "email_sub", "phone", "phone_sub", "email_phone", "email_phone_sub"):
+            ids = self.by_email.get(email, set()) | self.by_phone.get(phone, set())
+            candidates = [self.profiles[i] for i in ids]
+        for profile in candidates:
             if profile.db_id != db_id:
                 continue
             subs = [s for s in profile.subscriptions if resource is None or s["resource_id"] == resource]
@@ -449,6 +459,7 @@ class Sandbox:
                     target[submatch] = value
         for item in changes["subscriptions"]:
             self._upsert_subscription(profile, item)
+        self._index(profile)
         profile.segments.update(request.get("add_to_segments") or [])
         profile.segments.difference_update(request.get("remove_from_segments") or [])
         if request.get("detect_geo"):
@@ -456,6 +467,27 @@ class Sandbox:
             for prefix, country in _COUNTRIES.items():
                 if isinstance(ip, str) and ip.startswith(prefix):
                     profile.fields.setdefault("_country", country)
+
+    def _index(self, profile: Profile) -> None:
+        def phone_key(value: Any) -> str:
+            return re.sub(r"[\s()\-]", "", str(value))
+
+        old_emails, old_phones = self.keys_of.get(profile.id, (set(), set()))
+        for email in old_emails:
+            self.by_email.get(email, set()).discard(profile.id)
+        for phone in old_phones:
+            self.by_phone.get(phone, set()).discard(profile.id)
+        emails = {str(profile.fields.get("email", "")).lower()}
+        emails |= {str(s.get("email", "")).lower() for s in profile.subscriptions if s["channel"] == "email"}
+        phones = {phone_key(p) for p in profile.fields.get("phones", [])}
+        phones |= {phone_key(s.get("phone", "")) for s in profile.subscriptions if s["channel"] == "sms"}
+        emails.discard("")
+        phones.discard("")
+        self.keys_of[profile.id] = (emails, phones)
+        for email in emails:
+            self.by_email.setdefault(email, set()).add(profile.id)
+        for phone in phones:
+            self.by_phone.setdefault(phone, set()).add(profile.id)
 
     def _upsert_subscription(self, profile: Profile, item: dict[str, Any]) -> None:
         identity = (
@@ -565,6 +597,12 @@ class SandboxServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's algorithm and
+                # the client's delayed ACK hold every keep-alive answer for 40 ms.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

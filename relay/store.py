@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     create_engine,
     event,
     func,
@@ -50,7 +51,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from relay.inbound import InboundRequest
 
-__all__ = ["Delivery", "Store", "STATUSES", "REPLAYABLE"]
+__all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE"]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
@@ -122,6 +123,24 @@ _CLAIM_KEY = text(
 )
 _KEY_OWNER = text('SELECT delivery_id FROM dedup_keys WHERE "key" = :key')
 _INSERT_DELIVERY = insert(deliveries)
+_INSERT_ATTEMPT = insert(attempts)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one call, and the progress it made (calls_done, profile_id) when it succeeded."""
+
+    started_at: float
+    duration_ms: float
+    call_index: int
+    method: str | None
+    request: dict[str, Any] | None
+    http_status: int | None
+    response: str | None
+    outcome: str
+    error: str | None = None
+    calls_done: int | None = None
+    profile_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -523,51 +542,37 @@ class Store:
             )
         return result.rowcount == 1
 
-    def record_attempt(
-        self,
-        delivery_id: str,
-        token: str,
-        *,
-        started_at: float,
-        duration_ms: float,
-        call_index: int,
-        method: str | None,
-        request: dict[str, Any] | None,
-        http_status: int | None,
-        response: str | None,
-        outcome: str,
-        error: str | None = None,
-        calls_done: int | None = None,
-        profile_id: str | None = None,
-    ) -> bool:
-        """Store one try, and progress through the calls, while the claim holds."""
-        values: dict[str, Any] = {"attempts": deliveries.c.attempts + 1, "updated_at": time.time()}
-        if calls_done is not None:
-            values["calls_done"] = calls_done
-        if profile_id:
-            values["profile_id"] = profile_id
+    def record_attempt(self, delivery_id: str, token: str, attempt: Attempt) -> bool:
+        """Store one try and the progress it made, while the claim holds (False once it is lost)."""
         with self._tx() as tx:
-            result = tx.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                return False
-            tx.execute(
-                insert(attempts).values(
-                    delivery_id=delivery_id,
-                    started_at=started_at,
-                    duration_ms=duration_ms,
-                    call_index=call_index,
-                    method=method,
-                    request=json.dumps(request, ensure_ascii=False) if request is not None else None,
-                    http_status=http_status,
-                    response=(response or "")[:2000],
-                    outcome=outcome,
-                    error=(error or None) and error[:2000],
-                )
-            )
+            return self._record(tx, delivery_id, token, attempt)
+
+    def _record(self, tx: Connection, delivery_id: str, token: str, attempt: Attempt) -> bool:
+        values: dict[str, Any] = {"attempts": deliveries.c.attempts + 1, "updated_at": time.time()}
+        if attempt.calls_done is not None:
+            values["calls_done"] = attempt.calls_done
+        if attempt.profile_id:
+            values["profile_id"] = attempt.profile_id
+        result = tx.execute(
+            update(deliveries).where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token).values(**values)
+        )
+        if result.rowcount != 1:
+            return False
+        tx.execute(
+            _INSERT_ATTEMPT,
+            {
+                "delivery_id": delivery_id,
+                "started_at": attempt.started_at,
+                "duration_ms": attempt.duration_ms,
+                "call_index": attempt.call_index,
+                "method": attempt.method,
+                "request": json.dumps(attempt.request, ensure_ascii=False) if attempt.request is not None else None,
+                "http_status": attempt.http_status,
+                "response": (attempt.response or "")[:2000],
+                "outcome": attempt.outcome,
+                "error": attempt.error[:2000] if attempt.error else None,
+            },
+        )
         return True
 
     def finish(
@@ -580,8 +585,13 @@ class Store:
         detail: str | None = None,
         next_attempt_at: float | None = None,
         calls: Sequence[dict[str, Any]] | None = None,
+        attempt: Attempt | None = None,
     ) -> bool:
-        """Settle a claimed delivery; a no-op (False) when the claim was lost."""
+        """Settle a claimed delivery (with its last try, in the same transaction).
+
+        A no-op returning False when the claim was lost: the worker that holds
+        it now decides.
+        """
         values: dict[str, Any] = {
             "status": status,
             "reason": reason,
@@ -596,6 +606,8 @@ class Store:
         if calls is not None:
             values["calls"] = json.dumps(list(calls), ensure_ascii=False)
         with self._tx() as tx:
+            if attempt is not None and not self._record(tx, delivery_id, token, attempt):
+                return False
             result = tx.execute(
                 update(deliveries)
                 .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
@@ -603,12 +615,21 @@ class Store:
             )
         return result.rowcount == 1
 
-    def save_calls(self, delivery_id: str, token: str, calls: Sequence[dict[str, Any]]) -> bool:
+    def release(self, delivery_id: str, token: str) -> bool:
+        """Give a claimed delivery back untouched, due now (a worker that is stopping)."""
+        now = time.time()
         with self._tx() as tx:
             result = tx.execute(
                 update(deliveries)
                 .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
-                .values(calls=json.dumps(list(calls), ensure_ascii=False))
+                .values(
+                    status=case((deliveries.c.attempts == 0, "queued"), else_="retrying"),
+                    lease_owner=None,
+                    claim_token=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
             )
         return result.rowcount == 1
 

@@ -25,13 +25,14 @@ from relay.pipeline import translate_request
 from relay.retry import next_attempt
 from relay.sentry import report_delivery_failure
 from relay.settings import Settings
-from relay.store import Delivery, Store
+from relay.store import Attempt, Delivery, Store
 from relay.upstream.client import RateLimiter, UpstreamClient
 from relay.upstream.request import UpstreamCall
 
 __all__ = ["Worker", "cmd_worker"]
 
 log = logging.getLogger("relay.worker")
+CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 
 
 class Worker:
@@ -58,6 +59,9 @@ class Worker:
             geo = GeoLookup(settings.geoip_db)
         self.context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=geo)
         self.threads: list[threading.Thread] = []
+        # A thread holds up to CLAIM_BATCH deliveries; the lease covers the slowest case for
+        # all of them (two calls each at the full timeout), so none expires while held.
+        self.lease = settings.lease_seconds + CLAIM_BATCH * 2 * settings.upstream_timeout
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -88,7 +92,7 @@ class Worker:
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                claimed = self.store.claim(owner=self.owner, limit=1, lease_seconds=self.settings.lease_seconds)
+                claimed = self.store.claim(owner=self.owner, limit=CLAIM_BATCH, lease_seconds=self.lease)
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the thread
                 log.exception("claim failed")
                 self.stop_event.wait(self.settings.poll_interval * 4)
@@ -97,6 +101,9 @@ class Worker:
                 self.stop_event.wait(self.settings.poll_interval)
                 continue
             for delivery, token in claimed:
+                if self.stop_event.is_set():
+                    self.store.release(delivery.id, token)  # stopping: hand it back now
+                    continue
                 try:
                     self.process(delivery, token)
                 except Exception as exc:  # noqa: BLE001 - the lease brings it back
@@ -120,49 +127,69 @@ class Worker:
             )
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
-        self.store.save_calls(delivery.id, token, calls)
-        done = delivery.calls_done
         attempt_no = delivery.attempts
-        for index in range(done, len(translation.calls)):
-            call = translation.calls[index]
+        last = len(translation.calls) - 1
+        for index in range(delivery.calls_done, len(translation.calls)):
             if not self.limiter.acquire(self.stop_event):
                 # Stopping: give the delivery back at once rather than wait out the lease.
                 self.store.finish(delivery.id, token, status="retrying", next_attempt_at=time.time(), calls=calls)
                 return "retrying"
-            outcome = self._send(delivery, token, index, call)
+            attempt, error = self._send(delivery, index, translation.calls[index])
             attempt_no += 1
-            if outcome is None:
+            if error is None and index < last:
+                # Progress is kept at once, so a crash cannot make relay send this call again.
+                if not self.store.record_attempt(delivery.id, token, attempt):
+                    return "lost"
                 continue
-            if isinstance(outcome, PermanentUpstreamError):
-                return self._fail(delivery, token, "rejected", outcome.detail, calls=calls)
-            overloaded = outcome.http_status in (429, 402) or "timeout" in outcome.detail
-            if outcome.http_status == 429 and outcome.retry_after:
-                self.limiter.pause(min(outcome.retry_after, 60))
+            if error is None:
+                self.store.finish(delivery.id, token, status="delivered", calls=calls, attempt=attempt)
+                log.info("delivered", extra=extra)
+                return "delivered"
+            if isinstance(error, PermanentUpstreamError):
+                return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
+            overloaded = error.http_status in (429, 402) or "timeout" in error.detail
+            if error.http_status == 429 and error.retry_after:
+                self.limiter.pause(min(error.retry_after, 60))
             when = next_attempt(
                 attempt_no,
                 now=time.time(),
                 cycle_started_at=delivery.cycle_started_at,
                 max_attempts=self.settings.max_attempts,
                 max_age=self.settings.max_age,
-                retry_after=outcome.retry_after,
+                retry_after=error.retry_after,
                 overloaded=overloaded,
                 schedule=self.settings.retry_schedule,
             )
             if when is None:
-                return self._fail(delivery, token, "exhausted", outcome.detail, calls=calls)
+                return self._fail(delivery, token, "exhausted", error.detail, calls=calls, attempt=attempt)
             self.store.finish(
-                delivery.id, token, status="retrying", detail=outcome.detail, next_attempt_at=when, calls=calls
+                delivery.id,
+                token,
+                status="retrying",
+                detail=error.detail,
+                next_attempt_at=when,
+                calls=calls,
+                attempt=attempt,
             )
             return "retrying"
+        # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
-        log.info("delivered", extra=extra)
         return "delivered"
 
     def _fail(
-        self, delivery: Delivery, token: str, reason: str, detail: str, *, calls: list[dict[str, Any]] | None = None
+        self,
+        delivery: Delivery,
+        token: str,
+        reason: str,
+        detail: str,
+        *,
+        calls: list[dict[str, Any]] | None = None,
+        attempt: Attempt | None = None,
     ) -> str:
         """Keep the delivery as failed with its reason, log it and tell Sentry."""
-        self.store.finish(delivery.id, token, status="failed", reason=reason, detail=detail, calls=calls)
+        self.store.finish(
+            delivery.id, token, status="failed", reason=reason, detail=detail, calls=calls, attempt=attempt
+        )
         log.warning(
             f"delivery failed: {reason}",
             extra={"delivery_id": delivery.id, "source": delivery.source, "detail": detail},
@@ -173,14 +200,13 @@ class Worker:
         return "failed"
 
     def _send(
-        self, delivery: Delivery, token: str, index: int, call: UpstreamCall
-    ) -> TransientUpstreamError | PermanentUpstreamError | None:
+        self, delivery: Delivery, index: int, call: UpstreamCall
+    ) -> tuple[Attempt, TransientUpstreamError | PermanentUpstreamError | None]:
+        """Make one call; the attempt to record, and the error when it did not go through."""
         assert self.client is not None
         started = time.time()
         clock = time.perf_counter()
         error: TransientUpstreamError | PermanentUpstreamError | None = None
-        http_status: int | None = None
-        response = ""
         profile_id = None
         try:
             answer = self.client.send(call)
@@ -192,9 +218,7 @@ class Worker:
             error, http_status, response, outcome = exc, exc.http_status, exc.body, "rejected"
         seconds = time.perf_counter() - clock
         metrics.attempt(delivery.source, outcome, seconds)
-        self.store.record_attempt(
-            delivery.id,
-            token,
+        attempt = Attempt(
             started_at=started,
             duration_ms=seconds * 1000,
             call_index=index,
@@ -207,7 +231,7 @@ class Worker:
             calls_done=index + 1 if error is None else None,
             profile_id=profile_id,
         )
-        return error
+        return attempt, error
 
 
 def _capture(exc: Exception, *, source: str, delivery_id: str) -> None:

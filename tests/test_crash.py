@@ -29,6 +29,7 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path):
         "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
         "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
         "RELAY_LEASE_SECONDS": "2",
+        "RELAY_UPSTREAM_TIMEOUT": "1",  # the lease is 2 s + 4 deliveries x 2 calls x 1 s
         "RELAY_RETRY_SCHEDULE": "0.2",
         "RELAY_POLL_INTERVAL": "0.05",
         "RELAY_LOG_LEVEL": "warning",
