@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     case,
     create_engine,
     event,
@@ -124,6 +125,36 @@ _CLAIM_KEY = text(
 _KEY_OWNER = text('SELECT delivery_id FROM dedup_keys WHERE "key" = :key')
 _INSERT_DELIVERY = insert(deliveries)
 _INSERT_ATTEMPT = insert(attempts)
+
+
+# Worker statements, built once (the worker runs them for every delivery).
+_CLAIM = text(
+    "UPDATE deliveries SET status = 'delivering', lease_owner = :owner, claim_token = :token, "
+    "lease_expires_at = :expires, updated_at = :now WHERE id IN :ids RETURNING *"
+).bindparams(bindparam("ids", expanding=True))
+_SETTLE = text(
+    "UPDATE deliveries SET status = :status, reason = :reason, detail = :detail, lease_owner = NULL, "
+    "claim_token = NULL, lease_expires_at = NULL, updated_at = :now, "
+    "next_attempt_at = COALESCE(:next, next_attempt_at), calls = COALESCE(:calls, calls), "
+    "attempts = attempts + :tried, calls_done = COALESCE(:calls_done, calls_done), "
+    "profile_id = COALESCE(:profile_id, profile_id) "
+    "WHERE id = :id AND claim_token = :token"
+)
+
+
+def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "started_at": attempt.started_at,
+        "duration_ms": attempt.duration_ms,
+        "call_index": attempt.call_index,
+        "method": attempt.method,
+        "request": json.dumps(attempt.request, ensure_ascii=False) if attempt.request is not None else None,
+        "http_status": attempt.http_status,
+        "response": (attempt.response or "")[:2000],
+        "outcome": attempt.outcome,
+        "error": attempt.error[:2000] if attempt.error else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -503,34 +534,25 @@ class Store:
     def claim(
         self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None
     ) -> list[tuple[Delivery, str]]:
-        """Claim up to `limit` due deliveries (or ones whose lease ran out)."""
+        """Claim up to `limit` due deliveries (or ones whose lease ran out), under one new token."""
         now = time.time() if now is None else now
         due = or_(
             and_(deliveries.c.status.in_(DUE), deliveries.c.next_attempt_at <= now),
             and_(deliveries.c.status == "delivering", deliveries.c.lease_expires_at <= now),
         )
-        claimed: list[tuple[Delivery, str]] = []
+        token = secrets.token_hex(16)
         with self._tx() as tx:
             query = select(deliveries.c.id).where(due).order_by(deliveries.c.next_attempt_at).limit(limit)
             if self.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             ids = [row.id for row in tx.execute(query)]
-            for delivery_id in ids:
-                token = secrets.token_hex(16)
-                tx.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == delivery_id)
-                    .values(
-                        status="delivering",
-                        lease_owner=owner,
-                        claim_token=token,
-                        lease_expires_at=now + lease_seconds,
-                        updated_at=now,
-                    )
-                )
-                row = tx.execute(select(deliveries).where(deliveries.c.id == delivery_id)).one()
-                claimed.append((Delivery.from_row(row), token))
-        return claimed
+            if not ids:
+                return []
+            rows = tx.execute(
+                _CLAIM,
+                {"ids": ids, "owner": owner, "token": token, "expires": now + lease_seconds, "now": now},
+            ).all()
+        return [(Delivery.from_row(row), token) for row in sorted(rows, key=lambda r: r.next_attempt_at)]
 
     def extend_lease(self, delivery_id: str, token: str, *, lease_seconds: float) -> bool:
         now = time.time()
@@ -558,21 +580,7 @@ class Store:
         )
         if result.rowcount != 1:
             return False
-        tx.execute(
-            _INSERT_ATTEMPT,
-            {
-                "delivery_id": delivery_id,
-                "started_at": attempt.started_at,
-                "duration_ms": attempt.duration_ms,
-                "call_index": attempt.call_index,
-                "method": attempt.method,
-                "request": json.dumps(attempt.request, ensure_ascii=False) if attempt.request is not None else None,
-                "http_status": attempt.http_status,
-                "response": (attempt.response or "")[:2000],
-                "outcome": attempt.outcome,
-                "error": attempt.error[:2000] if attempt.error else None,
-            },
-        )
+        tx.execute(_INSERT_ATTEMPT, _attempt_row(delivery_id, attempt))
         return True
 
     def finish(
@@ -587,33 +595,30 @@ class Store:
         calls: Sequence[dict[str, Any]] | None = None,
         attempt: Attempt | None = None,
     ) -> bool:
-        """Settle a claimed delivery (with its last try, in the same transaction).
+        """Settle a claimed delivery, with its last try, in one transaction.
 
         A no-op returning False when the claim was lost: the worker that holds
         it now decides.
         """
-        values: dict[str, Any] = {
+        params = {
+            "id": delivery_id,
+            "token": token,
             "status": status,
             "reason": reason,
             "detail": (detail or None) and detail[:4000],
-            "lease_owner": None,
-            "claim_token": None,
-            "lease_expires_at": None,
-            "updated_at": time.time(),
+            "now": time.time(),
+            "next": next_attempt_at,
+            "calls": json.dumps(list(calls), ensure_ascii=False) if calls is not None else None,
+            "tried": 1 if attempt is not None else 0,
+            "calls_done": attempt.calls_done if attempt is not None else None,
+            "profile_id": attempt.profile_id if attempt is not None else None,
         }
-        if next_attempt_at is not None:
-            values["next_attempt_at"] = next_attempt_at
-        if calls is not None:
-            values["calls"] = json.dumps(list(calls), ensure_ascii=False)
         with self._tx() as tx:
-            if attempt is not None and not self._record(tx, delivery_id, token, attempt):
+            if tx.execute(_SETTLE, params).rowcount != 1:
                 return False
-            result = tx.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
-                .values(**values)
-            )
-        return result.rowcount == 1
+            if attempt is not None:
+                tx.execute(_INSERT_ATTEMPT, _attempt_row(delivery_id, attempt))
+        return True
 
     def release(self, delivery_id: str, token: str) -> bool:
         """Give a claimed delivery back untouched, due now (a worker that is stopping)."""
