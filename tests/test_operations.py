@@ -209,3 +209,19 @@ def test_worker_command_stops_on_sigterm(tmp_path):
     assert process.wait(timeout=30) == 0
     assert b"worker stopped" in process.stderr.read()  # type: ignore[union-attr]
     process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_dockerfile_and_compose_are_consistent():
+    """The image runs as a non-root user with a health check; compose runs web, worker and PostgreSQL."""
+    import yaml
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER relay" in dockerfile and "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+    assert "pip install -r requirements.txt" in dockerfile
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"db", "web", "worker"}
+    assert services["worker"]["command"] == ["python", "-m", "relay", "worker"]
+    for name in ("web", "worker"):
+        assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
+        assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
