@@ -45,6 +45,29 @@ def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no 
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    """Everything the whole suite logs, formatted as relay formats it, must hold none of the test secrets."""
+    import logging
+
+    from relay.logs import LineFormatter
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(level=logging.DEBUG)
+    handler.setFormatter(LineFormatter("json"))
+    logging.getLogger().addHandler(handler)
+    yield
+    logging.getLogger().removeHandler(handler)
+    text = "\n".join(lines)
+    leaked = [name for name, secret in SECRETS.items() if secret in text]
+    assert leaked == [], f"secrets found in the suite's log lines: {leaked}"
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _guard_network() -> Iterator[None]:
     socket.socket.connect = _loopback_only  # type: ignore[method-assign]
     yield

@@ -80,3 +80,7 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path):
     resent = sum(applied.values()) - total
     # Only calls in flight at the kill can be sent twice: at most one per worker thread.
     assert 0 <= resent <= 4, applied.most_common(5)
+    log = (tmp_path / "relay.log").read_text(errors="replace")
+    assert "POST /hooks/tilda" in log  # the access log, which leaves the query string out
+    assert SECRETS["TILDA_WEBHOOK_TOKEN"] not in log
+    assert SECRETS["RELAY_UPSTREAM_TOKEN"] not in log

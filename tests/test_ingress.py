@@ -188,3 +188,23 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["mappings"] == 11
+
+
+def test_form_and_multipart_bounds(client):
+    """More than 1,000 form fields or multipart parts is a 400, not a slow parse."""
+    many = "&".join(f"f{i}=1" for i in range(1001)).encode()
+    assert client.post(TILDA, data=many, content_type=FORM).status_code == 400
+    parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n1\r\n' % i for i in range(1001))
+    response = client.post(TILDA, data=parts + b"--b--\r\n", content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 400 and response.get_json()["error"] == "unparsable"
+
+
+def test_admin_api_sends_no_cors_headers(client):
+    """Neither a preflight nor a request to the admin API gets CORS headers."""
+    preflight = client.options(
+        "/admin/api/deliveries", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    )
+    listed = client.get("/admin/api/deliveries", headers={"Origin": "https://evil.example"})
+    for response in (preflight, listed):
+        assert not any(h.lower().startswith("access-control-") for h in response.headers.keys())
+    assert listed.status_code == 401

@@ -28,3 +28,24 @@ def test_retry_after_is_clamped_and_budgets_end():
     assert next_attempt(1, now=0, cycle_started_at=0, max_attempts=9, max_age=1e9, retry_after=3600) == 10
     assert next_attempt(9, now=0, cycle_started_at=0, max_attempts=9, max_age=1e9) is None
     assert next_attempt(1, now=100, cycle_started_at=0, max_attempts=9, max_age=100) is None
+
+
+def test_upstream_rate_limiter_spaces_calls_and_pauses_after_429():
+    """RELAY_UPSTREAM_RATE is shared by a process's threads; a 429 pauses them all."""
+    import threading
+    import time
+
+    from relay.upstream.client import RateLimiter
+
+    limiter = RateLimiter(50, burst=1)
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda: [limiter.acquire() for _ in range(5)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert 0.3 <= time.monotonic() - started < 2  # 20 calls at 50/s take about 0.4 s
+    limiter.pause(0.5)
+    paused = time.monotonic()
+    limiter.acquire()
+    assert time.monotonic() - paused >= 0.45
