@@ -554,16 +554,6 @@ class Store:
             ).all()
         return [(Delivery.from_row(row), token) for row in sorted(rows, key=lambda r: r.next_attempt_at)]
 
-    def extend_lease(self, delivery_id: str, token: str, *, lease_seconds: float) -> bool:
-        now = time.time()
-        with self._tx() as tx:
-            result = tx.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
-                .values(lease_expires_at=now + lease_seconds)
-            )
-        return result.rowcount == 1
-
     def record_attempt(self, delivery_id: str, token: str, attempt: Attempt) -> bool:
         """Store one try and the progress it made, while the claim holds (False once it is lost)."""
         with self._tx() as tx:
