@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,24 @@ def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no 
     return _real_connect(self, address)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _no_secret_in_any_log_line() -> Iterator[None]:
-    """Everything the whole suite logs, formatted as relay formats it, must hold none of the test secrets."""
+BUILT_IN_SOURCES = (
+    "tilda",
+    "typeform",
+    "tally",
+    "jotform",
+    "google_forms",
+    "webflow",
+    "elementor",
+    "shopify",
+    "woocommerce",
+    "stripe",
+    "paddle",
+)
+
+
+@contextmanager
+def captured_log_lines(style: str = "json") -> Iterator[list[str]]:
+    """Every record logged meanwhile, formatted as relay formats it."""
     import logging
 
     from relay.logs import LineFormatter
@@ -58,10 +74,19 @@ def _no_secret_in_any_log_line() -> Iterator[None]:
             lines.append(self.format(record))
 
     handler = Keep(level=logging.DEBUG)
-    handler.setFormatter(LineFormatter("json"))
+    handler.setFormatter(LineFormatter(style))
     logging.getLogger().addHandler(handler)
-    yield
-    logging.getLogger().removeHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    """Everything the whole suite logs, formatted as relay formats it, must hold none of the test secrets."""
+    with captured_log_lines() as lines:
+        yield
     text = "\n".join(lines)
     leaked = [name for name, secret in SECRETS.items() if secret in text]
     assert leaked == [], f"secrets found in the suite's log lines: {leaked}"

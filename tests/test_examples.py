@@ -7,7 +7,7 @@ import pytest
 from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.loader import load_sources
 
-from .conftest import MAPPINGS
+from .conftest import BUILT_IN_SOURCES, MAPPINGS
 
 SOURCES = load_sources(MAPPINGS)
 EXAMPLES = example_files(MAPPINGS)
@@ -22,19 +22,7 @@ def test_example(path):  # type: ignore[no-untyped-def]
 
 def test_every_source_has_two_examples():
     """Each built-in source ships at least two examples."""
-    expected = {
-        "tilda",
-        "typeform",
-        "tally",
-        "jotform",
-        "google_forms",
-        "webflow",
-        "elementor",
-        "shopify",
-        "woocommerce",
-        "stripe",
-        "paddle",
-    }
+    expected = set(BUILT_IN_SOURCES)
     assert set(SOURCES) == expected
     for name in expected:
         assert len(example_files(MAPPINGS, name)) >= 2, name

@@ -12,24 +12,9 @@ from hypothesis import strategies as st
 
 from relay.web import create_app
 
-from .conftest import SECRETS, make_settings
+from .conftest import BUILT_IN_SOURCES, SECRETS, make_settings
 
-SOURCES = [
-    "tilda",
-    "typeform",
-    "tally",
-    "jotform",
-    "google_forms",
-    "webflow",
-    "elementor",
-    "shopify",
-    "woocommerce",
-    "stripe",
-    "paddle",
-    "nope",
-    "../etc",
-    "tilda/extra",
-]
+SOURCES = [*BUILT_IN_SOURCES, "nope", "../etc", "tilda/extra"]
 CONTENT_TYPES = [
     "application/json",
     "application/x-www-form-urlencoded",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shlex
@@ -15,12 +14,11 @@ from pathlib import Path
 import httpx
 import sentry_sdk
 
-from relay.logs import LineFormatter
 from relay.metrics import DECLARED
 from relay.testing import free_port
 from relay.web import create_app
 
-from .conftest import ROOT, SECRETS, make_settings
+from .conftest import ROOT, SECRETS, captured_log_lines, make_settings
 from .test_secrets import CapturingTransport
 
 FORM = "application/x-www-form-urlencoded"
@@ -89,24 +87,13 @@ def test_metrics_objects_only_in_the_metrics_module():
 
 def test_request_id_read_returned_and_logged(tmp_path):
     """X-Request-ID is kept when sane, made up otherwise, returned, and in the log lines."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Keep()
-    handler.setFormatter(LineFormatter("text"))
-    logging.getLogger().addHandler(handler)
-    try:
+    with captured_log_lines("text") as lines:
         app = create_app(make_settings(tmp_path, RELAY_LOG_LEVEL="info"))
         client = app.test_client()
         given = client.post(
             TILDA, data=b"Email=r%40example.com", content_type=FORM, headers={"X-Request-ID": "abc-123"}
         )
         made = client.post(TILDA, data=b"Email=s%40example.com", content_type=FORM, headers={"X-Request-ID": "<bad>"})
-    finally:
-        logging.getLogger().removeHandler(handler)
     assert given.headers["X-Request-ID"] == "abc-123"
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
     accepted = [line for line in lines if "event=accepted" in line]

@@ -6,16 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 
 import sentry_sdk
 from sentry_sdk.transport import Transport
 from sqlalchemy import text
 
-from relay.logs import LineFormatter
 from relay.web import create_app
 
-from .conftest import SECRETS, make_settings
+from .conftest import SECRETS, captured_log_lines, make_settings
 
 
 class CapturingTransport(Transport):
@@ -66,17 +64,7 @@ def _leaks(text_blob: str) -> list[str]:
 
 def test_logs_bodies_and_rows_hold_no_secret(tmp_path):
     """Every log line, response body and stored row of a busy session is free of secrets."""
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(self.format(record))
-
-    handler = Keep()
-    handler.setFormatter(LineFormatter("json"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with captured_log_lines() as records:
         app = create_app(make_settings(tmp_path, RELAY_LOG_LEVEL="debug"))
         client = app.test_client()
         bodies = []
@@ -97,8 +85,6 @@ def test_logs_bodies_and_rows_hold_no_secret(tmp_path):
                 for row in connection.execute(text(f"SELECT * FROM {table}"))  # noqa: S608 - fixed names
             ]
         store.close()
-    finally:
-        root.removeHandler(handler)
     assert records, "the session logged something"
     assert _leaks("\n".join(records)) == []
     assert _leaks("\n".join(bodies)) == []
