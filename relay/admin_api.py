@@ -121,7 +121,7 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             limit = max(1, min(int(request.args.get("limit", 50)), 500))
         except ValueError:
             abort(400, description="limit must be a whole number")
-        found = store.list(limit=limit, before=request.args.get("before") or None, **_filters())
+        found = store.list_deliveries(limit=limit, before=request.args.get("before") or None, **_filters())
         return jsonify(
             {
                 "deliveries": [delivery_summary(d) for d in found],

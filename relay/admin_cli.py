@@ -32,7 +32,7 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 return 1
             print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
             return 0
-        for delivery in store.list(limit=args.limit, **_filters(args)):
+        for delivery in store.list_deliveries(limit=args.limit, **_filters(args)):
             row = delivery_summary(delivery)
             print(
                 f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "

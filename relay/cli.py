@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = _COMMANDS[args.command]
     try:
-        return handler(args, settings)
+        return int(handler(args, settings))
     except ConfigError as exc:
         print("relay: " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ or an address.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 import time
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,7 @@ class _StoreCollector:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         from relay.store import STATUSES
 
         counts = self.store.counts()
@@ -107,10 +108,10 @@ def render(store: Store) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = REGISTRY
     scrape = CollectorRegistry()
-    scrape.register(_StoreCollector(store))  # type: ignore[arg-type]
+    scrape.register(_StoreCollector(store))
     body = generate_latest(registry) + generate_latest(scrape)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

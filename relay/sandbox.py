@@ -209,7 +209,7 @@ class Sandbox:
             raise _Refused(400, "Incorrect request: body must be an object")
         if "xml" in content_type:
             data = _coerce_xml(data)
-        return data
+        return dict(data)
 
     # -- the API ----------------------------------------------------------
     def _call(self, method: str, request: dict[str, Any], token: Any) -> dict[str, Any]:
@@ -642,7 +642,8 @@ class SandboxServer:
     @property
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}"
 
     @property
     def api_url(self) -> str:

@@ -508,7 +508,7 @@ class Store:
             conditions.append(deliveries.c.received_at < until)
         return conditions
 
-    def list(self, *, limit: int = 50, before: str | None = None, **filters: Any) -> list[Delivery]:
+    def list_deliveries(self, *, limit: int = 50, before: str | None = None, **filters: Any) -> list[Delivery]:
         conditions = self._filters(**filters)
         if before:
             conditions.append(deliveries.c.id < before)

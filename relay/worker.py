@@ -207,6 +207,7 @@ class Worker:
         started = time.time()
         clock = time.perf_counter()
         error: TransientUpstreamError | PermanentUpstreamError | None = None
+        http_status: int | None
         profile_id = None
         try:
             answer = self.client.send(call)

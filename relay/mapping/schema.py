@@ -54,7 +54,7 @@ class Expression(fields.String):
         return text
 
 
-class EnvOr(fields.Field):
+class EnvOr(fields.Field[Any]):
     """A literal of `kind` (int, str or bool), or a `${NAME}` reference resolved later."""
 
     def __init__(self, kind: type, **kwargs: Any) -> None:
@@ -110,7 +110,7 @@ def _transform_steps(raw: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(parsed)
 
 
-class ValueField(fields.Field):
+class ValueField(fields.Field[Any]):
     """A value spec: an expression string, or {path|value|template, transform, default}."""
 
     _KEYS = {"path", "value", "template", "transform", "default"}
@@ -213,7 +213,7 @@ class FieldSpecSchema(StrictSchema):
         )
 
 
-class FieldEntry(fields.Field):
+class FieldEntry(fields.Field[Any]):
     """A profile field: a plain value spec (op `set`) or a FieldSpecSchema mapping."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> FieldSpec:
@@ -242,7 +242,7 @@ class SubscriptionSchema(StrictSchema):
         if channel not in CHANNEL_IDENTITY:
             return
         for key in CHANNEL_IDENTITY[channel]:
-            head, _, sub = key.partition(".")
+            head, _dot, sub = key.partition(".")
             present = data.get("cc_data", {}).get(sub) if sub else data.get(head)
             if present is None:
                 raise ValidationError(f"a {channel} subscription needs {key}", head)
@@ -251,7 +251,7 @@ class SubscriptionSchema(StrictSchema):
     def _make(self, data: dict[str, Any], **_: Any) -> SubscriptionSpec:
         identity: dict[str, ValueSpec] = {}
         for key in CHANNEL_IDENTITY[data["channel"]]:
-            head, _, sub = key.partition(".")
+            head, _dot, sub = key.partition(".")
             identity[key] = data["cc_data"][sub] if sub else data[head]
         return SubscriptionSpec(
             channel=data["channel"],
@@ -476,10 +476,10 @@ class PayloadSchemaSchema(StrictSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> Schema:
-        declared: dict[str, fields.Field] = {}
+        declared: dict[str, fields.Field[Any]] = {}
         for name, spec in data["fields_"].items():
             kind = _PAYLOAD_TYPES[spec["type"]]
-            field: fields.Field = (
+            field: fields.Field[Any] = (
                 kind(fields.Raw(), required=spec["required"], allow_none=not spec["required"])
                 if kind is fields.List
                 else kind(required=spec["required"], allow_none=not spec["required"])

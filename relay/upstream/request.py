@@ -129,7 +129,7 @@ def _status_ok(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and (value == -1 or 0 <= value <= 6)
 
 
-class StrictBoolean(fields.Field):
+class StrictBoolean(fields.Field[Any]):
     """A JSON boolean only: 1, "true" and "yes" are refused."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
@@ -161,7 +161,7 @@ class SubscriptionSchema(Schema):
         if "status" in data and not _status_ok(data["status"]):
             raise ValidationError("status must be a known word or a number from -1 to 6", "status")
         for key in CHANNEL_IDENTITY.get(data.get("channel", ""), ()):
-            head, _, sub = key.partition(".")
+            head, _dot, sub = key.partition(".")
             value = (data.get(head) or {}).get(sub) if sub else data.get(head)
             if value in (None, ""):
                 raise ValidationError(f"{data['channel']} subscription needs {key}", head)
