@@ -7,8 +7,8 @@ or an address.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response
