@@ -638,7 +638,8 @@ class Store:
         return self._replay(*self._filters(**filters), to_status=to_status, now=None)
 
     def _replay(self, *conditions: Any, to_status: str, now: float | None) -> int:
-        # Replay re-translates with today's mapping, so the calls (and progress through them) start over.
+        # Replay re-translates with today's mapping but keeps `calls_done`: calls the upstream already
+        # took (an order's counters) are not sent again.
         now = time.time() if now is None else now
         with self._tx() as tx:
             result = tx.execute(
@@ -649,7 +650,6 @@ class Store:
                     reason=None,
                     detail=None,
                     calls=None,
-                    calls_done=0,
                     cycle_started_at=now,
                     next_attempt_at=now,
                     updated_at=now,

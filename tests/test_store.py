@@ -76,3 +76,29 @@ def test_admin_api_lists_shows_and_replays(tmp_path):
     assert client.post(f"/admin/api/deliveries/{delivery_id}/replay", headers=auth).status_code == 202
     disabled = create_app(make_settings(tmp_path / "x", RELAY_ADMIN_TOKEN="")).test_client()
     assert disabled.get("/admin/api/deliveries", headers=auth).status_code == 403
+
+
+def test_replay_keeps_the_calls_already_made(store):
+    """A delivery that failed on its second call replays from that call, not from the first."""
+    from relay.store import Attempt
+
+    accepted = store.accept(
+        _request(b"Email=r%40example.com"), dedup_key=f"r:{uuid.uuid4()}", status="queued", dedup_window=60
+    )
+    (_delivery, token), *_ = [c for c in store.claim(owner="w", limit=100, lease_seconds=30) if c[0].id == accepted.id]
+    first = Attempt(
+        started_at=time.time(),
+        duration_ms=1,
+        call_index=0,
+        method="profiles/import",
+        request={},
+        http_status=200,
+        response="{}",
+        outcome="delivered",
+        calls_done=1,
+    )
+    assert store.record_attempt(accepted.id, token, first)
+    assert store.finish(accepted.id, token, status="failed", reason="rejected", detail="second call refused")
+    assert store.replay(accepted.id)
+    replayed = store.get(accepted.id)
+    assert replayed.status == "queued" and replayed.calls_done == 1 and replayed.attempts == 1
