@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -120,6 +122,16 @@ class Sandbox:
 
     def control(self, name: str, body: object = None) -> None:
         httpx.post(f"{self.base}/_fake/{name}", json=body or {}, timeout=5)
+
+
+def report_with_sandbox(
+    token: str, parser: argparse.ArgumentParser, run: Callable[[Sandbox, argparse.Namespace], dict[str, object]]
+) -> None:
+    """Parse the arguments, run a benchmark against a fresh sandbox, print its report as JSON."""
+    args = parser.parse_args()
+    with Sandbox(token) as sandbox:
+        report = run(sandbox, args)
+    print(json.dumps(report, indent=2))
 
 
 WRK_SCRIPT = """

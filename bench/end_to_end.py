@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from common import BIN, ROOT, Sandbox, rss_mb
+from common import BIN, ROOT, Sandbox, report_with_sandbox, rss_mb
 
 from relay.inbound import InboundRequest
 from relay.mapping.loader import load_sources
@@ -38,10 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=4)
-    args = parser.parse_args()
-    with Sandbox(TOKEN) as sandbox:
-        report = run(sandbox, args)
-    print(json.dumps(report, indent=2))
+    report_with_sandbox(TOKEN, parser, run)
 
 
 def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import httpx
-from common import BIN, ROOT, Sandbox, Server, free_port, open_loop
+from common import BIN, ROOT, Sandbox, Server, free_port, open_loop, report_with_sandbox
 
 TOKEN = "bench-upstream-token"
 HOOK = "bench-hook-token"
@@ -33,10 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)
-    args = parser.parse_args()
-    with Sandbox(TOKEN) as sandbox:
-        report = run(sandbox, args)
-    print(json.dumps(report, indent=2))
+    report_with_sandbox(TOKEN, parser, run)
 
 
 def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
