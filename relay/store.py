@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -334,6 +335,13 @@ def _accept_sqlite(cursor: Any, item: _Pending) -> Accepted:
     return Accepted(delivery_id, duplicate=False)
 
 
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def new_id() -> str:
     # Time-ordered, so ids sort by arrival: 12 hex of milliseconds + 20 random.
     return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
@@ -368,7 +376,8 @@ class Store:
         self._lock_path: str | None = None
         self._thread_lock = threading.Lock()
         self._lock_pid = 0
-        self._lock_file: Any = None
+        self._lock_fd = -1
+        self._lock_closer: weakref.finalize[Any, Any] | None = None
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -398,16 +407,20 @@ class Store:
             return
         with self._thread_lock:
             if self._lock_pid != os.getpid():  # a forked child opens its own
-                self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 - held for the process's life
+                # A bare descriptor, closed by close() or when the store is collected.
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
                 self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+                self._lock_closer = weakref.finalize(self, _close_fd, self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_closer is not None:
+            self._lock_closer()  # runs once, whether here or at collection
 
     def ping(self) -> None:
         """Raise when the store does not answer."""
