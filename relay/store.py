@@ -335,6 +335,9 @@ def _accept_sqlite(cursor: Any, item: _Pending) -> Accepted:
     return Accepted(delivery_id, duplicate=False)
 
 
+_SCHEMA_LOCK = 0x72656C6179  # "relay": the advisory lock that serialises schema creation
+
+
 def _close_fd(fd: int) -> None:
     try:
         os.close(fd)
@@ -389,7 +392,7 @@ class Store:
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
             self._writer = None  # row locks: PostgreSQL takes concurrent inserts as they come
-        metadata.create_all(self.engine)
+        self._create_schema()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -416,6 +419,20 @@ class Store:
                 yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _create_schema(self) -> None:
+        """Create the tables once, even when several processes start together.
+
+        Gunicorn boots its workers at the same moment, and nodes may too: without a lock two of
+        them both see no table and the second CREATE fails, killing that worker.
+        """
+        if self.dialect == "postgresql":
+            with self.engine.begin() as connection:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                metadata.create_all(connection)
+            return
+        with self._write_lock():
+            metadata.create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

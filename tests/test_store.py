@@ -102,3 +102,54 @@ def test_replay_keeps_the_calls_already_made(store):
     assert store.replay(accepted.id)
     replayed = store.get(accepted.id)
     assert replayed.status == "queued" and replayed.calls_done == 1 and replayed.attempts == 1
+
+
+def _open_store(url: str, results) -> None:  # type: ignore[no-untyped-def]
+    try:
+        Store(url).close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(repr(exc)[:200])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_processes_starting_together_create_the_schema_once(kind, tmp_path, request):
+    """Four processes opening a new store at once (gunicorn workers booting) all succeed."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_no in range(5):
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp_path}/race{round_no}.db"
+        else:
+            url = request.getfixturevalue("pg_url") if round_no == 0 else _fresh_schema(request, round_no)
+        results = context.Queue()
+        processes = [context.Process(target=_open_store, args=(url, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=30)
+        outcomes += [results.get(timeout=5) for _ in processes]
+    assert outcomes == ["ok"] * 20
+
+
+def _fresh_schema(request, round_no: int) -> str:  # type: ignore[no-untyped-def]
+    """Another empty schema next to the pg_url fixture's one (dropped with the test's connection)."""
+    from sqlalchemy import create_engine, text
+
+    base = request.getfixturevalue("pg_url")
+    schema = base.rsplit("%3D", 1)[1] + f"_r{round_no}"
+    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+
+    def drop() -> None:
+        cleanup = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
+        with cleanup.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        cleanup.dispose()
+
+    request.addfinalizer(drop)
+    return base.rsplit("%3D", 1)[0] + f"%3D{schema}"
