@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(180)
 def test_sigkill_mid_delivery_loses_nothing(tmp_path):
     """Every webhook answered 202 is delivered after a SIGKILL and restart; re-sends only where cut off."""
     sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
-    sandbox.sandbox.chaos = {"latency_ms": 40}  # slow enough that the kill lands mid-call
+    sandbox.sandbox.chaos = {"latency_ms": 80}  # slow enough that the kill lands mid-delivery
     database = tmp_path / "relay.db"
     env = {
         "RELAY_DATABASE_URL": f"sqlite:///{database}",

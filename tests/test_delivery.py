@@ -91,7 +91,7 @@ def test_retry_after_sets_the_next_attempt(relay, sandbox):
     delivery = store.get(delivery_id)
     assert delivery.status == "retrying"
     # step 0.05 raised to the overload floor (capped at the last step, 0.2); Retry-After 1 s clamps to 0.4
-    assert 0.35 <= delivery.next_attempt_at - before <= 0.5
+    assert 0.35 <= delivery.next_attempt_at - before <= 0.9  # unclamped it would be 1 s
 
 
 def test_final_refusals_are_kept_with_the_answer(relay, sandbox):
