@@ -22,7 +22,7 @@ def post(client, source: str, index: int):  # type: ignore[no-untyped-def]
 
 def test_limit_per_source(tmp_path):
     """Past the limit a source gets 429 JSON with Retry-After; other sources are not affected."""
-    app = create_app(make_settings(tmp_path, RELAY_HOOK_RATE_LIMIT="3 per minute"))
+    app = create_app(make_settings(tmp_path, RELAY_HOOK_RATE_LIMIT="3 per hour"))
     client = app.test_client()
     assert [post(client, "tilda", i).status_code for i in range(4)] == [202, 202, 202, 429]
     limited = post(client, "tilda", 9)
@@ -41,7 +41,7 @@ def test_limit_shared_through_redis(tmp_path):
         if os.environ.get("RELAY_REQUIRE_POSTGRES"):
             pytest.fail("Redis is required in CI (.ci/run starts it)")
         pytest.skip("Redis does not answer on 127.0.0.1:6379")
-    settings = make_settings(tmp_path, RELAY_HOOK_RATE_LIMIT="4 per minute", RELAY_RATE_LIMIT_STORAGE=url)
+    settings = make_settings(tmp_path, RELAY_HOOK_RATE_LIMIT="4 per hour", RELAY_RATE_LIMIT_STORAGE=url)
     first, second = create_app(settings).test_client(), create_app(settings).test_client()
     codes = [post(client, "tilda", i).status_code for i, client in enumerate([first, second] * 3)]
     assert codes == [202, 202, 202, 202, 429, 429]
