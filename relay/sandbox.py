@@ -265,11 +265,8 @@ class Sandbox:
             return {"profile_id": profile.id}
 
     def _find(self, db_id: int, matching: str, request: dict[str, Any]) -> list[Profile]:
-        def phone_key(value: Any) -> str:
-            return re.sub(r"[\s()\-]", "", str(value))
-
         email = str(request.get("email", "")).strip().lower()
-        phone = phone_key(request.get("phone", "")) if request.get("phone") else ""
+        phone = _phone_key(request.get("phone", "")) if request.get("phone") else ""
         resource = request.get("resource_id")
         found = []
         candidates: Any = self.profiles.values()
@@ -281,9 +278,9 @@ class Sandbox:
                 continue
             subs = [s for s in profile.subscriptions if resource is None or s["resource_id"] == resource]
             sub_emails = {str(s.get("email", "")).lower() for s in subs if s["channel"] == "email"}
-            sub_phones = {phone_key(s.get("phone", "")) for s in subs if s["channel"] == "sms"}
+            sub_phones = {_phone_key(s.get("phone", "")) for s in subs if s["channel"] == "sms"}
             own_email = str(profile.fields.get("email", "")).lower()
-            own_phones = {phone_key(p) for p in profile.fields.get("phones", [])}
+            own_phones = {_phone_key(p) for p in profile.fields.get("phones", [])}
             hit = False
             if matching == "email":
                 hit = bool(email) and (email == own_email or email in sub_emails)
@@ -469,9 +466,6 @@ class Sandbox:
                     profile.fields.setdefault("_country", country)
 
     def _index(self, profile: Profile) -> None:
-        def phone_key(value: Any) -> str:
-            return re.sub(r"[\s()\-]", "", str(value))
-
         old_emails, old_phones = self.keys_of.get(profile.id, (set(), set()))
         for email in old_emails:
             self.by_email.get(email, set()).discard(profile.id)
@@ -479,8 +473,8 @@ class Sandbox:
             self.by_phone.get(phone, set()).discard(profile.id)
         emails = {str(profile.fields.get("email", "")).lower()}
         emails |= {str(s.get("email", "")).lower() for s in profile.subscriptions if s["channel"] == "email"}
-        phones = {phone_key(p) for p in profile.fields.get("phones", [])}
-        phones |= {phone_key(s.get("phone", "")) for s in profile.subscriptions if s["channel"] == "sms"}
+        phones = {_phone_key(p) for p in profile.fields.get("phones", [])}
+        phones |= {_phone_key(s.get("phone", "")) for s in profile.subscriptions if s["channel"] == "sms"}
         emails.discard("")
         phones.discard("")
         self.keys_of[profile.id] = (emails, phones)
@@ -554,6 +548,11 @@ class Sandbox:
             if name == "profiles" and verb == "GET":
                 return _json(200, {"profiles": [self._export(p) for p in self.profiles.values()]})
         return _json(404, {"error": 404, "error_text": "unknown control"})
+
+
+def _phone_key(value: Any) -> str:
+    """Phones compare after stripping spaces, dashes and brackets; a leading + is kept."""
+    return re.sub(r"[\s()\-]", "", str(value))
 
 
 def _bearer(headers: dict[str, str]) -> str | None:

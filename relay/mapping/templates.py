@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.mapping import envrefs
+from relay.mapping.transforms import scalar_text
 
 __all__ = ["render", "template_expressions"]
 
@@ -71,12 +72,8 @@ def render(
         if not is_expression:
             pieces.append(envrefs.resolve_text(text, env))
             continue
-        value = search(text, data)
-        if value is None or value == "" or isinstance(value, (dict, list)):
+        value = scalar_text(search(text, data))
+        if not value:
             return None
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        pieces.append(str(value))
+        pieces.append(value)
     return "".join(pieces)

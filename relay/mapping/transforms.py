@@ -21,7 +21,7 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-__all__ = ["TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg"]
+__all__ = ["TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg", "scalar_text"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def _each(function: Callable[[Any, Any, TransformContext], Any]) -> Transform:
     return apply
 
 
-def _text(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
+    """A payload scalar as the text the upstream gets (`true`, `15550000000`); None for containers."""
     if value is None or isinstance(value, (dict, list)):
         return None
     if isinstance(value, bool):
@@ -74,11 +75,11 @@ def _upper(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
 
 
 def _string(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
-    return _text(value)
+    return scalar_text(value)
 
 
 def _email(value: Any, _arg: Any, _ctx: TransformContext) -> str | None:
-    text = _text(value)
+    text = scalar_text(value)
     return _normalised_email(text.strip()) if text else None
 
 
@@ -96,7 +97,7 @@ _LETTERS_IN_PHONE = re.compile(r"[A-Za-z]")
 
 
 def _phone(value: Any, arg: Any, ctx: TransformContext) -> str | None:
-    text = _text(value)
+    text = scalar_text(value)
     if not text or _LETTERS_IN_PHONE.search(text.replace("ext", "")):
         return None
     region = (arg or {}).get("region") if isinstance(arg, dict) else arg
@@ -118,7 +119,7 @@ def _e164(text: str, region: str) -> str | None:
 
 def _name_part(index: int) -> Transform:
     def split(value: Any, _arg: Any, _ctx: TransformContext) -> str | None:
-        text = _text(value)
+        text = scalar_text(value)
         if not text:
             return None
         words = text.split()
@@ -191,7 +192,7 @@ def _number(value: Any, _arg: Any, _ctx: TransformContext) -> int | float | None
         return None
     if isinstance(value, (int, float)):
         return value
-    text = _text(value)
+    text = scalar_text(value)
     if text is None:
         return None
     text = text.strip().replace(" ", "").replace(",", ".")
@@ -220,7 +221,7 @@ def _boolean(value: Any, _arg: Any, _ctx: TransformContext) -> bool | None:
         return value != 0
     if isinstance(value, list):
         return bool(value)
-    text = _text(value)
+    text = scalar_text(value)
     if text is None:
         return None
     lowered = text.strip().lower()
@@ -233,7 +234,7 @@ def _boolean(value: Any, _arg: Any, _ctx: TransformContext) -> bool | None:
 
 def _map(value: Any, arg: Any, _ctx: TransformContext) -> Any:
     table: Mapping[str, Any] = arg.get("values", arg) if "values" in arg else arg
-    key = _text(value)
+    key = scalar_text(value)
     if key is not None and key in table:
         return table[key]
     if key is not None and key.lower() in table:
@@ -253,7 +254,7 @@ def _json(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
 def _split(value: Any, arg: Any, _ctx: TransformContext) -> list[str] | None:
     if isinstance(value, list):
         return [str(v) for v in value] or None
-    text = _text(value)
+    text = scalar_text(value)
     if not text:
         return None
     parts = [part.strip() for part in text.split(arg or ",")]
@@ -262,9 +263,9 @@ def _split(value: Any, arg: Any, _ctx: TransformContext) -> list[str] | None:
 
 def _join(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
     if isinstance(value, list):
-        parts = [_text(item) for item in value]
+        parts = [scalar_text(item) for item in value]
         return (arg if arg is not None else ", ").join(p for p in parts if p) or None
-    return _text(value)
+    return scalar_text(value)
 
 
 def _first(value: Any, _arg: Any, _ctx: TransformContext) -> Any:
@@ -298,7 +299,7 @@ def _scale(value: Any, arg: Any, ctx: TransformContext) -> Any:
 
 
 def _prefix(value: Any, arg: Any, _ctx: TransformContext) -> Any:
-    text = _text(value)
+    text = scalar_text(value)
     return f"{arg}{text}" if text else None
 
 

@@ -22,7 +22,7 @@ from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
-from relay.mapping.transforms import TransformContext, apply_transform
+from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = ["Translation", "TranslateContext", "select_rule", "translate", "event_of"]
@@ -191,7 +191,7 @@ class _Builder:
         for key, spec in rule.match.items():
             value = self.value(spec)
             if value is not None:
-                body[key] = _scalar_text(value) if key != "field_value" else value
+                body[key] = scalar_text(value) if key != "field_value" else value
         self._require_match(body)
         if rule.resource_id is not None:
             body["resource_id"] = self.integer(rule.resource_id, "resource_id")
@@ -303,7 +303,7 @@ class _Builder:
             if sub:
                 item.setdefault(head, {})[sub] = value
             else:
-                item[head] = _scalar_text(value)
+                item[head] = scalar_text(value)
         if spec.status is not None:
             status = self.value(spec.status)
             if status is not None:
@@ -337,7 +337,7 @@ class _Builder:
         for spec in specs:
             value = self.value(spec)
             for tag in value if isinstance(value, list) else [value]:
-                text = _scalar_text(tag)
+                text = scalar_text(tag)
                 if text and text not in tags:
                     tags.append(text)
         return tags
@@ -345,15 +345,3 @@ class _Builder:
 
 def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
-
-
-def _scalar_text(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, (dict, list)):
-        return None
-    return value
