@@ -12,19 +12,19 @@ transaction as `BEGIN IMMEDIATE` in WAL mode, so a claim is one short write.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
-import queue
 import secrets
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -38,13 +38,10 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    bindparam,
     case,
     create_engine,
     event,
     func,
-    insert,
-    or_,
     select,
     text,
     update,
@@ -52,12 +49,23 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from relay.inbound import InboundRequest
+from relay.store_writes import (
+    DELIVERY_COLUMNS,
+    Executor,
+    GroupWriter,
+    SQLAlchemyExecutor,
+    accept_webhook,
+    claim_due,
+    record_try,
+    settle,
+)
 
 __all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE"]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
 DUE = ("queued", "retrying")
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -113,33 +121,6 @@ dedup_keys = Table(
     Column("key", String(300), primary_key=True),
     Column("delivery_id", String(32), nullable=False),
     Column("expires_at", Float, nullable=False),
-)
-
-
-# The ingress statements, built once: building SQL per request costs more than running it.
-# ON CONFLICT ... DO UPDATE ... WHERE and RETURNING work alike on SQLite (3.35+) and PostgreSQL.
-_CLAIM_KEY = text(
-    'INSERT INTO dedup_keys ("key", delivery_id, expires_at) VALUES (:key, :id, :expires) '
-    'ON CONFLICT ("key") DO UPDATE SET delivery_id = excluded.delivery_id, expires_at = excluded.expires_at '
-    "WHERE dedup_keys.expires_at <= :now RETURNING delivery_id"
-)
-_KEY_OWNER = text('SELECT delivery_id FROM dedup_keys WHERE "key" = :key')
-_INSERT_DELIVERY = insert(deliveries)
-_INSERT_ATTEMPT = insert(attempts)
-
-
-# Worker statements, built once (the worker runs them for every delivery).
-_CLAIM = text(
-    "UPDATE deliveries SET status = 'delivering', lease_owner = :owner, claim_token = :token, "
-    "lease_expires_at = :expires, updated_at = :now WHERE id IN :ids RETURNING *"
-).bindparams(bindparam("ids", expanding=True))
-_SETTLE = text(
-    "UPDATE deliveries SET status = :status, reason = :reason, detail = :detail, lease_owner = NULL, "
-    "claim_token = NULL, lease_expires_at = NULL, updated_at = :now, "
-    "next_attempt_at = COALESCE(:next, next_attempt_at), calls = COALESCE(:calls, calls), "
-    "attempts = attempts + :tried, calls_done = COALESCE(:calls_done, calls_done), "
-    "profile_id = COALESCE(:profile_id, profile_id) "
-    "WHERE id = :id AND claim_token = :token"
 )
 
 
@@ -203,7 +184,15 @@ class Delivery:
 
     @classmethod
     def from_row(cls, row: Any) -> Delivery:
-        values = dict(row._mapping)
+        return cls._from(dict(row._mapping))
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> Delivery:
+        """From a row in DELIVERY_COLUMNS order."""
+        return cls._from(dict(zip(DELIVERY_COLUMNS, values, strict=True)))
+
+    @classmethod
+    def _from(cls, values: dict[str, Any]) -> Delivery:
         values["headers"] = json.loads(values["headers"] or "{}")
         values["calls"] = json.loads(values["calls"]) if values["calls"] else None
         values["body"] = bytes(values["body"])
@@ -223,116 +212,6 @@ class Delivery:
 class Accepted:
     id: str
     duplicate: bool
-
-
-@dataclass(frozen=True)
-class _Pending:
-    request: InboundRequest
-    dedup_key: str
-    status: str
-    dedup_window: float
-    now: float
-
-
-class _GroupWriter:
-    """One thread that commits the webhooks of many request threads in one transaction."""
-
-    MAX_BATCH = 64
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.queue: queue.SimpleQueue[tuple[_Pending, threading.Event, list[Any]]] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.pid = 0
-
-    def submit(self, item: _Pending) -> Accepted:
-        self._ensure_thread()
-        done = threading.Event()
-        slot: list[Any] = []
-        self.queue.put((item, done, slot))
-        done.wait()
-        result = slot[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
-
-    def _ensure_thread(self) -> None:
-        # Started lazily, and again after a fork (gunicorn workers), since threads do not survive one.
-        if self.thread is not None and self.pid == os.getpid() and self.thread.is_alive():
-            return
-        with self.lock:
-            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
-                self.queue = queue.SimpleQueue()
-                self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._run, name="relay-store-writer", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            results: list[Any] = []
-            try:
-                with self.store._tx() as tx:
-                    cursor = tx.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                    try:
-                        results = [_accept_sqlite(cursor, item) for item, _done, _slot in batch]
-                    finally:
-                        cursor.close()
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
-                results = [exc] * len(batch)
-            for (_item, done, slot), result in zip(batch, results, strict=True):
-                slot.append(result)
-                done.set()
-
-
-_SQLITE_CLAIM_KEY = (
-    'INSERT INTO dedup_keys ("key", delivery_id, expires_at) VALUES (?, ?, ?) '
-    'ON CONFLICT ("key") DO UPDATE SET delivery_id = excluded.delivery_id, expires_at = excluded.expires_at '
-    "WHERE dedup_keys.expires_at <= ? RETURNING delivery_id"
-)
-_SQLITE_INSERT_DELIVERY = (
-    "INSERT INTO deliveries (id, source, received_at, status, body, content_type, headers, client_ip, dedup_key, "
-    "attempts, calls_done, cycle_started_at, next_attempt_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
-)
-
-
-def _accept_sqlite(cursor: Any, item: _Pending) -> Accepted:
-    """The same two statements as `Store._accept_in`, on the driver's cursor: the group writer
-    runs them for every webhook a process receives, and SQLAlchemy's per-statement work was
-    most of their cost."""
-    delivery_id = new_id()
-    owner = cursor.execute(
-        _SQLITE_CLAIM_KEY, (item.dedup_key, delivery_id, item.now + item.dedup_window, item.now)
-    ).fetchone()
-    if owner is None:
-        existing = cursor.execute('SELECT delivery_id FROM dedup_keys WHERE "key" = ?', (item.dedup_key,)).fetchone()
-        return Accepted(existing[0], duplicate=True)
-    request = item.request
-    cursor.execute(
-        _SQLITE_INSERT_DELIVERY,
-        (
-            delivery_id,
-            request.source,
-            item.now,
-            item.status,
-            request.body,
-            request.content_type,
-            json.dumps(request.headers, ensure_ascii=False),
-            request.client_ip,
-            item.dedup_key,
-            item.now,
-            item.now,
-            item.now,
-        ),
-    )
-    return Accepted(delivery_id, duplicate=False)
 
 
 _SCHEMA_LOCK = 0x72656C6179  # "relay": the advisory lock that serialises schema creation
@@ -368,6 +247,14 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _create_all(connection: Connection) -> None:
+    """Tables that are missing, and indexes added since a table was made (create_all skips those)."""
+    metadata.create_all(connection)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
+
+
 class Store:
     """Deliveries and attempts behind one small interface, for SQLite and PostgreSQL."""
 
@@ -388,7 +275,7 @@ class Store:
                 self._lock_path = database + ".lock"
             self.engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
             _sqlite_setup(self.engine)
-            self._writer: _GroupWriter | None = _GroupWriter(self)
+            self._writer: GroupWriter | None = GroupWriter(self)
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
             self._writer = None  # row locks: PostgreSQL takes concurrent inserts as they come
@@ -429,12 +316,14 @@ class Store:
         if self.dialect == "postgresql":
             with self.engine.begin() as connection:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-                metadata.create_all(connection)
+                _create_all(connection)
             return
-        with self._write_lock():
-            metadata.create_all(self.engine)
+        with self._write_lock(), self.engine.begin() as connection:
+            _create_all(connection)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
         if self._lock_closer is not None:
             self._lock_closer()  # runs once, whether here or at collection
@@ -454,52 +343,29 @@ class Store:
         dedup_window: float,
         now: float | None = None,
     ) -> Accepted:
-        """Store a webhook (committed before returning), or name the one it repeats.
+        """Store a webhook (committed before returning), or name the one it repeats."""
+        now = time.time() if now is None else now
+        row = {
+            "id": new_id(),
+            "source": request.source,
+            "now": now,
+            "status": status,
+            "body": request.body,
+            "content_type": request.content_type,
+            "headers": json.dumps(request.headers, ensure_ascii=False),
+            "client_ip": request.client_ip,
+            "key": dedup_key,
+            "expires": now + dedup_window,
+        }
+        delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
+        return Accepted(delivery_id, duplicate)
 
-        On SQLite the webhooks of a process are committed in groups by one
-        writer thread: SQLite has one write lock, and threads that queue for
-        it in Python wait far less than threads that spin on it in SQLite's
-        busy handler (which sleeps up to 100 ms a turn). Each caller still
-        returns only after its own row is committed.
-        """
-        item = _Pending(request, dedup_key, status, dedup_window, time.time() if now is None else now)
+    def _write(self, job: Callable[[Executor], T]) -> T:
+        """Run one of the hot writes in a transaction of its own, or in the writer's group (SQLite)."""
         if self._writer is not None:
-            return self._writer.submit(item)
+            return self._writer.run(job)
         with self._tx() as tx:
-            return self._accept_in(tx, item)
-
-    def _accept_in(self, tx: Connection, item: _Pending) -> Accepted:
-        """One upsert claims the de-duplication key (new, or one whose window has passed); a live
-        key returns no row, and the webhook is a duplicate of that key's delivery."""
-        delivery_id = new_id()
-        owner = tx.execute(
-            _CLAIM_KEY,
-            {"key": item.dedup_key, "id": delivery_id, "expires": item.now + item.dedup_window, "now": item.now},
-        ).scalar()
-        if owner is None:
-            existing = tx.execute(_KEY_OWNER, {"key": item.dedup_key}).scalar_one()
-            return Accepted(existing, duplicate=True)
-        request = item.request
-        tx.execute(
-            _INSERT_DELIVERY,
-            {
-                "id": delivery_id,
-                "source": request.source,
-                "received_at": item.now,
-                "status": item.status,
-                "body": request.body,
-                "content_type": request.content_type,
-                "headers": json.dumps(request.headers, ensure_ascii=False),
-                "client_ip": request.client_ip,
-                "dedup_key": item.dedup_key,
-                "attempts": 0,
-                "calls_done": 0,
-                "cycle_started_at": item.now,
-                "next_attempt_at": item.now,
-                "updated_at": item.now,
-            },
-        )
-        return Accepted(delivery_id, duplicate=False)
+            return job(SQLAlchemyExecutor(tx))
 
     # -- reading ----------------------------------------------------------
     def get(self, delivery_id: str) -> Delivery | None:
@@ -566,42 +432,27 @@ class Store:
     ) -> list[tuple[Delivery, str]]:
         """Claim up to `limit` due deliveries (or ones whose lease ran out), under one new token."""
         now = time.time() if now is None else now
-        due = or_(
-            and_(deliveries.c.status.in_(DUE), deliveries.c.next_attempt_at <= now),
-            and_(deliveries.c.status == "delivering", deliveries.c.lease_expires_at <= now),
-        )
         token = secrets.token_hex(16)
-        with self._tx() as tx:
-            query = select(deliveries.c.id).where(due).order_by(deliveries.c.next_attempt_at).limit(limit)
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            ids = [row.id for row in tx.execute(query)]
-            if not ids:
-                return []
-            rows = tx.execute(
-                _CLAIM,
-                {"ids": ids, "owner": owner, "token": token, "expires": now + lease_seconds, "now": now},
-            ).all()
-        return [(Delivery.from_row(row), token) for row in sorted(rows, key=lambda r: r.next_attempt_at)]
+        claim = {
+            "owner": owner,
+            "token": token,
+            "now": now,
+            "expires": now + lease_seconds,
+            "limit": limit,
+        }
+        rows = self._write(functools.partial(claim_due, claim=claim, lock_rows=self.dialect == "postgresql"))
+        return [(Delivery.from_values(row), token) for row in rows]
 
     def record_attempt(self, delivery_id: str, token: str, attempt: Attempt) -> bool:
         """Store one try and the progress it made, while the claim holds (False once it is lost)."""
-        with self._tx() as tx:
-            return self._record(tx, delivery_id, token, attempt)
-
-    def _record(self, tx: Connection, delivery_id: str, token: str, attempt: Attempt) -> bool:
-        values: dict[str, Any] = {"attempts": deliveries.c.attempts + 1, "updated_at": time.time()}
-        if attempt.calls_done is not None:
-            values["calls_done"] = attempt.calls_done
-        if attempt.profile_id:
-            values["profile_id"] = attempt.profile_id
-        result = tx.execute(
-            update(deliveries).where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token).values(**values)
-        )
-        if result.rowcount != 1:
-            return False
-        tx.execute(_INSERT_ATTEMPT, _attempt_row(delivery_id, attempt))
-        return True
+        progress = {
+            "id": delivery_id,
+            "token": token,
+            "now": time.time(),
+            "calls_done": attempt.calls_done,
+            "profile_id": attempt.profile_id,
+        }
+        return self._write(functools.partial(record_try, progress=progress, attempt=_attempt_row(delivery_id, attempt)))
 
     def finish(
         self,
@@ -633,12 +484,8 @@ class Store:
             "calls_done": attempt.calls_done if attempt is not None else None,
             "profile_id": attempt.profile_id if attempt is not None else None,
         }
-        with self._tx() as tx:
-            if tx.execute(_SETTLE, params).rowcount != 1:
-                return False
-            if attempt is not None:
-                tx.execute(_INSERT_ATTEMPT, _attempt_row(delivery_id, attempt))
-        return True
+        row = _attempt_row(delivery_id, attempt) if attempt is not None else None
+        return self._write(functools.partial(settle, outcome=params, attempt=row))
 
     def release(self, delivery_id: str, token: str) -> bool:
         """Give a claimed delivery back untouched, due now (a worker that is stopping)."""

@@ -47,6 +47,25 @@ def test_accept_dedup_claim_and_fencing(store):
     assert store.replay(first.id) is True and store.get(first.id).status == "queued"
 
 
+def test_claim_takes_the_oldest_due_across_statuses(store):
+    """Queued, retrying and ran-out leases are claimed oldest first; later ones and live leases wait."""
+    now = time.time()
+    ids = {}
+    for name, at in (("new", now - 30), ("retry", now - 50), ("later", now + 600), ("held", now - 90)):
+        key = f"tilda:p:{uuid.uuid4()}"
+        ids[name] = store.accept(_request(name.encode()), dedup_key=key, status="queued", dedup_window=60, now=at).id
+    (held, _token), *_ = store.claim(owner="x", limit=10, lease_seconds=40, now=now - 80)
+    assert held.id == ids["held"]
+    (retry, retry_token), *_ = store.claim(owner="x", limit=1, lease_seconds=5, now=now - 45)
+    assert retry.id == ids["retry"]
+    store.finish(retry.id, retry_token, status="retrying", next_attempt_at=now - 40)
+    # The lease on "held" ran out at now - 40; "retry" is due at now - 40 and "new" at now - 30.
+    claimed = store.claim(owner="y", limit=2, lease_seconds=30, now=now)
+    assert [d.id for d, _ in claimed] == [ids["held"], ids["retry"]]
+    assert [d.id for d, _ in store.claim(owner="y", limit=10, lease_seconds=30, now=now)] == [ids["new"]]
+    assert store.claim(owner="z", limit=10, lease_seconds=30, now=now + 1) == []
+
+
 def test_dedup_window_expires(store):
     """After the window, the same key is a new delivery."""
     key = f"tilda:p:{uuid.uuid4()}"
@@ -153,3 +172,53 @@ def _fresh_schema(request, round_no: int) -> str:  # type: ignore[no-untyped-def
 
     request.addfinalizer(drop)
     return base.rsplit("%3D", 1)[0] + f"%3D{schema}"
+
+
+def test_claim_scans_an_index_in_order_without_sorting_the_backlog(tmp_path):
+    """Each claim query walks an index in time order: one that sorts every due row grew with the backlog."""
+    import sqlite3
+
+    from relay.store_writes import _DUE
+
+    Store(f"sqlite:///{tmp_path / 'plan.db'}").close()
+    connection = sqlite3.connect(tmp_path / "plan.db")
+    for sql in _DUE:
+        plan = " | ".join(row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql, {"now": 1, "limit": 4}))
+        assert "USING INDEX ix_deliveries_due" in plan, plan
+        if "'delivering'" not in sql:  # leases that ran out are few; sorting them is fine
+            assert "TEMP B-TREE" not in plan, plan
+    connection.close()
+
+
+def test_a_failing_write_fails_alone(tmp_path):
+    """The group writer commits many writes together; one that fails does not take the others with it."""
+    import sqlite3
+    import threading
+
+    store = Store(f"sqlite:///{tmp_path / 'group.db'}")
+    assert store._writer is not None
+    results: list[object] = []
+    start = threading.Barrier(9)
+
+    def accept(index: int) -> None:
+        start.wait()
+        results.append(store.accept(_request(b"%d" % index), dedup_key=f"k{index}", status="held", dedup_window=60))
+
+    def broken(executor) -> None:  # type: ignore[no-untyped-def]
+        executor.rowcount("INSERT INTO no_such_table VALUES (1)", {})
+
+    def bad() -> None:
+        start.wait()
+        try:
+            store._writer.run(broken)
+        except sqlite3.OperationalError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(i,)) for i in range(8)] + [threading.Thread(target=bad)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sum(isinstance(r, sqlite3.OperationalError) for r in results) == 1
+    assert store.counts() == {"held": 8}
+    store.close()
