@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=1, help="worker processes, each with --threads threads")
     report_with_sandbox(TOKEN, parser, run)
 
 
@@ -67,13 +68,16 @@ def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
         "RELAY_LOG_LEVEL": "warning",
     }
     launched = time.perf_counter()
-    worker = subprocess.Popen(
-        [str(BIN / "python"), "-m", "relay", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "python"), "-m", "relay", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(args.processes)
+    ]
     # The clock starts at the first delivery, so the worker's start-up (imports, mappings) is
     # reported apart and does not dilute the steady rate.
     while (first := store.counts().get("delivered", 0)) == 0 and time.perf_counter() - launched < 60:
@@ -85,9 +89,11 @@ def run(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, object]:
         if time.perf_counter() - started > 600:
             break
     relay_seconds = time.perf_counter() - started
-    worker_rss = rss_mb(worker.pid)
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=30)
+    worker_rss = max(rss_mb(worker.pid) for worker in workers)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        worker.wait(timeout=30)
     counts = store.counts()
     store.close()
 
