@@ -78,3 +78,23 @@ def test_translation_fails_only_with_mapping_errors(name, payload, event):
         translate(SOURCES[name], payload, headers=headers)
     except MappingError:
         pass
+
+
+_KEYS = st.sampled_from(["a", "b", "email", "customer"])
+_LEAVES = st.sampled_from([None, False, True, 0, 1, "", "x", [], {}, [1], 0.0])
+_NESTED = st.recursive(_LEAVES, lambda inner: st.dictionaries(_KEYS, inner, max_size=4), max_leaves=12)
+_PATHS = st.lists(_KEYS, min_size=1, max_size=3).map(".".join)
+_PLAIN = st.lists(_PATHS, min_size=1, max_size=3).map(" || ".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(expression=_PLAIN, data=_NESTED)
+def test_plain_paths_agree_with_jmespath(expression, data):
+    """The direct evaluation of plain paths gives exactly what JMESPath's interpreter gives."""
+    import jmespath
+
+    from relay.mapping.expressions import _plain_path, compile_expression, search
+
+    assert _plain_path(compile_expression(expression).parsed) is not None  # it is the fast path under test
+    ours, theirs = search(expression, data), jmespath.search(expression, data)
+    assert (type(ours), ours) == (type(theirs), theirs)  # 0 and False are equal in Python, not here
