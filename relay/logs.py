@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -17,10 +18,16 @@ __all__ = ["REQUEST_ID", "LineFormatter", "configure_logging", "mask_contact", "
 _TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
 _PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+_MAYBE_CONTACT = re.compile(r"[@\d]")  # text with neither holds no e-mail and no phone
 # The request being served, for every line logged while serving it.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_request_id", default=None)
 _FREE_TEXT = ("event", "detail", "reason", "exception", "error")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
 
 
 def redact_query(text: str) -> str:
@@ -43,7 +50,7 @@ class LineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _second(int(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -51,14 +58,17 @@ class LineFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id:
             fields["request_id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_") and value is not None:
+        attributes = record.__dict__
+        for key in sorted(attributes.keys() - _STANDARD):
+            value = attributes[key]
+            if value is not None and not key.startswith("_"):
                 fields[key] = value
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         for key in _FREE_TEXT:
-            if isinstance(fields.get(key), str):
-                fields[key] = mask_contact(fields[key])
+            text = fields.get(key)
+            if isinstance(text, str) and _MAYBE_CONTACT.search(text):
+                fields[key] = mask_contact(text)
         if self.style_name == "json":
             line = json.dumps(fields, ensure_ascii=False, default=str)
         else:
@@ -66,7 +76,7 @@ class LineFormatter(logging.Formatter):
                 f"{k}={json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, str) and ' ' in v else v}"
                 for k, v in fields.items()
             )
-        return redact_query(line)
+        return redact_query(line) if "=" in line else line
 
 
 def configure_logging(settings: Settings) -> None:
@@ -82,5 +92,11 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(LineFormatter(settings.log_format))
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Relay's lines never show where a call was made, nor thread or process names; not collecting
+    # them takes a third off the cost of a line (the logging HOWTO's "Optimization" list).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
