@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -205,82 +204,74 @@ def settle(ex: Executor, outcome: Mapping[str, Any], attempt: Mapping[str, Any] 
 
 
 # -- SQLite's single writer -------------------------------------------------
+class _Write:
+    __slots__ = ("job", "done", "result")
+
+    def __init__(self, job: Callable[[Executor], Any]) -> None:
+        self.job = job
+        self.done = False
+        self.result: Any = None
+
+
 class GroupWriter:
-    """One thread that runs the writes of every thread of a process, many to a transaction.
+    """Runs the writes of every thread of a process, many to a transaction, with no thread of its own.
 
-    SQLite has one write lock. Threads that queue for it here wait far less
-    than threads that spin on it in SQLite's busy handler (which sleeps up to
-    100 ms a turn), and one commit serves a whole group. Each caller still
-    returns only after its own write is committed. When a group fails, its
-    writes are run again one by one, so one bad write fails alone.
+    A thread queues its write, then takes the commit lock. If another thread
+    committed the write meanwhile, it is done; if not, it commits every
+    queued write, its own and those of the threads waiting behind it, in one
+    transaction. Alone, a thread writes at once with no hand-off; under load,
+    one commit serves a whole group (SQLite has one write lock, and a commit
+    writes every page it touched). When a group fails, its writes are run
+    again one by one, so one bad write fails alone.
     """
-
-    MAX_BATCH = 64
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.queue: queue.SimpleQueue[tuple[Callable[[Executor], Any], threading.Event, list[Any]]]
-        self.queue = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
+        self.queued: list[_Write] = []
+        self.queue_lock = threading.Lock()
+        self.commit_lock = threading.Lock()
         self.connection: Any = None
         self.pid = 0
 
     def run(self, job: Callable[[Executor], T]) -> T:
-        self._ensure_thread()
-        done = threading.Event()
-        slot: list[Any] = []
-        self.queue.put((job, done, slot))
-        done.wait()
-        result = slot[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
-
-    def _ensure_thread(self) -> None:
-        # Started lazily, and again after a fork (gunicorn workers), since threads do not survive one.
-        if self.thread is not None and self.pid == os.getpid() and self.thread.is_alive():
-            return
-        with self.lock:
-            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
-                self.queue = queue.SimpleQueue()
-                self.connection = None  # a forked child must not share its parent's
-                self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._loop, name="relay-store-writer", daemon=True)
-                self.thread.start()
+        write = _Write(job)
+        with self.queue_lock:
+            self.queued.append(write)
+        with self.commit_lock:
+            if not write.done:
+                with self.queue_lock:
+                    group, self.queued = self.queued, []
+                self._commit_group(group)
+        if isinstance(write.result, BaseException):
+            raise write.result
+        return write.result  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        if self.connection is not None and self.pid == os.getpid():
-            with self.store._write_lock():
+        with self.commit_lock:
+            if self.connection is not None and self.pid == os.getpid():
                 self.connection.close()
             self.connection = None
 
-    def _loop(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < self.MAX_BATCH:
+    def _commit_group(self, group: list[_Write]) -> None:
+        try:
+            results = self._commit([write.job for write in group])
+        except BaseException:  # noqa: BLE001 - find the write that failed; the others go through
+            results = []
+            for write in group:
                 try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                results = self._commit([job for job, _done, _slot in batch])
-            except BaseException:  # noqa: BLE001 - find the write that failed; the others go through
-                results = []
-                for job, _done, _slot in batch:
-                    try:
-                        results.extend(self._commit([job]))
-                    except BaseException as exc:  # noqa: BLE001 - handed to its caller
-                        results.append(exc)
-            for (_job, done, slot), result in zip(batch, results, strict=True):
-                slot.append(result)
-                done.set()
+                    results.extend(self._commit([write.job]))
+                except BaseException as exc:  # noqa: BLE001 - handed to its caller
+                    results.append(exc)
+        for write, result in zip(group, results, strict=True):
+            write.result = result
+            write.done = True
 
     def _commit(self, jobs: list[Callable[[Executor], Any]]) -> list[Any]:
-        # The writer keeps one connection of its own and drives the transaction itself: a pool
-        # checkout and SQLAlchemy's begin and commit cost more than the writes of a small group.
-        if self.connection is None:
-            self.connection = self.store.engine.raw_connection()
+        # One connection per process, used only under the commit lock; a pool checkout and
+        # SQLAlchemy's begin and commit cost more than the writes of a small group.
+        if self.connection is None or self.pid != os.getpid():
+            self.connection = self.store.engine.raw_connection()  # a forked child opens its own
+            self.pid = os.getpid()
         cursor = self.connection.cursor()
         try:
             with self.store._write_lock():
