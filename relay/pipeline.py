@@ -17,9 +17,12 @@ from relay.mapping.translate import TranslateContext, Translation, translate
 __all__ = ["parse_request", "translate_request"]
 
 
-def parse_request(request: InboundRequest) -> Any:
-    """The request's payload. Raises `RequestRejected` subclasses on bad bodies."""
-    return parse_body(request.body, request.content_type)
+def parse_request(request: InboundRequest, *, stored: bool = False) -> Any:
+    """The request's payload. Raises `RequestRejected` subclasses on bad bodies.
+
+    A `stored` request passed the ingress limits when it arrived; they are not checked again.
+    """
+    return parse_body(request.body, request.content_type, check_depth=not stored)
 
 
 def translate_request(source: Source, request: InboundRequest, context: TranslateContext) -> Translation:
@@ -30,7 +33,7 @@ def translate_request(source: Source, request: InboundRequest, context: Translat
     replayable rather than lost.
     """
     try:
-        payload = parse_request(request)
+        payload = parse_request(request, stored=True)
     except RequestRejected as exc:
         raise MappingError(f"body does not parse: {exc.detail}") from None
     return translate(

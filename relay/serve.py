@@ -61,13 +61,19 @@ def cmd_run(args: Any, settings: Settings) -> int:
         env=env,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "relay", "worker"],
-        cwd=ROOT,
-        env=env,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
-    )
-    children = [web, worker]
+    # Each delivery worker is a process of its own (one GIL each); the upstream rate is shared
+    # out so that all of them together keep to RELAY_UPSTREAM_RATE.
+    worker_env = {**env, "RELAY_UPSTREAM_RATE": repr(settings.upstream_rate / settings.worker_processes)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "relay", "worker"],
+            cwd=ROOT,
+            env=worker_env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        for _ in range(settings.worker_processes)
+    ]
+    children = [web, *workers]
     stopping = False
 
     def _stop(signum: int, _frame: Any) -> None:

@@ -109,6 +109,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("geoip_db", "RELAY_GEOIP_DB", _text, None),
     ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
     ("worker_concurrency", "RELAY_WORKER_CONCURRENCY", _positive_int, "4"),
+    ("worker_processes", "RELAY_WORKER_PROCESSES", _positive_int, "1"),
     ("lease_seconds", "RELAY_LEASE_SECONDS", _positive_int, "60"),
     ("max_attempts", "RELAY_MAX_ATTEMPTS", _positive_int, "30"),
     ("max_age", "RELAY_MAX_AGE", _positive_int, str(4 * 24 * 3600)),
@@ -141,6 +142,7 @@ class Settings:
     geoip_db: str | None
     dedup_window: int
     worker_concurrency: int
+    worker_processes: int
     lease_seconds: int
     max_attempts: int
     max_age: int

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -84,3 +86,59 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path):
     assert "POST /hooks/tilda" in log  # the access log, which leaves the query string out
     assert SECRETS["TILDA_WEBHOOK_TOKEN"] not in log
     assert SECRETS["RELAY_UPSTREAM_TOKEN"] not in log
+
+
+def _worker_processes(parent: int) -> list[int]:
+    """Pids of `relay worker` processes whose parent is `parent` (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and cmdline[-3:-1] == [b"relay", b"worker"]:
+            found.append(int(entry))
+    return found
+
+
+def test_run_with_two_worker_processes_sends_each_webhook_once(tmp_path):
+    """RELAY_WORKER_PROCESSES=2 starts two delivery workers on one SQLite store; none sends a webhook twice."""
+    sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    sandbox.sandbox.chaos = {"latency_ms": 5}
+    database = tmp_path / "relay.db"
+    env = {
+        "RELAY_DATABASE_URL": f"sqlite:///{database}",
+        "RELAY_UPSTREAM_URL": sandbox.api_url,
+        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "RELAY_WORKER_PROCESSES": "2",
+        "RELAY_UPSTREAM_RATE": "1000",
+        "RELAY_POLL_INTERVAL": "0.05",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    relay = RelayProcess(env, log=tmp_path / "relay.log").start()
+    total = 150
+    try:
+        assert relay.process is not None
+        assert len(_worker_processes(relay.process.pid)) == 2
+        hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+        with httpx.Client(base_url=relay.url, timeout=5) as client:
+            for index in range(total):
+                body = urlencode({"Email": f"lead{index}@example.com", "tranid": f"two:{index}"})
+                answer = client.post(hook, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+                assert answer.status_code == 202
+        store = Store(f"sqlite:///{database}")
+        deadline = time.monotonic() + 60
+        while store.counts() != {"delivered": total} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        counts = store.counts()
+        store.close()
+    finally:
+        relay.stop()
+        sandbox.stop()
+    assert counts == {"delivered": total}
+    applied = Counter(r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok")
+    assert len(applied) == total and set(applied.values()) == {1}
