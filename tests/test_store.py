@@ -66,6 +66,16 @@ def test_claim_takes_the_oldest_due_across_statuses(store):
     assert store.claim(owner="z", limit=10, lease_seconds=30, now=now + 1) == []
 
 
+def test_time_filters_keep_exact_bounds(store):
+    """since is inclusive and until exclusive, to the microsecond, though ids carry only milliseconds."""
+    at = 1_700_000_000.0005
+    kept = store.accept(_request(b"t"), dedup_key=f"t:{uuid.uuid4()}", status="held", dedup_window=60, now=at).id
+    listed = lambda **bounds: [d.id for d in store.list_deliveries(**bounds)]  # noqa: E731
+    assert listed(since=at) == [kept] and listed(until=at + 0.0001) == [kept]
+    assert listed(since=at + 0.0001) == [] and listed(until=at) == []
+    assert listed(since=at - 0.0004, until=at + 0.0004) == [kept]
+
+
 def test_dedup_window_expires(store):
     """After the window, the same key is a new delivery."""
     key = f"tilda:p:{uuid.uuid4()}"
