@@ -38,6 +38,18 @@ def measure(source, request: InboundRequest, seconds: float) -> dict[str, float]
     return {"per_second": round(count / elapsed), "microseconds_each": round(elapsed / count * 1e6, 1)}
 
 
+def reference(body: bytes, seconds: float) -> dict[str, float]:
+    """The same machine's speed at plain Python work (parse and dump the same order), so figures
+    taken on different days, or machines, can be compared: this shared machine varies by 2x."""
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds / 2:
+        for _ in range(100):
+            json.dumps(json.loads(body))
+        count += 100
+    return {"json_round_trips_per_second": round(count / (time.perf_counter() - started))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -57,6 +69,7 @@ def main() -> int:
     report = {
         "shopify_order": measure(sources["shopify"], shopify, args.seconds),
         "tilda_form": measure(sources["tilda"], tilda, args.seconds),
+        "machine_reference": reference(shopify.body, args.seconds),
         "target_shopify_per_second": 3000,
     }
     print(json.dumps(report, indent=2))
