@@ -6,8 +6,9 @@ The sandbox upstream (in this process) fails the given share of calls (500, 503,
 429 with Retry-After, dropped connections). Senders behave like providers: they
 retry a webhook until relay answers 2xx. Relay is SIGKILLed every few seconds
 and started again. At the end it prints JSON: accepted, delivered, lost (accepted
-but never applied upstream), and how many were applied twice (sent again after a
-kill cut off the answer). Bounded: stops after --max-seconds whatever happens.
+but neither applied upstream nor still kept in the store), how many the deadline
+caught still waiting, and how many were applied twice (sent again after a kill
+cut off the answer). Bounded: stops after --max-seconds whatever happens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 
@@ -109,8 +110,14 @@ def main() -> int:
     stop_killing.set()
     chaos.join()
     counts = store.counts()
-    store.close()
     relay.stop()
+    # Accepted webhooks the deadline caught still waiting in the store (kept, not lost).
+    waiting = {
+        parse_qs(delivery.body.decode())["Email"][0]
+        for status in ("queued", "retrying", "delivering")
+        for delivery in store.list_deliveries(status=status, limit=args.webhooks)
+    }
+    store.close()
     applied = Counter(r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok" and r["body"])
     faults = sum(1 for r in sandbox.sandbox.requests if r["outcome"] != "ok")
     sandbox.stop()
@@ -120,7 +127,8 @@ def main() -> int:
         "accepted": len(accepted),
         "delivered": counts.get("delivered", 0),
         "statuses": counts,
-        "lost": len(expected - set(applied)),
+        "still_waiting_at_deadline": len(waiting),
+        "lost": len(expected - set(applied) - waiting),  # accepted, never applied, and not in the store
         "applied_twice": sum(1 for email in expected if applied[email] > 1),
         "extra_sends": sum(applied[email] - 1 for email in expected if applied[email] > 1),
         "upstream_faults_injected": faults,
