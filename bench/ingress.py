@@ -17,7 +17,7 @@ import json
 import statistics
 import tempfile
 
-from common import Server, wrk
+from common import Server, children_cpu_seconds, wrk
 
 TOKEN = "bench-token"
 
@@ -38,13 +38,21 @@ def once(args: argparse.Namespace) -> dict[str, object]:
         with server:
             url = f"{server.url}/hooks/tilda?token={TOKEN}"
             wrk(url, seconds=2)  # warm up
+            assert server.process is not None
+            cpu_before = children_cpu_seconds(server.process.pid)
+            most = wrk(url, seconds=args.seconds)
+            # CPU per request varies far less than throughput on this shared machine.
+            cpu = children_cpu_seconds(server.process.pid) - cpu_before
+            most["cpu_ms_per_request"] = round(cpu / (most["requests_per_second"] * args.seconds) * 1000, 3)
             report[name] = {
-                "max": wrk(url, seconds=args.seconds),
+                "max": most,
                 "fixed_rate": wrk(url, seconds=args.seconds, connections=30, rate=args.rate),
             }
     relay_max = report["relay"]["max"]["requests_per_second"]  # type: ignore[index]
     bare_max = report["bare_flask"]["max"]["requests_per_second"]  # type: ignore[index]
     report["ratio"] = round(relay_max / bare_max, 3)
+    relay_cpu = report["relay"]["max"]["cpu_ms_per_request"]  # type: ignore[index]
+    report["cpu_ratio"] = round(report["bare_flask"]["max"]["cpu_ms_per_request"] / relay_cpu, 3)  # type: ignore[index]
     return report
 
 
@@ -59,6 +67,9 @@ def main() -> None:
         "relay_accepted_per_second": statistics.median(r["relay"]["max"]["requests_per_second"] for r in runs),
         "bare_per_second": statistics.median(r["bare_flask"]["max"]["requests_per_second"] for r in runs),
         "ratio": statistics.median(r["ratio"] for r in runs),
+        "relay_cpu_ms_per_request": statistics.median(r["relay"]["max"]["cpu_ms_per_request"] for r in runs),
+        "bare_cpu_ms_per_request": statistics.median(r["bare_flask"]["max"]["cpu_ms_per_request"] for r in runs),
+        "cpu_ratio_bare_over_relay": statistics.median(r["cpu_ratio"] for r in runs),
         f"relay_p50_ms_at_{int(args.rate)}_rps": statistics.median(r["relay"]["fixed_rate"]["p50_ms"] for r in runs),
         f"relay_p99_ms_at_{int(args.rate)}_rps": statistics.median(r["relay"]["fixed_rate"]["p99_ms"] for r in runs),
         "relay_paced_rate_achieved": statistics.median(r["relay"]["fixed_rate"]["requests_per_second"] for r in runs),

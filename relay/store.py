@@ -242,9 +242,6 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoint every 10,000 pages (40 MB of log) rather than 1,000: consecutive webhooks
-        # rewrite the same last pages of each B-tree, which a checkpoint then copies only once.
-        cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
