@@ -253,14 +253,6 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _create_all(connection: Connection) -> None:
-    """Tables that are missing, and indexes added since a table was made (create_all skips those)."""
-    metadata.create_all(connection)
-    for table in metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(connection, checkfirst=True)
-
-
 class Store:
     """Deliveries and attempts behind one small interface, for SQLite and PostgreSQL."""
 
@@ -322,10 +314,10 @@ class Store:
         if self.dialect == "postgresql":
             with self.engine.begin() as connection:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-                _create_all(connection)
+                metadata.create_all(connection)
             return
-        with self._write_lock(), self.engine.begin() as connection:
-            _create_all(connection)
+        with self._write_lock():
+            metadata.create_all(self.engine)
 
     def close(self) -> None:
         if self._writer is not None:

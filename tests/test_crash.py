@@ -20,22 +20,31 @@ from .conftest import SECRETS
 pytestmark = pytest.mark.timeout(180)
 
 
+def _relay_env(sandbox: SandboxServer, database: Path, **extra: str) -> dict[str, str]:
+    """`relay run` on SQLite at `database`, delivering to `sandbox`, Tilda's token set."""
+    return {
+        "RELAY_DATABASE_URL": f"sqlite:///{database}",
+        "RELAY_UPSTREAM_URL": sandbox.api_url,
+        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "RELAY_POLL_INTERVAL": "0.05",
+        "RELAY_LOG_LEVEL": "warning",
+        **extra,
+    }
+
+
 def test_sigkill_mid_delivery_loses_nothing(tmp_path):
     """Every webhook answered 202 is delivered after a SIGKILL and restart; re-sends only where cut off."""
     sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
     sandbox.sandbox.chaos = {"latency_ms": 80}  # slow enough that the kill lands mid-delivery
     database = tmp_path / "relay.db"
-    env = {
-        "RELAY_DATABASE_URL": f"sqlite:///{database}",
-        "RELAY_UPSTREAM_URL": sandbox.api_url,
-        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
-        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
-        "RELAY_LEASE_SECONDS": "2",
-        "RELAY_UPSTREAM_TIMEOUT": "1",  # the lease is 2 s + 4 deliveries x 2 calls x 1 s
-        "RELAY_RETRY_SCHEDULE": "0.2",
-        "RELAY_POLL_INTERVAL": "0.05",
-        "RELAY_LOG_LEVEL": "warning",
-    }
+    env = _relay_env(
+        sandbox,
+        database,
+        RELAY_LEASE_SECONDS="2",
+        RELAY_UPSTREAM_TIMEOUT="1",  # the lease is 2 s + 4 deliveries x 2 calls x 1 s
+        RELAY_RETRY_SCHEDULE="0.2",
+    )
     relay = RelayProcess(env, log=tmp_path / "relay.log").start()
     accepted: set[str] = set()
     hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
@@ -109,16 +118,7 @@ def test_run_with_two_worker_processes_sends_each_webhook_once(tmp_path):
     sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
     sandbox.sandbox.chaos = {"latency_ms": 5}
     database = tmp_path / "relay.db"
-    env = {
-        "RELAY_DATABASE_URL": f"sqlite:///{database}",
-        "RELAY_UPSTREAM_URL": sandbox.api_url,
-        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
-        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
-        "RELAY_WORKER_PROCESSES": "2",
-        "RELAY_UPSTREAM_RATE": "1000",
-        "RELAY_POLL_INTERVAL": "0.05",
-        "RELAY_LOG_LEVEL": "warning",
-    }
+    env = _relay_env(sandbox, database, RELAY_WORKER_PROCESSES="2", RELAY_UPSTREAM_RATE="1000")
     relay = RelayProcess(env, log=tmp_path / "relay.log").start()
     total = 150
     try:

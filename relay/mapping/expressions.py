@@ -127,10 +127,10 @@ def _plain_path(node: dict[str, Any]) -> Callable[[Any], Any] | None:
 
 @lru_cache(maxsize=4096)
 def _evaluator(expression: str) -> Callable[[Any], Any]:
-    plain = _plain_path(compile_expression(expression).parsed)
+    compiled = compile_expression(expression)
+    plain = _plain_path(compiled.parsed)
     if plain is not None:
         return plain
-    compiled = compile_expression(expression)
     return lambda data: compiled.search(data, options=_OPTIONS)
 
 
