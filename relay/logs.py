@@ -23,6 +23,8 @@ _MAYBE_CONTACT = re.compile(r"[@\d]")  # text with neither holds no e-mail and n
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_request_id", default=None)
 _FREE_TEXT = ("event", "detail", "reason", "exception", "error")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# Built once: json.dumps with any option builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 @functools.lru_cache(maxsize=4)
@@ -70,12 +72,9 @@ class LineFormatter(logging.Formatter):
             if isinstance(text, str) and _MAYBE_CONTACT.search(text):
                 fields[key] = mask_contact(text)
         if self.style_name == "json":
-            line = json.dumps(fields, ensure_ascii=False, default=str)
+            line = _ENCODE(fields)
         else:
-            line = " ".join(
-                f"{k}={json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, str) and ' ' in v else v}"
-                for k, v in fields.items()
-            )
+            line = " ".join(f"{k}={_ENCODE(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
         return redact_query(line) if "=" in line else line
 
 

@@ -6,6 +6,7 @@ or an address.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -62,12 +63,24 @@ DECLARED = {
 }
 
 
+# A labelled child looked up once: `labels()` takes a lock and builds a key on every call. The
+# caches stay small because the labels are bounded.
+@functools.lru_cache(maxsize=1024)
+def _webhooks(source: str, outcome: str) -> Counter:
+    return WEBHOOKS.labels(source=source, outcome=outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attempts(source: str, outcome: str) -> Counter:
+    return ATTEMPTS.labels(source=source, outcome=outcome)
+
+
 def received(source: str, outcome: str) -> None:
-    WEBHOOKS.labels(source=source, outcome=outcome).inc()
+    _webhooks(source, outcome).inc()
 
 
 def attempt(source: str, outcome: str, seconds: float) -> None:
-    ATTEMPTS.labels(source=source, outcome=outcome).inc()
+    _attempts(source, outcome).inc()
     UPSTREAM_LATENCY.observe(seconds)
 
 

@@ -18,7 +18,6 @@ import os
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from relay.ids import random_hex
 from relay.inbound import InboundRequest
 from relay.store_writes import (
     DELIVERY_COLUMNS,
@@ -228,7 +228,7 @@ def _close_fd(fd: int) -> None:
 
 def new_id(now: float | None = None) -> str:
     # Time-ordered, so ids sort by arrival: 12 hex of the arrival's milliseconds + 20 random.
-    return f"{_millis(time.time() if now is None else now)}{uuid.uuid4().hex[:20]}"
+    return f"{_millis(time.time() if now is None else now)}{random_hex(10)}"
 
 
 def _millis(moment: float, *, plus: int = 0) -> str:

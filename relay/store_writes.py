@@ -231,6 +231,7 @@ class GroupWriter:
         self.queue_lock = threading.Lock()
         self.commit_lock = threading.Lock()
         self.connection: Any = None
+        self.cursor: Any = None
         self.pid = 0
 
     def run(self, job: Callable[[Executor], T]) -> T:
@@ -249,8 +250,9 @@ class GroupWriter:
     def close(self) -> None:
         with self.commit_lock:
             if self.connection is not None and self.pid == os.getpid():
+                self.cursor.close()
                 self.connection.close()
-            self.connection = None
+            self.connection = self.cursor = None
 
     def _commit_group(self, group: list[_Write]) -> None:
         try:
@@ -271,17 +273,16 @@ class GroupWriter:
         # SQLAlchemy's begin and commit cost more than the writes of a small group.
         if self.connection is None or self.pid != os.getpid():
             self.connection = self.store.engine.raw_connection()  # a forked child opens its own
+            self.cursor = self.connection.cursor()
             self.pid = os.getpid()
-        cursor = self.connection.cursor()
-        try:
-            with self.store._write_lock():
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    results = [job(DriverExecutor(cursor)) for job in jobs]
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
-                cursor.execute("COMMIT")
-                return results
-        finally:
-            cursor.close()
+        cursor = self.cursor
+        executor = DriverExecutor(cursor)
+        with self.store._write_lock():
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                results = [job(executor) for job in jobs]
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+            return results

@@ -84,13 +84,21 @@ _KEYS = st.sampled_from(["a", "b", "email", "customer"])
 _LEAVES = st.sampled_from([None, False, True, 0, 1, "", "x", [], {}, [1], 0.0])
 _NESTED = st.recursive(_LEAVES, lambda inner: st.dictionaries(_KEYS, inner, max_size=4), max_leaves=12)
 _PATHS = st.lists(_KEYS, min_size=1, max_size=3).map(".".join)
-_PLAIN = st.lists(_PATHS, min_size=1, max_size=3).map(" || ".join)
+_LITERALS = st.sampled_from(["'x'", "''", "`0`", "`1`", "`0.0`", "`true`", "`false`", "`null`", "`[]`", "`{}`"])
+_PLAIN = st.recursive(
+    st.one_of(_PATHS, _LITERALS),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from([" || ", " && ", " == ", " != "]), inner).map(lambda t: f"({''.join(t)})"),
+        inner.map(lambda e: f"!({e})"),
+    ),
+    max_leaves=6,
+)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(expression=_PLAIN, data=_NESTED)
 def test_plain_paths_agree_with_jmespath(expression, data):
-    """The direct evaluation of plain paths gives exactly what JMESPath's interpreter gives."""
+    """The direct evaluation of paths, ||, &&, !, ==, != and literals gives exactly what JMESPath gives."""
     import jmespath
 
     from relay.mapping.expressions import _plain_path, compile_expression, search

@@ -84,45 +84,80 @@ def _is_false(value: Any) -> bool:
     return value == "" or value == [] or value == {} or value is None or value is False
 
 
-def _plain_path(node: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """A direct evaluator for a parsed expression made only of fields, dots and `||`, else None.
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    Most mapping expressions are such paths (`customer.email || email`), and
-    JMESPath's tree interpreter costs several times a plain dictionary walk for
-    them. The semantics are JMESPath's: a field of anything but an object is
-    null, a path stops at the first null, `||` takes the right side when the
-    left is false-like. Everything else goes to JMESPath itself.
+
+def _equals(left: Any, right: Any) -> bool:
+    # JMESPath's equality: a number never equals a boolean (Python has 0 == False).
+    if isinstance(left, bool) != isinstance(right, bool) and (_is_number(left) or _is_number(right)):
+        return False
+    return bool(left == right)
+
+
+def _plain_path(node: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """A direct evaluator for a parsed expression JMESPath's interpreter is slow at, else None.
+
+    Covered: fields, dots, `||`, `&&`, `!`, `==`, `!=` and literals, which is
+    what most mapping paths and ping tests are (`customer.email || email`,
+    `test == 'test' && !Email`). JMESPath's tree interpreter costs several
+    times a plain dictionary walk for them. The semantics are JMESPath's: a
+    field of anything but an object is null, a path stops at the first null,
+    `||` and `&&` test JMESPath's falsiness, `!0` is false, and a number never
+    equals a boolean. Everything else goes to JMESPath itself.
     """
     kind = node["type"]
     if kind == "field":
         name = node["value"]
         return lambda data: data.get(name) if isinstance(data, dict) else None
+    if kind == "literal":
+        literal = node["value"]
+        return lambda _data: literal
+    children = [_plain_path(child) for child in node["children"]]
+    if not children or any(child is None for child in children):
+        return None
+    steps: list[Callable[[Any], Any]] = [child for child in children if child is not None]
     if kind == "subexpression":
-        steps = [_plain_path(child) for child in node["children"]]
-        if any(step is None for step in steps):
-            return None
-        plain = [step for step in steps if step is not None]
 
         def walk(data: Any) -> Any:
-            for step in plain:
+            for step in steps:
                 data = step(data)
                 if data is None:
                     return None
             return data
 
         return walk
+    if kind == "not_expression":
+        (inner,) = steps
+        return lambda data: _not(inner(data))
+    if kind not in ("or_expression", "and_expression", "comparator"):
+        return None
+    first, second = steps
     if kind == "or_expression":
-        left, right = (_plain_path(child) for child in node["children"])
-        if left is None or right is None:
-            return None
-        first, second = left, right
 
         def either(data: Any) -> Any:
             value = first(data)
             return second(data) if _is_false(value) else value
 
         return either
-    return None
+    if kind == "and_expression":
+
+        def both(data: Any) -> Any:
+            value = first(data)
+            return value if _is_false(value) else second(data)
+
+        return both
+    if node["value"] == "eq":
+        return lambda data: _equals(first(data), second(data))
+    if node["value"] == "ne":
+        return lambda data: not _equals(first(data), second(data))
+    return None  # ordering comparators: JMESPath's rules for non-numbers stay with JMESPath
+
+
+def _not(value: Any) -> bool:
+    if _is_number(value) and value == 0:
+        return False
+    return not value
 
 
 @lru_cache(maxsize=4096)
