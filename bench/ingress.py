@@ -7,6 +7,9 @@ threads). Relay stores every webhook durably in SQLite before answering;
 the bare endpoint only parses JSON. First the most each takes (wrk, 16
 connections, closed loop), then latency at 300 requests/s (wrk paced: 30
 connections that each wait 100 ms after every answer). 3 runs, medians.
+With --bounds, each run also measures relay with the store write, then the
+store write and the log line, replaced by nothing (bench/relay_bound.py): the
+ratio relay could reach if those cost nothing.
 Needs wrk (apt-get install wrk). Targets: relay >= 0.7 of bare; p99 <= 25 ms at 300 requests/s.
 """
 
@@ -50,6 +53,13 @@ def once(args: argparse.Namespace) -> dict[str, object]:
             }
     relay_max = report["relay"]["max"]["requests_per_second"]  # type: ignore[index]
     bare_max = report["bare_flask"]["max"]["requests_per_second"]  # type: ignore[index]
+    if args.bounds:
+        for without in ("store", "store,log"):
+            with Server.gunicorn("relay_bound:app", {**relay_env, "RELAY_BENCH_WITHOUT": without}) as server:
+                url = f"{server.url}/hooks/tilda?token={TOKEN}"
+                wrk(url, seconds=2)
+                bound = wrk(url, seconds=args.seconds)
+            report[f"ratio_without_{without.replace(',', '_')}"] = round(bound["requests_per_second"] / bare_max, 3)
     report["ratio"] = round(relay_max / bare_max, 3)
     relay_cpu = report["relay"]["max"]["cpu_ms_per_request"]  # type: ignore[index]
     report["cpu_ratio"] = round(report["bare_flask"]["max"]["cpu_ms_per_request"] / relay_cpu, 3)  # type: ignore[index]
@@ -61,6 +71,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="runs; the summary takes the median")
+    parser.add_argument("--bounds", action="store_true", help="also relay without its store write and log line")
     args = parser.parse_args()
     runs = [once(args) for _ in range(args.repeat)]
     summary = {
@@ -78,6 +89,9 @@ def main() -> None:
         ),
         "targets": {"ratio": 0.7, "p99_ms_at_300_rps": 25},
     }
+    if args.bounds:
+        for key in ("ratio_without_store", "ratio_without_store_log"):
+            summary[key] = statistics.median(r[key] for r in runs)
     print(json.dumps({"summary_median": summary, "runs": runs}, indent=2))
 
 
