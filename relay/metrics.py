@@ -64,23 +64,18 @@ DECLARED = {
 
 
 # A labelled child looked up once: `labels()` takes a lock and builds a key on every call. The
-# caches stay small because the labels are bounded.
+# cache stays small because the labels are bounded.
 @functools.lru_cache(maxsize=1024)
-def _webhooks(source: str, outcome: str) -> Counter:
-    return WEBHOOKS.labels(source=source, outcome=outcome)
-
-
-@functools.lru_cache(maxsize=1024)
-def _attempts(source: str, outcome: str) -> Counter:
-    return ATTEMPTS.labels(source=source, outcome=outcome)
+def _child(counter: Counter, source: str, outcome: str) -> Counter:
+    return counter.labels(source=source, outcome=outcome)
 
 
 def received(source: str, outcome: str) -> None:
-    _webhooks(source, outcome).inc()
+    _child(WEBHOOKS, source, outcome).inc()
 
 
 def attempt(source: str, outcome: str, seconds: float) -> None:
-    _attempts(source, outcome).inc()
+    _child(ATTEMPTS, source, outcome).inc()
     UPSTREAM_LATENCY.observe(seconds)
 
 
