@@ -95,7 +95,7 @@ def _equals(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-def _plain_path(node: dict[str, Any]) -> Callable[[Any], Any] | None:
+def _direct(node: dict[str, Any]) -> Callable[[Any], Any] | None:
     """A direct evaluator for a parsed expression JMESPath's interpreter is slow at, else None.
 
     Covered: fields, dots, `||`, `&&`, `!`, `==`, `!=` and literals, which is
@@ -113,7 +113,7 @@ def _plain_path(node: dict[str, Any]) -> Callable[[Any], Any] | None:
     if kind == "literal":
         literal = node["value"]
         return lambda _data: literal
-    children = [_plain_path(child) for child in node["children"]]
+    children = [_direct(child) for child in node["children"]]
     if not children or any(child is None for child in children):
         return None
     steps: list[Callable[[Any], Any]] = [child for child in children if child is not None]
@@ -163,9 +163,9 @@ def _not(value: Any) -> bool:
 @lru_cache(maxsize=4096)
 def _evaluator(expression: str) -> Callable[[Any], Any]:
     compiled = compile_expression(expression)
-    plain = _plain_path(compiled.parsed)
-    if plain is not None:
-        return plain
+    direct = _direct(compiled.parsed)
+    if direct is not None:
+        return direct
     return lambda data: compiled.search(data, options=_OPTIONS)
 
 
