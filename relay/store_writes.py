@@ -240,9 +240,12 @@ class GroupWriter:
             self.queued.append(write)
         with self.commit_lock:
             if not write.done:
-                with self.queue_lock:
-                    group, self.queued = self.queued, []
-                self._commit_group(group)
+                # The group is taken once the file lock is ours: writes that queued while another
+                # process held it go into this commit instead of waiting for one more.
+                with self.store._write_lock():
+                    with self.queue_lock:
+                        group, self.queued = self.queued, []
+                    self._commit_group(group)
         if isinstance(write.result, BaseException):
             raise write.result
         return write.result  # type: ignore[no-any-return]
@@ -277,12 +280,11 @@ class GroupWriter:
             self.pid = os.getpid()
         cursor = self.cursor
         executor = DriverExecutor(cursor)
-        with self.store._write_lock():
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                results = [job(executor) for job in jobs]
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-            return results
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            results = [job(executor) for job in jobs]
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return results

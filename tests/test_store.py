@@ -232,3 +232,40 @@ def test_a_failing_write_fails_alone(tmp_path):
     assert sum(isinstance(r, sqlite3.OperationalError) for r in results) == 1
     assert store.counts() == {"held": 8}
     store.close()
+
+
+def test_writes_that_wait_for_another_process_share_one_commit(tmp_path):
+    """While another process holds the file lock, every write that queues meanwhile goes into the next commit."""
+    import fcntl
+    import os
+    import threading
+
+    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
+    assert store._writer is not None
+    store.accept(_request(b"first"), dedup_key="first", status="held", dedup_window=60)  # opens the connection
+    statements: list[str] = []
+    store._writer.connection.dbapi_connection.set_trace_callback(statements.append)
+
+    holder = os.open(str(tmp_path / "shared.db.lock"), os.O_RDWR)  # as another process would
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threads = [
+        threading.Thread(
+            target=store.accept,
+            args=(_request(b"%d" % i),),
+            kwargs={"dedup_key": f"k{i}", "status": "held", "dedup_window": 60},
+        )
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(store._writer.queued) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # the first thread is by now waiting for the lock
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    for thread in threads:
+        thread.join(10)
+    assert store.counts() == {"held": 5}
+    assert statements.count("COMMIT") == 1, statements
+    store.close()
