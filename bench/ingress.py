@@ -1,6 +1,6 @@
 """Ingress: accepted webhooks per second and latency of `gunicorn app:app` against a bare Flask endpoint.
 
-    .venv/bin/python bench/ingress.py [--rounds 5] [--seconds 5] [--bounds]
+    .venv/bin/python bench/ingress.py [--rounds 7] [--seconds 5] [--bounds]
 
 Both run under the same gunicorn settings (gunicorn.conf.py: 2 workers x 4
 threads). Relay stores every webhook durably in SQLite before answering;
@@ -68,7 +68,7 @@ def most(server: Server, seconds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5, help="alternating turns; the figure is their median")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating turns; the figure is their median")
     parser.add_argument("--seconds", type=int, default=5, help="length of each turn at full load")
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--paced-seconds", type=int, default=10)
