@@ -128,8 +128,9 @@ def _direct(node: dict[str, Any]) -> Callable[[Any], Any] | None:
 
         return walk
     if kind == "not_expression":
+        # JMESPath's `!` is Python's `not` except that `!0` is false: exactly its falsiness test.
         (inner,) = steps
-        return lambda data: _not(inner(data))
+        return lambda data: _is_false(inner(data))
     if kind not in ("or_expression", "and_expression", "comparator"):
         return None
     first, second = steps
@@ -152,12 +153,6 @@ def _direct(node: dict[str, Any]) -> Callable[[Any], Any] | None:
     if node["value"] == "ne":
         return lambda data: not _equals(first(data), second(data))
     return None  # ordering comparators: JMESPath's rules for non-numbers stay with JMESPath
-
-
-def _not(value: Any) -> bool:
-    if _is_number(value) and value == 0:
-        return False
-    return not value
 
 
 @lru_cache(maxsize=4096)
