@@ -20,6 +20,11 @@ keepalive = 5
 accesslog = "-" if os.environ.get("RELAY_ACCESS_LOG", "1") != "0" else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
+# Gunicorn's control socket (for gunicornc) defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# each master unlinks whatever is there and binds its own, so web nodes on one host would take it from each
+# other (and a command meant for one reach another), and the image's user cannot write its home. Relay is
+# stopped and scaled by signals and its supervisor instead.
+control_socket_disable = True
 
 # Prometheus counters from every worker process are merged at scrape time.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -15,7 +15,7 @@ import httpx
 import sentry_sdk
 
 from relay.metrics import DECLARED
-from relay.testing import free_port
+from relay.testing import RelayProcess, free_port
 from relay.web import create_app
 
 from .conftest import ROOT, SECRETS, captured_log_lines, make_settings
@@ -150,8 +150,11 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
         "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
         "RELAY_WEB_WORKERS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "HOME": str(tmp_path / "home"),
     }
+    env.pop("XDG_RUNTIME_DIR", None)
     (tmp_path / "metrics").mkdir()
+    (tmp_path / "home").mkdir()
     executable = str(Path(sys.executable).parent / command[0])
     output = tmp_path / "gunicorn.log"
     with output.open("wb") as log_file:
@@ -175,7 +178,11 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     # gunicorn's own lines (booting, stopping) share the logging module with relay's: none may fail.
-    assert "Logging error" not in output.read_text(errors="replace")
+    log = output.read_text(errors="replace")
+    assert "Logging error" not in log
+    # No control socket: its default path in $HOME is one per user, so web nodes on one host would take it
+    # from each other, and the image's user cannot write its home.
+    assert "control socket" not in log.lower() and not (tmp_path / "home" / ".gunicorn").exists()
 
 
 def test_worker_command_stops_on_sigterm(tmp_path):
@@ -214,3 +221,45 @@ def test_dockerfile_and_compose_are_consistent():
     for name in ("web", "worker"):
         assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
+
+
+def _group_members(group: int) -> list[int]:
+    """Pids of live processes in process group `group` (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            found.append(int(entry))
+    return found
+
+
+def test_run_stops_web_and_worker_on_sigterm(tmp_path):
+    """`python -m relay run` starts gunicorn and the worker; SIGTERM to it stops them all, exit 0, no traceback."""
+    log = tmp_path / "relay.log"
+    env = {
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "RELAY_WEB_WORKERS": "2",
+    }
+    relay = RelayProcess(env, log=log).start()
+    process = relay.process
+    assert process is not None
+    try:
+        answer = httpx.post(relay.url + TILDA, content=b"Email=stop%40example.com", headers={"Content-Type": FORM})
+        assert answer.status_code == 202
+        # run, the gunicorn master, its two workers and the delivery worker
+        assert len(_group_members(process.pid)) >= 5
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
+        # run waits for its children: none outlives it (a supervisor would kill what is left mid-delivery)
+        assert _group_members(process.pid) == []
+    finally:
+        relay.kill()
+    text = log.read_text(errors="replace")
+    assert "worker stopped" in text and "Shutting down: Master" in text
+    assert "Traceback" not in text and "Logging error" not in text
