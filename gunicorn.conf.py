@@ -7,6 +7,7 @@ Dockerfile, `python -m relay run` and a bare `gunicorn app:app` agree.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 bind = os.environ.get("RELAY_BIND", "0.0.0.0:8000")
@@ -26,12 +27,20 @@ errorlog = "-"
 # stopped and scaled by signals and its supervisor instead.
 control_socket_disable = True
 
-# Prometheus counters from every worker process are merged at scrape time.
+# Prometheus counters from every worker process are merged at scrape time. A folder made here is this
+# master's alone (a reload reads this file again and keeps it) and is removed when the master exits.
+_metrics_dir_made = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+    _metrics_dir_made = tempfile.mkdtemp(prefix="relay-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir_made
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    if _metrics_dir_made is not None:
+        shutil.rmtree(_metrics_dir_made, ignore_errors=True)

@@ -149,12 +149,13 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
         "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
         "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
         "RELAY_WEB_WORKERS": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(tmp_path / "tmp"),  # where gunicorn.conf.py makes the metrics folder, as in the image
     }
     env.pop("XDG_RUNTIME_DIR", None)
-    (tmp_path / "metrics").mkdir()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
     executable = str(Path(sys.executable).parent / command[0])
     output = tmp_path / "gunicorn.log"
     with output.open("wb") as log_file:
@@ -183,6 +184,7 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     # No control socket: its default path in $HOME is one per user, so web nodes on one host would take it
     # from each other, and the image's user cannot write its home.
     assert "control socket" not in log.lower() and not (tmp_path / "home" / ".gunicorn").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the metrics folder went with the master
 
 
 def test_worker_command_stops_on_sigterm(tmp_path):
