@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
@@ -24,6 +31,9 @@ __all__ = ["attempt", "observe_ingress", "received", "render"]
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Merged multi-process counters carry no `_created` series; without this, a process serving its own
+# (a standalone worker, tests) would add one beside every counter and histogram.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WEBHOOKS = Counter(
     "relay_webhooks_received_total",

@@ -225,6 +225,57 @@ def test_dockerfile_and_compose_are_consistent():
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
 
 
+def test_standalone_worker_serves_its_own_metrics(tmp_path):
+    """RELAY_WORKER_METRICS_PORT: a worker away from the web nodes shows its attempts on its own /metrics."""
+    from relay.inbound import InboundRequest
+    from relay.store import Store
+
+    database = f"sqlite:///{tmp_path}/w.db"
+    store = Store(database)
+    store.accept(
+        InboundRequest("tilda", b"Email=m%40example.com", FORM),
+        dedup_key="tilda:test:metrics",
+        status="queued",
+        dedup_window=60,
+    )
+    store.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": database,
+        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api",  # nothing listens: every try fails to connect
+        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+        "RELAY_WORKER_METRICS_PORT": str(port),
+        "RELAY_POLL_INTERVAL": "0.05",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sample = 'relay_delivery_attempts_total{outcome="transient",source="tilda"}'
+        text = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+            except httpx.HTTPError:
+                pass
+            if _value(text, sample) >= 1:
+                break
+            time.sleep(0.1)
+        assert _value(text, sample) >= 1, text[-2000:]
+        assert "relay_upstream_seconds_count" in text
+        assert "_created" not in text  # as under gunicorn: no creation-time series beside each counter
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
 def _group_members(group: int) -> list[int]:
     """Pids of live processes in process group `group` (read from /proc)."""
     found = []
