@@ -223,6 +223,7 @@ def test_dockerfile_and_compose_are_consistent():
     for name in ("web", "worker"):
         assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"].isdigit()  # its own /metrics
 
 
 def test_standalone_worker_serves_its_own_metrics(tmp_path):
