@@ -190,6 +190,25 @@ def test_health_and_readiness(client):
     assert ready.get_json()["mappings"] == 11
 
 
+def test_readiness_fails_while_the_store_does_not_answer(tmp_path):
+    """/readyz is 503 naming the store when it cannot be reached; /healthz stays 200 (the process serves)."""
+    from sqlalchemy import create_engine
+
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path))
+    store = app.extensions["relay"]["store"]
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///{tmp_path}/missing-dir/relay.db")  # the database is gone
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["status"] == "unavailable" and "store" in ready.get_json()["problems"]
+    assert client.get("/healthz").status_code == 200
+    store.close()
+
+
 def test_form_and_multipart_bounds(client):
     """More than 1,000 form fields or multipart parts is a 400, not a slow parse."""
     many = "&".join(f"f{i}=1" for i in range(1001)).encode()
