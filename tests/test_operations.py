@@ -223,6 +223,8 @@ def test_dockerfile_and_compose_are_consistent():
     for name in ("web", "worker"):
         assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
+    # Docker's default 10 s before SIGKILL is shorter than a graceful stop of either (20 s and 30 s)
+    assert services["web"]["stop_grace_period"] == "30s" and services["worker"]["stop_grace_period"] == "40s"
     assert services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"].isdigit()  # its own /metrics
 
 
