@@ -225,7 +225,9 @@ def test_dockerfile_and_compose_are_consistent():
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
     # Docker's default 10 s before SIGKILL is shorter than a graceful stop of either (20 s and 30 s)
     assert services["web"]["stop_grace_period"] == "30s" and services["worker"]["stop_grace_period"] == "40s"
-    assert services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"].isdigit()  # its own /metrics
+    port = services["worker"]["environment"]["RELAY_WORKER_METRICS_PORT"]  # the worker's own /metrics
+    # and its health check asks there: the image's asks the web server, which the worker container does not run
+    assert f"127.0.0.1:{port}/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
 def test_standalone_worker_serves_its_own_metrics(tmp_path):
