@@ -28,11 +28,11 @@ errorlog = "-"
 control_socket_disable = True
 
 # Prometheus counters from every worker process are merged at scrape time. A folder made here is this
-# master's alone (a reload reads this file again and keeps it) and is removed when the master exits.
-_metrics_dir_made = None
+# master's alone and is removed when it exits; the environment remembers it, since a reload (SIGHUP)
+# reads this file again.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _metrics_dir_made = tempfile.mkdtemp(prefix="relay-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir_made
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+    os.environ["RELAY_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
@@ -42,5 +42,6 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    if _metrics_dir_made is not None:
-        shutil.rmtree(_metrics_dir_made, ignore_errors=True)
+    made = os.environ.get("RELAY_METRICS_DIR_MADE")
+    if made and made == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(made, ignore_errors=True)

@@ -175,6 +175,9 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
                 assert response.status_code == 202
             metrics = client.get("/metrics").text
         assert 'relay_webhooks_received_total{outcome="accepted",source="tilda"} 20.0' in metrics
+        process.send_signal(signal.SIGHUP)  # a reload: new workers, this file read again
+        time.sleep(2)
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
