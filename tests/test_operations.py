@@ -176,7 +176,10 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
             metrics = client.get("/metrics").text
         assert 'relay_webhooks_received_total{outcome="accepted",source="tilda"} 20.0' in metrics
         process.send_signal(signal.SIGHUP)  # a reload: new workers, this file read again
-        time.sleep(2)
+        deadline = time.monotonic() + 20
+        while output.read_text(errors="replace").count("Booting worker") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert output.read_text(errors="replace").count("Booting worker") >= 4
         assert httpx.get(base + "/healthz", timeout=5).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
