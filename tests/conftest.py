@@ -34,6 +34,24 @@ SECRETS = {
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
 
+
+def live_processes() -> Iterator[tuple[int, list[str], list[bytes]]]:
+    """(pid, the fields of /proc/<pid>/stat after the command name, argv) of every process not yet reaped.
+
+    In the fields, [1] is the parent's pid and [2] the process group.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z":
+            yield int(entry), fields, argv
+
+
 _real_connect = socket.socket.connect
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.store import Store
 from relay.testing import RelayProcess
 
-from .conftest import SECRETS
+from .conftest import SECRETS, live_processes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,19 +97,12 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path):
 
 
 def _worker_processes(parent: int) -> list[int]:
-    """Pids of `relay worker` processes whose parent is `parent` (read from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and cmdline[-3:-1] == [b"relay", b"worker"]:
-            found.append(int(entry))
-    return found
+    """Pids of `relay worker` processes whose parent is `parent`."""
+    return [
+        pid
+        for pid, fields, argv in live_processes()
+        if int(fields[1]) == parent and argv[-3:-1] == [b"relay", b"worker"]
+    ]
 
 
 def test_run_with_two_worker_processes_sends_each_webhook_once(tmp_path):

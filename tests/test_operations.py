@@ -18,7 +18,7 @@ from relay.metrics import DECLARED
 from relay.testing import RelayProcess, free_port
 from relay.web import create_app
 
-from .conftest import ROOT, SECRETS, captured_log_lines, make_settings
+from .conftest import ROOT, SECRETS, captured_log_lines, live_processes, make_settings
 from .test_secrets import CapturingTransport
 
 FORM = "application/x-www-form-urlencoded"
@@ -288,18 +288,8 @@ def test_standalone_worker_serves_its_own_metrics(tmp_path):
 
 
 def _group_members(group: int) -> list[int]:
-    """Pids of live processes in process group `group` (read from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            found.append(int(entry))
-    return found
+    """Pids of live processes in process group `group`."""
+    return [pid for pid, fields, _argv in live_processes() if int(fields[2]) == group]
 
 
 def test_run_stops_web_and_worker_on_sigterm(tmp_path):
