@@ -258,10 +258,10 @@ def test_writes_that_wait_for_another_process_share_one_commit(tmp_path):
     ]
     for thread in threads:
         thread.start()
+    # All four stay queued while the lock is held: the group is taken only once the lock is ours.
     deadline = time.monotonic() + 5
-    while len(store._writer.queued) < 3 and time.monotonic() < deadline:
+    while len(store._writer.queued) < 4 and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(0.05)  # the first thread is by now waiting for the lock
     fcntl.flock(holder, fcntl.LOCK_UN)
     os.close(holder)
     for thread in threads:
