@@ -97,7 +97,7 @@ _DIRECT = st.recursive(
 
 @settings(max_examples=600, deadline=None)
 @given(expression=_DIRECT, data=_NESTED)
-def test_directs_agree_with_jmespath(expression, data):
+def test_direct_evaluation_agrees_with_jmespath(expression, data):
     """The direct evaluation of paths, ||, &&, !, ==, != and literals gives exactly what JMESPath gives."""
     import jmespath
 
