@@ -145,20 +145,26 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
-def postgres_url() -> str | None:
-    return os.environ.get("RELAY_TEST_DATABASE_URL")
+# Where scripts/test looks when RELAY_TEST_DATABASE_URL is unset: a local server with the `test` database.
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test?connect_timeout=3"
+
+
+def postgres_url() -> str:
+    return os.environ.get("RELAY_TEST_DATABASE_URL") or LOCAL_POSTGRES
 
 
 def postgres_available() -> tuple[bool, str]:
     url = postgres_url()
-    if not url:
-        return False, "RELAY_TEST_DATABASE_URL is unset (CI sets it; .ci/run starts PostgreSQL)"
     try:
         store = Store(url)
         store.ping()
         store.close()
     except Exception as exc:  # noqa: BLE001
-        return False, f"PostgreSQL at RELAY_TEST_DATABASE_URL does not answer: {type(exc).__name__}"
+        where = "RELAY_TEST_DATABASE_URL" if os.environ.get("RELAY_TEST_DATABASE_URL") else LOCAL_POSTGRES
+        return False, (
+            f"PostgreSQL at {where} does not answer ({type(exc).__name__}); "
+            "point RELAY_TEST_DATABASE_URL at a server, or run .ci/run, which starts one"
+        )
     return True, ""
 
 
@@ -171,7 +177,6 @@ def pg_url() -> Iterator[str]:
 
     require_postgres()
     base = postgres_url()
-    assert base is not None
     schema = f"relay_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as connection:
