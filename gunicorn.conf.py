@@ -10,12 +10,28 @@ import os
 import shutil
 import tempfile
 
+
+def _whole(variable: str, default: int, *, least: int) -> int:
+    """A count from the environment; a wrong one stops gunicorn with one line naming it, not a traceback."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise SystemExit(f"relay: {variable}={raw!r}: expected a whole number, at least {least}")
+    return value
+
+
 bind = os.environ.get("RELAY_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("RELAY_WEB_WORKERS", "2"))
-threads = int(os.environ.get("RELAY_WEB_THREADS", "4"))
+workers = _whole("RELAY_WEB_WORKERS", 2, least=1)
+threads = _whole("RELAY_WEB_THREADS", 4, least=1)
 worker_class = "gthread"
-timeout = int(os.environ.get("RELAY_WEB_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("RELAY_WEB_GRACEFUL_TIMEOUT", "20"))
+# 0 turns gunicorn's worker timeout off.
+timeout = _whole("RELAY_WEB_TIMEOUT", 30, least=0)
+graceful_timeout = _whole("RELAY_WEB_GRACEFUL_TIMEOUT", 20, least=0)
 keepalive = 5
 # %(U)s is the path without the query string, so ?token=... never reaches the access log.
 accesslog = "-" if os.environ.get("RELAY_ACCESS_LOG", "1") != "0" else None
@@ -27,12 +43,15 @@ errorlog = "-"
 # stopped and scaled by signals and its supervisor instead.
 control_socket_disable = True
 
-# Prometheus counters from every worker process are merged at scrape time. A folder made here is this
-# master's alone and is removed when it exits; the environment remembers it, since a reload (SIGHUP)
-# reads this file again.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
-    os.environ["RELAY_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Prometheus counters from every worker process are merged at scrape time. A folder made here is
+    this master's alone and is removed when it exits. It is made when the master starts, not when this
+    file is read: `gunicorn --check-config` reads it too, and a reload (SIGHUP) reads it again; the
+    workers, forked later, inherit the environment."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+        os.environ["RELAY_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

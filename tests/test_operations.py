@@ -193,6 +193,23 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     assert list((tmp_path / "tmp").iterdir()) == []  # the metrics folder went with the master
 
 
+def test_gunicorn_settings_checked_without_side_effects(tmp_path):
+    """A wrong count stops gunicorn with one line naming the variable; reading the settings makes no folder."""
+    env = {**os.environ, "RELAY_BIND": f"127.0.0.1:{free_port()}", "TMPDIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    for variable, value in [("RELAY_WEB_WORKERS", "two"), ("RELAY_WEB_THREADS", "0"), ("RELAY_WEB_TIMEOUT", "-1")]:
+        done = subprocess.run(
+            [gunicorn, "app:app"], cwd=ROOT, env={**env, variable: value}, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 1
+        assert f"{variable}={value!r}: expected a whole number" in done.stderr
+        assert "Traceback" not in done.stderr
+    checked = subprocess.run([gunicorn, "--check-config", "app:app"], cwd=ROOT, env=env, timeout=30)
+    assert checked.returncode == 0
+    assert list(tmp_path.iterdir()) == []  # the metrics folder is the running master's, made when it starts
+
+
 def test_worker_command_stops_on_sigterm(tmp_path):
     """python -m relay worker starts and exits 0 on SIGTERM."""
     env = {
