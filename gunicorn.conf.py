@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 
 def _whole(variable: str, default: int, *, least: int) -> int:
@@ -46,11 +45,13 @@ control_socket_disable = True
 
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Prometheus counters from every worker process are merged at scrape time. A folder made here is
-    this master's alone and is removed when it exits. It is made when the master starts, not when this
-    file is read: `gunicorn --check-config` reads it too, and a reload (SIGHUP) reads it again; the
-    workers, forked later, inherit the environment."""
+    this master's alone and is removed when it exits (or, if it is killed, at the next start). It is
+    made when the master starts, not when this file is read: `gunicorn --check-config` reads it too,
+    and a reload (SIGHUP) reads it again; the workers, forked later, inherit the environment."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+        from relay.metrics_dir import make_metrics_dir  # standard library only
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = make_metrics_dir()
         os.environ["RELAY_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 

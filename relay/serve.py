@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from relay.errors import ConfigError
 from relay.logs import configure_logging
 from relay.mapping.loader import load_sources
+from relay.metrics_dir import make_metrics_dir
 from relay.settings import Settings
 from relay.store import Store
 
@@ -53,7 +53,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
     env["RELAY_BIND"] = f"{args.host}:{args.port}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # One metrics folder for the web workers and the delivery worker, so /metrics shows both.
-    metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+    metrics_dir = make_metrics_dir()
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "app:app"],

@@ -15,6 +15,7 @@ import httpx
 import sentry_sdk
 
 from relay.metrics import DECLARED
+from relay.metrics_dir import sweep_left_over
 from relay.testing import RelayProcess, free_port
 from relay.web import create_app
 
@@ -156,6 +157,7 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     (tmp_path / "home").mkdir()
     (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / f"relay-metrics-{_dead_pid()}.12345-x1").mkdir()  # left by a master that was killed
     executable = str(Path(sys.executable).parent / command[0])
     output = tmp_path / "gunicorn.log"
     with output.open("wb") as log_file:
@@ -190,7 +192,31 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     # No control socket: its default path in $HOME is one per user, so web nodes on one host would take it
     # from each other, and the image's user cannot write its home.
     assert "control socket" not in log.lower() and not (tmp_path / "home" / ".gunicorn").exists()
-    assert list((tmp_path / "tmp").iterdir()) == []  # the metrics folder went with the master
+    # The killed master's folder went at the start, this master's own when it stopped.
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _start_ticks(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def test_metrics_folders_of_killed_processes_are_swept(tmp_path):
+    """Only a folder whose maker (pid and start time) no longer runs goes; live, foreign and unknown ones stay."""
+    me = os.getpid()
+    kept = [f"relay-metrics-{me}.{_start_ticks(me)}-live", "relay-metrics-oldstyle", f"other-{me}.1-x"]
+    gone = [f"relay-metrics-{_dead_pid()}.777-dead", f"relay-metrics-{me}.1-pidreused"]
+    for name in kept + gone:
+        (tmp_path / name).mkdir()
+    (tmp_path / gone[0] / "counter_1.db").write_bytes(b"x")
+    removed = sweep_left_over(str(tmp_path))
+    assert sorted(Path(path).name for path in removed) == sorted(gone)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_gunicorn_settings_checked_without_side_effects(tmp_path):
