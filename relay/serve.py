@@ -11,9 +11,11 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,8 @@ def cmd_run(args: Any, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
+    if _wait_until_listening(args.host, args.port, children, lambda: stopping):
+        print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
     for child in children:
@@ -96,3 +99,19 @@ def cmd_run(args: Any, settings: Settings) -> int:
             child.kill()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping else 1
+
+
+def _wait_until_listening(
+    host: str, port: int, children: list[subprocess.Popen[bytes]], stopping: Callable[[], bool]
+) -> bool:
+    """True once the web server takes connections (so "listening" is only said when it is true); False
+    when a child exits, a stop comes or a minute passes first."""
+    address = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stopping() and all(child.poll() is None for child in children):
+        try:
+            with socket.create_connection((address, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False

@@ -236,6 +236,22 @@ def test_gunicorn_settings_checked_without_side_effects(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the metrics folder is the running master's, made when it starts
 
 
+def test_run_says_listening_only_when_it_is(tmp_path):
+    """When gunicorn cannot start, `relay run` exits 1 with gunicorn's reason and never claims to listen."""
+    env = {**os.environ, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", "RELAY_WEB_WORKERS": "two"}
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "run", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "RELAY_WEB_WORKERS='two'" in done.stderr
+    assert "listening" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_worker_command_stops_on_sigterm(tmp_path):
     """python -m relay worker starts and exits 0 on SIGTERM."""
     env = {
@@ -358,5 +374,6 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
     finally:
         relay.kill()
     text = log.read_text(errors="replace")
+    assert f"relay: listening on http://127.0.0.1:{relay.port}" in text
     assert "worker stopped" in text and "Shutting down: Master" in text
     assert "Traceback" not in text and "Logging error" not in text
