@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from relay import metrics
 from relay.admin_api import admin_blueprint
 from relay.auth import authenticate, missing_secrets
-from relay.errors import BodyTooLarge, RelayError, RequestRejected, UnknownSource
+from relay.errors import BodyTooLarge, RelayError, RequestRejected, UnknownSource, UnsupportedContentType
 from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
@@ -164,6 +164,10 @@ def _receive(req: Request, source: Source, settings: Settings, store: Store) -> 
         headers=keepable_headers(headers),
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
+    encoding = req.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Without this the compressed bytes reached the parser and came back as "invalid JSON".
+        raise UnsupportedContentType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
     payload = parse_request(inbound)
     if is_ping(source, inbound, payload):
         log.info("ping answered", extra={"source": source.name})

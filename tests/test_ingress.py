@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -134,6 +135,22 @@ def test_bad_bodies_get_a_clear_4xx(client, body, content_type, status, code):
     assert response.status_code == status
     assert response.is_json
     assert response.get_json()["error"] == code
+
+
+def test_compressed_bodies_are_refused_by_name(client, app):
+    """A body sent with a Content-Encoding is refused with 415 naming it (it used to read as broken JSON)."""
+    body = gzip.compress(b'{"Email": "z@example.com"}')
+    response = client.post(TILDA, data=body, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 415
+    assert response.get_json() == {
+        "error": "unsupported_content_type",
+        "detail": "Content-Encoding 'gzip' is not supported; send the body uncompressed",
+    }
+    assert app.extensions["relay"]["store"].counts() == {}
+    plain = client.post(
+        TILDA, data=b"Email=z%40example.com", content_type=FORM, headers={"Content-Encoding": "identity"}
+    )
+    assert plain.status_code == 202
 
 
 def test_body_over_the_limit_is_413(tmp_path):
