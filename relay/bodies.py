@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
+import sys
 from typing import Any
 from urllib.parse import parse_qsl
 from xml.etree.ElementTree import Element
@@ -91,15 +93,33 @@ def _decode(body: bytes, charset: str | None) -> str:
     return text.removeprefix("\ufeff")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise Unparsable(f"invalid JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise Unparsable(f"invalid JSON: {text[:40]} is too large for a number")
+    return number
+
+
+# Python's parser takes NaN and Infinity, which JSON has not, and turns 1e999 into
+# infinity: each would reach the upstream as invalid JSON, so they are refused here.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -> Any:
     text = _decode(body, charset)
     if not text.strip():
         raise Unparsable("empty JSON body")
     try:
-        data = json.loads(text)
+        data = _JSON_DECODER.decode(text)
     except RecursionError as exc:
         raise Unparsable("JSON nested too deeply") from exc
     except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's guard against quadratic int parsing
+            raise Unparsable(f"invalid JSON: a number has more than {sys.get_int_max_str_digits()} digits") from exc
         raise Unparsable(f"invalid JSON: {exc}") from exc
     if check_depth and isinstance(data, (dict, list)):
         _check_depth(data)
@@ -137,8 +157,14 @@ def _parse_form(body: bytes, charset: str | None) -> dict[str, Any]:
 
 
 def _parse_multipart(body: bytes, mimetype: str, options: dict[str, str]) -> dict[str, Any]:
-    if not options.get("boundary"):
+    boundary = options.get("boundary")
+    if not boundary:
         raise Unparsable("multipart body without a boundary")
+    closing = f"--{boundary}--"
+    # werkzeug reads a body that stops mid-part as if it were whole; relaying the parts
+    # that arrived would forward half a lead.
+    if closing.encode("latin-1", "replace") not in body:
+        raise Unparsable(f"multipart body ends before its closing boundary {closing!r}; it was cut short")
     parser = FormDataParser(max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1)
     try:
         _stream, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)

@@ -153,6 +153,39 @@ def test_compressed_bodies_are_refused_by_name(client, app):
     assert plain.status_code == 202
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "detail"),
+    [
+        (b'{"Email": "a@b.c", "total": NaN}', "application/json", "invalid JSON: NaN is not a JSON number"),
+        (b'{"total": Infinity}', "application/json", "invalid JSON: Infinity is not a JSON number"),
+        (b'[-Infinity]', "application/json", "invalid JSON: -Infinity is not a JSON number"),
+        (b'{"total": 1e999}', "application/json", "invalid JSON: 1e999 is too large for a number"),
+        (
+            b'{"n": ' + b"7" * 5000 + b"}",
+            "application/json",
+            "invalid JSON: a number has more than 4300 digits",
+        ),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\na@b.c\r\n--b\r\nContent-Disposition: form-data; na',
+            "multipart/form-data; boundary=b",
+            "multipart body ends before its closing boundary '--b--'; it was cut short",
+        ),
+    ],
+)
+def test_bodies_that_are_not_quite_valid_are_refused_in_relays_words(client, app, body, content_type, detail):
+    """NaN, Infinity, 1e999, a number too long for Python, a cut multipart body: 400, nothing stored.
+
+    Each used to be accepted (a NaN then reached the upstream as invalid JSON, a cut multipart
+    body relayed only the parts that arrived) or answered in Python's own wording.
+    """
+    response = client.post(TILDA, data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "unparsable", "detail": detail}
+    assert app.extensions["relay"]["store"].counts() == {}
+    whole = b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\na@b.c\r\n--b--\r\nan epilogue'
+    assert client.post(TILDA, data=whole, content_type="multipart/form-data; boundary=b").status_code == 202
+
+
 def test_body_over_the_limit_is_413(tmp_path):
     """A body one byte over RELAY_MAX_BODY_BYTES gets 413."""
     from relay.web import create_app
