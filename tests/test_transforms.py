@@ -56,3 +56,28 @@ def test_name_split_and_map():
     assert apply_transform("last_name", None, "Анна Мария Смирнова", CTX) == "Мария Смирнова"
     assert apply_transform("map", {"yes": True, "no": False}, "Yes", CTX) is True
     assert apply_transform("scale", 0.01, 6099, CTX) == 60.99
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "raw", "expected"),
+    [
+        ("number", None, "1 234,5", 1234.5),
+        ("number", None, "1e308", 10**308),
+        ("number", None, "1e999", None),
+        ("number", None, "-1e400", None),
+        ("number", None, "9" * 400 + ".5", None),
+        ("number", None, "1e5000", None),
+        ("number", None, "NaN", None),
+        ("number", None, "Infinity", None),
+        ("integer", None, "1e999", None),
+        ("scale", 1e300, "1e300", None),
+        ("scale", 2, "1e300", 2 * 10**300),
+    ],
+)
+def test_numbers_that_json_cannot_carry_become_none(name, arg, raw, expected):
+    """A number beyond a float's range becomes None.
+
+    As a float it would be inf, which json writes as `Infinity` (not JSON); as an int of over
+    4,300 digits json cannot write it at all.
+    """
+    assert apply_transform(name, arg, raw, CTX) == expected

@@ -200,7 +200,14 @@ def _number(value: Any, _arg: Any, _ctx: TransformContext) -> int | float | None
         number = Decimal(text)
     except InvalidOperation:
         return None
-    if not number.is_finite():
+    return _plain_number(number)
+
+
+_LARGEST_EXPONENT = 308  # a float's range: beyond it a value is inf or an int json may not write
+
+
+def _plain_number(number: Decimal) -> int | float | None:
+    if not number.is_finite() or number.adjusted() > _LARGEST_EXPONENT:
         return None
     return int(number) if number == number.to_integral_value() else float(number)
 
@@ -294,8 +301,7 @@ def _scale(value: Any, arg: Any, ctx: TransformContext) -> Any:
     number = _number(value, None, ctx)
     if number is None:
         return None
-    scaled = Decimal(str(number)) * Decimal(str(arg))
-    return int(scaled) if scaled == scaled.to_integral_value() else float(scaled)
+    return _plain_number(Decimal(str(number)) * Decimal(str(arg)))
 
 
 def _prefix(value: Any, arg: Any, _ctx: TransformContext) -> Any:
