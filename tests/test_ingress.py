@@ -158,7 +158,7 @@ def test_compressed_bodies_are_refused_by_name(client, app):
     [
         (b'{"Email": "a@b.c", "total": NaN}', "application/json", "invalid JSON: NaN is not a JSON number"),
         (b'{"total": Infinity}', "application/json", "invalid JSON: Infinity is not a JSON number"),
-        (b'[-Infinity]', "application/json", "invalid JSON: -Infinity is not a JSON number"),
+        (b"[-Infinity]", "application/json", "invalid JSON: -Infinity is not a JSON number"),
         (b'{"total": 1e999}', "application/json", "invalid JSON: 1e999 is too large for a number"),
         (
             b'{"n": ' + b"7" * 5000 + b"}",
@@ -166,7 +166,8 @@ def test_compressed_bodies_are_refused_by_name(client, app):
             "invalid JSON: a number has more than 4300 digits",
         ),
         (
-            b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\na@b.c\r\n--b\r\nContent-Disposition: form-data; na',
+            b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\na@b.c\r\n'
+            b"--b\r\nContent-Disposition: form-data; na",
             "multipart/form-data; boundary=b",
             "multipart body ends before its closing boundary '--b--'; it was cut short",
         ),
