@@ -1,7 +1,8 @@
 """Gunicorn settings for `gunicorn app:app` (read automatically from the working directory).
 
-Every value comes from an environment variable with a default, so the
-Dockerfile, `python -m relay run` and a bare `gunicorn app:app` agree.
+Every value comes from relay's settings (the environment and `.env`, with
+defaults), so the Dockerfile, `python -m relay run` and a bare
+`gunicorn app:app` agree.
 """
 
 from __future__ import annotations
@@ -9,31 +10,25 @@ from __future__ import annotations
 import os
 import shutil
 
+from relay.errors import ConfigError
+from relay.settings import Settings
 
-def _whole(variable: str, default: int, *, least: int) -> int:
-    """A count from the environment; a wrong one stops gunicorn with one line naming it, not a traceback."""
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = least - 1
-    if value < least:
-        raise SystemExit(f"relay: {variable}={raw!r}: expected a whole number, at least {least}")
-    return value
+# The same settings (and `.env`) as the app: a wrong value stops the master with the list of what is
+# wrong, before any worker starts, rather than a traceback from each worker that fails to boot.
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    raise SystemExit("relay: settings are wrong:\n  " + "\n  ".join(exc.problems)) from None
 
-
-bind = os.environ.get("RELAY_BIND", "0.0.0.0:8000")
-workers = _whole("RELAY_WEB_WORKERS", 2, least=1)
-threads = _whole("RELAY_WEB_THREADS", 4, least=1)
+bind = _settings.bind
+workers = _settings.web_workers
+threads = _settings.web_threads
 worker_class = "gthread"
-# 0 turns gunicorn's worker timeout off.
-timeout = _whole("RELAY_WEB_TIMEOUT", 30, least=0)
-graceful_timeout = _whole("RELAY_WEB_GRACEFUL_TIMEOUT", 20, least=0)
+timeout = _settings.web_timeout
+graceful_timeout = _settings.web_graceful_timeout
 keepalive = 5
 # %(U)s is the path without the query string, so ?token=... never reaches the access log.
-accesslog = "-" if os.environ.get("RELAY_ACCESS_LOG", "1") != "0" else None
+accesslog = "-" if _settings.access_log else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 # Gunicorn's control socket (for gunicornc) defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):

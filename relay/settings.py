@@ -36,17 +36,32 @@ def load_environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, 
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise ValueError("must be zero or more")
+        raise ValueError("must be a whole number, zero or more")
     return value
+
+
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
 
 
 def _positive_float(text: str) -> float:
@@ -119,6 +134,13 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("log_level", "RELAY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),
     ("sentry_dsn", "SENTRY_DSN", _text, None),
     ("sentry_environment", "SENTRY_ENVIRONMENT", _text, "production"),
+    # Read by gunicorn.conf.py (`gunicorn app:app` and `relay run`); 0 turns a timeout off.
+    ("bind", "RELAY_BIND", _text, "0.0.0.0:8000"),
+    ("web_workers", "RELAY_WEB_WORKERS", _positive_int, "2"),
+    ("web_threads", "RELAY_WEB_THREADS", _positive_int, "4"),
+    ("web_timeout", "RELAY_WEB_TIMEOUT", _non_negative_int, "30"),
+    ("web_graceful_timeout", "RELAY_WEB_GRACEFUL_TIMEOUT", _non_negative_int, "20"),
+    ("access_log", "RELAY_ACCESS_LOG", _switch, "1"),
 ]
 
 
@@ -152,6 +174,12 @@ class Settings:
     log_level: str
     sentry_dsn: str | None = field(repr=False)
     sentry_environment: str
+    bind: str
+    web_workers: int
+    web_threads: int
+    web_timeout: int
+    web_graceful_timeout: int
+    access_log: bool
     # The whole environment, for the `${NAME}` references of mapping files.
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 

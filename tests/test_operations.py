@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -220,35 +221,67 @@ def test_metrics_folders_of_killed_processes_are_swept(tmp_path):
 
 
 def test_gunicorn_settings_checked_without_side_effects(tmp_path):
-    """A wrong count stops gunicorn with one line naming the variable; reading the settings makes no folder."""
+    """gunicorn.conf.py reads relay's own settings, `.env` included: a wrong value stops the master with one
+    line naming it, before any worker boots; reading the settings makes no folder."""
     env = {**os.environ, "RELAY_BIND": f"127.0.0.1:{free_port()}", "TMPDIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    for variable, value in [("RELAY_WEB_WORKERS", "two"), ("RELAY_WEB_THREADS", "0"), ("RELAY_WEB_TIMEOUT", "-1")]:
+    cases = [
+        ("RELAY_WEB_WORKERS", "two", "must be a positive whole number"),
+        ("RELAY_WEB_THREADS", "0", "must be a positive whole number"),
+        ("RELAY_WEB_TIMEOUT", "-1", "must be a whole number, zero or more"),
+        ("RELAY_ACCESS_LOG", "maybe", "must be 1 or 0"),
+        ("RELAY_UPSTREAM_URL", "ftp://x", "must start with http:// or https://"),
+    ]
+    for variable, value, reason in cases:
         done = subprocess.run(
             [gunicorn, "app:app"], cwd=ROOT, env={**env, variable: value}, capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 1
-        assert f"{variable}={value!r}: expected a whole number" in done.stderr
-        assert "Traceback" not in done.stderr
+        assert f"relay: settings are wrong:\n  {variable}={value!r}: {reason}" in done.stderr
+        assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
+    # A .env in the working directory counts, as it does for every other setting.
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / ".env").write_text("RELAY_WEB_WORKERS=none\n")
+    config = ["--config", str(ROOT / "gunicorn.conf.py"), "--chdir", str(ROOT)]
+    from_dotenv = subprocess.run(
+        [gunicorn, *config, "app:app"],
+        cwd=here,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert from_dotenv.returncode == 1
+    assert "RELAY_WEB_WORKERS='none': must be a positive whole number" in from_dotenv.stderr
+    (here / ".env").unlink()
     checked = subprocess.run([gunicorn, "--check-config", "app:app"], cwd=ROOT, env=env, timeout=30)
     assert checked.returncode == 0
-    assert list(tmp_path.iterdir()) == []  # the metrics folder is the running master's, made when it starts
+    assert list(tmp_path.iterdir()) == [here]  # the metrics folder is the running master's, made when it starts
 
 
 def test_run_says_listening_only_when_it_is(tmp_path):
-    """When gunicorn cannot start, `relay run` exits 1 with gunicorn's reason and never claims to listen."""
-    env = {**os.environ, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", "RELAY_WEB_WORKERS": "two"}
-    done = subprocess.run(
-        [sys.executable, "-m", "relay", "run", "--port", str(free_port())],
+    """When gunicorn cannot start, `relay run` exits 1 with gunicorn's reason and never claims to listen;
+    a wrong web setting is refused before anything starts."""
+    env = {**os.environ, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"}
+    run = [sys.executable, "-m", "relay", "run", "--port"]
+    wrong = subprocess.run(
+        [*run, str(free_port())],
         cwd=ROOT,
-        env=env,
+        env={**env, "RELAY_WEB_WORKERS": "two"},
         capture_output=True,
         text=True,
         timeout=60,
     )
+    assert wrong.returncode == 2
+    assert wrong.stderr == "relay: settings are wrong:\n  RELAY_WEB_WORKERS='two': must be a positive whole number\n"
+    with socket.socket() as taken:  # bound, not listening: gunicorn cannot bind and nothing answers
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = subprocess.run([*run, str(port)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "RELAY_WEB_WORKERS='two'" in done.stderr
+    assert "Connection in use" in done.stderr
     assert "listening" not in done.stderr and "Traceback" not in done.stderr
 
 
