@@ -8,29 +8,56 @@ from __future__ import annotations
 
 import base64
 import hmac
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.settings import Settings
-from relay.store import Delivery, Store
+from relay.store import REPLAYABLE, STATUSES, Delivery, Store
 
-__all__ = ["admin_blueprint", "delivery_summary", "delivery_detail", "parse_time"]
+__all__ = ["admin_blueprint", "delivery_detail", "delivery_filters", "delivery_summary", "parse_time"]
 
 
 def parse_time(text: str | None) -> float | None:
-    """An ISO 8601 time or epoch seconds, as epoch seconds."""
+    """An ISO 8601 time or epoch seconds, as epoch seconds.
+
+    Raises:
+        ValueError: neither (nan and inf are neither).
+    """
     if not text:
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a time")
+    return seconds
+
+
+NOT_REPLAYABLE = "only failed and held deliveries replay; those that are {status} never do"
+
+
+def delivery_filters(status: str | None, source: str | None, since: str | None, until: str | None) -> dict[str, Any]:
+    """The filters of a list or a replay, checked: a misspelt status or time is an error, not an empty answer.
+
+    Raises:
+        ValueError: naming the filter that is wrong and what it takes.
+    """
+    if status and status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    filters: dict[str, Any] = {"status": status or None, "source": source or None}
+    for name, text in (("since", since), ("until", until)):
+        try:
+            filters[name] = parse_time(text)
+        except ValueError:
+            raise ValueError(f"{name} {text!r} is neither an ISO 8601 time nor epoch seconds") from None
+    return filters
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -87,15 +114,11 @@ def delivery_detail(delivery: Delivery, attempts: list[dict[str, Any]]) -> dict[
 
 
 def _filters() -> dict[str, Any]:
+    args = request.args
     try:
-        return {
-            "status": request.args.get("status") or None,
-            "source": request.args.get("source") or None,
-            "since": parse_time(request.args.get("since")),
-            "until": parse_time(request.args.get("until")),
-        }
-    except ValueError:
-        abort(400, description="since and until take ISO 8601 times or epoch seconds")
+        return delivery_filters(args.get("status"), args.get("source"), args.get("since"), args.get("until"))
+    except ValueError as exc:
+        abort(400, description=str(exc))
 
 
 def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
@@ -153,6 +176,8 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
         filters = _filters()
         if not any(filters.values()):
             abort(400, description="give at least one filter: status, source, since or until")
+        if filters["status"] and filters["status"] not in REPLAYABLE:
+            abort(400, description=NOT_REPLAYABLE.format(status=filters["status"]))
         status = "queued" if settings.upstream_url else "held"
         count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202

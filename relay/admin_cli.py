@@ -6,20 +6,16 @@ import json
 import sys
 from typing import Any
 
-from relay.admin_api import delivery_detail, delivery_summary, parse_time
+from relay.admin_api import NOT_REPLAYABLE, delivery_detail, delivery_summary
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import REPLAYABLE, Store
 
 __all__ = ["cmd_deliveries", "cmd_replay"]
 
 
 def _filters(args: Any) -> dict[str, Any]:
-    return {
-        "status": args.status,
-        "source": args.source,
-        "since": parse_time(args.since),
-        "until": parse_time(args.until),
-    }
+    # Checked by the parser (relay/cli.py): a known status, times already in epoch seconds.
+    return {"status": args.status, "source": args.source, "since": args.since, "until": args.until}
 
 
 def cmd_deliveries(args: Any, settings: Settings) -> int:
@@ -56,6 +52,9 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         filters = _filters(args)
         if not any(filters.values()):
             print("relay: give an id, or a filter (--status, --source, --since, --until)", file=sys.stderr)
+            return 1
+        if filters["status"] and filters["status"] not in REPLAYABLE:
+            print("relay: " + NOT_REPLAYABLE.format(status=filters["status"]), file=sys.stderr)
             return 1
         print(f"replayed {store.replay_matching(to_status=status, **filters)} deliveries ({status})")
         return 0

@@ -44,18 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
     deliveries = commands.add_parser("deliveries", help="list deliveries, or show one")
     deliveries.add_argument("id", nargs="?")
-    deliveries.add_argument("--status")
-    deliveries.add_argument("--source")
-    deliveries.add_argument("--since")
-    deliveries.add_argument("--until")
-    deliveries.add_argument("--limit", type=int, default=50)
+    _add_filters(deliveries)
+    deliveries.add_argument("--limit", type=_positive_count, default=50)
 
     replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
     replay.add_argument("id", nargs="?")
-    replay.add_argument("--status")
-    replay.add_argument("--source")
-    replay.add_argument("--since")
-    replay.add_argument("--until")
+    _add_filters(replay)
 
     sandbox = commands.add_parser("sandbox", help="a local stand-in for the upstream API")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -64,6 +58,40 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--config", help="JSON file with databases, resources, segments and tokens")
     sandbox.add_argument("--quiet", action="store_true", help="do not print each call")
     return parser
+
+
+def _add_filters(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--status", type=_status, help="queued, delivering, delivered, retrying, held or failed")
+    command.add_argument("--source")
+    command.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
+    command.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")
+
+
+def _status(text: str) -> str:
+    from relay.store import STATUSES  # the store (and SQLAlchemy) only for the commands that use it
+
+    if text not in STATUSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(STATUSES)}")
+    return text
+
+
+def _time(text: str) -> float | None:
+    from relay.admin_api import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time nor epoch seconds") from None
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

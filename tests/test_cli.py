@@ -80,3 +80,46 @@ def test_sources_lists_urls_auth_and_readiness():
     assert result.returncode == 0
     assert "/hooks/shopify" in result.stdout and "X-Shopify-Hmac-Sha256" in result.stdout
     assert "NOT READY: set TILDA_WEBHOOK_TOKEN" in result.stdout
+
+
+def test_deliveries_and_replay_commands(tmp_path):
+    """`deliveries` lists and shows, `replay` requeues; a wrong filter is refused by name, never a traceback."""
+    from relay.web import create_app
+
+    from .conftest import SECRETS, make_settings
+
+    app = create_app(make_settings(tmp_path))
+    client = app.test_client()
+    ids = [
+        client.post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"], data={"Email": f"c{n}@example.com"}).json[
+            "id"
+        ]
+        for n in range(2)
+    ]
+    app.extensions["relay"]["store"].close()
+    env = {**ENV, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+
+    def relay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relay", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+        )
+
+    listed = relay("deliveries", "--status", "held", "--since", "2020-01-01T00:00:00Z")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(ids)
+    shown = relay("deliveries", ids[0])
+    assert json.loads(shown.stdout)["request"]["body"] == "Email=c0@example.com"  # as the test client sent it
+    assert relay("deliveries", "--source", "tilda", "--limit", "1").stdout.count("\n") == 1
+    replayed = relay("replay", "--status", "held")
+    assert (replayed.returncode, replayed.stdout) == (0, "replayed 2 deliveries (held)\n")
+    for args, status, message in [
+        (["deliveries", "--status", "faild"], 2, "argument --status: 'faild' is not one of queued, delivering"),
+        (["deliveries", "--since", "yesterday"], 2, "argument --since: 'yesterday' is neither an ISO 8601 time"),
+        (["deliveries", "--limit", "0"], 2, "argument --limit: '0' is not a whole number of at least 1"),
+        (["replay", "--until", "inf"], 2, "argument --until: 'inf' is neither"),
+        (["replay", "--status", "delivered"], 1, "relay: only failed and held deliveries replay"),
+    ]:
+        done = relay(*args)
+        assert done.returncode == status, (args, done.stderr)
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr

@@ -269,3 +269,24 @@ def test_writes_that_wait_for_another_process_share_one_commit(tmp_path):
     assert store.counts() == {"held": 5}
     assert statements.count("COMMIT") == 1, statements
     store.close()
+
+
+def test_admin_api_filters_are_checked(client):
+    """A misspelt status or time is a 400 naming it, not an empty list (or an empty replay)."""
+    auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
+    client.post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"], data={"Email": "f@example.com"})
+    assert len(client.get("/admin/api/deliveries?status=held&since=2020-01-01", headers=auth).json["deliveries"]) == 1
+    cases = [
+        ("get", "/admin/api/deliveries?status=faild", "status 'faild' is not one of queued, delivering, delivered"),
+        ("get", "/admin/api/deliveries?since=yesterday", "since 'yesterday' is neither an ISO 8601 time"),
+        ("get", "/admin/api/deliveries?until=nan", "until 'nan' is neither an ISO 8601 time"),
+        ("post", "/admin/api/replay?status=faild", "status 'faild' is not one of"),
+        ("post", "/admin/api/replay?status=delivered", "only failed and held deliveries replay"),
+        ("get", "/admin/api/deliveries?limit=many", "limit must be a whole number"),
+    ]
+    for method, path, detail in cases:
+        response = getattr(client, method)(path, headers=auth)
+        assert response.status_code == 400, path
+        assert response.json["error"] == "bad_request"
+        assert response.json["detail"].startswith(detail), response.json
+    assert client.post("/admin/api/replay?status=held", headers=auth).json == {"replayed": 1}
