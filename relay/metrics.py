@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 if TYPE_CHECKING:
     from relay.store import Store
 
-__all__ = ["attempt", "observe_ingress", "received", "render"]
+__all__ = ["attempt", "observe_ingress", "purged", "received", "render"]
 
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
@@ -59,6 +59,12 @@ UPSTREAM_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+PURGED = Counter(
+    "relay_purged_total",
+    "Rows deleted by the retention purge: delivered deliveries past RELAY_KEEP_DELIVERED, expired dedup keys",
+    ["kind"],
+    registry=REGISTRY,
+)
 STORE_GAUGES = {
     "relay_deliveries": "Deliveries in the store, by status",
     "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
@@ -69,6 +75,7 @@ DECLARED = {
     "relay_delivery_attempts_total",
     "relay_ingress_seconds",
     "relay_upstream_seconds",
+    "relay_purged_total",
     *STORE_GAUGES,
 }
 
@@ -87,6 +94,11 @@ def received(source: str, outcome: str) -> None:
 def attempt(source: str, outcome: str, seconds: float) -> None:
     _child(ATTEMPTS, source, outcome).inc()
     UPSTREAM_LATENCY.observe(seconds)
+
+
+def purged(kind: str, count: int) -> None:
+    if count:
+        PURGED.labels(kind=kind).inc(count)
 
 
 def observe_ingress(seconds: float) -> None:

@@ -123,6 +123,8 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
     ("geoip_db", "RELAY_GEOIP_DB", _text, None),
     ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
+    # Delivered deliveries older than this are deleted by the worker; 0 keeps them for ever.
+    ("keep_delivered", "RELAY_KEEP_DELIVERED", _non_negative_int, str(30 * 24 * 3600)),
     ("worker_concurrency", "RELAY_WORKER_CONCURRENCY", _positive_int, "4"),
     ("worker_processes", "RELAY_WORKER_PROCESSES", _positive_int, "1"),
     ("lease_seconds", "RELAY_LEASE_SECONDS", _positive_int, "60"),
@@ -163,6 +165,7 @@ class Settings:
     phone_region: str
     geoip_db: str | None
     dedup_window: int
+    keep_delivered: int
     worker_concurrency: int
     worker_processes: int
     lease_seconds: int
@@ -203,6 +206,12 @@ class Settings:
             except ValueError as exc:
                 shown = "***" if attribute in SECRET_SETTINGS else repr(raw)
                 problems.append(f"{variable}={shown}: {exc}")
+        keep, window = values.get("keep_delivered"), values.get("dedup_window")
+        if keep and window and keep < window:
+            # A repeat inside the window would be answered with the id of a delivery already deleted.
+            problems.append(
+                f"RELAY_KEEP_DELIVERED={keep}: must be 0 (keep for ever) or at least RELAY_DEDUP_WINDOW ({window} s)"
+            )
         if problems:
             raise ConfigError(problems)
         values.update(overrides)

@@ -39,6 +39,7 @@ from sqlalchemy import (
     and_,
     case,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -533,6 +534,52 @@ class Store:
                 )
             )
         return int(result.rowcount)
+
+    def purge(
+        self,
+        *,
+        received_before: float,
+        now: float | None = None,
+        batch: int = 500,
+        stop: threading.Event | None = None,
+    ) -> dict[str, int]:
+        """Delete delivered deliveries received before `received_before` (with their attempts), and
+        de-duplication keys whose window has passed; returns how many of each.
+
+        Only `delivered` ones go: failed, held and waiting deliveries stay until they are delivered or
+        replayed. Each batch is a transaction of its own, so webhooks keep arriving in between; `stop`
+        ends the purge after the batch in hand (the next one goes on where it stopped).
+        """
+        now = time.time() if now is None else now
+        purged = {"deliveries": 0, "dedup_keys": 0}
+        while True:
+            with self._tx() as tx:
+                ids = list(
+                    tx.execute(
+                        select(deliveries.c.id)
+                        .where(
+                            deliveries.c.id < _millis(received_before),  # the primary key finds the range
+                            deliveries.c.received_at < received_before,
+                            deliveries.c.status == "delivered",
+                        )
+                        .order_by(deliveries.c.id)
+                        .limit(batch)
+                    ).scalars()
+                )
+                if ids:
+                    tx.execute(delete(attempts).where(attempts.c.delivery_id.in_(ids)))
+                    tx.execute(delete(deliveries).where(deliveries.c.id.in_(ids)))
+            purged["deliveries"] += len(ids)
+            if len(ids) < batch or (stop is not None and stop.is_set()):
+                break
+        while True:
+            with self._tx() as tx:
+                expired = select(dedup_keys.c.key).where(dedup_keys.c.expires_at <= now).limit(batch)
+                count = int(tx.execute(delete(dedup_keys).where(dedup_keys.c.key.in_(expired))).rowcount)
+            purged["dedup_keys"] += count
+            if count < batch or (stop is not None and stop.is_set()):
+                break
+        return purged
 
     def release_held(self) -> int:
         """Queue every held delivery (an upstream is configured now)."""

@@ -33,6 +33,7 @@ __all__ = ["Worker", "cmd_worker"]
 
 log = logging.getLogger("relay.worker")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
+PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
 
 
 class Worker:
@@ -65,6 +66,11 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
+        if self.settings.keep_delivered:
+            # Also while no upstream is set: what was delivered before still ages out.
+            housekeeping = threading.Thread(target=self._housekeeping, name="relay-housekeeping", daemon=True)
+            housekeeping.start()
+            self.threads.append(housekeeping)
         if self.client is None:
             log.warning("RELAY_UPSTREAM_URL is unset: deliveries are held until it is set")
             return
@@ -88,6 +94,27 @@ class Worker:
         self.start()
         self.stop_event.wait()
         self.stop()
+
+    def _housekeeping(self) -> None:
+        while not self.stop_event.is_set():
+            self.purge()
+            self.stop_event.wait(PURGE_EVERY)
+
+    def purge(self) -> dict[str, int]:
+        """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""
+        try:
+            purged = self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
+        except Exception as exc:  # noqa: BLE001 - the next purge tries again; deliveries go on
+            log.exception("purge failed")
+            import sentry_sdk
+
+            sentry_sdk.capture_exception(exc)
+            return {}
+        for kind, count in purged.items():
+            metrics.purged(kind, count)
+        if any(purged.values()):
+            log.info("purged", extra={**purged, "keep_seconds": self.settings.keep_delivered})
+        return purged
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():

@@ -198,3 +198,57 @@ def test_two_workers_on_postgres_never_send_one_delivery_twice(tmp_path, sandbox
     sent = [r["body"]["email"] for r in sandbox.sandbox.requests if r["outcome"] == "ok"]
     assert len(sent) == total and len(set(sent)) == total  # no delivery was sent twice
     seed.close()
+
+
+def test_worker_purges_what_retention_no_longer_keeps(tmp_path, sandbox):
+    """A webhook delivered long ago is deleted when the worker starts (and every hour after), counted and
+    logged; one that failed stays for its replay; too short a retention is refused at start-up."""
+    from relay import metrics
+    from relay.errors import ConfigError
+    from relay.logs import configure_logging
+
+    from .conftest import captured_log_lines
+
+    settings = make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_KEEP_DELIVERED=str(8 * 24 * 3600),
+        RELAY_POLL_INTERVAL="0.05",
+        RELAY_LOG_LEVEL="info",
+    )
+    configure_logging(settings)  # as `relay worker` does
+    store = Store(settings.database_url)
+    long_ago = time.time() - 40 * 24 * 3600
+    old = store.accept(
+        InboundRequest(source="tilda", body=b"Email=old%40example.com", content_type=FORM),
+        dedup_key="old",
+        status="queued",
+        dedup_window=60,
+        now=long_ago,
+    ).id
+    worker = Worker(settings, store=store)
+    assert drain(store, worker, old) == "delivered"
+    failed = store.accept(
+        InboundRequest(source="nope", body=b"Email=f%40example.com", content_type=FORM),
+        dedup_key="failed",
+        status="queued",
+        dedup_window=60,
+        now=long_ago,
+    ).id
+    assert drain(store, worker, failed) == "failed"  # no mapping for its source
+    before = metrics.REGISTRY.get_sample_value("relay_purged_total", {"kind": "deliveries"}) or 0
+    with captured_log_lines() as lines:
+        worker.start()
+        deadline = time.time() + 10
+        while store.get(old) is not None and time.time() < deadline:
+            time.sleep(0.05)
+        worker.stop()
+    assert store.get(old) is None and store.attempts_of(old) == []
+    assert store.get(failed).status == "failed"
+    assert metrics.REGISTRY.get_sample_value("relay_purged_total", {"kind": "deliveries"}) == before + 1
+    purged = [json.loads(line) for line in lines if '"event": "purged"' in line]
+    assert purged and purged[0]["deliveries"] == 1 and purged[0]["keep_seconds"] == 8 * 24 * 3600
+    store.close()
+    with pytest.raises(ConfigError, match=r"RELAY_KEEP_DELIVERED=3600: must be 0 \(keep for ever\) or at least"):
+        make_settings(tmp_path, RELAY_KEEP_DELIVERED="3600")
+    assert make_settings(tmp_path, RELAY_KEEP_DELIVERED="0").keep_delivered == 0

@@ -290,3 +290,63 @@ def test_admin_api_filters_are_checked(client):
         assert response.json["error"] == "bad_request"
         assert response.json["detail"].startswith(detail), response.json
     assert client.post("/admin/api/replay?status=held", headers=auth).json == {"replayed": 1}
+
+
+def test_purge_deletes_only_old_delivered_and_expired_keys(store):
+    """Delivered deliveries past the cut go, with their attempts, batch by batch; failed, held and
+    waiting ones stay whatever their age; so do de-duplication keys still inside their window."""
+    from relay.store import Attempt
+
+    day = 24 * 3600.0
+    now = time.time()
+    old = now - 40 * day
+
+    def accepted(status: str, received: float, window: float = day) -> str:
+        return store.accept(
+            _request(b"Email=p%40example.com"),
+            dedup_key=f"p:{uuid.uuid4()}",
+            status="queued" if status != "held" else "held",
+            dedup_window=window,
+            now=received,
+        ).id
+
+    def settle(delivery_id: str, status: str) -> None:
+        (_delivery, token), *_ = [
+            c for c in store.claim(owner="w", limit=100, lease_seconds=30) if c[0].id == delivery_id
+        ]
+        attempt = Attempt(
+            started_at=now,
+            duration_ms=1,
+            call_index=0,
+            method="profiles/import",
+            request={},
+            http_status=200 if status == "delivered" else 400,
+            response="{}",
+            outcome="delivered" if status == "delivered" else "rejected",
+            calls_done=1,
+        )
+        assert store.finish(delivery_id, token, status=status, reason=None, attempt=attempt)
+
+    old_delivered = []
+    for n in range(5):
+        old_delivered.append(accepted("delivered", old + n))
+        settle(old_delivered[-1], "delivered")
+    old_failed = accepted("failed", old)
+    settle(old_failed, "failed")
+    recent = accepted("delivered", now - day, window=7 * day)  # its key is still inside its window
+    settle(recent, "delivered")
+    old_held = accepted("held", old)
+    old_queued = accepted("queued", old - 1)
+
+    purged = store.purge(received_before=now - 30 * day, now=now, batch=2)
+
+    assert purged == {"deliveries": 5, "dedup_keys": 8}
+    assert [store.get(d) for d in old_delivered] == [None] * 5
+    assert [store.attempts_of(d) for d in old_delivered] == [[]] * 5
+    assert store.get(old_failed).status == "failed" and len(store.attempts_of(old_failed)) == 1
+    assert store.get(old_held).status == "held"
+    assert store.get(old_queued) is not None and store.get(recent).status == "delivered"
+    assert store.counts() == {"failed": 1, "held": 1, "queued": 1, "delivered": 1}
+    again = store.accept(_request(b"x"), dedup_key="p:again", status="queued", dedup_window=day, now=now)
+    assert not again.duplicate
+    assert store.purge(received_before=now - 30 * day, now=now) == {"deliveries": 0, "dedup_keys": 0}
