@@ -51,7 +51,9 @@ def cmd_run(args: Any, settings: Settings) -> int:
         print("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
     Store(settings.database_url).close()  # create the schema once, before two processes race for it
-    env = dict(os.environ)
+    # The children get what this process read, `.env` included, and its working directory: relative
+    # paths (the default database, the mappings) and the tokens then mean the same to all of them.
+    env = dict(settings.env)
     env["RELAY_BIND"] = f"{args.host}:{args.port}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # One metrics folder for the web workers and the delivery worker, so /metrics shows both.
@@ -59,7 +61,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "app:app"],
-        cwd=ROOT,
+        cwd=os.getcwd(),
         env=env,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
     )
@@ -69,7 +71,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "relay", "worker"],
-            cwd=ROOT,
+            cwd=os.getcwd(),
             env=worker_env,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )

@@ -287,6 +287,43 @@ def test_run_says_listening_only_when_it_is(tmp_path):
     assert "listening" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
+    """`relay run` started elsewhere: its web server and worker read the same `.env` and resolve the same
+    relative paths as it does (they used to start in the project folder and miss both)."""
+    (tmp_path / ".env").write_text(f"TILDA_WEBHOOK_TOKEN=from-dotenv\nRELAY_MAPPINGS_DIR={ROOT / 'mappings'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "PROMETHEUS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "run", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/hooks/tilda?token=from-dotenv", data={"Email": "d@example.com"}, timeout=5
+        )
+        assert answer.status_code == 202, answer.text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    from relay.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'var' / 'relay.db'}")  # the default, relative to where run started
+    assert store.get(answer.json()["id"]) is not None
+    store.close()
+
+
 def test_worker_command_stops_on_sigterm(tmp_path):
     """python -m relay worker starts and exits 0 on SIGTERM."""
     env = {
