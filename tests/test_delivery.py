@@ -40,9 +40,9 @@ def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def accept(store: Store, body: bytes, key: str) -> str:
-    request = InboundRequest(source="tilda", body=body, content_type=FORM)
-    return store.accept(request, dedup_key=key, status="queued", dedup_window=60).id
+def accept(store: Store, body: bytes, key: str, *, source: str = "tilda", now: float | None = None) -> str:
+    request = InboundRequest(source=source, body=body, content_type=FORM)
+    return store.accept(request, dedup_key=key, status="queued", dedup_window=60, now=now).id
 
 
 def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -> str:
@@ -219,22 +219,10 @@ def test_worker_purges_what_retention_no_longer_keeps(tmp_path, sandbox):
     configure_logging(settings)  # as `relay worker` does
     store = Store(settings.database_url)
     long_ago = time.time() - 40 * 24 * 3600
-    old = store.accept(
-        InboundRequest(source="tilda", body=b"Email=old%40example.com", content_type=FORM),
-        dedup_key="old",
-        status="queued",
-        dedup_window=60,
-        now=long_ago,
-    ).id
+    old = accept(store, b"Email=old%40example.com", "old", now=long_ago)
     worker = Worker(settings, store=store)
     assert drain(store, worker, old) == "delivered"
-    failed = store.accept(
-        InboundRequest(source="nope", body=b"Email=f%40example.com", content_type=FORM),
-        dedup_key="failed",
-        status="queued",
-        dedup_window=60,
-        now=long_ago,
-    ).id
+    failed = accept(store, b"Email=f%40example.com", "failed", source="nope", now=long_ago)
     assert drain(store, worker, failed) == "failed"  # no mapping for its source
     before = metrics.REGISTRY.get_sample_value("relay_purged_total", {"kind": "deliveries"}) or 0
     with captured_log_lines() as lines:
