@@ -55,6 +55,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number, 1 to 65535")
+    return value
+
+
 def _switch(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -132,6 +142,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("max_age", "RELAY_MAX_AGE", _positive_int, str(4 * 24 * 3600)),
     ("retry_schedule", "RELAY_RETRY_SCHEDULE", _schedule, "5,30,120,300,900,1800,3600,7200,14400,21600"),
     ("poll_interval", "RELAY_POLL_INTERVAL", _positive_float, "0.5"),
+    ("worker_metrics_port", "RELAY_WORKER_METRICS_PORT", _port, None),
     ("log_format", "RELAY_LOG_FORMAT", _choice("json", "text"), "json"),
     ("log_level", "RELAY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),
     ("sentry_dsn", "SENTRY_DSN", _text, None),
@@ -173,6 +184,7 @@ class Settings:
     max_age: int
     retry_schedule: tuple[float, ...]
     poll_interval: float
+    worker_metrics_port: int | None
     log_format: str
     log_level: str
     sentry_dsn: str | None = field(repr=False)

@@ -277,9 +277,8 @@ def cmd_worker(_args: Any, settings: Settings) -> int:
 
     configure_logging(settings)
     init_sentry(settings)
-    port = os.environ.get("RELAY_WORKER_METRICS_PORT")
-    if port:
-        _serve_metrics(int(port))
+    if settings.worker_metrics_port:
+        _serve_metrics(settings.worker_metrics_port)
     worker = Worker(settings)
     install_stop_signals(worker.stop_event)
     log.info("worker started", extra={"concurrency": settings.worker_concurrency})

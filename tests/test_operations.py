@@ -241,6 +241,7 @@ def test_gunicorn_settings_checked_without_side_effects(tmp_path):
         ("RELAY_WEB_TIMEOUT", "-1", "must be a whole number, zero or more"),
         ("RELAY_ACCESS_LOG", "maybe", "must be 1 or 0"),
         ("RELAY_UPSTREAM_URL", "ftp://x", "must start with http:// or https://"),
+        ("RELAY_WORKER_METRICS_PORT", "nine", "must be a port number, 1 to 65535"),
     ]
     for variable, value, reason in cases:
         done = subprocess.run(
