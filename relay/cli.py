@@ -107,6 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("relay: " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
+    except OSError as exc:  # a file that cannot be read, a folder that cannot be made
+        print(f"relay: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"relay: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError  # only when something failed: most commands need no store
+
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = settings.describe()["RELAY_DATABASE_URL"]  # the password masked
+        print(f"relay: the store at {where} failed: {reason}", file=sys.stderr)
+        return 1
 
 
 def _guess_content_type(path: str) -> str | None:

@@ -123,3 +123,18 @@ def test_deliveries_and_replay_commands(tmp_path):
         assert done.returncode == status, (args, done.stderr)
         assert message in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):
+    """A file that is not there, a store that does not answer: one line naming it (password masked), exit 1."""
+    missing = run("preview", "--source", "tilda", str(tmp_path / "missing.json"))
+    assert (missing.returncode, missing.stderr) == (1, f"relay: No such file or directory: {tmp_path}/missing.json\n")
+    env = {**ENV, "RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:1/relay"}
+    for command in (["deliveries"], ["replay", "--status", "failed"], ["worker"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", *command], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+        )
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.startswith("relay: the store at postgresql://relay:***@127.0.0.1:1/relay failed: ")
+        assert "Connection refused" in done.stderr
+        assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
