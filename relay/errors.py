@@ -10,6 +10,7 @@ label, so it never changes once released::
     │   ├── UnsupportedContentType   415 unsupported_content_type
     │   ├── Unparsable               400 unparsable
     │   └── AuthenticationFailed     401 authentication_failed
+    ├── StoreUnavailable         503 store_unavailable: the store did not take a webhook
     ├── MappingError             the mapping cannot translate a payload (failed/mapping)
     ├── UpstreamError            the upstream did not take a call
     │   ├── TransientUpstreamError   retried later
@@ -27,6 +28,7 @@ __all__ = [
     "PermanentUpstreamError",
     "RelayError",
     "RequestRejected",
+    "StoreUnavailable",
     "TransientUpstreamError",
     "UnknownSource",
     "Unparsable",
@@ -79,6 +81,14 @@ class Unparsable(RequestRejected):
 class AuthenticationFailed(RequestRejected):
     code = "authentication_failed"
     status = 401
+
+
+class StoreUnavailable(RelayError):
+    """The store did not answer or refused the write (database down, locked, full): the sender is told
+    to send again, and nothing was kept."""
+
+    code = "store_unavailable"
+    status = 503
 
 
 class MappingError(RelayError):

@@ -7,6 +7,7 @@ or an address.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ PURGED = Counter(
     registry=REGISTRY,
 )
 STORE_GAUGES = {
+    "relay_store_up": "1 when the store answered this scrape's queries, 0 when it did not",
     "relay_deliveries": "Deliveries in the store, by status",
     "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
     "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
@@ -114,7 +116,14 @@ class _StoreCollector:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from relay.store import STATUSES
 
-        counts = self.store.counts()
+        try:
+            counts = self.store.counts()
+            oldest = self.store.oldest_due()
+        except Exception:  # noqa: BLE001 - the counters still matter most while the store is away
+            logging.getLogger("relay.metrics").warning("store gauges left out: the store did not answer")
+            yield GaugeMetricFamily("relay_store_up", STORE_GAUGES["relay_store_up"], value=0)
+            return
+        yield GaugeMetricFamily("relay_store_up", STORE_GAUGES["relay_store_up"], value=1)
         by_status = GaugeMetricFamily("relay_deliveries", STORE_GAUGES["relay_deliveries"], labels=["status"])
         for status in STATUSES:
             by_status.add_metric([status], counts.get(status, 0))
@@ -124,7 +133,6 @@ class _StoreCollector:
             STORE_GAUGES["relay_queue_depth"],
             value=counts.get("queued", 0) + counts.get("retrying", 0),
         )
-        oldest = self.store.oldest_due()
         yield GaugeMetricFamily(
             "relay_oldest_due_age_seconds",
             STORE_GAUGES["relay_oldest_due_age_seconds"],

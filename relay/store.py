@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import secrets
+import sqlite3
 import threading
 import time
 import weakref
@@ -47,7 +48,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from relay.errors import StoreUnavailable
 from relay.ids import random_hex
 from relay.inbound import InboundRequest
 from relay.store_writes import (
@@ -342,7 +345,11 @@ class Store:
         dedup_window: float,
         now: float | None = None,
     ) -> Accepted:
-        """Store a webhook (committed before returning), or name the one it repeats."""
+        """Store a webhook (committed before returning), or name the one it repeats.
+
+        Raises:
+            StoreUnavailable: the database did not answer or refused the write.
+        """
         now = time.time() if now is None else now
         row = {
             "id": new_id(now),
@@ -356,7 +363,11 @@ class Store:
             "key": dedup_key,
             "expires": now + dedup_window,
         }
-        delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
+        try:
+            delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
+        except (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
+            # The driver's own errors reach here from the group writer, SQLAlchemy's from PostgreSQL.
+            raise StoreUnavailable(f"the store did not take the webhook ({type(exc).__name__}); send it again") from exc
         return Accepted(delivery_id, duplicate)
 
     def _write(self, job: Callable[[Executor], T]) -> T:

@@ -20,7 +20,14 @@ from werkzeug.exceptions import HTTPException
 from relay import metrics
 from relay.admin_api import admin_blueprint
 from relay.auth import authenticate, missing_secrets
-from relay.errors import BodyTooLarge, RelayError, RequestRejected, UnknownSource, UnsupportedContentType
+from relay.errors import (
+    BodyTooLarge,
+    RelayError,
+    RequestRejected,
+    StoreUnavailable,
+    UnknownSource,
+    UnsupportedContentType,
+)
 from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
@@ -212,6 +219,14 @@ def _register_errors(app: Flask) -> None:
                 extra={"source": name, "code": exc.code, "detail": exc.detail, "path": redact_query(request.full_path)},
             )
             metrics.received(name or "unknown", exc.code)
+        elif isinstance(exc, StoreUnavailable):
+            # Not the sender's fault and not a bug: the sender will send again; the operator must know.
+            log.error("store unavailable", exc_info=exc.__cause__, extra={"source": name, "code": exc.code})
+            metrics.received(name or "unknown", exc.code)
+            sentry_sdk.capture_exception(exc)
+            response, status = _error(exc.status, exc.code, exc.detail)
+            response.headers["Retry-After"] = "5"
+            return response, status
         else:
             log.error("error", extra={"source": name, "code": exc.code, "detail": exc.detail})
         return _error(exc.status, exc.code, exc.detail)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import hmac
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -278,3 +281,83 @@ def test_admin_api_sends_no_cors_headers(client):
     for response in (preflight, listed):
         assert not any(h.lower().startswith("access-control-") for h in response.headers.keys())
     assert listed.status_code == 401
+
+
+class _Proxy:
+    """A TCP forwarder on loopback between relay and PostgreSQL, to take the database away for real."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        from relay.testing import free_port
+
+        self.target = target
+        self.port = free_port()
+        self.open: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def start(self) -> _Proxy:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        assert self.listener is not None
+        for sock in [self.listener, *self.open]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
+    """The database goes away under a running app: the sender gets 503 and Retry-After (a 500 before),
+    the operator a log line and a metric; when it is back, webhooks are accepted again."""
+    from sqlalchemy.engine import make_url
+
+    from relay.web import create_app
+
+    from .conftest import captured_log_lines
+
+    database = make_url(pg_url)
+    proxy = _Proxy((database.host or "127.0.0.1", database.port or 5432)).start()
+    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=through))
+    client = app.test_client()
+    try:
+        assert client.post(TILDA, data=b"Email=up%40example.com", content_type=FORM).status_code == 202
+        proxy.stop()
+        with captured_log_lines() as lines:
+            down = client.post(TILDA, data=b"Email=down%40example.com", content_type=FORM)
+        assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+        assert down.get_json()["error"] == "store_unavailable"
+        assert any('"event": "store unavailable"' in line and '"level": "error"' in line for line in lines)
+        scraped = client.get("/metrics")  # still served: the counters matter most now
+        assert scraped.status_code == 200
+        text = scraped.get_data(as_text=True)
+        assert "relay_store_up 0.0" in text and "relay_queue_depth" not in text
+        assert 'relay_webhooks_received_total{outcome="store_unavailable",source="tilda"} 1.0' in text
+        proxy.start()
+        again = client.post(TILDA, data=b"Email=down%40example.com", content_type=FORM)
+        assert again.status_code == 202, again.get_json()
+        assert "relay_store_up 1.0" in client.get("/metrics").get_data(as_text=True)
+    finally:
+        proxy.stop()
+        app.extensions["relay"]["store"].close()

@@ -368,8 +368,8 @@ def test_dockerfile_and_compose_are_consistent():
     for name in ("web", "worker"):
         assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
         assert services[name]["depends_on"]["db"]["condition"] == "service_healthy"
-    # A store that goes away makes a web node or worker exit (rather than serve without it); Docker brings
-    # each back, and none of the three stays down after a crash or a reboot.
+    # A web node or worker that cannot reach the store when it starts exits; Docker brings each back, and
+    # none of the three stays down after a crash or a reboot.
     assert {service["restart"] for service in services.values()} == {"unless-stopped"}
     # Docker's default 10 s before SIGKILL is shorter than a graceful stop of either (20 s and 30 s)
     assert services["web"]["stop_grace_period"] == "30s" and services["worker"]["stop_grace_period"] == "40s"
