@@ -3,17 +3,23 @@
 `memory://` counts per process in a fixed window (a dict and a lock: the
 `limits` library's memory storage starts a timer thread per key and window,
 too dear for every request). `redis://...` uses the `limits` library, so one
-count is shared by every process and node.
+count is shared by every process and node. When that storage does not answer
+(within half a second), requests go through: the limit protects relay, and a
+webhook is worth more than the count.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from limits import parse, storage, strategies
+from limits.errors import StorageError
 
 __all__ = ["HookLimiter"]
+
+log = logging.getLogger("relay.ratelimit")
 
 
 class HookLimiter:
@@ -24,17 +30,28 @@ class HookLimiter:
         self.shared = (
             None
             if storage_uri.startswith("memory://")
-            else strategies.FixedWindowRateLimiter(storage.storage_from_string(storage_uri))
+            else strategies.FixedWindowRateLimiter(
+                storage.storage_from_string(
+                    storage_uri, wrap_exceptions=True, socket_timeout=0.5, socket_connect_timeout=0.5
+                )
+            )
         )
+        self.warned_at = 0.0
         self.counts: dict[str, tuple[float, int]] = {}
         self.lock = threading.Lock()
 
     def retry_after(self, source: str) -> int | None:
         """None when `source` may proceed; else the seconds until its window resets."""
         if self.shared is not None:
-            if self.shared.hit(self.limit, "hook", source):
+            try:
+                if self.shared.hit(self.limit, "hook", source):
+                    return None
+                reset_at, _remaining = self.shared.get_window_stats(self.limit, "hook", source)
+            except StorageError as exc:
+                if time.monotonic() - self.warned_at > 60:  # one line a minute, not one a webhook
+                    self.warned_at = time.monotonic()
+                    log.warning("rate limit storage unavailable; not limiting", extra={"error": str(exc)[:200]})
                 return None
-            reset_at, _remaining = self.shared.get_window_stats(self.limit, "hook", source)
             return max(1, int(reset_at - time.time() + 0.999))
         now = time.time()
         start = now - now % self.window

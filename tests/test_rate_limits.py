@@ -45,3 +45,37 @@ def test_limit_shared_through_redis(tmp_path):
     first, second = create_app(settings).test_client(), create_app(settings).test_client()
     codes = [post(client, "tilda", i).status_code for i, client in enumerate([first, second] * 3)]
     assert codes == [202, 202, 202, 202, 429, 429]
+
+
+def test_limit_storage_away_lets_webhooks_through(tmp_path):
+    """Redis refusing connections, or taking them and never answering: webhooks are accepted (within the
+    half-second timeout), with one warning line a minute; the limit protects relay, it must not lose leads."""
+    import socket
+    import time
+
+    from relay.testing import free_port
+
+    from .conftest import captured_log_lines
+
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections into its backlog, never answers
+    try:
+        refused, unanswered = free_port(), silent.getsockname()[1]
+        for port in (refused, unanswered):
+            url = f"redis://127.0.0.1:{port}/0"
+            settings = make_settings(
+                tmp_path / str(port),
+                RELAY_HOOK_RATE_LIMIT="1 per hour",
+                RELAY_RATE_LIMIT_STORAGE=url,
+                RELAY_LOG_LEVEL="info",
+            )
+            client = create_app(settings).test_client()
+            with captured_log_lines() as lines:
+                started = time.monotonic()
+                codes = [post(client, "tilda", i).status_code for i in range(3)]
+                took = time.monotonic() - started
+            assert codes == [202, 202, 202], url
+            assert took < 5, took
+            warnings = [line for line in lines if "rate limit storage unavailable; not limiting" in line]
+            assert len(warnings) == 1, lines
+    finally:
+        silent.close()
