@@ -22,7 +22,8 @@ USER relay
 VOLUME ["/data"]
 EXPOSE 8000
 
+# Asks the port RELAY_BIND names, so a container started with another port is not reported unhealthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+    CMD python -c "import os, sys, urllib.request; port = os.environ.get('RELAY_BIND', ':8000').rsplit(':', 1)[1]; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
 
 CMD ["gunicorn", "app:app"]

@@ -142,6 +142,18 @@ def _dockerfile_cmd() -> list[str]:
     return json.loads(line[4:])
 
 
+def _dockerfile_healthcheck() -> str:
+    text = (ROOT / "Dockerfile").read_text()
+    return text.split("HEALTHCHECK", 1)[1].split("\n    CMD ", 1)[1].split("\n", 1)[0]
+
+
+def _healthy(env: dict[str, str]) -> bool:
+    """The image's HEALTHCHECK command, run as Docker runs it (a shell, the image's environment)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(["/bin/sh", "-c", _dockerfile_healthcheck()], env={**env, "PATH": path}, timeout=10)
+    return done.returncode == 0
+
+
 def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     """The Dockerfile's CMD (gunicorn app:app) starts, answers, merges metrics of its workers, stops on SIGTERM."""
     command = _dockerfile_cmd()
@@ -174,6 +186,7 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        assert _healthy(env)  # on RELAY_BIND's port, not a fixed 8000
         with httpx.Client(base_url=base, timeout=5) as client:
             for index in range(20):
                 response = client.post(TILDA, content=f"Email=g{index}%40example.com", headers={"Content-Type": FORM})
@@ -189,6 +202,7 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+    assert not _healthy(env)
     # gunicorn's own lines (booting, stopping) share the logging module with relay's: none may fail.
     log = output.read_text(errors="replace")
     assert "Logging error" not in log
