@@ -363,19 +363,23 @@ class Store:
             "key": dedup_key,
             "expires": now + dedup_window,
         }
-        try:
-            delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
-        except (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
-            # The driver's own errors reach here from the group writer, SQLAlchemy's from PostgreSQL.
-            raise StoreUnavailable(f"the store did not take the webhook ({type(exc).__name__}); send it again") from exc
+        delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
         return Accepted(delivery_id, duplicate)
 
     def _write(self, job: Callable[[Executor], T]) -> T:
-        """Run one of the hot writes in a transaction of its own, or in the writer's group (SQLite)."""
-        if self._writer is not None:
-            return self._writer.run(job)
-        with self._tx() as tx:
-            return job(SQLAlchemyExecutor(tx))
+        """Run one of the hot writes in a transaction of its own, or in the writer's group (SQLite).
+
+        Raises:
+            StoreUnavailable: the database did not answer or refused the write (down, locked, full).
+        """
+        try:
+            if self._writer is not None:
+                return self._writer.run(job)
+            with self._tx() as tx:
+                return job(SQLAlchemyExecutor(tx))
+        except (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
+            # The driver's own errors come from the group writer, SQLAlchemy's from PostgreSQL.
+            raise StoreUnavailable(f"the store did not take the write ({type(exc).__name__})") from exc
 
     # -- reading ----------------------------------------------------------
     def get(self, delivery_id: str) -> Delivery | None:

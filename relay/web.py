@@ -224,7 +224,8 @@ def _register_errors(app: Flask) -> None:
             log.error("store unavailable", exc_info=exc.__cause__, extra={"source": name, "code": exc.code})
             metrics.received(name or "unknown", exc.code)
             sentry_sdk.capture_exception(exc)
-            response, status = _error(exc.status, exc.code, exc.detail)
+            detail = "the store did not take the webhook; nothing was kept, send it again"
+            response, status = _error(exc.status, exc.code, detail)
             response.headers["Retry-After"] = "5"
             return response, status
         else:

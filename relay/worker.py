@@ -14,10 +14,12 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from relay import metrics
-from relay.errors import MappingError, PermanentUpstreamError, TransientUpstreamError
+from relay.errors import MappingError, PermanentUpstreamError, StoreUnavailable, TransientUpstreamError
 from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
@@ -120,6 +122,10 @@ class Worker:
         while not self.stop_event.is_set():
             try:
                 claimed = self.store.claim(owner=self.owner, limit=CLAIM_BATCH, lease_seconds=self.lease)
+            except StoreUnavailable as exc:  # down for a while: a line each try, no traceback
+                log.warning("claim failed: store unavailable", extra={"error": str(exc.__cause__ or exc)[:200]})
+                self.stop_event.wait(self.settings.poll_interval * 4)
+                continue
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the thread
                 log.exception("claim failed")
                 self.stop_event.wait(self.settings.poll_interval * 4)
@@ -165,11 +171,14 @@ class Worker:
             attempt_no += 1
             if error is None and index < last:
                 # Progress is kept at once, so a crash cannot make relay send this call again.
-                if not self.store.record_attempt(delivery.id, token, attempt):
+                if not self._keep(delivery, partial(self.store.record_attempt, delivery.id, token, attempt)):
                     return "lost"
                 continue
             if error is None:
-                self.store.finish(delivery.id, token, status="delivered", calls=calls, attempt=attempt)
+                self._keep(
+                    delivery,
+                    partial(self.store.finish, delivery.id, token, status="delivered", calls=calls, attempt=attempt),
+                )
                 log.info("delivered", extra=extra)
                 return "delivered"
             if isinstance(error, PermanentUpstreamError):
@@ -189,7 +198,8 @@ class Worker:
             )
             if when is None:
                 return self._fail(delivery, token, "exhausted", error.detail, calls=calls, attempt=attempt)
-            self.store.finish(
+            retry = partial(
+                self.store.finish,
                 delivery.id,
                 token,
                 status="retrying",
@@ -198,10 +208,26 @@ class Worker:
                 calls=calls,
                 attempt=attempt,
             )
+            self._keep(delivery, retry)
             return "retrying"
         # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
+
+    def _keep(self, delivery: Delivery, write: Callable[[], bool]) -> bool:
+        """A store write that follows an upstream call, tried again while the store is away and the lease
+        holds: given up, the call would be sent again by whichever worker claims the delivery next (an
+        order's counters counted twice). A brief outage (a failover, a restart) then costs nothing."""
+        pause = 0.5
+        while True:
+            try:
+                return write()
+            except StoreUnavailable:
+                if time.time() + pause > (delivery.lease_expires_at or 0) - 5:
+                    raise  # the lease brings it back; its call may be sent again
+                log.warning("store unavailable; keeping the call's result", extra={"delivery_id": delivery.id})
+                time.sleep(pause)
+                pause = min(pause * 2, 5)
 
     def _fail(
         self,
@@ -214,8 +240,18 @@ class Worker:
         attempt: Attempt | None = None,
     ) -> str:
         """Keep the delivery as failed with its reason, log it and tell Sentry."""
-        self.store.finish(
-            delivery.id, token, status="failed", reason=reason, detail=detail, calls=calls, attempt=attempt
+        self._keep(
+            delivery,
+            partial(
+                self.store.finish,
+                delivery.id,
+                token,
+                status="failed",
+                reason=reason,
+                detail=detail,
+                calls=calls,
+                attempt=attempt,
+            ),
         )
         log.warning(
             f"delivery failed: {reason}",

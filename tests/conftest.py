@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from relay.settings import Settings
 from relay.store import Store
+from relay.testing import free_port
 from relay.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,3 +197,45 @@ def require_postgres() -> None:
         if os.environ.get("RELAY_REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required here: {why}")
         pytest.skip(why)
+
+
+class TcpProxy:
+    """A TCP forwarder on loopback between relay and PostgreSQL, to take the database away for real."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.open: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def start(self) -> TcpProxy:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        assert self.listener is not None
+        for sock in [self.listener, *self.open]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

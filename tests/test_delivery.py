@@ -240,3 +240,35 @@ def test_worker_purges_what_retention_no_longer_keeps(tmp_path, sandbox):
     with pytest.raises(ConfigError, match=r"RELAY_KEEP_DELIVERED=3600: must be 0 \(keep for ever\) or at least"):
         make_settings(tmp_path, RELAY_KEEP_DELIVERED="3600")
     assert make_settings(tmp_path, RELAY_KEEP_DELIVERED="0").keep_delivered == 0
+
+
+def test_a_store_blip_after_the_call_does_not_send_it_twice(tmp_path, sandbox, pg_url):
+    """The upstream took the call, then the database went away for a moment: the worker keeps the result
+    once it is back (within the lease), so the call is not sent again by whoever claims the delivery next."""
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from .conftest import TcpProxy
+
+    database = make_url(pg_url)
+    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432)).start()
+    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings(tmp_path, RELAY_DATABASE_URL=through, RELAY_UPSTREAM_URL=sandbox.api_url)
+    store = Store(through)
+    worker = Worker(settings, store=store)
+    try:
+        delivery_id = accept(store, b"Email=blip%40example.com", "blip")
+        (delivery, token), *_ = store.claim(owner=worker.owner, limit=1, lease_seconds=60)
+        proxy.stop()  # away before the result is written...
+        back = threading.Timer(1.5, proxy.start)  # ...and back a moment later
+        back.start()
+        assert worker.process(delivery, token) == "delivered"
+        back.join()
+        assert store.get(delivery_id).status == "delivered"
+        assert [r["method"] for r in sandbox.sandbox.requests if r["outcome"] == "ok"] == ["profiles/import"]
+        assert store.claim(owner="another", limit=10, lease_seconds=60, now=time.time() + 3600) == []
+    finally:
+        worker.stop()
+        proxy.stop()
+        store.close()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import gzip
 import hashlib
 import hmac
 import json
-import socket
-import threading
 import time
 
 import pytest
@@ -283,50 +280,6 @@ def test_admin_api_sends_no_cors_headers(client):
     assert listed.status_code == 401
 
 
-class _Proxy:
-    """A TCP forwarder on loopback between relay and PostgreSQL, to take the database away for real."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        from relay.testing import free_port
-
-        self.target = target
-        self.port = free_port()
-        self.open: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-
-    def start(self) -> _Proxy:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        assert self.listener is not None
-        for sock in [self.listener, *self.open]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self.open.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            self.open += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-
 def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
     """The database goes away under a running app: the sender gets 503 and Retry-After (a 500 before),
     the operator a log line and a metric; when it is back, webhooks are accepted again."""
@@ -334,10 +287,10 @@ def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
 
     from relay.web import create_app
 
-    from .conftest import captured_log_lines
+    from .conftest import TcpProxy, captured_log_lines
 
     database = make_url(pg_url)
-    proxy = _Proxy((database.host or "127.0.0.1", database.port or 5432)).start()
+    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432)).start()
     through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=through))
     client = app.test_client()
