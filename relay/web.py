@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from typing import Any, cast
 
@@ -209,7 +210,26 @@ def _error(status: int, code: str, detail: str) -> tuple[Response, int]:
     return _json({"error": code, "detail": detail}), status
 
 
+class _Throttle:
+    """True at most once an interval, across threads."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -seconds
+        self.lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.seconds:
+                return False
+            self.last = now
+            return True
+
+
 def _register_errors(app: Flask) -> None:
+    store_outage_reports = _Throttle(60)
+
     @app.errorhandler(RelayError)
     def relay_error(exc: RelayError) -> tuple[Response, int]:
         name = g.get("source")
@@ -220,10 +240,14 @@ def _register_errors(app: Flask) -> None:
             )
             metrics.received(name or "unknown", exc.code)
         elif isinstance(exc, StoreUnavailable):
-            # Not the sender's fault and not a bug: the sender will send again; the operator must know.
-            log.error("store unavailable", exc_info=exc.__cause__, extra={"source": name, "code": exc.code})
+            # Not the sender's fault and not a bug: the sender will send again; the operator must know, once
+            # an outage rather than once a webhook (a traceback and a Sentry event a minute at most).
+            first = store_outage_reports.due()
+            extra = {"source": name, "code": exc.code, "error": str(exc.__cause__ or exc)[:200]}
+            log.error("store unavailable", exc_info=exc.__cause__ if first else None, extra=extra)
             metrics.received(name or "unknown", exc.code)
-            sentry_sdk.capture_exception(exc)
+            if first:
+                sentry_sdk.capture_exception(exc)
             detail = "the store did not take the webhook; nothing was kept, send it again"
             response, status = _error(exc.status, exc.code, detail)
             response.headers["Retry-After"] = "5"

@@ -282,35 +282,46 @@ def test_admin_api_sends_no_cors_headers(client):
 
 def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
     """The database goes away under a running app: the sender gets 503 and Retry-After (a 500 before),
-    the operator a log line and a metric; when it is back, webhooks are accepted again."""
+    the operator a line a webhook, one traceback and one Sentry event an outage, and a metric; when it is
+    back, webhooks are accepted again."""
+    import sentry_sdk
     from sqlalchemy.engine import make_url
 
     from relay.web import create_app
 
     from .conftest import TcpProxy, captured_log_lines
+    from .test_secrets import CapturingTransport
 
     database = make_url(pg_url)
     proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432)).start()
     through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=through))
+    transport = CapturingTransport()
+    settings = make_settings(tmp_path, RELAY_DATABASE_URL=through, SENTRY_DSN="https://public@sentry.invalid/1")
+    app = create_app(settings, sentry_transport=transport)
     client = app.test_client()
     try:
         assert client.post(TILDA, data=b"Email=up%40example.com", content_type=FORM).status_code == 202
         proxy.stop()
         with captured_log_lines() as lines:
-            down = client.post(TILDA, data=b"Email=down%40example.com", content_type=FORM)
-        assert down.status_code == 503 and down.headers["Retry-After"] == "5"
-        assert down.get_json()["error"] == "store_unavailable"
-        assert any('"event": "store unavailable"' in line and '"level": "error"' in line for line in lines)
+            answers = [client.post(TILDA, data=b"Email=down%40example.com", content_type=FORM) for _ in range(3)]
+        for down in answers:
+            assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+            assert down.get_json()["error"] == "store_unavailable"
+        outage = [json.loads(line) for line in lines if '"event": "store unavailable"' in line]
+        assert [line["level"] for line in outage] == ["error"] * 3
+        assert ["exception" in line for line in outage] == [True, False, False]
+        sentry_sdk.flush()
+        assert len(transport.events) == 1
         scraped = client.get("/metrics")  # still served: the counters matter most now
         assert scraped.status_code == 200
         text = scraped.get_data(as_text=True)
         assert "relay_store_up 0.0" in text and "relay_queue_depth" not in text
-        assert 'relay_webhooks_received_total{outcome="store_unavailable",source="tilda"} 1.0' in text
+        assert 'relay_webhooks_received_total{outcome="store_unavailable",source="tilda"} 3.0' in text
         proxy.start()
         again = client.post(TILDA, data=b"Email=down%40example.com", content_type=FORM)
         assert again.status_code == 202, again.get_json()
         assert "relay_store_up 1.0" in client.get("/metrics").get_data(as_text=True)
     finally:
+        sentry_sdk.init()  # off again for the other tests
         proxy.stop()
         app.extensions["relay"]["store"].close()
