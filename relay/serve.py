@@ -50,7 +50,11 @@ def cmd_run(args: Any, settings: Settings) -> int:
     except ConfigError as exc:
         print("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
-    Store(settings.database_url).close()  # create the schema once, before two processes race for it
+    store = Store(settings.database_url)
+    try:
+        store.ensure_schema()  # once, before two processes race for it; and a store that is away stops run here
+    finally:
+        store.close()
     # The children get what this process read, `.env` included, and its working directory: relative
     # paths (the default database, the mappings) and the tokens then mean the same to all of them.
     env = dict(settings.env)

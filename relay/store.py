@@ -230,6 +230,11 @@ def _close_fd(fd: int) -> None:
         pass
 
 
+# What a database that is down, unreachable or locked raises: SQLAlchemy's errors, and the driver's own
+# from the group writer's raw connection.
+_UNAVAILABLE = (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError)
+
+
 def new_id(now: float | None = None) -> str:
     # Time-ordered, so ids sort by arrival: 12 hex of the arrival's milliseconds + 20 random.
     return f"{_millis(time.time() if now is None else now)}{random_hex(10)}"
@@ -281,16 +286,53 @@ class Store:
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
             self._writer = None  # row locks: PostgreSQL takes concurrent inserts as they come
-        self._create_schema()
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        try:
+            self.ensure_schema()
+        except StoreUnavailable:
+            # A database that is away at start-up (a failover, a container starting before it) does not
+            # stop a web node from starting: /readyz says not ready, webhooks get 503, and the first
+            # use after it is back creates the schema.
+            pass
+
+    def ensure_schema(self) -> None:
+        """Create the tables unless that is done.
+
+        Raises:
+            StoreUnavailable: the database does not answer.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                try:
+                    self._create_schema()
+                except _UNAVAILABLE as exc:
+                    raise StoreUnavailable(f"the store does not answer ({type(exc).__name__})") from exc
+                self._schema_ready = True
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self.ensure_schema()
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"the store does not answer ({type(exc).__name__})") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         """A write transaction. On SQLite, writers queue on a file lock first: they then wake
         the moment the lock is free, instead of sleeping in SQLite's busy handler."""
-        with self._write_lock(), self.engine.connect() as connection:
-            connection = connection.execution_options(relay_write=True)
-            with connection.begin():
-                yield connection
+        self.ensure_schema()
+        try:
+            with self._write_lock(), self.engine.connect() as connection:
+                connection = connection.execution_options(relay_write=True)
+                with connection.begin():
+                    yield connection
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"the store did not take the write ({type(exc).__name__})") from exc
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -331,8 +373,8 @@ class Store:
             self._lock_closer()  # runs once, whether here or at collection
 
     def ping(self) -> None:
-        """Raise when the store does not answer."""
-        with self.engine.connect() as connection:
+        """Raise (StoreUnavailable) when the store does not answer or has no tables yet and cannot make them."""
+        with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
     # -- ingress ----------------------------------------------------------
@@ -372,23 +414,24 @@ class Store:
         Raises:
             StoreUnavailable: the database did not answer or refused the write (down, locked, full).
         """
+        self.ensure_schema()
         try:
             if self._writer is not None:
                 return self._writer.run(job)
             with self._tx() as tx:
                 return job(SQLAlchemyExecutor(tx))
-        except (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
+        except _UNAVAILABLE as exc:
             # The driver's own errors come from the group writer, SQLAlchemy's from PostgreSQL.
             raise StoreUnavailable(f"the store did not take the write ({type(exc).__name__})") from exc
 
     # -- reading ----------------------------------------------------------
     def get(self, delivery_id: str) -> Delivery | None:
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             row = connection.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
         return Delivery.from_row(row) if row is not None else None
 
     def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             rows = connection.execute(
                 select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
             ).all()
@@ -425,17 +468,17 @@ class Store:
         if before:
             conditions.append(deliveries.c.id < before)
         query = select(deliveries).where(and_(True, *conditions)).order_by(deliveries.c.id.desc()).limit(limit)
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return [Delivery.from_row(row) for row in connection.execute(query)]
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             rows = connection.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all()
         return {status: count for status, count in rows}
 
     def oldest_due(self, now: float | None = None) -> float | None:
         now = time.time() if now is None else now
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return connection.execute(
                 select(func.min(deliveries.c.next_attempt_at)).where(
                     deliveries.c.status.in_(DUE), deliveries.c.next_attempt_at <= now

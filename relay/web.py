@@ -248,7 +248,11 @@ def _register_errors(app: Flask) -> None:
             metrics.received(name or "unknown", exc.code)
             if first:
                 sentry_sdk.capture_exception(exc)
-            detail = "the store did not take the webhook; nothing was kept, send it again"
+            detail = (
+                "the store did not take the webhook; nothing was kept, send it again"
+                if request.path.startswith("/hooks/")
+                else "the store does not answer; try again shortly"
+            )
             response, status = _error(exc.status, exc.code, detail)
             response.headers["Retry-After"] = "5"
             return response, status

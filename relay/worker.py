@@ -62,6 +62,8 @@ class Worker:
             geo = GeoLookup(settings.geoip_db)
         self.context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=geo)
         self.threads: list[threading.Thread] = []
+        self.held_to_release = False
+        self.release_lock = threading.Lock()
         # A thread holds up to CLAIM_BATCH deliveries; the lease covers the slowest case for
         # all of them (two calls each at the full timeout), so none expires while held.
         self.lease = settings.lease_seconds + CLAIM_BATCH * 2 * settings.upstream_timeout
@@ -76,9 +78,7 @@ class Worker:
         if self.client is None:
             log.warning("RELAY_UPSTREAM_URL is unset: deliveries are held until it is set")
             return
-        released = self.store.release_held()
-        if released:
-            log.info("held deliveries queued", extra={"count": released})
+        self.held_to_release = True  # done by the first thread that finds the store answering
         for index in range(self.settings.worker_concurrency):
             thread = threading.Thread(target=self._loop, name=f"relay-worker-{index}", daemon=True)
             thread.start()
@@ -106,6 +106,9 @@ class Worker:
         """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""
         try:
             purged = self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
+        except StoreUnavailable:
+            log.warning("purge skipped: store unavailable; the next one will do it")
+            return {}
         except Exception as exc:  # noqa: BLE001 - the next purge tries again; deliveries go on
             log.exception("purge failed")
             import sentry_sdk
@@ -118,12 +121,23 @@ class Worker:
             log.info("purged", extra={**purged, "keep_seconds": self.settings.keep_delivered})
         return purged
 
+    def _release_held(self) -> None:
+        """Queue what waited as held for an upstream (there is one now), once."""
+        with self.release_lock:
+            if self.held_to_release:
+                released = self.store.release_held()
+                self.held_to_release = False
+                if released:
+                    log.info("held deliveries queued", extra={"count": released})
+
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             try:
+                if self.held_to_release:
+                    self._release_held()
                 claimed = self.store.claim(owner=self.owner, limit=CLAIM_BATCH, lease_seconds=self.lease)
-            except StoreUnavailable as exc:  # down for a while: a line each try, no traceback
-                log.warning("claim failed: store unavailable", extra={"error": str(exc.__cause__ or exc)[:200]})
+            except StoreUnavailable as exc:  # away for a while (or at start): a line each try, no traceback
+                log.warning("store unavailable; waiting for it", extra={"error": str(exc.__cause__ or exc)[:200]})
                 self.stop_event.wait(self.settings.poll_interval * 4)
                 continue
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the thread

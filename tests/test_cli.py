@@ -130,7 +130,7 @@ def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):
     missing = run("preview", "--source", "tilda", str(tmp_path / "missing.json"))
     assert (missing.returncode, missing.stderr) == (1, f"relay: No such file or directory: {tmp_path}/missing.json\n")
     env = {**ENV, "RELAY_DATABASE_URL": "postgresql://relay:hunter2@127.0.0.1:1/relay"}
-    for command in (["deliveries"], ["replay", "--status", "failed"], ["worker"]):
+    for command in (["deliveries"], ["replay", "--status", "failed"], ["run", "--port", "9"]):
         done = subprocess.run(
             [sys.executable, "-m", "relay", *command], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
         )

@@ -272,3 +272,46 @@ def test_a_store_blip_after_the_call_does_not_send_it_twice(tmp_path, sandbox, p
         worker.stop()
         proxy.stop()
         store.close()
+
+
+def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url):
+    """A database that is not up yet does not stop the app or the worker from starting (it made every
+    gunicorn worker fail to boot): not ready and 503 meanwhile, then the schema is made, the webhook
+    accepted and delivered as soon as the database answers."""
+    from sqlalchemy.engine import make_url
+
+    from relay.web import create_app
+
+    from .conftest import TcpProxy
+
+    database = make_url(pg_url)
+    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432))  # not listening yet
+    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings(
+        tmp_path, RELAY_DATABASE_URL=through, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_POLL_INTERVAL="0.05"
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    worker = Worker(settings, store=Store(through))
+    worker.start()
+    try:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.get_json()["problems"] == {"store": "StoreUnavailable"}
+        hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+        assert client.post(hook, data=b"Email=late%40example.com", content_type=FORM).status_code == 503
+        proxy.start()
+        assert client.get("/readyz").status_code == 200
+        accepted = client.post(hook, data=b"Email=late%40example.com", content_type=FORM)
+        assert accepted.status_code == 202
+        store = app.extensions["relay"]["store"]
+        deadline = time.time() + 10
+        while store.get(accepted.get_json()["id"]).status != "delivered" and time.time() < deadline:
+            time.sleep(0.05)
+        assert store.get(accepted.get_json()["id"]).status == "delivered"
+    finally:
+        worker.stop()
+        worker.store.close()
+        app.extensions["relay"]["store"].close()
+        if proxy.listener is not None:
+            proxy.stop()
