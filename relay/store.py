@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -230,6 +231,7 @@ def _close_fd(fd: int) -> None:
         pass
 
 
+log = logging.getLogger("relay.store")
 # What a database that is down, unreachable or locked raises: SQLAlchemy's errors, and the driver's own
 # from the group writer's raw connection.
 _UNAVAILABLE = (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError)
@@ -290,11 +292,12 @@ class Store:
         self._schema_lock = threading.Lock()
         try:
             self.ensure_schema()
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # A database that is away at start-up (a failover, a container starting before it) does not
             # stop a web node from starting: /readyz says not ready, webhooks get 503, and the first
             # use after it is back creates the schema.
-            pass
+            reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
+            log.warning("store unavailable at start; waiting for it", extra={"error": reason})
 
     def ensure_schema(self) -> None:
         """Create the tables unless that is done.

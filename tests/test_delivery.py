@@ -282,7 +282,7 @@ def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url)
 
     from relay.web import create_app
 
-    from .conftest import TcpProxy
+    from .conftest import TcpProxy, captured_log_lines
 
     database = make_url(pg_url)
     proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432))  # not listening yet
@@ -290,7 +290,9 @@ def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url)
     settings = make_settings(
         tmp_path, RELAY_DATABASE_URL=through, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_POLL_INTERVAL="0.05"
     )
-    app = create_app(settings)
+    with captured_log_lines() as lines:
+        app = create_app(settings)
+    assert any("store unavailable at start; waiting for it" in line and "Connection refused" in line for line in lines)
     client = app.test_client()
     worker = Worker(settings, store=Store(through))
     worker.start()
