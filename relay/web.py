@@ -245,14 +245,13 @@ def _register_errors(app: Flask) -> None:
             first = store_outage_reports.due()
             extra = {"source": name, "code": exc.code, "error": str(exc.__cause__ or exc)[:200]}
             log.error("store unavailable", exc_info=exc.__cause__ if first else None, extra=extra)
-            metrics.received(name or "unknown", exc.code)
             if first:
                 sentry_sdk.capture_exception(exc)
-            detail = (
-                "the store did not take the webhook; nothing was kept, send it again"
-                if request.path.startswith("/hooks/")
-                else "the store does not answer; try again shortly"
-            )
+            if request.path.startswith("/hooks/"):
+                metrics.received(name or "unknown", exc.code)
+                detail = "the store did not take the webhook; nothing was kept, send it again"
+            else:  # the admin API
+                detail = "the store does not answer; try again shortly"
             response, status = _error(exc.status, exc.code, detail)
             response.headers["Retry-After"] = "5"
             return response, status
