@@ -267,7 +267,16 @@ def _sqlite_setup(engine: Engine) -> None:
 class Store:
     """Deliveries and attempts behind one small interface, for SQLite and PostgreSQL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, wait_for_database: bool = False) -> None:
+        """Open the store and make its tables.
+
+        With `wait_for_database` (web nodes, workers), a database that is away at start-up does not stop
+        the process from starting: /readyz says not ready, webhooks get 503, and the first use after it
+        is back makes the tables. Without it (the command line), that raises at once.
+
+        Raises:
+            StoreUnavailable: the database does not answer (without `wait_for_database`).
+        """
         parsed = make_url(url)
         if parsed.drivername == "postgresql" or parsed.drivername == "postgres":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -293,9 +302,8 @@ class Store:
         try:
             self.ensure_schema()
         except StoreUnavailable as exc:
-            # A database that is away at start-up (a failover, a container starting before it) does not
-            # stop a web node from starting: /readyz says not ready, webhooks get 503, and the first
-            # use after it is back creates the schema.
+            if not wait_for_database:
+                raise
             reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
             log.warning("store unavailable at start; waiting for it", extra={"error": reason})
 

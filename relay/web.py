@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     configure_logging(settings)
     init_sentry(settings, transport=sentry_transport)
     sources = load_sources(settings.mappings_dir)
-    store = store or Store(settings.database_url)
+    store = store or Store(settings.database_url, wait_for_database=True)
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
     app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store}

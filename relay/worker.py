@@ -49,7 +49,7 @@ class Worker:
         sources: dict[str, Source] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or Store(settings.database_url)
+        self.store = store or Store(settings.database_url, wait_for_database=True)
         self.sources = sources if sources is not None else load_sources(settings.mappings_dir)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.stop_event = threading.Event()

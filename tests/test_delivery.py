@@ -294,7 +294,7 @@ def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url)
         app = create_app(settings)
     assert any("store unavailable at start; waiting for it" in line and "Connection refused" in line for line in lines)
     client = app.test_client()
-    worker = Worker(settings, store=Store(through))
+    worker = Worker(settings)  # its own store, waiting for the database as `relay worker`'s does
     worker.start()
     try:
         assert client.get("/healthz").status_code == 200
