@@ -9,6 +9,7 @@ per-statement work cost about twenty times the statement itself there
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -283,8 +284,11 @@ class GroupWriter:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             results = [job(executor) for job in jobs]
+            # A COMMIT that fails (busy past the timeout, a deferred constraint) leaves the transaction open:
+            # without the rollback below, every later BEGIN of this process would fail.
+            cursor.execute("COMMIT")
         except BaseException:
-            cursor.execute("ROLLBACK")
+            with contextlib.suppress(Exception):  # the error that matters is the one being raised
+                cursor.execute("ROLLBACK")
             raise
-        cursor.execute("COMMIT")
         return results

@@ -234,6 +234,31 @@ def test_a_failing_write_fails_alone(tmp_path):
     store.close()
 
 
+def test_a_commit_that_fails_leaves_the_writer_usable(tmp_path):
+    """When COMMIT itself fails (here a deferred foreign key; in life SQLite busy past its timeout), the
+    transaction is rolled back: the writer's connection would otherwise stay inside it, and every later
+    write of the process fail with "cannot start a transaction within a transaction"."""
+    import sqlite3
+
+    store = Store(f"sqlite:///{tmp_path / 'commit.db'}")
+    assert store._writer is not None
+
+    def dangling_attempt(executor) -> None:  # type: ignore[no-untyped-def]
+        executor.rowcount("PRAGMA defer_foreign_keys = ON", {})
+        executor.rowcount(
+            "INSERT INTO attempts (delivery_id, started_at, duration_ms, call_index, outcome) "
+            "VALUES ('no-such-delivery', 0, 0, 0, 'delivered')",
+            {},
+        )
+
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        store._writer.run(dangling_attempt)
+    accepted = store.accept(_request(b"Email=after%40example.com"), dedup_key="after", status="held", dedup_window=60)
+    assert store.get(accepted.id) is not None
+    assert store.attempts_of("no-such-delivery") == []
+    store.close()
+
+
 def test_writes_that_wait_for_another_process_share_one_commit(tmp_path):
     """While another process holds the file lock, every write that queues meanwhile goes into the next commit."""
     import fcntl
