@@ -18,6 +18,7 @@ __all__ = ["REQUEST_ID", "LineFormatter", "configure_logging", "mask_contact", "
 _TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
 _PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 _MAYBE_CONTACT = re.compile(r"[@\d]")  # text with neither holds no e-mail and no phone
 # The request being served, for every line logged while serving it.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_request_id", default=None)
@@ -38,9 +39,13 @@ def redact_query(text: str) -> str:
 
 
 def mask_contact(text: str) -> str:
-    """Mask e-mail addresses and phone numbers (for info-level lines)."""
+    """Mask e-mail addresses and phone numbers (for info-level lines).
+
+    A dotted IPv4 address looks like a phone to the pattern; it is left as it is, since an error that
+    names the database host it could not reach is no use with the host masked.
+    """
     text = _EMAIL.sub(r"\1***@\2", text)
-    return _PHONE.sub(lambda m: m.group(0)[:3] + "***", text)
+    return _PHONE.sub(lambda m: m.group(0) if _IPV4.fullmatch(m.group(0)) else m.group(0)[:3] + "***", text)
 
 
 class LineFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 
+import pytest
 import sentry_sdk
 from sentry_sdk.transport import Transport
 from sqlalchemy import text
@@ -123,3 +124,22 @@ def test_sentry_events_are_scrubbed_and_4xx_not_reported(tmp_path):
         assert '"vars"' not in event  # no local variables
     finally:
         sentry_sdk.init()  # off again for the other tests
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            'connection to server at "10.0.3.17", port 5432 failed',
+            'connection to server at "10.0.3.17", port 5432 failed',
+        ),
+        ("lead +7 912 345-67-89 from 192.168.1.20", "lead +7 *** from 192.168.1.20"),
+        ("phone 912.345.6789", "phone 912***"),
+        ("ivan@example.com", "i***@example.com"),
+    ],
+)
+def test_contacts_are_masked_but_addresses_kept(text, shown):
+    """Phones and e-mails are masked in log text; a dotted IPv4 address (a database host in an error) is not."""
+    from relay.logs import mask_contact
+
+    assert mask_contact(text) == shown
