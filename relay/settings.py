@@ -35,34 +35,24 @@ def load_environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, 
     return merged
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError("must be a positive whole number")
-    return value
+def _whole_number(least: int, most: int | None, problem: str) -> Callable[[str], int]:
+    """A parser of whole numbers from `least` to `most`; anything else, a word included, is `problem`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(problem) from None
+        if value < least or (most is not None and value > most):
+            raise ValueError(problem)
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError("must be a whole number, zero or more")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a port number, 1 to 65535")
-    return value
+_positive_int = _whole_number(1, None, "must be a positive whole number")
+_non_negative_int = _whole_number(0, None, "must be a whole number, zero or more")
+_port = _whole_number(1, 65535, "must be a port number, 1 to 65535")
 
 
 def _switch(text: str) -> bool:
