@@ -8,12 +8,13 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from typing import Any
 
 from relay.settings import Settings
 
-__all__ = ["REQUEST_ID", "LineFormatter", "configure_logging", "mask_contact", "redact_query"]
+__all__ = ["REQUEST_ID", "LineFormatter", "Throttle", "configure_logging", "mask_contact", "redact_query"]
 
 _TOKEN_IN_QUERY = re.compile(r"""((?:^|[?&;])(?:token|api_key|apikey|key|secret)=)[^&;#\s"']*""", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+)")
@@ -46,6 +47,24 @@ def mask_contact(text: str) -> str:
     """
     text = _EMAIL.sub(r"\1***@\2", text)
     return _PHONE.sub(lambda m: m.group(0) if _IPV4.fullmatch(m.group(0)) else m.group(0)[:3] + "***", text)
+
+
+class Throttle:
+    """True at most once an interval, across threads: for a line (or a report) that would otherwise come
+    once a request for as long as an outage lasts."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -seconds
+        self.lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.seconds:
+                return False
+            self.last = now
+            return True
 
 
 class LineFormatter(logging.Formatter):

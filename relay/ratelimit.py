@@ -17,6 +17,8 @@ import time
 from limits import parse, storage, strategies
 from limits.errors import StorageError
 
+from relay.logs import Throttle
+
 __all__ = ["HookLimiter"]
 
 log = logging.getLogger("relay.ratelimit")
@@ -36,7 +38,7 @@ class HookLimiter:
                 )
             )
         )
-        self.warned_at = 0.0
+        self.warnings = Throttle(60)  # one line a minute, not one a webhook
         self.counts: dict[str, tuple[float, int]] = {}
         self.lock = threading.Lock()
 
@@ -48,8 +50,7 @@ class HookLimiter:
                     return None
                 reset_at, _remaining = self.shared.get_window_stats(self.limit, "hook", source)
             except StorageError as exc:
-                if time.monotonic() - self.warned_at > 60:  # one line a minute, not one a webhook
-                    self.warned_at = time.monotonic()
+                if self.warnings.due():
                     log.warning("rate limit storage unavailable; not limiting", extra={"error": str(exc)[:200]})
                 return None
             return max(1, int(reset_at - time.time() + 0.999))

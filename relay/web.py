@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from typing import Any, cast
 
@@ -32,7 +31,7 @@ from relay.errors import (
 from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
-from relay.logs import REQUEST_ID, configure_logging, redact_query
+from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
 from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import event_of, prepare_payload, select_rule
@@ -210,25 +209,8 @@ def _error(status: int, code: str, detail: str) -> tuple[Response, int]:
     return _json({"error": code, "detail": detail}), status
 
 
-class _Throttle:
-    """True at most once an interval, across threads."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.last = -seconds
-        self.lock = threading.Lock()
-
-    def due(self) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            if now - self.last < self.seconds:
-                return False
-            self.last = now
-            return True
-
-
 def _register_errors(app: Flask) -> None:
-    store_outage_reports = _Throttle(60)
+    store_outage_reports = Throttle(60)
 
     @app.errorhandler(RelayError)
     def relay_error(exc: RelayError) -> tuple[Response, int]:
