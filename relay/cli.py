@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable
+from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping
 from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("relay: " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
     except StoreUnavailable as exc:
-        print(f"relay: the store at {_where(settings)} failed: {_first_line(exc.__cause__ or exc)}", file=sys.stderr)
+        print(f"relay: the store at {_where(settings)} failed: {exc.reason}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file that cannot be read, a folder that cannot be made
         print(f"relay: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"relay: {exc}", file=sys.stderr)
@@ -118,16 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, SQLAlchemyError):
             raise
-        print(f"relay: the store at {_where(settings)} failed: {_first_line(exc)}", file=sys.stderr)
+        print(f"relay: the store at {_where(settings)} failed: {first_line(exc)}", file=sys.stderr)
         return 1
 
 
 def _where(settings: Settings) -> str:
     return settings.describe()["RELAY_DATABASE_URL"]  # the password masked
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def _guess_content_type(path: str) -> str | None:

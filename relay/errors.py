@@ -34,6 +34,7 @@ __all__ = [
     "Unparsable",
     "UnsupportedContentType",
     "UpstreamError",
+    "first_line",
 ]
 
 
@@ -89,6 +90,16 @@ class StoreUnavailable(RelayError):
 
     code = "store_unavailable"
     status = 503
+
+    @property
+    def reason(self) -> str:
+        """The database's own words (which host, which lock), the first line: what an operator needs."""
+        return first_line(self.__cause__ or self)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message; for SQLAlchemy's, that of the driver error it wraps."""
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 class MappingError(RelayError):

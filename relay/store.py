@@ -237,6 +237,15 @@ log = logging.getLogger("relay.store")
 _UNAVAILABLE = (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError)
 
 
+@contextmanager
+def _database_away(what: str) -> Iterator[None]:
+    """Turn what a database that is down, unreachable or locked raises into StoreUnavailable."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"the store {what} ({type(exc).__name__})") from exc
+
+
 def new_id(now: float | None = None) -> str:
     # Time-ordered, so ids sort by arrival: 12 hex of the arrival's milliseconds + 20 random.
     return f"{_millis(time.time() if now is None else now)}{random_hex(10)}"
@@ -304,8 +313,7 @@ class Store:
         except StoreUnavailable as exc:
             if not wait_for_database:
                 raise
-            reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
-            log.warning("store unavailable at start; waiting for it", extra={"error": reason})
+            log.warning("store unavailable at start; waiting for it", extra={"error": exc.reason[:200]})
 
     def ensure_schema(self) -> None:
         """Create the tables unless that is done.
@@ -317,33 +325,25 @@ class Store:
             return
         with self._schema_lock:
             if not self._schema_ready:
-                try:
+                with _database_away("does not answer"):
                     self._create_schema()
-                except _UNAVAILABLE as exc:
-                    raise StoreUnavailable(f"the store does not answer ({type(exc).__name__})") from exc
                 self._schema_ready = True
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         self.ensure_schema()
-        try:
-            with self.engine.connect() as connection:
-                yield connection
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"the store does not answer ({type(exc).__name__})") from exc
+        with _database_away("does not answer"), self.engine.connect() as connection:
+            yield connection
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         """A write transaction. On SQLite, writers queue on a file lock first: they then wake
         the moment the lock is free, instead of sleeping in SQLite's busy handler."""
         self.ensure_schema()
-        try:
-            with self._write_lock(), self.engine.connect() as connection:
-                connection = connection.execution_options(relay_write=True)
-                with connection.begin():
-                    yield connection
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"the store did not take the write ({type(exc).__name__})") from exc
+        with _database_away("did not take the write"), self._write_lock(), self.engine.connect() as connection:
+            connection = connection.execution_options(relay_write=True)
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -425,15 +425,12 @@ class Store:
         Raises:
             StoreUnavailable: the database did not answer or refused the write (down, locked, full).
         """
-        self.ensure_schema()
-        try:
-            if self._writer is not None:
-                return self._writer.run(job)
-            with self._tx() as tx:
+        if self._writer is None:
+            with self._tx() as tx:  # which makes the schema and turns database errors into StoreUnavailable
                 return job(SQLAlchemyExecutor(tx))
-        except _UNAVAILABLE as exc:
-            # The driver's own errors come from the group writer, SQLAlchemy's from PostgreSQL.
-            raise StoreUnavailable(f"the store did not take the write ({type(exc).__name__})") from exc
+        self.ensure_schema()
+        with _database_away("did not take the write"):  # the group writer's own driver errors
+            return self._writer.run(job)
 
     # -- reading ----------------------------------------------------------
     def get(self, delivery_id: str) -> Delivery | None:

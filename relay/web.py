@@ -225,7 +225,7 @@ def _register_errors(app: Flask) -> None:
             # Not the sender's fault and not a bug: the sender will send again; the operator must know, once
             # an outage rather than once a webhook (a traceback and a Sentry event a minute at most).
             first = store_outage_reports.due()
-            extra = {"source": name, "code": exc.code, "error": str(exc.__cause__ or exc)[:200]}
+            extra = {"source": name, "code": exc.code, "error": exc.reason[:200]}
             log.error("store unavailable", exc_info=exc.__cause__ if first else None, extra=extra)
             if first:
                 sentry_sdk.capture_exception(exc)

@@ -137,7 +137,7 @@ class Worker:
                     self._release_held()
                 claimed = self.store.claim(owner=self.owner, limit=CLAIM_BATCH, lease_seconds=self.lease)
             except StoreUnavailable as exc:  # away for a while (or at start): a line each try, no traceback
-                log.warning("store unavailable; waiting for it", extra={"error": str(exc.__cause__ or exc)[:200]})
+                log.warning("store unavailable; waiting for it", extra={"error": exc.reason[:200]})
                 self.stop_event.wait(self.settings.poll_interval * 4)
                 continue
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the thread
