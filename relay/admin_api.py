@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,15 @@ from flask import Blueprint, Response, abort, jsonify, request
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Delivery, Store
 
-__all__ = ["admin_blueprint", "delivery_detail", "delivery_filters", "delivery_summary", "parse_time"]
+__all__ = [
+    "admin_blueprint",
+    "checked_status",
+    "checked_time",
+    "delivery_detail",
+    "delivery_filters",
+    "delivery_summary",
+    "parse_time",
+]
 
 
 def parse_time(text: str | None) -> float | None:
@@ -43,20 +52,46 @@ def parse_time(text: str | None) -> float | None:
 NOT_REPLAYABLE = "only failed and held deliveries replay; those that are {status} never do"
 
 
+def checked_status(text: str) -> str:
+    """A delivery status, as given.
+
+    Raises:
+        ValueError: not one of the statuses.
+    """
+    if text not in STATUSES:
+        raise ValueError(f"{text!r} is not one of {', '.join(STATUSES)}")
+    return text
+
+
+def checked_time(text: str) -> float | None:
+    """`parse_time`, with a message that says what it takes.
+
+    Raises:
+        ValueError: neither an ISO 8601 time nor epoch seconds.
+    """
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor epoch seconds") from None
+
+
 def delivery_filters(status: str | None, source: str | None, since: str | None, until: str | None) -> dict[str, Any]:
     """The filters of a list or a replay, checked: a misspelt status or time is an error, not an empty answer.
 
     Raises:
         ValueError: naming the filter that is wrong and what it takes.
     """
-    if status and status not in STATUSES:
-        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    filters: dict[str, Any] = {"status": status or None, "source": source or None}
-    for name, text in (("since", since), ("until", until)):
+    filters: dict[str, Any] = {"source": source or None}
+    checks: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
+        ("status", status, checked_status),
+        ("since", since, checked_time),
+        ("until", until, checked_time),
+    )
+    for name, text, check in checks:
         try:
-            filters[name] = parse_time(text)
-        except ValueError:
-            raise ValueError(f"{name} {text!r} is neither an ISO 8601 time nor epoch seconds") from None
+            filters[name] = check(text) if text else None
+        except ValueError as exc:
+            raise ValueError(f"{name} {exc}") from None
     return filters
 
 

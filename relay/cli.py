@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping
@@ -19,6 +20,8 @@ from relay.settings import Settings
 from relay.upstream.xmlbody import to_xml
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,20 +71,23 @@ def _add_filters(command: argparse.ArgumentParser) -> None:
 
 
 def _status(text: str) -> str:
-    from relay.store import STATUSES  # the store (and SQLAlchemy) only for the commands that use it
+    from relay.admin_api import checked_status  # the admin side (Flask, the store) only for the commands using it
 
-    if text not in STATUSES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(STATUSES)}")
-    return text
+    return _argument(checked_status, text)
 
 
 def _time(text: str) -> float | None:
-    from relay.admin_api import parse_time
+    from relay.admin_api import checked_time
 
+    return _argument(checked_time, text)
+
+
+def _argument(check: Callable[[str], T], text: str) -> T:
+    """The admin API's own check of a filter, its ValueError turned into argparse's error."""
     try:
-        return parse_time(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time nor epoch seconds") from None
+        return check(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_count(text: str) -> int:
