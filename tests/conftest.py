@@ -208,6 +208,15 @@ class TcpProxy:
         self.open: list[socket.socket] = []
         self.listener: socket.socket | None = None
 
+    @classmethod
+    def in_front_of(cls, database_url: str) -> tuple[TcpProxy, str]:
+        """A proxy (not listening yet) to the database at `database_url`, and the URL that goes through it."""
+        from sqlalchemy.engine import make_url
+
+        database = make_url(database_url)
+        proxy = cls((database.host or "127.0.0.1", database.port or 5432))
+        return proxy, database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
     def start(self) -> TcpProxy:
         self.listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()

@@ -247,13 +247,10 @@ def test_a_store_blip_after_the_call_does_not_send_it_twice(tmp_path, sandbox, p
     once it is back (within the lease), so the call is not sent again by whoever claims the delivery next."""
     import threading
 
-    from sqlalchemy.engine import make_url
-
     from .conftest import TcpProxy
 
-    database = make_url(pg_url)
-    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432)).start()
-    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy, through = TcpProxy.in_front_of(pg_url)
+    proxy.start()
     settings = make_settings(tmp_path, RELAY_DATABASE_URL=through, RELAY_UPSTREAM_URL=sandbox.api_url)
     store = Store(through)
     worker = Worker(settings, store=store)
@@ -278,15 +275,11 @@ def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url)
     """A database that is not up yet does not stop the app or the worker from starting (it made every
     gunicorn worker fail to boot): not ready and 503 meanwhile, then the schema is made, the webhook
     accepted and delivered as soon as the database answers."""
-    from sqlalchemy.engine import make_url
-
     from relay.web import create_app
 
     from .conftest import TcpProxy, captured_log_lines
 
-    database = make_url(pg_url)
-    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432))  # not listening yet
-    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy, through = TcpProxy.in_front_of(pg_url)  # not listening yet
     settings = make_settings(
         tmp_path, RELAY_DATABASE_URL=through, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_POLL_INTERVAL="0.05"
     )

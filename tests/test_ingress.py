@@ -285,16 +285,14 @@ def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
     the operator a line a webhook, one traceback and one Sentry event an outage, and a metric; when it is
     back, webhooks are accepted again."""
     import sentry_sdk
-    from sqlalchemy.engine import make_url
 
     from relay.web import create_app
 
     from .conftest import TcpProxy, captured_log_lines
     from .test_secrets import CapturingTransport
 
-    database = make_url(pg_url)
-    proxy = TcpProxy((database.host or "127.0.0.1", database.port or 5432)).start()
-    through = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy, through = TcpProxy.in_front_of(pg_url)
+    proxy.start()
     transport = CapturingTransport()
     settings = make_settings(tmp_path, RELAY_DATABASE_URL=through, SENTRY_DSN="https://public@sentry.invalid/1")
     app = create_app(settings, sentry_transport=transport)
