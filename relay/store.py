@@ -620,21 +620,26 @@ class Store:
         """
         now = time.time() if now is None else now
         purged = {"deliveries": 0, "dedup_keys": 0}
+        after = ""  # ids of the batches before: failed and held ones among them stay, and are not read again
         while True:
             with self._tx() as tx:
                 ids = list(
                     tx.execute(
                         select(deliveries.c.id)
                         .where(
+                            deliveries.c.id > after,
                             deliveries.c.id < _millis(received_before),  # the primary key finds the range
                             deliveries.c.received_at < received_before,
-                            deliveries.c.status == "delivered",
+                            # An expression, not the bare column: SQLite would take the status index, then
+                            # read and sort every delivered row of the table at each batch.
+                            deliveries.c.status.concat("") == "delivered",
                         )
                         .order_by(deliveries.c.id)
                         .limit(batch)
                     ).scalars()
                 )
                 if ids:
+                    after = ids[-1]
                     tx.execute(delete(attempts).where(attempts.c.delivery_id.in_(ids)))
                     tx.execute(delete(deliveries).where(deliveries.c.id.in_(ids)))
             purged["deliveries"] += len(ids)
