@@ -470,6 +470,7 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
         assert _group_members(process.pid) == []
     finally:
         relay.kill()
+        print(log.read_text(errors="replace"))  # shown when the test fails: it once did, and did not again
     text = log.read_text(errors="replace")
     assert f"relay: listening on http://127.0.0.1:{relay.port}" in text
     assert "worker stopped" in text and "Shutting down: Master" in text
