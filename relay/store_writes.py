@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -205,6 +206,15 @@ def settle(ex: Executor, outcome: Mapping[str, Any], attempt: Mapping[str, Any] 
 
 
 # -- SQLite's single writer -------------------------------------------------
+class _Refused(Exception):
+    """SQLite would not begin the transaction (locked past the busy timeout, disk failing), whatever
+    its writes."""
+
+    def __init__(self, error: sqlite3.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Write:
     __slots__ = ("job", "done", "result")
 
@@ -223,7 +233,10 @@ class GroupWriter:
     transaction. Alone, a thread writes at once with no hand-off; under load,
     one commit serves a whole group (SQLite has one write lock, and a commit
     writes every page it touched). When a group fails, its writes are run
-    again one by one, so one bad write fails alone.
+    again one by one, so one bad write fails alone; but when the database
+    will not begin the transaction (locked by another program past the busy
+    timeout, failing), the group and every write queued meanwhile fail at
+    once: each would wait out the timeout again, one after the other.
     """
 
     def __init__(self, store: Store) -> None:
@@ -261,6 +274,11 @@ class GroupWriter:
     def _commit_group(self, group: list[_Write]) -> None:
         try:
             results = self._commit([write.job for write in group])
+        except _Refused as refused:  # the database's own trouble, not one write's
+            with self.queue_lock:
+                group, self.queued = group + self.queued, []
+            error = refused.error
+            results = [type(error)(*error.args) for _ in group]  # one each: every caller raises its own
         except BaseException:  # noqa: BLE001 - find the write that failed; the others go through
             results = []
             for write in group:
@@ -281,7 +299,10 @@ class GroupWriter:
             self.pid = os.getpid()
         cursor = self.cursor
         executor = DriverExecutor(cursor)
-        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _Refused(exc) from exc
         try:
             results = [job(executor) for job in jobs]
             # A COMMIT that fails (busy past the timeout, a deferred constraint) leaves the transaction open:

@@ -326,3 +326,45 @@ def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
         sentry_sdk.init()  # off again for the other tests
         proxy.stop()
         app.extensions["relay"]["store"].close()
+
+
+def test_a_sqlite_store_locked_by_another_program_is_503_within_the_busy_timeout(tmp_path):
+    """Another program holds SQLite's write lock (an operator's shell in a transaction, a VACUUM): each
+    webhook waiting meanwhile gets 503 once the 10-second busy timeout has passed. The writes queued
+    behind the first used to wait it out again one by one, each also retried alone: answers came after
+    20, 40 and more seconds, long after any provider stopped waiting. Once the lock is let go, webhooks
+    are accepted again."""
+    import sqlite3
+    import threading
+
+    from relay.web import create_app
+
+    path = tmp_path / "locked.db"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=f"sqlite:///{path}"))
+    assert app.test_client().post(TILDA, data=b"Email=first%40example.com", content_type=FORM).status_code == 202
+    other_program = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other_program.execute("BEGIN IMMEDIATE")
+    answers: list[tuple[int, str | None, float]] = []
+
+    def post(n: int) -> None:
+        started = time.monotonic()
+        answer = app.test_client().post(TILDA, data=f"Email=w{n}%40example.com".encode(), content_type=FORM)
+        answers.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
+
+    try:
+        senders = [threading.Thread(target=post, args=(n,)) for n in range(4)]
+        for sender in senders:
+            sender.start()
+            time.sleep(0.2)
+        for sender in senders:
+            sender.join(timeout=60)
+        assert [(status, retry_after) for status, retry_after, _ in answers] == [(503, "5")] * 4
+        assert max(waited for _, _, waited in answers) < 14, answers  # the busy timeout is 10 s
+    finally:
+        other_program.execute("ROLLBACK")
+        other_program.close()
+    try:
+        again = app.test_client().post(TILDA, data=b"Email=w1%40example.com", content_type=FORM)
+        assert again.status_code == 202, again.get_json()
+    finally:
+        app.extensions["relay"]["store"].close()
