@@ -28,12 +28,15 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 return 1
             print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
             return 0
-        for delivery in store.list_deliveries(limit=args.limit, **_filters(args)):
+        page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
+        for delivery in page:
             row = delivery_summary(delivery)
             print(
                 f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
                 f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}"
             )
+        if len(page) == args.limit:  # on stderr: stdout stays one delivery a line, for scripts
+            print(f"relay: there may be more: the same command with --before {page[-1].id}", file=sys.stderr)
         return 0
     finally:
         store.close()

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("id", nargs="?")
     _add_filters(deliveries)
     deliveries.add_argument("--limit", type=_positive_count, default=50)
+    deliveries.add_argument("--before", metavar="ID", help="the page after this delivery (newest first)")
 
     replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
     replay.add_argument("id", nargs="?")

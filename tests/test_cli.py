@@ -109,7 +109,13 @@ def test_deliveries_and_replay_commands(tmp_path):
     assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(ids)
     shown = relay("deliveries", ids[0])
     assert json.loads(shown.stdout)["request"]["body"] == "Email=c0@example.com"  # as the test client sent it
-    assert relay("deliveries", "--source", "tilda", "--limit", "1").stdout.count("\n") == 1
+    first = relay("deliveries", "--source", "tilda", "--limit", "1")
+    assert first.stdout.split()[0] == max(ids) and first.stdout.count("\n") == 1
+    assert f"--before {max(ids)}" in first.stderr  # the next page, newest first
+    second = relay("deliveries", "--source", "tilda", "--limit", "1", "--before", max(ids))
+    assert second.stdout.split()[0] == min(ids) and second.stdout.count("\n") == 1
+    last = relay("deliveries", "--source", "tilda", "--limit", "1", "--before", min(ids))
+    assert (last.returncode, last.stdout, last.stderr) == (0, "", "")
     replayed = relay("replay", "--status", "held")
     assert (replayed.returncode, replayed.stdout) == (0, "replayed 2 deliveries (held)\n")
     for args, status, message in [
