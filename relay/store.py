@@ -55,6 +55,7 @@ from relay.errors import StoreUnavailable
 from relay.ids import random_hex
 from relay.inbound import InboundRequest
 from relay.store_writes import (
+    BUSY_TIMEOUT_SECONDS,
     DELIVERY_COLUMNS,
     Executor,
     GroupWriter,
@@ -275,7 +276,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -313,7 +314,8 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = database + ".lock"
-            self.engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
+            connect_args = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+            self.engine = create_engine(parsed, connect_args=connect_args)
             _sqlite_setup(self.engine)
             self._writer: GroupWriter | None = GroupWriter(self)
         else:

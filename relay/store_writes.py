@@ -14,6 +14,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from relay.store import Store
 
 __all__ = [
+    "BUSY_TIMEOUT_SECONDS",
     "DELIVERY_COLUMNS",
     "Executor",
     "GroupWriter",
@@ -206,6 +208,10 @@ def settle(ex: Executor, outcome: Mapping[str, Any], attempt: Mapping[str, Any] 
 
 
 # -- SQLite's single writer -------------------------------------------------
+# How long a write may wait for SQLite's write lock, then 503; the store sets it on every connection.
+BUSY_TIMEOUT_SECONDS = 10
+
+
 class _Refused(Exception):
     """SQLite would not begin the transaction (locked past the busy timeout, disk failing), whatever
     its writes."""
@@ -216,12 +222,13 @@ class _Refused(Exception):
 
 
 class _Write:
-    __slots__ = ("job", "done", "result")
+    __slots__ = ("job", "done", "result", "queued_at")
 
     def __init__(self, job: Callable[[Executor], Any]) -> None:
         self.job = job
         self.done = False
         self.result: Any = None
+        self.queued_at = time.monotonic()
 
 
 class GroupWriter:
@@ -236,7 +243,10 @@ class GroupWriter:
     again one by one, so one bad write fails alone; but when the database
     will not begin the transaction (locked by another program past the busy
     timeout, failing), the group and every write queued meanwhile fail at
-    once: each would wait out the timeout again, one after the other.
+    once: each would wait out the timeout again, one after the other. Time
+    spent waiting for the file lock (another process waiting out its own
+    timeout) counts against the busy timeout, so that no write waits for
+    SQLite's lock much longer than the timeout, whatever the processes.
     """
 
     def __init__(self, store: Store) -> None:
@@ -272,8 +282,9 @@ class GroupWriter:
             self.connection = self.cursor = None
 
     def _commit_group(self, group: list[_Write]) -> None:
+        waited = time.monotonic() - group[0].queued_at  # the oldest: writes queue in order
         try:
-            results = self._commit([write.job for write in group])
+            results = self._commit([write.job for write in group], waited)
         except _Refused as refused:  # the database's own trouble, not one write's
             with self.queue_lock:
                 group, self.queued = group + self.queued, []
@@ -290,7 +301,7 @@ class GroupWriter:
             write.result = result
             write.done = True
 
-    def _commit(self, jobs: list[Callable[[Executor], Any]]) -> list[Any]:
+    def _commit(self, jobs: list[Callable[[Executor], Any]], waited: float = 0.0) -> list[Any]:
         # One connection per process, used only under the commit lock; a pool checkout and
         # SQLAlchemy's begin and commit cost more than the writes of a small group.
         if self.connection is None or self.pid != os.getpid():
@@ -299,10 +310,17 @@ class GroupWriter:
             self.pid = os.getpid()
         cursor = self.cursor
         executor = DriverExecutor(cursor)
+        shortened = waited > 1.0  # not under load (milliseconds), only while something holds SQLite's lock
         try:
+            if shortened:
+                left = max(0.0, BUSY_TIMEOUT_SECONDS - waited)
+                cursor.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
             cursor.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise _Refused(exc) from exc
+        finally:
+            if shortened:
+                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         try:
             results = [job(executor) for job in jobs]
             # A COMMIT that fails (busy past the timeout, a deferred constraint) leaves the transaction open:

@@ -330,41 +330,61 @@ def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
 
 def test_a_sqlite_store_locked_by_another_program_is_503_within_the_busy_timeout(tmp_path):
     """Another program holds SQLite's write lock (an operator's shell in a transaction, a VACUUM): each
-    webhook waiting meanwhile gets 503 once the 10-second busy timeout has passed. The writes queued
-    behind the first used to wait it out again one by one, each also retried alone: answers came after
-    20, 40 and more seconds, long after any provider stopped waiting. Once the lock is let go, webhooks
-    are accepted again."""
+    webhook waiting meanwhile gets 503 once the 10-second busy timeout has passed, in this process and in
+    another gunicorn worker alike. The writes queued behind the first used to wait it out again one by one,
+    each also retried alone, and the other process's writes waited for this one's file lock first: answers
+    came after 20, 40 and more seconds, long after any provider stopped waiting. Once the lock is let go,
+    webhooks are accepted again."""
     import sqlite3
     import threading
 
+    from relay.inbound import InboundRequest
+    from relay.store import Store
     from relay.web import create_app
 
     path = tmp_path / "locked.db"
     app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=f"sqlite:///{path}"))
     assert app.test_client().post(TILDA, data=b"Email=first%40example.com", content_type=FORM).status_code == 202
+    other_worker = Store(f"sqlite:///{path}")  # its own file-lock descriptor, as another process has
     other_program = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other_program.execute("BEGIN IMMEDIATE")
     answers: list[tuple[int, str | None, float]] = []
+    other_worker_errors: list[tuple[str, float]] = []
 
     def post(n: int) -> None:
         started = time.monotonic()
         answer = app.test_client().post(TILDA, data=f"Email=w{n}%40example.com".encode(), content_type=FORM)
         answers.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
 
+    def accept_in_the_other_worker(n: int) -> None:
+        started = time.monotonic()
+        try:
+            held = InboundRequest("tilda", b"Email=o%40example.com", FORM)
+            other_worker.accept(held, dedup_key=f"o{n}", status="held", dedup_window=60)
+        except Exception as exc:  # noqa: BLE001 - what it raised is checked below
+            other_worker_errors.append((type(exc).__name__, time.monotonic() - started))
+
     try:
         senders = [threading.Thread(target=post, args=(n,)) for n in range(4)]
+        senders += [threading.Thread(target=accept_in_the_other_worker, args=(n,)) for n in range(2)]
         for sender in senders:
             sender.start()
             time.sleep(0.2)
         for sender in senders:
             sender.join(timeout=60)
         assert [(status, retry_after) for status, retry_after, _ in answers] == [(503, "5")] * 4
-        assert max(waited for _, _, waited in answers) < 14, answers  # the busy timeout is 10 s
+        assert [name for name, _ in other_worker_errors] == ["StoreUnavailable"] * 2
+        waits = [waited for *_, waited in answers] + [waited for _, waited in other_worker_errors]
+        assert max(waits) < 14, waits  # the busy timeout is 10 s
     finally:
         other_program.execute("ROLLBACK")
         other_program.close()
     try:
         again = app.test_client().post(TILDA, data=b"Email=w1%40example.com", content_type=FORM)
         assert again.status_code == 202, again.get_json()
+        assert not other_worker.accept(
+            InboundRequest("tilda", b"Email=o%40example.com", FORM), dedup_key="o-after", status="held", dedup_window=60
+        ).duplicate
     finally:
+        other_worker.close()
         app.extensions["relay"]["store"].close()
