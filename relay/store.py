@@ -473,16 +473,21 @@ class Store:
         since: float | None = None,
         until: float | None = None,
     ) -> list[Any]:
+        # Which index finds a page of deliveries depends on the status asked for. Delivered ones are most of
+        # the table: walking the primary key (or one source's index) newest first finds a page at once,
+        # where the status index would have every delivered row read and sorted. The other statuses are
+        # few: their index finds them all, where walking one source's deliveries would read every one of
+        # them when none has that status. An expression in place of a column keeps the planners (SQLite's
+        # has no statistics; PostgreSQL's expects matches spread evenly) off that column's index.
         conditions: list[Any] = []
-        if status:
-            statuses = status.split(",")
-            if "delivered" in statuses:
-                # Delivered ones are most of the table: newest first through the primary key, a page of
-                # them is found at once, where the status index has every one of them read and sorted.
-                conditions.append(deliveries.c.status.concat("").in_(statuses))
-            else:
-                conditions.append(deliveries.c.status.in_(statuses))
-        if source:
+        statuses = status.split(",") if status else []
+        if statuses and "delivered" in statuses:
+            conditions.append(deliveries.c.status.concat("").in_(statuses))
+        elif statuses:
+            conditions.append(deliveries.c.status.in_(statuses))
+        if source and statuses and "delivered" not in statuses:
+            conditions.append(deliveries.c.source.concat("") == source)
+        elif source:
             conditions.append(deliveries.c.source == source)
         if since is not None:
             # The id bound is implied by the time bound (ids start with the arrival's milliseconds)
