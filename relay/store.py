@@ -724,12 +724,6 @@ class Store:
             after = upto
 
     def release_held(self) -> int:
-        """Queue every held delivery (an upstream is configured now)."""
-        now = time.time()
-        with self._tx() as tx:
-            result = tx.execute(
-                update(deliveries)
-                .where(deliveries.c.status == "held")
-                .values(status="queued", next_attempt_at=now, cycle_started_at=now, updated_at=now)
-            )
-        return result.rowcount
+        """Queue every held delivery (an upstream is configured now): a replay of them, batch by batch,
+        since days of webhooks may have waited."""
+        return self._replay(deliveries.c.status == "held", to_status="queued", now=None)
