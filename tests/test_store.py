@@ -86,6 +86,34 @@ def test_time_filters_keep_exact_bounds(store):
     assert listed(since=at - 0.0004, until=at + 0.0004) == [kept]
 
 
+def test_pages_of_deliveries_newest_first(store):
+    """Pages of `limit` come newest first, `before` goes on where the last ended, and every filter holds."""
+    now = time.time()
+    made = []
+    for n in range(7):
+        source, status = ("tilda", "held") if n % 2 else ("shopify", "queued")
+        request = InboundRequest(source=source, body=b"n=%d" % n, content_type="text/plain")
+        accepted = store.accept(request, dedup_key=f"p:{uuid.uuid4()}", status=status, dedup_window=60, now=now + n)
+        made.append((accepted.id, source))
+    newest_first = [delivery_id for delivery_id, _ in reversed(made)]
+
+    def pages(**filters: Any) -> list[list[str]]:
+        found, before = [], None
+        while True:
+            page = [d.id for d in store.list_deliveries(limit=3, before=before, **filters)]
+            found.append(page)
+            if len(page) < 3:
+                return found
+            before = page[-1]
+
+    assert pages() == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    tilda = [delivery_id for delivery_id in newest_first if (delivery_id, "tilda") in made]
+    assert pages(source="tilda") == [tilda[:3], tilda[3:]]
+    assert pages(source="tilda", status="held") == [tilda[:3], tilda[3:]]
+    assert pages(status="held,queued", since=now + 2) == [newest_first[:3], newest_first[3:5]]
+    assert pages(source="shopify", status="held") == [[]]
+
+
 def test_dedup_window_expires(store):
     """After the window, the same key is a new delivery."""
     key = f"tilda:p:{uuid.uuid4()}"
