@@ -258,6 +258,13 @@ def _millis(moment: float, *, plus: int = 0) -> str:
     return f"{max(0, int(moment * 1000) + plus):012x}"
 
 
+def _unindexed(column: Any) -> Any:
+    """The column's value as an expression, which no index serves: it keeps the planner off that column's
+    index where another one finds the rows (SQLite's planner has no statistics, and PostgreSQL's expects
+    matches spread evenly)."""
+    return column.concat("")
+
+
 def _create_tables(connection: Connection) -> None:
     """Create what is missing, indexes of tables made by an earlier version included, and drop the
     indexes this version no longer uses."""
@@ -477,18 +484,15 @@ class Store:
         # the table: walking the primary key (or one source's index) newest first finds a page at once,
         # where the status index would have every delivered row read and sorted. The other statuses are
         # few: their index finds them all, where walking one source's deliveries would read every one of
-        # them when none has that status. An expression in place of a column keeps the planners (SQLite's
-        # has no statistics; PostgreSQL's expects matches spread evenly) off that column's index.
+        # them when none has that status.
         conditions: list[Any] = []
         statuses = status.split(",") if status else []
-        if statuses and "delivered" in statuses:
-            conditions.append(deliveries.c.status.concat("").in_(statuses))
-        elif statuses:
-            conditions.append(deliveries.c.status.in_(statuses))
-        if source and statuses and "delivered" not in statuses:
-            conditions.append(deliveries.c.source.concat("") == source)
-        elif source:
-            conditions.append(deliveries.c.source == source)
+        rare = bool(statuses) and "delivered" not in statuses
+        if statuses:
+            by_status = deliveries.c.status if rare else _unindexed(deliveries.c.status)
+            conditions.append(by_status.in_(statuses))
+        if source:
+            conditions.append((_unindexed(deliveries.c.source) if rare else deliveries.c.source) == source)
         if since is not None:
             # The id bound is implied by the time bound (ids start with the arrival's milliseconds)
             # and lets the primary key find the range.
@@ -636,7 +640,7 @@ class Store:
                         deliveries.c.id.in_(ids[start : start + batch]),
                         # Still replayable: checked on each row the ids find (the status index would have
                         # SQLite go through every failed and held delivery for each batch instead).
-                        deliveries.c.status.concat("").in_(REPLAYABLE),
+                        _unindexed(deliveries.c.status).in_(REPLAYABLE),
                     )
                     .values(
                         status=to_status,
@@ -680,9 +684,9 @@ class Store:
                             deliveries.c.id > after,
                             deliveries.c.id < _millis(received_before),  # the primary key finds the range
                             deliveries.c.received_at < received_before,
-                            # An expression, not the bare column: SQLite would take the status index, then
-                            # read and sort every delivered row of the table at each batch.
-                            deliveries.c.status.concat("") == "delivered",
+                            # SQLite would take the status index, then read and sort every delivered row
+                            # of the table at each batch.
+                            _unindexed(deliveries.c.status) == "delivered",
                         )
                         .order_by(deliveries.c.id)
                         .limit(batch)
