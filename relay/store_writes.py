@@ -295,6 +295,8 @@ class GroupWriter:
             for write in group:
                 try:
                     results.extend(self._commit([write.job]))
+                except _Refused as refused:  # the database went away meanwhile: its own error, a 503
+                    results.append(refused.error)
                 except BaseException as exc:  # noqa: BLE001 - handed to its caller
                     results.append(exc)
         for write, result in zip(group, results, strict=True):
