@@ -70,6 +70,7 @@ __all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE"]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
+REPLAY_BATCH = 200  # deliveries a replay transaction: SQLite's write lock for 18 ms at most
 DUE = ("queued", "retrying")
 T = TypeVar("T")
 
@@ -610,11 +611,11 @@ class Store:
         """Start a fresh retry cycle for a failed or held delivery; earlier attempts stay."""
         return self._replay(deliveries.c.id == delivery_id, to_status=to_status, now=now) == 1
 
-    def replay_matching(self, *, to_status: str = "queued", batch: int = 200, **filters: Any) -> int:
+    def replay_matching(self, *, to_status: str = "queued", batch: int = REPLAY_BATCH, **filters: Any) -> int:
         """Replay every failed or held delivery that matches the filters; returns how many."""
         return self._replay(*self._filters(**filters), to_status=to_status, now=None, batch=batch)
 
-    def _replay(self, *conditions: Any, to_status: str, now: float | None, batch: int = 200) -> int:
+    def _replay(self, *conditions: Any, to_status: str, now: float | None, batch: int = REPLAY_BATCH) -> int:
         """Replay what matches now, `batch` deliveries a transaction.
 
         The ids are read first, without the write lock, then replayed batch by batch: one UPDATE of every
