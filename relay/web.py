@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
     def hook(name: str) -> tuple[Response, int]:
+        # A hook URL pasted with a trailing slash (`/hooks/tilda/`) is the same hook, not an unknown source.
+        name = name.removesuffix("/")
         source = sources.get(name)
         if source is None:
             raise UnknownSource(f"no mapping file for source {name!r}")

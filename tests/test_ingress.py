@@ -204,6 +204,19 @@ def test_unknown_source_and_wrong_method(client):
     assert client.get("/hooks/tilda").status_code == 405
 
 
+def test_hook_url_with_a_trailing_slash(client, app):
+    """A hook URL pasted with a trailing slash reaches its source (stored under its own name); two do not."""
+    response = client.post(
+        TILDA.replace("/hooks/tilda", "/hooks/tilda/"),
+        data=b'{"Email": "s@example.com"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 202, response.get_json()
+    assert app.extensions["relay"]["store"].get(response.get_json()["id"]).source == "tilda"
+    twice = client.post("/hooks/tilda//", data=b"{}", content_type="application/json")
+    assert twice.status_code == 404 and twice.get_json()["error"] == "unknown_source"
+
+
 def test_parses_every_content_type(client, app):
     """JSON, bracketed form keys, multipart and XML bodies are all accepted and kept verbatim."""
     store = app.extensions["relay"]["store"]
