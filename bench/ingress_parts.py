@@ -15,7 +15,9 @@ The differences give the parts: store, log line, and the rest relay adds to
 Flask (request id, limiter, authentication, parsing, ping test, rule choice,
 de-duplication key, metrics, answer). The log line goes to /dev/null here, so
 its cost is a lower bound. Each child's figure is the best of three passes;
-the summary is the median over alternating rounds.
+the summary is the median over alternating rounds. With `--threads 4`, four
+threads call the app at once in each child, as gunicorn's threads do, and the
+figures include what they cost each other (waits for locks and the GIL).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,18 +81,17 @@ def _app_loop(variant: str) -> Callable[[int, int], None]:
         os.environ["RELAY_BENCH_WITHOUT"] = VARIANTS[variant] or ""
         from relay_bound import app
 
-    statuses: list[str] = []
-
-    def start_response(status: str, _headers: object, _exc: object = None) -> None:
-        statuses.append(status)
-
     def loop(first: int, count: int) -> None:
+        statuses: list[str] = []  # this call's own: with --threads, several loops run at once
+
+        def start_response(status: str, _headers: object, _exc: object = None) -> None:
+            statuses.append(status)
+
         for n in range(first, first + count):
             for _chunk in app(_environ(n), start_response):
                 pass
         if not statuses[-1].startswith("202"):
             raise SystemExit(f"{variant} answered {statuses[-1]}")
-        statuses.clear()
 
     return loop
 
@@ -110,19 +112,34 @@ def _store_loop() -> Callable[[int, int], None]:
     return loop
 
 
-def child(variant: str, requests: int) -> None:
-    """Print the best of three passes, in µs of process time a request, as JSON."""
+def child(variant: str, requests: int, threads: int) -> None:
+    """Print the best of three passes, in µs of process time a request, as JSON.
+
+    With `threads` above 1, each pass shares its requests out to that many threads calling at once, as
+    gunicorn's threads do: the process time then includes what they cost each other (locks, the GIL).
+    """
     loop = _store_loop() if variant == "store_accept" else _app_loop(variant)
     loop(0, min(300, requests))  # warm up: imports, first statements, caches
+    share = requests // threads
     best = float("inf")
     for index in range(1, 4):
         started = time.process_time()
-        loop(index * 10_000_000, requests)
-        best = min(best, (time.process_time() - started) / requests)
+        if threads == 1:
+            loop(index * 10_000_000, requests)
+        else:
+            running = [
+                threading.Thread(target=loop, args=(index * 10_000_000 + thread * 1_000_000, share))
+                for thread in range(threads)
+            ]
+            for thread in running:
+                thread.start()
+            for thread in running:
+                thread.join()
+        best = min(best, (time.process_time() - started) / (share * threads))
     print(json.dumps({"variant": variant, "us_per_request": round(best * 1e6, 1)}))
 
 
-def run_child(variant: str, requests: int) -> float:
+def run_child(variant: str, requests: int, threads: int) -> float:
     work = tempfile.mkdtemp(prefix="bench-parts-")
     env = {
         **os.environ,
@@ -132,7 +149,7 @@ def run_child(variant: str, requests: int) -> float:
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-"),
     }
     output = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--requests", str(requests)],
+        [sys.executable, __file__, "--child", variant, "--requests", str(requests), "--threads", str(threads)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -147,17 +164,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the figures are their medians")
     parser.add_argument("--requests", type=int, default=3000, help="requests a pass (each child makes three)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads calling at once in each child (gunicorn's default here: 4)"
+    )
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.requests)
+        child(args.child, args.requests, args.threads)
         return
 
     names = list(VARIANTS)
     rounds: list[dict[str, float]] = []
     for index in range(args.rounds):
         order = names if index % 2 == 0 else names[::-1]
-        rounds.append({name: run_child(name, args.requests) for name in order})
+        rounds.append({name: run_child(name, args.requests, args.threads) for name in order})
     us = {name: statistics.median(r[name] for r in rounds) for name in names}
     bare, relay = us["bare_flask"], us["relay"]
     allowance = bare / TARGET - bare
@@ -178,7 +198,7 @@ def main() -> None:
         f"allowance_us_at_{TARGET}": round(allowance, 1),
         "relay_adds_us": round(relay - bare, 1),
     }
-    print(json.dumps({"summary_median": summary, "rounds": rounds}, indent=2))
+    print(json.dumps({"threads": args.threads, "summary_median": summary, "rounds": rounds}, indent=2))
 
 
 if __name__ == "__main__":
