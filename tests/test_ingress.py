@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -338,6 +339,47 @@ def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):
     finally:
         sentry_sdk.init()  # off again for the other tests
         proxy.stop()
+        app.extensions["relay"]["store"].close()
+
+
+def test_a_sqlite_store_that_cannot_grow_is_503_and_the_same_webhooks_are_taken_later(tmp_path):
+    """A full disk, played by a file-size limit on this process: SQLite cannot write the webhook, and the
+    sender gets 503 with Retry-After (it sends again) rather than a 500 or a 202 for a row that is not there.
+    Nothing half-written stays behind: once the store can grow again, the very same webhooks are accepted
+    as new (not answered `duplicate` from a key kept without its delivery) and the file is sound."""
+    resource = pytest.importorskip("resource")
+    import signal
+    import sqlite3
+
+    from relay.web import create_app
+
+    if getattr(signal, "SIGXFSZ", None) is None or signal.getsignal(signal.SIGXFSZ) != signal.SIG_IGN:
+        pytest.skip("needs SIGXFSZ ignored (as CPython does) so that writes past the limit fail with EFBIG")
+    path = tmp_path / "full.db"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=f"sqlite:///{path}"))
+    client = app.test_client()
+    bodies = [f"Email=full{n}%40example.com&Name={'x' * 1500}".encode() for n in range(20)]
+    assert client.post(TILDA, data=bodies[0], content_type=FORM).status_code == 202
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (Path(f"{path}-wal").stat().st_size, hard))
+    try:
+        answers = [client.post(TILDA, data=body, content_type=FORM) for body in bodies[1:]]
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    try:
+        refused = [answer for answer in answers if answer.status_code != 202]
+        assert refused, "the limit should have stopped some write"
+        for answer in refused:
+            assert answer.status_code == 503, answer.get_json()
+            assert answer.get_json()["error"] == "store_unavailable" and answer.headers["Retry-After"] == "5"
+        again = [client.post(TILDA, data=body, content_type=FORM) for body in bodies[1:]]
+        statuses = [
+            (first.status_code, later.get_json()["status"]) for first, later in zip(answers, again, strict=True)
+        ]
+        assert all(later == ("duplicate" if first == 202 else "accepted") for first, later in statuses), statuses
+        assert app.extensions["relay"]["store"].counts() == {"held": len(bodies)}
+        assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
         app.extensions["relay"]["store"].close()
 
 
