@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -101,6 +102,9 @@ def _positive_count(text: str) -> int:
     return value
 
 
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -110,7 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = _COMMANDS[args.command]
     try:
-        return int(handler(args, settings))
+        code = int(handler(args, settings))
+        sys.stdout.flush()  # a reader that has gone shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # `relay deliveries | head`: the reader has what it wanted. Stop quietly, as other Unix tools do
+        # (they die of SIGPIPE: 128 + 13), without a last failing flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
     except ConfigError as exc:
         print("relay: " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
@@ -250,6 +261,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         if auth.scheme == "none":
             state = "ready (unauthenticated)"
         print(f"{name}")
+        if source.description:
+            print(f"  about:    {source.kind}: {source.description}")
         print(f"  url:      /hooks/{name}")
         print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
         print(f"  status:   {state}")

@@ -75,11 +75,28 @@ def test_preview_xml_format(tmp_path):
 
 
 def test_sources_lists_urls_auth_and_readiness():
-    """sources names each hook URL, how it authenticates and what is missing."""
+    """sources names each hook URL, what the source is (its file's kind and description), how it
+    authenticates and what is missing."""
     result = run("sources")
     assert result.returncode == 0
+    assert "\nshopify\n  about:    shop: Shopify orders" in result.stdout
     assert "/hooks/shopify" in result.stdout and "X-Shopify-Hmac-Sha256" in result.stdout
     assert "NOT READY: set TILDA_WEBHOOK_TOKEN" in result.stdout
+
+
+def test_output_into_a_pipe_closed_early_stops_quietly():
+    """`relay sources | head`: once the reader has gone, relay stops without a word on stderr and with the
+    status of a Unix tool killed by SIGPIPE, instead of `relay: [Errno 32] Broken pipe` (or Python's
+    'Exception ignored ... BrokenPipeError' from the last flush at exit)."""
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "relay", "sources"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # before relay has printed a line: its imports alone take longer
+    with reader.stderr:
+        stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 141, stderr
+    assert stderr == ""
 
 
 def test_deliveries_and_replay_commands(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,81 @@ def test_check_passes_on_the_built_in_mappings():
     )
     assert result.returncode == 0, result.stderr
     assert "11 mapping files" in result.stdout
+
+
+GUIDE = ROOT / "mappings" / "README.md"
+
+
+def _guide_files() -> dict[str, str]:
+    """The guide's YAML blocks that begin with `# <path>`: the worked example's files, by path."""
+    text = GUIDE.read_text(encoding="utf-8")
+    files = {}
+    for block in text.split("```yaml\n")[1:]:
+        body = block.split("```", 1)[0]
+        first, _, rest = body.partition("\n")
+        if first.startswith("# mappings/"):
+            files[first[2:].strip()] = rest
+    return files
+
+
+def test_the_guides_worked_example_passes_check_and_previews_as_its_example_says(tmp_path):
+    """The mapping file and example written out in mappings/README.md are a working source: `check`
+    passes them (the example's expected calls included), and `preview` of the example's body prints
+    those calls. A guide that drifts from what relay does fails here."""
+    import json
+
+    import yaml
+
+    files = _guide_files()
+    assert set(files) == {"mappings/landing.yaml", "mappings/examples/landing/signup.yaml"}
+    for path, text in files.items():
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    example = yaml.safe_load(files["mappings/examples/landing/signup.yaml"])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path / "mappings")}
+
+    def relay(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relay", *args],
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    checked = relay("check")
+    assert checked.returncode == 0, checked.stderr
+    assert "ok: 1 mapping files, 1 examples" in checked.stdout
+    previewed = relay(
+        "preview", "--source", "landing", "--content-type", "application/json", "-", stdin=example["request"]["body"]
+    )
+    assert previewed.returncode == 0, previewed.stderr
+    calls = json.loads(previewed.stdout)
+    for call in calls:
+        assert call["body"].pop("token") == "***"
+    assert calls == example["expect"]["calls"]
+
+
+def test_the_guide_names_every_key_transform_operator_mode_and_function():
+    """Every key the schemas take, every transform, field operator, matching mode, channel and expression
+    function appears in mappings/README.md: what a mapping file may say is all written down."""
+    from marshmallow import Schema
+
+    from relay.mapping import schema
+    from relay.mapping.expressions import _RelayFunctions
+    from relay.mapping.transforms import TRANSFORMS
+    from relay.upstream.contract import CHANNELS, MATCHING_KEYS, MATCHING_MODES, OPERATORS
+
+    guide = GUIDE.read_text(encoding="utf-8")
+    names = set(TRANSFORMS) | set(OPERATORS) | set(MATCHING_MODES) | set(MATCHING_KEYS) | set(CHANNELS)
+    names |= {name.removeprefix("_func_") for name in vars(_RelayFunctions) if name.startswith("_func_")}
+    names |= schema.ValueField._KEYS
+    for value in vars(schema).values():
+        if isinstance(value, type) and issubclass(value, Schema) and value.__module__ == schema.__name__:
+            names |= {field.data_key or name for name, field in value._declared_fields.items()}
+    spans = re.findall(r"`([^`\n]+)`", guide)  # the guide's code, where keys and names are written
+    missing = sorted(name for name in names if not any(re.search(rf"\b{name}\b", span) for span in spans))
+    assert missing == []
