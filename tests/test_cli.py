@@ -6,21 +6,13 @@ import json
 import subprocess
 import sys
 
-from .conftest import FIXTURES, ROOT
+from .conftest import FIXTURES, ROOT, relay_command
 
 ENV = {"PATH": "/usr/bin:/bin", "RELAY_UPSTREAM_TOKEN": "secret-upstream-token-zz"}
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=ENV,
-        input=stdin.decode() if stdin else None,
-        timeout=60,
-    )
+    return relay_command(*args, env=ENV, stdin=stdin.decode() if stdin else None)
 
 
 def test_preview_shopify_order_with_browser_ip(tmp_path):
@@ -117,9 +109,7 @@ def test_deliveries_and_replay_commands(tmp_path):
     env = {**ENV, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
 
     def relay(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "relay", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
-        )
+        return relay_command(*args, env=env)
 
     listed = relay("deliveries", "--status", "held", "--since", "2020-01-01T00:00:00Z")
     assert listed.returncode == 0, listed.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from relay.errors import ConfigError
 from relay.mapping.loader import load_source_file, load_sources
 
-from .conftest import ROOT
+from .conftest import ROOT, relay_command
 
 GOOD = """version: 1
 source: demo
@@ -80,28 +78,14 @@ def test_unsafe_yaml_is_refused(tmp_path):
 def test_check_command_exits_1_listing_problems(tmp_path):
     """python -m relay check exits 1 and names file and key."""
     write(tmp_path, GOOD.replace("transform: [phone, list]", "transform: [e164x]"))
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)},
-        timeout=60,
-    )
+    result = relay_command("check", env={"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "demo.yaml:9 rules.0.fields.phones.transform.0: unknown transform 'e164x'" in result.stderr
 
 
 def test_check_passes_on_the_built_in_mappings():
     """The shipped mappings and all their examples pass check."""
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-        timeout=60,
-    )
+    result = relay_command("check", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert "11 mapping files" in result.stdout
 
@@ -138,22 +122,18 @@ def test_the_guides_worked_example_passes_check_and_previews_as_its_example_says
     example = yaml.safe_load(files["mappings/examples/landing/signup.yaml"])
     env = {"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path / "mappings")}
 
-    def relay(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "relay", *args],
-            cwd=ROOT,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-
-    checked = relay("check")
+    checked = relay_command("check", env=env)
     assert checked.returncode == 0, checked.stderr
     assert "ok: 1 mapping files, 1 examples" in checked.stdout
-    previewed = relay(
-        "preview", "--source", "landing", "--content-type", "application/json", "-", stdin=example["request"]["body"]
+    previewed = relay_command(
+        "preview",
+        "--source",
+        "landing",
+        "--content-type",
+        "application/json",
+        "-",
+        env=env,
+        stdin=example["request"]["body"],
     )
     assert previewed.returncode == 0, previewed.stderr
     calls = json.loads(previewed.stdout)
