@@ -480,3 +480,23 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
     assert f"relay: listening on http://127.0.0.1:{relay.port}" in text
     assert "worker stopped" in text and "Shutting down: Master" in text
     assert "Traceback" not in text and "Logging error" not in text
+
+
+def test_the_readme_lists_every_setting_with_its_default():
+    """Each setting relay reads has a row in the README's settings table, and the row gives the default
+    relay really uses (or says it is unset): a setting added or changed without its line fails here."""
+    from relay.settings import _SPEC
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[2]
+    wrong = {}
+    for _attribute, variable, _parse, default in _SPEC:
+        documented = rows.get(variable)
+        expected = "unset" if default is None else f"`{default}`"
+        if documented is None or not documented.startswith(expected):
+            wrong[variable] = (documented, expected)
+    assert wrong == {}
