@@ -213,6 +213,9 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             abort(400, description="give at least one filter: status, source, since or until")
         if filters["status"] and filters["status"] not in REPLAYABLE:
             abort(400, description=NOT_REPLAYABLE.format(status=filters["status"]))
+        if request.args.get("dry_run", "").lower() in ("1", "true", "yes"):
+            found = store.replayable(**filters)
+            return jsonify({"would_replay": sum(found.values()), "by_status": found}), 200
         status = "queued" if settings.upstream_url else "held"
         count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202

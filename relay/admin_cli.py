@@ -47,6 +47,13 @@ def cmd_replay(args: Any, settings: Settings) -> int:
     status = "queued" if settings.upstream_url else "held"
     try:
         if args.id:
+            if args.dry_run:
+                delivery = store.get(args.id)
+                if delivery is None or delivery.status not in REPLAYABLE:
+                    print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
+                    return 1
+                print(f"would replay {args.id}: {delivery.status}" + (f"/{delivery.reason}" if delivery.reason else ""))
+                return 0
             if not store.replay(args.id, to_status=status):
                 print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
                 return 1
@@ -59,6 +66,11 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         if filters["status"] and filters["status"] not in REPLAYABLE:
             print("relay: " + NOT_REPLAYABLE.format(status=filters["status"]), file=sys.stderr)
             return 1
+        if args.dry_run:
+            found = store.replayable(**filters)
+            parts = ", ".join(f"{key} {count}" for key, count in found.items())
+            print(f"would replay {sum(found.values())} deliveries" + (f": {parts}" if parts else ""))
+            return 0
         print(f"replayed {store.replay_matching(to_status=status, **filters)} deliveries ({status})")
         return 0
     finally:

@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
     replay.add_argument("id", nargs="?")
     _add_filters(replay)
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count what the filter would replay, by status and reason; change nothing",
+    )
 
     sandbox = commands.add_parser("sandbox", help="a local stand-in for the upstream API")
     sandbox.add_argument("--host", default="127.0.0.1")

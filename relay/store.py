@@ -615,6 +615,21 @@ class Store:
         """Replay every failed or held delivery that matches the filters; returns how many."""
         return self._replay(*self._filters(**filters), to_status=to_status, now=None, batch=batch)
 
+    def replayable(self, **filters: Any) -> dict[str, int]:
+        """What `replay_matching` with these filters would replay now, counted by `status/reason`
+        (`failed/mapping`, `held`); nothing is changed."""
+        found: dict[str, int] = {}
+        query = (
+            select(deliveries.c.status, deliveries.c.reason, func.count())
+            .where(deliveries.c.status.in_(REPLAYABLE), *self._filters(**filters))
+            .group_by(deliveries.c.status, deliveries.c.reason)
+        )
+        with self._read() as connection:
+            for status, reason, count in connection.execute(query):
+                key = f"{status}/{reason}" if reason else status
+                found[key] = found.get(key, 0) + count
+        return dict(sorted(found.items()))
+
     def _replay(self, *conditions: Any, to_status: str, now: float | None, batch: int = REPLAY_BATCH) -> int:
         """Replay what matches now, `batch` deliveries a transaction.
 

@@ -123,7 +123,13 @@ def test_deliveries_and_replay_commands(tmp_path):
     assert second.stdout.split()[0] == min(ids) and second.stdout.count("\n") == 1
     last = relay("deliveries", "--source", "tilda", "--limit", "1", "--before", min(ids))
     assert (last.returncode, last.stdout, last.stderr) == (0, "", "")
-    replayed = relay("replay", "--status", "held")
+    counted = relay("replay", "--status", "held", "--dry-run")
+    assert (counted.returncode, counted.stdout) == (0, "would replay 2 deliveries: held 2\n"), counted.stderr
+    one = relay("replay", ids[0], "--dry-run")
+    assert (one.returncode, one.stdout) == (0, f"would replay {ids[0]}: held\n"), one.stderr
+    none = relay("replay", "--source", "shopify", "--dry-run")
+    assert (none.returncode, none.stdout) == (0, "would replay 0 deliveries\n"), none.stderr
+    replayed = relay("replay", "--status", "held")  # the dry runs changed nothing: both are still there
     assert (replayed.returncode, replayed.stdout) == (0, "replayed 2 deliveries (held)\n")
     for args, status, message in [
         (["deliveries", "--status", "faild"], 2, "argument --status: 'faild' is not one of queued, delivering"),

@@ -114,6 +114,30 @@ def test_pages_of_deliveries_newest_first(store):
     assert pages(source="shopify", status="held") == [[]]
 
 
+def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
+    """What a replay would take, on both databases: failed ones by reason, held ones, nothing else."""
+    source = f"src{uuid.uuid4().hex[:8]}"
+
+    def accept(n: int, status: str) -> str:
+        request = InboundRequest(
+            source=source, body=f"n={n}".encode(), content_type="application/x-www-form-urlencoded"
+        )
+        return store.accept(request, dedup_key=f"{source}:{n}", status=status, dedup_window=60).id
+
+    held = accept(0, "held")
+    queued = [accept(n, "queued") for n in range(1, 5)]
+    claimed = {d.id: t for d, t in store.claim(owner="a", limit=100, lease_seconds=30) if d.id in queued}
+    assert set(claimed) == set(queued)
+    for delivery_id, reason in zip(queued, ["mapping", "mapping", "rejected"], strict=False):
+        assert store.finish(delivery_id, claimed[delivery_id], status="failed", reason=reason, detail="no")
+    assert store.finish(queued[3], claimed[queued[3]], status="delivered")
+    found = store.replayable(source=source)
+    assert found == {"failed/mapping": 2, "failed/rejected": 1, "held": 1}
+    assert store.replayable(source=source, status="held") == {"held": 1}
+    assert store.get(held).status == "held" and store.get(queued[0]).status == "failed"
+    assert store.replay_matching(source=source) == sum(found.values())
+
+
 def test_dedup_window_expires(store):
     """After the window, the same key is a new delivery."""
     key = f"tilda:p:{uuid.uuid4()}"
@@ -353,6 +377,42 @@ def test_admin_api_filters_are_checked(client):
         assert response.json["error"] == "bad_request"
         assert response.json["detail"].startswith(detail), response.json
     assert client.post("/admin/api/replay?status=held", headers=auth).json == {"replayed": 1}
+
+
+def test_a_replay_dry_run_counts_what_the_replay_then_takes_and_changes_nothing(tmp_path):
+    """`POST /admin/api/replay?...&dry_run=1` answers what the same replay would take, by status and
+    reason, and leaves every delivery as it was; the replay that follows takes exactly that many."""
+    from relay.web import create_app
+
+    path = tmp_path / "relay.db"
+    # An upstream is set (no worker runs here), so replayed deliveries are queued, not held again.
+    upstream = "http://127.0.0.1:9/api/v1.1"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=f"sqlite:///{path}", RELAY_UPSTREAM_URL=upstream))
+    store = app.extensions["relay"]["store"]
+    client = app.test_client()
+    now = time.time()
+    _insert_deliveries(
+        path,
+        [(now - n, "tilda", "failed") for n in range(1, 4)]
+        + [(now - 10, "tally", "failed"), (now - 11, "tilda", "held"), (now - 12, "tilda", "delivered")],
+    )
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE deliveries SET reason = 'mapping' WHERE status = 'failed' AND source = 'tilda'")
+        db.execute("UPDATE deliveries SET reason = 'rejected' WHERE source = 'tally'")
+    auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
+    before = store.counts()
+    counted = client.post("/admin/api/replay?source=tilda&dry_run=1", headers=auth)
+    assert counted.status_code == 200
+    assert counted.json == {"would_replay": 4, "by_status": {"failed/mapping": 3, "held": 1}}
+    failed_only = client.post("/admin/api/replay?status=failed&dry_run=true", headers=auth).json
+    assert failed_only == {"would_replay": 4, "by_status": {"failed/mapping": 3, "failed/rejected": 1}}
+    assert store.counts() == before
+    assert client.post("/admin/api/replay?source=tilda", headers=auth).json == {"replayed": 4}
+    assert client.post("/admin/api/replay?source=tilda&dry_run=1", headers=auth).json == {
+        "would_replay": 0,
+        "by_status": {},
+    }
+    store.close()
 
 
 def test_purge_deletes_only_old_delivered_and_expired_keys(store):
