@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +94,30 @@ def delivery_filters(status: str | None, source: str | None, since: str | None, 
         except ValueError as exc:
             raise ValueError(f"{name} {exc}") from None
     return filters
+
+
+def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """What arrived and what is stuck, at a glance: counts by status, failures by reason, each source's
+    counts by status, and how long the oldest due delivery has waited."""
+    now = time.time() if now is None else now
+    by_status = dict.fromkeys(STATUSES, 0)
+    failed_by_reason: dict[str, int] = {}
+    by_source: dict[str, dict[str, int]] = {}
+    for source, status, reason, count in store.counts_by_source(**filters):
+        by_status[status] = by_status.get(status, 0) + count
+        if status == "failed":
+            failed_by_reason[reason or "unknown"] = failed_by_reason.get(reason or "unknown", 0) + count
+        per_source = by_source.setdefault(source, dict.fromkeys(STATUSES, 0))
+        per_source[status] = per_source.get(status, 0) + count
+    oldest = store.oldest_due(now)
+    return {
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "failed_by_reason": dict(sorted(failed_by_reason.items())),
+        "by_source": dict(sorted(by_source.items())),
+        # Across every source and time: the queue is one, whatever the filters.
+        "oldest_due_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
+    }
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -186,6 +211,13 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
                 "next": found[-1].id if len(found) == limit else None,
             }
         )
+
+    @bp.get("/overview")
+    def overview() -> Response:
+        filters = _filters()
+        if filters.pop("status"):
+            abort(400, description="the overview counts every status; filter by source, since or until")
+        return jsonify(deliveries_overview(store, filters))
 
     @bp.get("/deliveries/<delivery_id>")
     def show(delivery_id: str) -> Response:

@@ -1,4 +1,5 @@
-"""`python -m relay deliveries` and `replay`: the admin API's list, show and replay from the shell."""
+"""`python -m relay deliveries`, `overview` and `replay`: the admin API's list, show, overview and replay
+from the shell."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import json
 import sys
 from typing import Any
 
-from relay.admin_api import NOT_REPLAYABLE, delivery_detail, delivery_summary
+from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary
 from relay.settings import Settings
-from relay.store import REPLAYABLE, Store
+from relay.store import REPLAYABLE, STATUSES, Store
 
-__all__ = ["cmd_deliveries", "cmd_replay"]
+__all__ = ["cmd_deliveries", "cmd_overview", "cmd_replay"]
 
 
 def _filters(args: Any) -> dict[str, Any]:
@@ -75,3 +76,34 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_overview(args: Any, settings: Settings) -> int:
+    store = Store(settings.database_url)
+    try:
+        found = deliveries_overview(store, {"source": args.source, "since": args.since, "until": args.until})
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"deliveries: {found['total']:,}   " + "   ".join(f"{s} {found['by_status'][s]:,}" for s in STATUSES))
+    if found["failed_by_reason"]:
+        print("failed by reason: " + ", ".join(f"{r} {n:,}" for r, n in found["failed_by_reason"].items()))
+    age = found["oldest_due_age_seconds"]
+    print("oldest due: " + ("none waiting" if age is None else f"waiting {_duration(age)}"))
+    if found["by_source"]:
+        width = max(len("source"), *(len(name) for name in found["by_source"]))
+        print(f"{'source':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES))
+        for name, counts in found["by_source"].items():
+            print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES))
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"

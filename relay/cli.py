@@ -1,4 +1,4 @@
-"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, replay, sandbox."""
+"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, overview, replay, sandbox."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_filters(deliveries)
     deliveries.add_argument("--limit", type=_positive_count, default=50)
     deliveries.add_argument("--before", metavar="ID", help="the page after this delivery (newest first)")
+
+    overview = commands.add_parser("overview", help="deliveries at a glance: by status, reason and source")
+    overview.add_argument("--source")
+    overview.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
+    overview.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")
+    overview.add_argument("--json", action="store_true", help="the admin API's JSON instead of a table")
 
     replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
     replay.add_argument("id", nargs="?")
@@ -297,5 +303,6 @@ _COMMANDS = {
     "worker": _lazy("relay.worker", "cmd_worker"),
     "deliveries": _lazy("relay.admin_cli", "cmd_deliveries"),
     "replay": _lazy("relay.admin_cli", "cmd_replay"),
+    "overview": _lazy("relay.admin_cli", "cmd_overview"),
     "sandbox": _lazy("relay.sandbox", "cmd_sandbox"),
 }

@@ -518,6 +518,16 @@ class Store:
             rows = connection.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all()
         return {status: count for status, count in rows}
 
+    def counts_by_source(self, **filters: Any) -> list[tuple[str, str, str | None, int]]:
+        """(source, status, reason, count) of the deliveries that match `filters` (source, since, until)."""
+        query = (
+            select(deliveries.c.source, deliveries.c.status, deliveries.c.reason, func.count())
+            .where(and_(True, *self._filters(**filters)))
+            .group_by(deliveries.c.source, deliveries.c.status, deliveries.c.reason)
+        )
+        with self._read() as connection:
+            return [(source, status, reason, int(count)) for source, status, reason, count in connection.execute(query)]
+
     def oldest_due(self, now: float | None = None) -> float | None:
         now = time.time() if now is None else now
         with self._read() as connection:

@@ -123,6 +123,14 @@ def test_deliveries_and_replay_commands(tmp_path):
     assert second.stdout.split()[0] == min(ids) and second.stdout.count("\n") == 1
     last = relay("deliveries", "--source", "tilda", "--limit", "1", "--before", min(ids))
     assert (last.returncode, last.stdout, last.stderr) == (0, "", "")
+    overview = relay("overview")
+    assert overview.returncode == 0, overview.stderr
+    lines = overview.stdout.splitlines()
+    assert lines[0] == "deliveries: 2   queued 0   delivering 0   delivered 0   retrying 0   held 2   failed 0"
+    assert lines[1] == "oldest due: none waiting"  # held ones wait for an upstream, not for a worker
+    assert lines[3].split() == ["tilda", "0", "0", "0", "0", "2", "0"]
+    as_json = json.loads(relay("overview", "--source", "shopify", "--json").stdout)
+    assert as_json["total"] == 0 and as_json["by_source"] == {}
     counted = relay("replay", "--status", "held", "--dry-run")
     assert (counted.returncode, counted.stdout) == (0, "would replay 2 deliveries: held 2\n"), counted.stderr
     one = relay("replay", ids[0], "--dry-run")

@@ -138,6 +138,32 @@ def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
     assert store.replay_matching(source=source) == sum(found.values())
 
 
+def test_counts_by_source_status_and_reason(store):
+    """The overview's one query, on both databases: counts per source, status and reason, within a time range."""
+    source = f"src{uuid.uuid4().hex[:8]}"
+    now = time.time()
+
+    def accept(n: int, status: str, at: float) -> str:
+        request = InboundRequest(
+            source=source, body=f"n={n}".encode(), content_type="application/x-www-form-urlencoded"
+        )
+        return store.accept(request, dedup_key=f"{source}:{n}", status=status, dedup_window=60, now=at).id
+
+    accept(0, "held", now - 7200)
+    failed = accept(1, "queued", now)
+    accept(2, "queued", now)
+    claimed = store.claim(owner="a", limit=100, lease_seconds=30, now=now + 1)  # both queued ones
+    token = next(token for delivery, token in claimed if delivery.id == failed)
+    assert store.finish(failed, token, status="failed", reason="mapping", detail="no")
+    rows = store.counts_by_source(source=source)
+    assert sorted(rows, key=str) == sorted(
+        [(source, "held", None, 1), (source, "failed", "mapping", 1), (source, "delivering", None, 1)], key=str
+    )
+    recent = store.counts_by_source(source=source, since=now - 60)
+    expected = [(source, "failed", "mapping", 1), (source, "delivering", None, 1)]
+    assert sorted(recent, key=str) == sorted(expected, key=str)
+
+
 def test_dedup_window_expires(store):
     """After the window, the same key is a new delivery."""
     key = f"tilda:p:{uuid.uuid4()}"
@@ -413,6 +439,41 @@ def test_a_replay_dry_run_counts_what_the_replay_then_takes_and_changes_nothing(
         "by_status": {},
     }
     store.close()
+
+
+def test_admin_overview_counts_by_status_reason_and_source(tmp_path):
+    """`GET /admin/api/overview`: what arrived and what is stuck, in one answer, behind the admin token."""
+    from relay.web import create_app
+
+    path = tmp_path / "relay.db"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=f"sqlite:///{path}"))
+    client = app.test_client()
+    now = time.time()
+    _insert_deliveries(
+        path,
+        [(now - 1, "tilda", "failed"), (now - 2, "tilda", "failed"), (now - 3, "tally", "queued")]
+        + [(now - 4, "tally", "delivered"), (now - 5000, "tilda", "held")],
+    )
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE deliveries SET reason = 'mapping' WHERE status = 'failed'")
+        db.execute("UPDATE deliveries SET next_attempt_at = ? WHERE status = 'queued'", (now - 90,))
+    auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
+    assert client.get("/admin/api/overview").status_code == 401
+    found = client.get("/admin/api/overview", headers=auth).json
+    zero = dict.fromkeys(["queued", "delivering", "delivered", "retrying", "held", "failed"], 0)
+    assert found["total"] == 5
+    assert found["by_status"] == {**zero, "queued": 1, "delivered": 1, "held": 1, "failed": 2}
+    assert found["failed_by_reason"] == {"mapping": 2}
+    assert found["by_source"] == {
+        "tally": {**zero, "queued": 1, "delivered": 1},
+        "tilda": {**zero, "held": 1, "failed": 2},
+    }
+    assert 89 <= found["oldest_due_age_seconds"] < 120
+    recent = client.get("/admin/api/overview?source=tilda&since=" + str(now - 60), headers=auth).json
+    assert recent["by_status"] == {**zero, "failed": 2} and list(recent["by_source"]) == ["tilda"]
+    refused = client.get("/admin/api/overview?status=failed", headers=auth)
+    assert refused.status_code == 400 and "filter by source, since or until" in refused.json["detail"]
+    app.extensions["relay"]["store"].close()
 
 
 def test_purge_deletes_only_old_delivered_and_expired_keys(store):
