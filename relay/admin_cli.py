@@ -32,6 +32,9 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
         page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
         for delivery in page:
             row = delivery_summary(delivery)
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+                continue
             print(
                 f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
                 f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}"

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_filters(deliveries)
     deliveries.add_argument("--limit", type=_positive_count, default=50)
     deliveries.add_argument("--before", metavar="ID", help="the page after this delivery (newest first)")
+    deliveries.add_argument("--json", action="store_true", help="one JSON object a line (the admin API's), for scripts")
 
     overview = commands.add_parser("overview", help="deliveries at a glance: by status, reason and source")
     overview.add_argument("--source")

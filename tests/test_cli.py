@@ -114,6 +114,9 @@ def test_deliveries_and_replay_commands(tmp_path):
     listed = relay("deliveries", "--status", "held", "--since", "2020-01-01T00:00:00Z")
     assert listed.returncode == 0, listed.stderr
     assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(ids)
+    as_lines = relay("deliveries", "--status", "held", "--json").stdout.splitlines()
+    assert sorted(json.loads(line)["id"] for line in as_lines) == sorted(ids)
+    assert {json.loads(line)["status"] for line in as_lines} == {"held"}
     shown = relay("deliveries", ids[0])
     assert json.loads(shown.stdout)["request"]["body"] == "Email=c0@example.com"  # as the test client sent it
     first = relay("deliveries", "--source", "tilda", "--limit", "1")
