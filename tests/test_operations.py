@@ -500,3 +500,38 @@ def test_the_readme_lists_every_setting_with_its_default():
         if documented is None or not documented.startswith(expected):
             wrong[variable] = (documented, expected)
     assert wrong == {}
+
+
+def test_the_alert_rules_name_only_what_relay_exports():
+    """ops/prometheus-alerts.yml is a Prometheus rule file whose every metric is one relay declares, and
+    whose every outcome and status label value is one relay emits: an alert on a renamed metric or a
+    misspelt outcome would never fire, silently."""
+    import promql_parser
+    import yaml
+
+    from relay import errors, metrics
+    from relay.store import STATUSES
+
+    rules = yaml.safe_load((ROOT / "ops" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len(alerts) >= 6
+    webhook_outcomes = {"accepted", "duplicate", "ping", "ignored", "rate_limited"} | {
+        value.code
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, (errors.RequestRejected, errors.StoreUnavailable))
+    }
+    emitted = {
+        "relay_webhooks_received_total": {"outcome": webhook_outcomes},
+        "relay_delivery_attempts_total": {"outcome": {"delivered", "transient", "rejected"}},
+        "relay_deliveries": {"status": set(STATUSES)},
+    }
+    for alert in alerts:
+        assert alert["alert"] and alert["annotations"]["summary"], alert
+        expr = alert["expr"]
+        promql_parser.parse(expr)  # raises ValueError on PromQL that Prometheus would refuse to load
+        for name, labels in re.findall(r"(relay_[a-z_]+)(?:\{([^}]*)\})?", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in metrics.DECLARED, (alert["alert"], name)
+            for label, values in re.findall(r'(\w+)=~?"([^"]*)"', labels):
+                allowed = emitted.get(base, {}).get(label)
+                assert allowed is not None and set(values.split("|")) <= allowed, (alert["alert"], label, values)
