@@ -39,10 +39,21 @@ control_socket_disable = True
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Prometheus counters from every worker process are merged at scrape time. A folder made here is
+    """Refuse to start on a mapping file that does not load, with its problems, before any worker boots.
+
+    Later, a worker that boots (after a crash, a timeout, a reload) serves the sources whose files load
+    and answers 503 for one broken on disk meanwhile, rather than fail to boot and take gunicorn down.
+
+    Prometheus counters from every worker process are merged at scrape time. A folder made here is
     this master's alone and is removed when it exits (or, if it is killed, at the next start). It is
     made when the master starts, not when this file is read: `gunicorn --check-config` reads it too,
     and a reload (SIGHUP) reads it again; the workers, forked later, inherit the environment."""
+    from relay.mapping.loader import load_sources
+
+    try:
+        load_sources(_settings.mappings_dir)
+    except ConfigError as exc:
+        raise SystemExit("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems)) from None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from relay.metrics_dir import make_metrics_dir  # standard library only
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import sentry_sdk
@@ -32,7 +34,7 @@ from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
-from relay.mapping.loader import load_sources
+from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.translate import event_of, prepare_payload, select_rule
 from relay.pipeline import parse_request
@@ -50,17 +52,24 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def create_app(settings: Settings | None = None, *, store: Store | None = None, sentry_transport: Any = None) -> Flask:
     """Build the app: settings checked, mappings loaded, store opened.
 
+    A mapping file that does not load leaves the others served: its source answers 503 (the provider
+    sends again) and /readyz says what is wrong. Relay's start (`relay run`, gunicorn's master) refuses
+    such a file; a web worker that boots later, after a crash or a reload, finds it only if it was
+    broken on disk meanwhile, and one bad edit must not stop every source.
+
     Raises:
-        ConfigError: a setting or a mapping file is wrong (every problem listed).
+        ConfigError: a setting is wrong, or there is no mapping file at all (every problem listed).
     """
     settings = settings or Settings.from_env()
     configure_logging(settings)
     init_sentry(settings, transport=sentry_transport)
-    sources = load_sources(settings.mappings_dir)
+    sources, broken = load_sources_leniently(settings.mappings_dir)
+    for name, problems in broken.items():
+        log.error("mapping file does not load; its source answers 503", extra={"source": name, "problems": problems})
     store = store or Store(settings.database_url, wait_for_database=True)
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
-    app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store}
+    app.extensions["relay"] = {"settings": settings, "sources": sources, "store": store, "broken": broken}
     _register_errors(app)
     limiter = HookLimiter(settings.hook_rate_limit, settings.rate_limit_storage)
 
@@ -87,6 +96,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         # A hook URL pasted with a trailing slash (`/hooks/tilda/`) is the same hook, not an unknown source.
         name = name.removesuffix("/")
         source = sources.get(name)
+        if source is None and name in broken:
+            metrics.received(name, "mapping_unavailable")
+            log.error("mapping file does not load", extra={"source": name, "problems": broken[name]})
+            response, status = _error(
+                503,
+                "mapping_unavailable",
+                f"the mapping file of {name!r} does not load; nothing was kept, send it again",
+            )
+            response.headers["Retry-After"] = "60"
+            return response, status
         if source is None:
             raise UnknownSource(f"no mapping file for source {name!r}")
         g.source = name
@@ -113,6 +132,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             store.ping()
         except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
             problems["store"] = type(exc).__name__
+        if broken:
+            # File names without the folder: /readyz answers anyone who asks.
+            folder = str(Path(settings.mappings_dir)) + os.sep
+            problems["mappings"] = {name: [p.replace(folder, "") for p in found] for name, found in broken.items()}
         unconfigured = {
             name: missing for name, source in sources.items() if (missing := missing_secrets(source, settings.env))
         }

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -515,7 +517,7 @@ def test_the_alert_rules_name_only_what_relay_exports():
     rules = yaml.safe_load((ROOT / "ops" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert len(alerts) >= 6
-    webhook_outcomes = {"accepted", "duplicate", "ping", "ignored", "rate_limited"} | {
+    webhook_outcomes = {"accepted", "duplicate", "ping", "ignored", "rate_limited", "mapping_unavailable"} | {
         value.code
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, (errors.RequestRejected, errors.StoreUnavailable))
@@ -535,3 +537,105 @@ def test_the_alert_rules_name_only_what_relay_exports():
             for label, values in re.findall(r'(\w+)=~?"([^"]*)"', labels):
                 allowed = emitted.get(base, {}).get(label)
                 assert allowed is not None and set(values.split("|")) <= allowed, (alert["alert"], label, values)
+
+
+def _mappings_with_tally_broken(tmp_path: Path) -> Path:
+    folder = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", folder)
+    with (folder / "tally.yaml").open("a") as file:
+        file.write("rules: []\n")  # a second `rules`, empty: the file no longer loads
+    return folder
+
+
+def test_a_web_worker_that_boots_with_a_broken_mapping_serves_the_other_sources(tmp_path):
+    """A mapping file edited on disk while relay runs, and broken: a web worker that boots then (after a
+    crash, a timeout, a reload) serves every other source, answers 503 for the broken one (its provider
+    sends again), and /readyz says which file and why. Before, the worker failed to boot, and gunicorn's
+    master then stopped altogether: `relay run` exited and every webhook met a closed port."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", folder)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "RELAY_MAPPINGS_DIR": str(folder),
+        "TILDA_WEBHOOK_TOKEN": "tok",
+        "RELAY_WEB_WORKERS": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "run", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def gunicorn() -> dict[int, int]:
+        """pid -> parent pid of relay run's gunicorn processes (its master and the master's worker)."""
+        return {
+            pid: int(fields[1])
+            for pid, fields, argv in live_processes()
+            if b"app:app" in argv and int(fields[2]) == process.pid
+        }
+
+    def web_workers() -> list[int]:
+        found = gunicorn()
+        return [pid for pid, parent in found.items() if parent in found]
+
+    def wait_for(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, "relay run did not start")
+        wait_for(lambda: len(web_workers()) == 1, "no web worker")
+        [worker] = web_workers()
+        with (folder / "tally.yaml").open("a") as file:
+            file.write("rules: []\n")
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: web_workers() not in ([], [worker]) and ready(), "no new web worker")
+        assert process.poll() is None, "relay run stopped"
+        tilda = httpx.post(f"{base}/hooks/tilda?token=tok", data={"Email": "after@example.com"}, timeout=5)
+        assert tilda.status_code == 202, tilda.text
+        tally = httpx.post(f"{base}/hooks/tally", json={"eventId": "e1"}, timeout=5)
+        assert tally.status_code == 503 and tally.headers["Retry-After"] == "60"
+        assert tally.json()["error"] == "mapping_unavailable"
+        readyz = httpx.get(f"{base}/readyz", timeout=5)
+        assert readyz.status_code == 503
+        assert readyz.json()["problems"]["mappings"]["tally"][0].startswith("tally.yaml:")  # not the folder
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_gunicorn_refuses_to_start_on_a_broken_mapping(tmp_path):
+    """`gunicorn app:app` started with a mapping file that does not load stops before any worker boots,
+    with the file, line and key of each problem and no traceback."""
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "RELAY_MAPPINGS_DIR": str(_mappings_with_tally_broken(tmp_path)),
+        "RELAY_BIND": f"127.0.0.1:{free_port()}",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "relay: mapping files are wrong:\n  " in done.stderr and "tally.yaml:" in done.stderr
+    assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr

@@ -15,7 +15,7 @@ from relay.mapping.model import Source
 from relay.mapping.schema import MappingFileSchema
 from relay.mapping.yamlnodes import LineTable, line_of, load_with_lines
 
-__all__ = ["load_source_file", "load_sources", "mapping_files", "referenced_variables"]
+__all__ = ["load_source_file", "load_sources", "load_sources_leniently", "mapping_files", "referenced_variables"]
 
 
 def mapping_files(folder: str | Path) -> list[Path]:
@@ -79,19 +79,33 @@ def load_sources(folder: str | Path) -> dict[str, Source]:
     Raises:
         ConfigError: with every problem of every file, or when there is no file.
     """
+    sources, broken = load_sources_leniently(folder)
+    if broken:
+        raise ConfigError([problem for problems in broken.values() for problem in problems])
+    return sources
+
+
+def load_sources_leniently(folder: str | Path) -> tuple[dict[str, Source], dict[str, list[str]]]:
+    """The sources whose files load, and the problems of the others by source name (the file's name).
+
+    For a web worker that boots while relay runs: a file broken on disk since the start (an edit not yet
+    checked) must not keep it from serving every other source.
+
+    Raises:
+        ConfigError: when the folder has no mapping file at all.
+    """
     files = mapping_files(folder)
     if not files:
         raise ConfigError(f"{folder}: no mapping files (*.yaml) found; set RELAY_MAPPINGS_DIR")
     sources: dict[str, Source] = {}
-    problems: list[str] = []
+    broken: dict[str, list[str]] = {}
     for path in files:
-        source, found = load_source_file(path)
-        problems.extend(found)
-        if source is not None:
+        source, problems = load_source_file(path)
+        if problems:
+            broken.setdefault(path.stem, []).extend(problems)
+        elif source is not None:
             sources[source.name] = source
-    if problems:
-        raise ConfigError(problems)
-    return sources
+    return sources, broken
 
 
 def _walk(messages: Any, path: tuple[str, ...], lines: LineTable) -> Iterator[tuple[tuple[str, ...], str]]:
