@@ -311,6 +311,18 @@ def test_run_says_listening_only_when_it_is(tmp_path):
     assert "listening" not in done.stderr and "Traceback" not in done.stderr
 
 
+def _relay_run(port: int, *, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`relay run` in a process group of its own (stop it with os.killpg), its output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "run", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     """`relay run` started elsewhere: its web server and worker read the same `.env` and resolve the same
     relative paths as it does (they used to start in the project folder and miss both)."""
@@ -318,14 +330,7 @@ def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "PROMETHEUS_"))}
     env["PYTHONPATH"] = str(ROOT)
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = _relay_run(port, env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -562,14 +567,7 @@ def test_a_web_worker_that_boots_with_a_broken_mapping_serves_the_other_sources(
         "TILDA_WEBHOOK_TOKEN": "tok",
         "RELAY_WEB_WORKERS": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = _relay_run(port, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
     def gunicorn() -> dict[int, int]:
