@@ -10,6 +10,7 @@ import base64
 import hmac
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -101,12 +102,12 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
     counts by status, and how long the oldest due delivery has waited."""
     now = time.time() if now is None else now
     by_status = dict.fromkeys(STATUSES, 0)
-    failed_by_reason: dict[str, int] = {}
+    failed_by_reason: Counter[str] = Counter()
     by_source: dict[str, dict[str, int]] = {}
     for source, status, reason, count in store.counts_by_source(**filters):
         by_status[status] = by_status.get(status, 0) + count
         if status == "failed":
-            failed_by_reason[reason or "unknown"] = failed_by_reason.get(reason or "unknown", 0) + count
+            failed_by_reason[reason or "unknown"] += count
         per_source = by_source.setdefault(source, dict.fromkeys(STATUSES, 0))
         per_source[status] = per_source.get(status, 0) + count
     oldest = store.oldest_due(now)

@@ -9,7 +9,7 @@ from typing import Any
 
 from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary
 from relay.settings import Settings
-from relay.store import REPLAYABLE, STATUSES, Store
+from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
 
 __all__ = ["cmd_deliveries", "cmd_overview", "cmd_replay"]
 
@@ -53,15 +53,17 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         if args.id:
             if args.dry_run:
                 delivery = store.get(args.id)
-                if delivery is None or delivery.status not in REPLAYABLE:
-                    print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
-                    return 1
-                print(f"would replay {args.id}: {delivery.status}" + (f"/{delivery.reason}" if delivery.reason else ""))
-                return 0
-            if not store.replay(args.id, to_status=status):
+                taken = delivery is not None and delivery.status in REPLAYABLE
+                said = (
+                    f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}" if delivery else ""
+                )
+            else:
+                taken = store.replay(args.id, to_status=status)
+                said = f"{args.id}: {status}"
+            if not taken:
                 print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
                 return 1
-            print(f"{args.id}: {status}")
+            print(said)
             return 0
         filters = _filters(args)
         if not any(filters.values()):

@@ -66,7 +66,7 @@ from relay.store_writes import (
     settle,
 )
 
-__all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE"]
+__all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE", "status_and_reason"]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
@@ -264,6 +264,17 @@ def _unindexed(column: Any) -> Any:
     index where another one finds the rows (SQLite's planner has no statistics, and PostgreSQL's expects
     matches spread evenly)."""
     return column.concat("")
+
+
+def status_and_reason(status: str, reason: str | None) -> str:
+    """`failed/mapping`, or `held` when there is no reason: how a replay's dry run names what it counts."""
+    return f"{status}/{reason}" if reason else status
+
+
+def _replayable(*conditions: Any) -> tuple[Any, ...]:
+    """What a replay takes now, of the deliveries that match `conditions`: its count (a dry run) and the
+    replay itself read the same."""
+    return (deliveries.c.status.in_(REPLAYABLE), *conditions)
 
 
 def _create_tables(connection: Connection) -> None:
@@ -631,12 +642,12 @@ class Store:
         found: dict[str, int] = {}
         query = (
             select(deliveries.c.status, deliveries.c.reason, func.count())
-            .where(deliveries.c.status.in_(REPLAYABLE), *self._filters(**filters))
+            .where(*_replayable(*self._filters(**filters)))
             .group_by(deliveries.c.status, deliveries.c.reason)
         )
         with self._read() as connection:
             for status, reason, count in connection.execute(query):
-                key = f"{status}/{reason}" if reason else status
+                key = status_and_reason(status, reason)
                 found[key] = found.get(key, 0) + count
         return dict(sorted(found.items()))
 
@@ -652,11 +663,7 @@ class Store:
         # took (an order's counters) are not sent again.
         now = time.time() if now is None else now
         with self._read() as connection:
-            ids = list(
-                connection.execute(
-                    select(deliveries.c.id).where(deliveries.c.status.in_(REPLAYABLE), *conditions)
-                ).scalars()
-            )
+            ids = list(connection.execute(select(deliveries.c.id).where(*_replayable(*conditions))).scalars())
         replayed = 0
         for start in range(0, len(ids), batch):
             with self._tx() as tx:

@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     sources, broken = load_sources_leniently(settings.mappings_dir)
     for name, problems in broken.items():
         log.error("mapping file does not load; its source answers 503", extra={"source": name, "problems": problems})
+    # For /readyz, which answers anyone who asks: file names without the folder.
+    folder = str(Path(settings.mappings_dir)) + os.sep
+    broken_shown = {name: [problem.replace(folder, "") for problem in found] for name, found in broken.items()}
     store = store or Store(settings.database_url, wait_for_database=True)
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce our own limit on the raw body
@@ -132,10 +135,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             store.ping()
         except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
             problems["store"] = type(exc).__name__
-        if broken:
-            # File names without the folder: /readyz answers anyone who asks.
-            folder = str(Path(settings.mappings_dir)) + os.sep
-            problems["mappings"] = {name: [p.replace(folder, "") for p in found] for name, found in broken.items()}
+        if broken_shown:
+            problems["mappings"] = broken_shown
         unconfigured = {
             name: missing for name, source in sources.items() if (missing := missing_secrets(source, settings.env))
         }
