@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeElementTree
+import orjson
 from defusedxml import DefusedXmlException
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -108,13 +109,34 @@ def _finite_float(text: str) -> float:
 # infinity: each would reach the upstream as invalid JSON, so they are refused here.
 _JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
+# orjson parses a body with a third of the standard library's work (a 7 KB Shopify order: 230,000
+# instructions against 615,000, two fifths of its whole translation) and refuses NaN, Infinity and
+# 1e999 itself. But it turns an integer beyond 64 bits into a float, dropping digits, so a body with
+# 19 digits in a row anywhere (strings too: that only costs speed) goes to the standard library, and
+# so does everything orjson refuses (a lone surrogate escape, which Python takes; a real error, whose
+# message is then Python's). The answer is the standard library's for every body. Runs of digits are
+# found on the bytes with every other byte blanked (re's search took as long as the parse itself).
+_DIGITS_AS_ZERO = bytes(48 if byte in b"0123456789" else 32 for byte in range(256))  # 48 is "0", 32 " "
+_LONG_NUMBER = b"0" * 19
+
+
+def _load_json(text: str, utf8: bytes) -> Any:
+    """`utf8` is `text` encoded as UTF-8 (the body itself, as most are)."""
+    if _LONG_NUMBER not in utf8.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _JSON_DECODER.decode(text)
+
 
 def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -> Any:
     text = _decode(body, charset)
     if not text.strip():
         raise Unparsable("empty JSON body")
+    utf8 = body if (charset or "utf-8").lower() in ("utf-8", "utf8") else text.encode("utf-8", "surrogatepass")
     try:
-        data = _JSON_DECODER.decode(text)
+        data = _load_json(text, utf8)
     except RecursionError as exc:
         raise Unparsable("JSON nested too deeply") from exc
     except ValueError as exc:

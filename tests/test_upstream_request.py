@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.bodies import parse_body
-from relay.upstream.request import request_problems
+from relay.upstream.request import ProfileRequestSchema, SubscriptionSchema, request_problems
 from relay.upstream.xmlbody import to_xml
 
 OK = {"db_id": 1, "matching": "email", "email": "a@example.com", "data": {"email": "a@example.com"}}
@@ -103,3 +105,40 @@ def test_xml_body_round_trips():
         "email": "a&b@example.com",
         "data": {"phones": ["+1", "+2"], "tags": {"action": "add", "value": ["x"]}},
     }
+
+
+def test_unknown_and_missing_keys_are_named():
+    """A key the contract does not know, and a required one left out, at both levels."""
+    assert any("frobnicate" in p for p in request_problems("profiles/update", {**OK, "frobnicate": 1}))
+    without_db = {key: value for key, value in OK.items() if key != "db_id"}
+    assert any(p.startswith("db_id:") for p in request_problems("profiles/update", without_db))
+    subscription = {"channel": "email", "email": "a@b.c", "colour": "red"}
+    problems = request_problems("profiles/update", {**OK, "data": {"subscriptions": [subscription]}})
+    assert any("resource_id" in p for p in problems), problems
+    assert any("colour" in p for p in problems), problems
+
+
+_request_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 3), st.sampled_from(["", "email", "a@b.c", "x", "0" * 24]), st.just([1])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.dictionaries(
+        st.sampled_from([*ProfileRequestSchema._declared_fields, "frobnicate"]), _request_values, max_size=8
+    ),
+    subscription=st.dictionaries(
+        st.sampled_from([*SubscriptionSchema._declared_fields, "colour"]),
+        st.one_of(_request_values, st.sampled_from(["email", "sms", "subscribed"])),
+        max_size=6,
+    ),
+)
+def test_checking_only_the_given_keys_finds_what_the_whole_schema_finds(body, subscription):
+    """The check leaves out the optional fields a request lacks (for speed); its messages are the whole
+    schema's, whatever keys are given, left out or unknown."""
+    from relay.upstream.request import _problems
+
+    body = {**body, "data": {"subscriptions": [subscription]}}
+    assert _problems(SubscriptionSchema, subscription) == SubscriptionSchema().validate(subscription)
+    assert _problems(ProfileRequestSchema, body) == ProfileRequestSchema().validate(body)

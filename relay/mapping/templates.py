@@ -7,6 +7,7 @@ so that a tag like `form_{formid}` is left out rather than sent as `form_`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,8 +17,10 @@ from relay.mapping.transforms import scalar_text
 __all__ = ["render", "template_expressions"]
 
 
-def _parts(template: str) -> list[tuple[bool, str]]:
-    """Split into (is_expression, text) pieces."""
+@functools.lru_cache(maxsize=1024)
+def _parts(template: str) -> tuple[tuple[bool, str], ...]:
+    """Split into (is_expression, text) pieces; once per template, which mapping files bound (every
+    tag and templated value of every webhook is rendered from one)."""
     parts: list[tuple[bool, str]] = []
     literal: list[str] = []
     i = 0
@@ -53,7 +56,7 @@ def _parts(template: str) -> list[tuple[bool, str]]:
         i += 1
     if literal:
         parts.append((False, "".join(literal)))
-    return parts
+    return tuple(parts)
 
 
 def template_expressions(template: str) -> list[str]:
@@ -70,7 +73,7 @@ def render(
     pieces: list[str] = []
     for is_expression, text in _parts(template):
         if not is_expression:
-            pieces.append(envrefs.resolve_text(text, env))
+            pieces.append(envrefs.resolve_text(text, env) if "${" in text else text)
             continue
         value = scalar_text(search(text, data))
         if not value:

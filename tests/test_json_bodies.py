@@ -1,0 +1,87 @@
+"""JSON bodies come out exactly as Python's own parser gives them, whichever parser did the work.
+
+Relay parses JSON with orjson (a third of the work) and falls back to the
+standard library where orjson would differ: an integer beyond 64 bits (orjson
+makes it a float and drops digits), a lone surrogate escape, an error.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.bodies import parse_body
+
+from .conftest import FIXTURES, MAPPINGS
+
+
+def exact(value):
+    """`value` with every number's type made visible: 1 and 1.0, and True and 1, differ here."""
+    if isinstance(value, dict):
+        return {key: exact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [exact(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "123456789012345678901234567890",
+        '{"id": 18446744073709551616, "other": -9223372036854775809}',
+        '{"id": 18446744073709551615, "small": -9223372036854775808}',
+        '{"order_id": 1234567890123456789012, "note": "x"}',
+        '{"phone": "12345678901234567890", "n": 1}',
+        '{"lone": "\\ud800", "pair": "\\ud83d\\ude00"}',
+        '{"a": 1, "a": 2}',
+        '{"zero": -0.0, "tiny": 5e-400, "float": 0.1, "whole": 1.0, "int": -0}',
+        '\ufeff{"bom": true}',
+        '{"nested": [[[{"deep": null}]]], "text": "é ☃ \\u0000"}',
+    ],
+)
+def test_tricky_json_parses_as_pythons_parser_does(text):
+    """Each of these is a body orjson alone would get wrong (big integers as floats) or refuse (a lone
+    surrogate escape), or an edge of JSON's grammar; relay's answer is the standard library's."""
+    parsed = parse_body(text.encode("utf-8", "surrogatepass"), "application/json")
+    assert exact(parsed) == exact(json.loads(text.removeprefix("\ufeff")))
+
+
+def test_big_integer_in_a_body_of_another_charset_keeps_every_digit():
+    """The long-number check reads the text, not the raw bytes, when the body is not UTF-8."""
+    text = '{"id": 123456789012345678901234567890, "name": "Zoë"}'
+    for charset in ("utf-16", "latin-1"):
+        parsed = parse_body(text.encode(charset), f"application/json; charset={charset}")
+        assert exact(parsed) == exact(json.loads(text))
+
+
+def test_every_sample_payload_parses_as_pythons_parser_does():
+    """Real provider payloads: the built-in mappings' examples and the test fixtures."""
+    files = [*MAPPINGS.glob("examples/*/*.json"), *FIXTURES.glob("*.json")]
+    assert len(files) > 20
+    for path in files:
+        body = path.read_bytes()
+        assert exact(parse_body(body, "application/json")) == exact(json.loads(body)), path
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, ascii_only=st.booleans())
+def test_any_json_document_parses_as_pythons_parser_does(value, ascii_only):
+    """Integers of any size, every float, any text (escaped or not, surrogates included)."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    parsed = parse_body(text.encode("utf-8", "surrogatepass"), "application/json")
+    assert exact(parsed) == exact(json.loads(text))
