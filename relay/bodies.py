@@ -113,39 +113,52 @@ _JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_f
 # instructions against 615,000, two fifths of its whole translation) and refuses NaN, Infinity and
 # 1e999 itself. But it turns an integer beyond 64 bits into a float, dropping digits, so a body with
 # 19 digits in a row anywhere (strings too: that only costs speed) goes to the standard library, and
-# so does everything orjson refuses (a lone surrogate escape, which Python takes; a real error, whose
-# message is then Python's). The answer is the standard library's for every body. Runs of digits are
-# found on the bytes with every other byte blanked (re's search took as long as the parse itself).
+# so does everything orjson refuses (a lone surrogate escape, which Python takes; a byte order mark;
+# bytes that are not UTF-8; a real error, whose message is then Python's). The answer is the
+# standard library's for every body. orjson reads a UTF-8 body as it came, without decoding it first;
+# runs of digits are found on the bytes with every other byte blanked (re's search took as long as
+# the parse itself).
 _DIGITS_AS_ZERO = bytes(48 if byte in b"0123456789" else 32 for byte in range(256))  # 48 is "0", 32 " "
 _LONG_NUMBER = b"0" * 19
+_NOT_PARSED = object()
 
 
-def _load_json(text: str, utf8: bytes) -> Any:
-    """`utf8` is `text` encoded as UTF-8 (the body itself, as most are)."""
-    if _LONG_NUMBER not in utf8.translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
-    return _JSON_DECODER.decode(text)
+def _parse_with_orjson(utf8: bytes | str) -> Any:
+    """`utf8`'s data, or _NOT_PARSED where the standard library must decide."""
+    digits = utf8 if isinstance(utf8, bytes) else utf8.encode("utf-8", "surrogatepass")
+    if _LONG_NUMBER in digits.translate(_DIGITS_AS_ZERO):
+        return _NOT_PARSED
+    try:
+        return orjson.loads(utf8)
+    except orjson.JSONDecodeError:
+        return _NOT_PARSED
 
 
 def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -> Any:
-    text = _decode(body, charset)
-    if not text.strip():
-        raise Unparsable("empty JSON body")
-    utf8 = body if (charset or "utf-8").lower() in ("utf-8", "utf8") else text.encode("utf-8", "surrogatepass")
+    utf8 = (charset or "utf-8").lower() in ("utf-8", "utf8")
+    data = _parse_with_orjson(body) if utf8 else _NOT_PARSED
+    if data is _NOT_PARSED:
+        text = _decode(body, charset)
+        if not text.strip():
+            raise Unparsable("empty JSON body")
+        if not utf8:
+            data = _parse_with_orjson(text)
+        if data is _NOT_PARSED:
+            data = _parse_with_python(text)
+    if check_depth and isinstance(data, (dict, list)):
+        _check_depth(data)
+    return data
+
+
+def _parse_with_python(text: str) -> Any:
     try:
-        data = _load_json(text, utf8)
+        return _JSON_DECODER.decode(text)
     except RecursionError as exc:
         raise Unparsable("JSON nested too deeply") from exc
     except ValueError as exc:
         if "integer string conversion" in str(exc):  # Python's guard against quadratic int parsing
             raise Unparsable(f"invalid JSON: a number has more than {sys.get_int_max_str_digits()} digits") from exc
         raise Unparsable(f"invalid JSON: {exc}") from exc
-    if check_depth and isinstance(data, (dict, list)):
-        _check_depth(data)
-    return data
 
 
 def _check_depth(data: Any) -> None:

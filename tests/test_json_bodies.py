@@ -85,3 +85,22 @@ def test_any_json_document_parses_as_pythons_parser_does(value, ascii_only):
     text = json.dumps(value, ensure_ascii=ascii_only)
     parsed = parse_body(text.encode("utf-8", "surrogatepass"), "application/json")
     assert exact(parsed) == exact(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"a": "\xff"}', "body is not valid utf-8 text (byte 7)"),
+        (b'{"a": "\xed\xa0\x80"}', "body is not valid utf-8 text (byte 7)"),  # a surrogate, encoded
+        (b" \n ", "empty JSON body"),
+        (b'{"a": 1,}', "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 9 (char 8)"),
+        (b'{"a": NaN}', "invalid JSON: NaN is not a JSON number"),
+    ],
+)
+def test_json_that_does_not_parse_is_refused_in_the_same_words(body, detail):
+    """Bytes that are not UTF-8, an empty body, a grammar error: the standard library's verdict."""
+    from relay.errors import Unparsable
+
+    with pytest.raises(Unparsable) as caught:
+        parse_body(body, "application/json")
+    assert str(caught.value) == detail
