@@ -90,6 +90,8 @@ _DIRECT = st.recursive(
     lambda inner: st.one_of(
         st.tuples(inner, st.sampled_from([" || ", " && ", " == ", " != "]), inner).map(lambda t: f"({''.join(t)})"),
         inner.map(lambda e: f"!({e})"),
+        st.lists(inner, min_size=1, max_size=3).map(lambda items: f"[{', '.join(items)}]"),
+        st.tuples(_PATHS, st.lists(inner, min_size=1, max_size=3)).map(lambda t: f"{t[0]}.[{', '.join(t[1])}]"),
     ),
     max_leaves=6,
 )
@@ -98,7 +100,8 @@ _DIRECT = st.recursive(
 @settings(max_examples=600, deadline=None)
 @given(expression=_DIRECT, data=_NESTED)
 def test_direct_evaluation_agrees_with_jmespath(expression, data):
-    """The direct evaluation of paths, ||, &&, !, ==, != and literals gives exactly what JMESPath gives."""
+    """The direct evaluation of paths, ||, &&, !, ==, !=, literals and lists of expressions gives exactly what
+    JMESPath gives."""
     import jmespath
 
     from relay.mapping.expressions import _direct, compile_expression, search
