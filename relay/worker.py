@@ -20,9 +20,9 @@ from typing import Any
 
 from relay import metrics
 from relay.errors import MappingError, PermanentUpstreamError, StoreUnavailable, TransientUpstreamError
-from relay.mapping.loader import load_sources
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
+from relay.mapping.watch import WatchedSources
 from relay.pipeline import translate_request
 from relay.retry import next_attempt
 from relay.sentry import report_delivery_failure
@@ -50,7 +50,10 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.store = store or Store(settings.database_url, wait_for_database=True)
-        self.sources = sources if sources is not None else load_sources(settings.mappings_dir)
+        # Given sources stay as they are; a folder's are loaded again when a file changes (a fix, then a replay).
+        watched = WatchedSources(settings.mappings_dir) if sources is None else None
+        self.mappings = watched
+        self.sources = watched.current() if watched is not None else sources or {}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.stop_event = threading.Event()
         self.limiter = RateLimiter(settings.upstream_rate)
@@ -161,6 +164,8 @@ class Worker:
     def process(self, delivery: Delivery, token: str) -> str:
         """Deliver one claimed delivery; returns the status it was settled with."""
         extra = {"delivery_id": delivery.id, "source": delivery.source}
+        if self.mappings is not None:
+            self.sources = self.mappings.current()
         source = self.sources.get(delivery.source)
         if source is None:
             return self._fail(delivery, token, "mapping", f"no mapping for source {delivery.source!r}")

@@ -169,6 +169,42 @@ def test_mapping_failure_is_kept_and_replay_uses_todays_mapping(relay, sandbox):
     assert store.get(delivery_id).status == "queued"
 
 
+def test_a_fixed_mapping_file_is_what_the_replay_meets_without_a_restart(tmp_path, sandbox, caplog):
+    """The operator's loop: a delivery fails for its mapping, the file is fixed on disk, the replay is
+    delivered by the same running worker. A later edit that does not load leaves the last good version."""
+    from .conftest import MAPPINGS
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    original = (MAPPINGS / "tilda.yaml").read_text()
+    assert original.count('"Email || email || ma_email"') >= 2
+    (folder / "tilda.yaml").write_text(original)
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MAPPINGS_DIR=str(folder))
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    assert worker.mappings is not None
+    worker.mappings.recheck = 0  # look at the folder at every delivery rather than every 2 s
+    try:
+        first = accept(store, b"Mail=lead%40example.com", "k1")
+        assert drain(store, worker, first) == "failed"
+        assert store.get(first).reason == "mapping"
+
+        fixed = original.replace('"Email || email || ma_email"', '"Email || email || ma_email || Mail"')
+        (folder / "tilda.yaml").write_text(fixed)
+        assert store.replay(first)
+        assert drain(store, worker, first) == "delivered"
+        assert [profile.fields["email"] for profile in sandbox.sandbox.profiles.values()] == ["lead@example.com"]
+
+        (folder / "tilda.yaml").write_text(fixed + "rules: [\n")  # half saved: not YAML
+        second = accept(store, b"Mail=second%40example.com", "k2")
+        assert drain(store, worker, second) == "delivered"
+        kept = [r for r in caplog.records if r.getMessage().startswith("mapping file does not load")]
+        assert kept and kept[0].source == "tilda" and "tilda.yaml" in kept[0].problems[0]
+    finally:
+        worker.stop()
+        store.close()
+
+
 def test_two_workers_on_postgres_never_send_one_delivery_twice(tmp_path, sandbox, pg_url):
     """Two worker processes' worth of threads on one PostgreSQL deliver each delivery exactly once."""
     sandbox.sandbox.chaos = {"latency_ms": 5}

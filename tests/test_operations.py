@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -367,12 +368,18 @@ def test_worker_command_stops_on_sigterm(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    time.sleep(2)
-    assert process.poll() is None
+    stderr = process.stderr
+    assert stderr is not None
+    said = b""
+    deadline = time.monotonic() + 30  # a loaded machine can take seconds to import and load the mappings
+    while b"worker started" not in said and process.poll() is None and time.monotonic() < deadline:
+        if select.select([stderr], [], [], 0.5)[0]:
+            said += os.read(stderr.fileno(), 65536)
+    assert b"worker started" in said, said  # its stop signals are installed by then
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    assert b"worker stopped" in process.stderr.read()  # type: ignore[union-attr]
-    process.stderr.close()  # type: ignore[union-attr]
+    assert b"worker stopped" in said + stderr.read()
+    stderr.close()
 
 
 def test_dockerfile_and_compose_are_consistent():

@@ -1,0 +1,84 @@
+"""The delivery worker's mapping files, loaded again when one changes on disk.
+
+An operator fixes a mapping file and replays what it failed: the replay must
+meet the fixed file, without restarting the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from relay.errors import ConfigError
+from relay.mapping.loader import load_sources, load_sources_leniently, mapping_files
+from relay.mapping.model import Source
+
+__all__ = ["RECHECK_SECONDS", "WatchedSources"]
+
+log = logging.getLogger("relay.mappings")
+RECHECK_SECONDS = 2.0  # how often the folder is looked at, at most: a stat of each file
+
+
+class WatchedSources:
+    """The sources of a folder of mapping files, as the files are now.
+
+    Loaded strictly at first (a broken file stops the worker before it
+    starts, as it stops the web server). Later, whichever thread asks after
+    RECHECK_SECONDS looks at the files' sizes and times, and on a change loads
+    the folder again: a file that no longer loads keeps its last good version
+    (and its problems are logged, once a change), so that a half-saved edit
+    never fails deliveries; a file removed takes its source with it.
+    """
+
+    def __init__(self, folder: str | Path, *, recheck: float = RECHECK_SECONDS) -> None:
+        self.folder = Path(folder)
+        self.recheck = recheck
+        self._stamp = _stamp(self.folder)
+        self._sources = load_sources(self.folder)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def current(self) -> dict[str, Source]:
+        if time.monotonic() - self._checked >= self.recheck and self._lock.acquire(blocking=False):
+            try:
+                self._checked = time.monotonic()
+                stamp = _stamp(self.folder)
+                if stamp != self._stamp:
+                    changed = sorted({name for name, _time, _size in set(stamp) ^ set(self._stamp)})
+                    self._stamp = stamp  # taken before reading: a write after it is seen next time
+                    self._reload(changed)
+            finally:
+                self._lock.release()
+        return self._sources
+
+    def _reload(self, changed: list[str]) -> None:
+        try:
+            loaded, broken = load_sources_leniently(self.folder)
+        except ConfigError as exc:  # no mapping file left at all: an edit in progress, or a wrong folder
+            log.error("mapping files not loaded again; the worker keeps what it had", extra={"problems": exc.problems})
+            return
+        for name, problems in broken.items():
+            kept = self._sources.get(name)
+            if kept is not None:
+                loaded[name] = kept
+            log.error(
+                "mapping file does not load; the worker keeps its last good version"
+                if kept is not None
+                else "mapping file does not load",
+                extra={"source": name, "problems": problems},
+            )
+        self._sources = loaded
+        log.info("mapping files loaded again", extra={"files": changed, "sources": len(loaded)})
+
+
+def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    found = []
+    for path in mapping_files(folder):
+        try:
+            status = path.stat()
+        except OSError:  # removed between the listing and now
+            continue
+        found.append((path.name, status.st_mtime_ns, status.st_size))
+    return tuple(found)
