@@ -2,7 +2,10 @@
 
 Two child processes, so that each can be killed and restarted alone and the
 worker never competes with request threads for the GIL. SIGTERM or SIGINT
-stops both gracefully; if one dies, the other is stopped too.
+stops both gracefully; if one dies, the other is stopped too. SIGHUP checks
+the mapping files and, when they all load, has gunicorn replace its workers
+gracefully, so that the web server reads them again (the delivery workers
+read a changed file by themselves); when one does not load, nothing changes.
 """
 
 from __future__ import annotations
@@ -83,16 +86,25 @@ def cmd_run(args: Any, settings: Settings) -> int:
     ]
     children = [web, *workers]
     stopping = False
+    reload_asked = False
 
     def _stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
+    def _reload(signum: int, _frame: Any) -> None:
+        nonlocal reload_asked
+        reload_asked = True  # done in the loop below, not inside the handler
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     if _wait_until_listening(args.host, args.port, children, lambda: stopping):
         print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
     while not stopping and all(child.poll() is None for child in children):
+        if reload_asked:
+            reload_asked = False
+            _reload_web(web, settings)
         time.sleep(0.2)
     for child in children:
         if child.poll() is None:
@@ -105,6 +117,19 @@ def cmd_run(args: Any, settings: Settings) -> int:
             child.kill()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping else 1
+
+
+def _reload_web(web: subprocess.Popen[bytes], settings: Settings) -> None:
+    try:
+        sources = load_sources(settings.mappings_dir)
+    except ConfigError as exc:
+        log.error(
+            "reload refused: mapping files are wrong; the web server keeps the files it has",
+            extra={"problems": exc.problems},
+        )
+        return
+    web.send_signal(signal.SIGHUP)  # gunicorn starts new workers, then stops the old ones gracefully
+    log.info("web server reloading its mapping files", extra={"sources": sorted(sources)})
 
 
 def _wait_until_listening(

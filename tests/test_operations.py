@@ -324,6 +324,70 @@ def _relay_run(port: int, *, env: dict[str, str], cwd: Path) -> subprocess.Popen
     )
 
 
+def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(tmp_path):
+    """A source added while `relay run` serves: SIGHUP with a file that does not load changes nothing (the
+    same web workers go on serving); SIGHUP once it loads has gunicorn replace its workers, which then
+    serve the new source, with no request refused meanwhile."""
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    shutil.copy(ROOT / "mappings" / "tilda.yaml", folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "JOTFORM_", "PROMETHEUS_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        RELAY_MAPPINGS_DIR=str(folder),
+        RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'relay.db'}",
+        TILDA_WEBHOOK_TOKEN="t",
+        JOTFORM_WEBHOOK_TOKEN="j",
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = _relay_run(port, env=env, cwd=tmp_path)
+
+    def web_workers() -> set[int]:
+        (master,) = [
+            pid
+            for pid, fields, argv in live_processes()
+            if int(fields[1]) == process.pid and any(b"gunicorn" in part for part in argv)
+        ]
+        return {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master}
+
+    def jotform() -> int:
+        return httpx.post(f"{base}/hooks/jotform?token=j", data={"q3_email": "j@example.com"}, timeout=5).status_code
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert jotform() == 404
+        before = web_workers()
+        assert len(before) == 2
+
+        (folder / "jotform.yaml").write_text("version: 1\nsource: [\n")  # saved half way
+        os.kill(process.pid, signal.SIGHUP)
+        time.sleep(3)  # a reload would have replaced a worker by then
+        assert web_workers() == before
+        assert httpx.post(f"{base}/hooks/tilda?token=t", data={"Email": "a@example.com"}, timeout=5).status_code == 202
+
+        shutil.copy(ROOT / "mappings" / "jotform.yaml", folder)
+        os.kill(process.pid, signal.SIGHUP)
+        answers = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not answers or answers[-1] != 202):
+            answers.append(jotform())  # a worker that booted after the bad edit answers 503 until replaced
+            time.sleep(0.1)
+        assert answers[-1] == 202 and set(answers) <= {404, 503, 202}, answers
+        assert not web_workers() & before
+        assert httpx.post(f"{base}/hooks/tilda?token=t", data={"Email": "b@example.com"}, timeout=5).status_code == 202
+        assert process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     """`relay run` started elsewhere: its web server and worker read the same `.env` and resolve the same
     relative paths as it does (they used to start in the project folder and miss both)."""
