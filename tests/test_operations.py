@@ -324,6 +324,19 @@ def _relay_run(port: int, *, env: dict[str, str], cwd: Path) -> subprocess.Popen
     )
 
 
+def _wait_until_ready(base: str, seconds: float = 60) -> None:
+    """Until `relay run` at `base` answers /readyz with 200 (it takes seconds to start on a loaded machine)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base}/readyz did not answer 200 within {seconds} s")
+
+
 def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(tmp_path):
     """A source added while `relay run` serves: SIGHUP with a file that does not load changes nothing (the
     same web workers go on serving); SIGHUP once it loads has gunicorn replace its workers, which then
@@ -355,13 +368,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
         return httpx.post(f"{base}/hooks/jotform?token=j", data={"q3_email": "j@example.com"}, timeout=5).status_code
 
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        _wait_until_ready(base)
         assert jotform() == 404
         before = web_workers()
         assert len(before) == 2
@@ -397,13 +404,7 @@ def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     port = free_port()
     process = _relay_run(port, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        _wait_until_ready(f"http://127.0.0.1:{port}")
         answer = httpx.post(
             f"http://127.0.0.1:{port}/hooks/tilda?token=from-dotenv", data={"Email": "d@example.com"}, timeout=5
         )
