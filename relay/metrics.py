@@ -18,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -27,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 if TYPE_CHECKING:
     from relay.store import Store
 
-__all__ = ["attempt", "observe_ingress", "purged", "received", "render"]
+__all__ = ["attempt", "mapping_files_broken", "observe_ingress", "purged", "received", "render"]
 
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
@@ -66,6 +67,14 @@ PURGED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+# Set by each delivery worker when it looks at its mapping folder after a change. A scrape of several
+# processes shows the largest of the live ones.
+MAPPING_FILES_BROKEN = Gauge(
+    "relay_mapping_files_broken",
+    "Mapping files a delivery worker could not load when they last changed (it keeps their last good version)",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 STORE_GAUGES = {
     "relay_store_up": "1 when the store answered this scrape's queries, 0 when it did not",
     "relay_deliveries": "Deliveries in the store, by status",
@@ -78,6 +87,7 @@ DECLARED = {
     "relay_ingress_seconds",
     "relay_upstream_seconds",
     "relay_purged_total",
+    "relay_mapping_files_broken",
     *STORE_GAUGES,
 }
 
@@ -101,6 +111,10 @@ def attempt(source: str, outcome: str, seconds: float) -> None:
 def purged(kind: str, count: int) -> None:
     if count:
         PURGED.labels(kind=kind).inc(count)
+
+
+def mapping_files_broken(count: int) -> None:
+    MAPPING_FILES_BROKEN.set(count)
 
 
 def observe_ingress(seconds: float) -> None:

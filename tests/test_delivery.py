@@ -8,6 +8,7 @@ import time
 import pytest
 
 from relay.inbound import InboundRequest
+from relay.metrics import REGISTRY
 from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.store import Store
 from relay.worker import Worker
@@ -200,6 +201,11 @@ def test_a_fixed_mapping_file_is_what_the_replay_meets_without_a_restart(tmp_pat
         assert drain(store, worker, second) == "delivered"
         kept = [r for r in caplog.records if r.getMessage().startswith("mapping file does not load")]
         assert kept and kept[0].source == "tilda" and "tilda.yaml" in kept[0].problems[0]
+        assert REGISTRY.get_sample_value("relay_mapping_files_broken") == 1
+
+        (folder / "tilda.yaml").write_text(fixed)
+        assert drain(store, worker, accept(store, b"Mail=third%40example.com", "k3")) == "delivered"
+        assert REGISTRY.get_sample_value("relay_mapping_files_broken") == 0
     finally:
         worker.stop()
         store.close()

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from relay import metrics
 from relay.errors import ConfigError
 from relay.mapping.loader import load_sources, load_sources_leniently, mapping_files
 from relay.mapping.model import Source
@@ -58,7 +59,9 @@ class WatchedSources:
             loaded, broken = load_sources_leniently(self.folder)
         except ConfigError as exc:  # no mapping file left at all: an edit in progress, or a wrong folder
             log.error("mapping files not loaded again; the worker keeps what it had", extra={"problems": exc.problems})
+            metrics.mapping_files_broken(1)
             return
+        metrics.mapping_files_broken(len(broken))
         for name, problems in broken.items():
             kept = self._sources.get(name)
             if kept is not None:
