@@ -135,6 +135,7 @@ class Worker:
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
+            self._look_at_mappings()  # also while idle, so that a broken edit shows before a delivery meets it
             try:
                 if self.held_to_release:
                     self._release_held()
@@ -160,12 +161,15 @@ class Worker:
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
                     _capture(exc, source=delivery.source, delivery_id=delivery.id)
 
+    def _look_at_mappings(self) -> None:
+        if self.mappings is not None:
+            self.sources = self.mappings.current()  # the folder itself at most every RECHECK_SECONDS
+
     # -- one delivery -----------------------------------------------------
     def process(self, delivery: Delivery, token: str) -> str:
         """Deliver one claimed delivery; returns the status it was settled with."""
         extra = {"delivery_id": delivery.id, "source": delivery.source}
-        if self.mappings is not None:
-            self.sources = self.mappings.current()
+        self._look_at_mappings()
         source = self.sources.get(delivery.source)
         if source is None:
             return self._fail(delivery, token, "mapping", f"no mapping for source {delivery.source!r}")

@@ -339,8 +339,8 @@ def _wait_until_ready(base: str, seconds: float = 60) -> None:
 
 def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(tmp_path):
     """A source added while `relay run` serves: SIGHUP with a file that does not load changes nothing (the
-    same web workers go on serving); SIGHUP once it loads has gunicorn replace its workers, which then
-    serve the new source, with no request refused meanwhile."""
+    same web workers go on serving) and /metrics counts the file as broken; SIGHUP once it loads has
+    gunicorn replace its workers, which then serve the new source, with no request refused meanwhile."""
     folder = tmp_path / "mappings"
     folder.mkdir()
     shutil.copy(ROOT / "mappings" / "tilda.yaml", folder)
@@ -351,6 +351,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
         RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'relay.db'}",
         TILDA_WEBHOOK_TOKEN="t",
         JOTFORM_WEBHOOK_TOKEN="j",
+        RELAY_UPSTREAM_URL="http://127.0.0.1:9/api",  # nothing is sent here; the worker's loop runs, idle
     )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -367,6 +368,15 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
     def jotform() -> int:
         return httpx.post(f"{base}/hooks/jotform?token=j", data={"q3_email": "j@example.com"}, timeout=5).status_code
 
+    def broken_files_shown(expected: float) -> bool:
+        """Until /metrics shows the delivery worker's count of mapping files it could not load."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _value(httpx.get(f"{base}/metrics", timeout=5).text, "relay_mapping_files_broken") == expected:
+                return True
+            time.sleep(0.2)
+        return False
+
     try:
         _wait_until_ready(base)
         assert jotform() == 404
@@ -377,6 +387,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
         os.kill(process.pid, signal.SIGHUP)
         time.sleep(3)  # a reload would have replaced a worker by then
         assert web_workers() == before
+        assert broken_files_shown(1)  # the delivery worker, with nothing to deliver, looked by itself
         assert httpx.post(f"{base}/hooks/tilda?token=t", data={"Email": "a@example.com"}, timeout=5).status_code == 202
 
         shutil.copy(ROOT / "mappings" / "jotform.yaml", folder)
@@ -388,6 +399,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
             time.sleep(0.1)
         assert answers[-1] == 202 and set(answers) <= {404, 503, 202}, answers
         assert not web_workers() & before
+        assert broken_files_shown(0)
         assert httpx.post(f"{base}/hooks/tilda?token=t", data={"Email": "b@example.com"}, timeout=5).status_code == 202
         assert process.poll() is None
     finally:
