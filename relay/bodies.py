@@ -123,10 +123,9 @@ _LONG_NUMBER = b"0" * 19
 _NOT_PARSED = object()
 
 
-def _parse_with_orjson(utf8: bytes | str) -> Any:
+def _parse_with_orjson(utf8: bytes) -> Any:
     """`utf8`'s data, or _NOT_PARSED where the standard library must decide."""
-    digits = utf8 if isinstance(utf8, bytes) else utf8.encode("utf-8", "surrogatepass")
-    if _LONG_NUMBER in digits.translate(_DIGITS_AS_ZERO):
+    if _LONG_NUMBER in utf8.translate(_DIGITS_AS_ZERO):
         return _NOT_PARSED
     try:
         return orjson.loads(utf8)
@@ -141,8 +140,8 @@ def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -
         text = _decode(body, charset)
         if not text.strip():
             raise Unparsable("empty JSON body")
-        if not utf8:
-            data = _parse_with_orjson(text)
+        if not utf8:  # another charset: its text, as UTF-8
+            data = _parse_with_orjson(text.encode("utf-8", "surrogatepass"))
         if data is _NOT_PARSED:
             data = _parse_with_python(text)
     if check_depth and isinstance(data, (dict, list)):

@@ -55,6 +55,8 @@ def broken_ref(text: str) -> bool:
 
 def resolve_text(text: str, env: Mapping[str, str]) -> str:
     """Replace every reference in `text`; an unset one without default becomes ''."""
+    if "${" not in text:  # most texts a translation resolves (tags, field names) have none
+        return text
     return _ANY.sub(lambda m: EnvRef(m.group(1), m.group(2)).resolve(env) or "", text)
 
 

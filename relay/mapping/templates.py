@@ -73,7 +73,7 @@ def render(
     pieces: list[str] = []
     for is_expression, text in _parts(template):
         if not is_expression:
-            pieces.append(envrefs.resolve_text(text, env) if "${" in text else text)
+            pieces.append(envrefs.resolve_text(text, env))
             continue
         value = scalar_text(search(text, data))
         if not value:

@@ -163,7 +163,7 @@ class _Builder:
         return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def _literal(self, value: Any) -> Any:
-        if isinstance(value, str) and "${" in value:
+        if isinstance(value, str):
             return envrefs.resolve_text(value, self.ctx.env)
         if isinstance(value, dict):
             return {key: self._literal(item) for key, item in value.items()}
@@ -179,7 +179,7 @@ class _Builder:
             raise MappingError(f"{what}: {value} must resolve to a whole number, not {resolved!r}") from None
 
     def name(self, text: str) -> str:
-        return envrefs.resolve_text(text, self.ctx.env) if "${" in text else text
+        return envrefs.resolve_text(text, self.ctx.env)
 
     # -- the call ---------------------------------------------------------
     def build(self) -> list[UpstreamCall]:

@@ -230,9 +230,8 @@ class ProfileRequestSchema(Schema):
 
 def _problems(schema: type[Schema], body: Any) -> dict[str, Any]:
     """`schema`'s messages for `body`, from an instance that leaves out the optional fields `body` lacks."""
-    if not isinstance(body, dict):
-        return _schema_for(schema, frozenset()).validate(body)
-    return _schema_for(schema, frozenset(body)).validate(body)
+    keys = frozenset(body) if isinstance(body, dict) else frozenset()
+    return _schema_for(schema, keys).validate(body)
 
 
 @functools.lru_cache(maxsize=256)
