@@ -33,8 +33,15 @@ def store(request, tmp_path):  # type: ignore[no-untyped-def]
     s.close()
 
 
-def _request(body: bytes) -> InboundRequest:
-    return InboundRequest(source="tilda", body=body, content_type="application/x-www-form-urlencoded")
+def _request(body: bytes, source: str = "tilda") -> InboundRequest:
+    return InboundRequest(source=source, body=body, content_type="application/x-www-form-urlencoded")
+
+
+def _accept_numbered(store: Store, source: str, n: int, status: str, at: float | None = None) -> str:
+    """Accept webhook `n` of `source` (its own body and key) with `status`; its delivery id."""
+    return store.accept(
+        _request(f"n={n}".encode(), source), dedup_key=f"{source}:{n}", status=status, dedup_window=60, now=at
+    ).id
 
 
 def test_accept_dedup_claim_and_fencing(store):
@@ -117,15 +124,8 @@ def test_pages_of_deliveries_newest_first(store):
 def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
     """What a replay would take, on both databases: failed ones by reason, held ones, nothing else."""
     source = f"src{uuid.uuid4().hex[:8]}"
-
-    def accept(n: int, status: str) -> str:
-        request = InboundRequest(
-            source=source, body=f"n={n}".encode(), content_type="application/x-www-form-urlencoded"
-        )
-        return store.accept(request, dedup_key=f"{source}:{n}", status=status, dedup_window=60).id
-
-    held = accept(0, "held")
-    queued = [accept(n, "queued") for n in range(1, 5)]
+    held = _accept_numbered(store, source, 0, "held")
+    queued = [_accept_numbered(store, source, n, "queued") for n in range(1, 5)]
     claimed = {d.id: t for d, t in store.claim(owner="a", limit=100, lease_seconds=30) if d.id in queued}
     assert set(claimed) == set(queued)
     for delivery_id, reason in zip(queued, ["mapping", "mapping", "rejected"], strict=False):
@@ -142,16 +142,9 @@ def test_counts_by_source_status_and_reason(store):
     """The overview's one query, on both databases: counts per source, status and reason, within a time range."""
     source = f"src{uuid.uuid4().hex[:8]}"
     now = time.time()
-
-    def accept(n: int, status: str, at: float) -> str:
-        request = InboundRequest(
-            source=source, body=f"n={n}".encode(), content_type="application/x-www-form-urlencoded"
-        )
-        return store.accept(request, dedup_key=f"{source}:{n}", status=status, dedup_window=60, now=at).id
-
-    accept(0, "held", now - 7200)
-    failed = accept(1, "queued", now)
-    accept(2, "queued", now)
+    _accept_numbered(store, source, 0, "held", now - 7200)
+    failed = _accept_numbered(store, source, 1, "queued", now)
+    _accept_numbered(store, source, 2, "queued", now)
     claimed = store.claim(owner="a", limit=100, lease_seconds=30, now=now + 1)  # both queued ones
     token = next(token for delivery, token in claimed if delivery.id == failed)
     assert store.finish(failed, token, status="failed", reason="mapping", detail="no")
