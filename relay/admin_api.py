@@ -99,23 +99,27 @@ def delivery_filters(status: str | None, source: str | None, since: str | None, 
 
 def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """What arrived and what is stuck, at a glance: counts by status, failures by reason, each source's
-    counts by status, and how long the oldest due delivery has waited."""
+    counts by status and newest arrival, and how long the oldest due delivery has waited."""
     now = time.time() if now is None else now
     by_status = dict.fromkeys(STATUSES, 0)
     failed_by_reason: Counter[str] = Counter()
     by_source: dict[str, dict[str, int]] = {}
-    for source, status, reason, count in store.counts_by_source(**filters):
+    newest: dict[str, float] = {}
+    for source, status, reason, count, received_at in store.counts_by_source(**filters):
         by_status[status] = by_status.get(status, 0) + count
         if status == "failed":
             failed_by_reason[reason or "unknown"] += count
         per_source = by_source.setdefault(source, dict.fromkeys(STATUSES, 0))
         per_source[status] = per_source.get(status, 0) + count
+        newest[source] = max(received_at, newest.get(source, received_at))
     oldest = store.oldest_due(now)
     return {
         "total": sum(by_status.values()),
         "by_status": by_status,
         "failed_by_reason": dict(sorted(failed_by_reason.items())),
         "by_source": dict(sorted(by_source.items())),
+        # A source that has gone quiet (a hook deleted at the provider, a changed URL) shows here first.
+        "last_received_at": {source: _iso(at) for source, at in sorted(newest.items())},
         # Across every source and time: the queue is one, whatever the filters.
         "oldest_due_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
     }

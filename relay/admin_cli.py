@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
-from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary
+from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary, parse_time
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
 
@@ -99,9 +100,11 @@ def cmd_overview(args: Any, settings: Settings) -> int:
     print("oldest due: " + ("none waiting" if age is None else f"waiting {_duration(age)}"))
     if found["by_source"]:
         width = max(len("source"), *(len(name) for name in found["by_source"]))
-        print(f"{'source':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES))
+        print(f"{'source':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES) + "  last received")
+        now = time.time()
         for name, counts in found["by_source"].items():
-            print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES))
+            ago = _duration(max(0.0, now - (parse_time(found["last_received_at"][name]) or now)))
+            print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES) + f"  {ago} ago")
     return 0
 
 

@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from flask import Response
@@ -80,6 +80,7 @@ STORE_GAUGES = {
     "relay_deliveries": "Deliveries in the store, by status",
     "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
     "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
+    "relay_last_received_timestamp_seconds": "When the source's newest stored webhook arrived (Unix time)",
 }
 DECLARED = {
     "relay_webhooks_received_total",
@@ -124,8 +125,9 @@ def observe_ingress(seconds: float) -> None:
 class _StoreCollector:
     """Gauges read from the store at scrape time, so they are right whichever process serves."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, sources: Iterable[str]) -> None:
         self.store = store
+        self.sources = sources
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from relay.store import STATUSES
@@ -133,6 +135,7 @@ class _StoreCollector:
         try:
             counts = self.store.counts()
             oldest = self.store.oldest_due()
+            newest = self.store.last_received(self.sources)
         except Exception:  # noqa: BLE001 - the counters still matter most while the store is away
             logging.getLogger("relay.metrics").warning("store gauges left out: the store did not answer")
             yield GaugeMetricFamily("relay_store_up", STORE_GAUGES["relay_store_up"], value=0)
@@ -152,10 +155,21 @@ class _StoreCollector:
             STORE_GAUGES["relay_oldest_due_age_seconds"],
             value=time.time() - oldest if oldest else 0,
         )
+        # From the store rather than a counter: a restart empties the counters, and a source that has gone
+        # quiet would then have no series at all to alert on.
+        last = GaugeMetricFamily(
+            "relay_last_received_timestamp_seconds",
+            STORE_GAUGES["relay_last_received_timestamp_seconds"],
+            labels=["source"],
+        )
+        for source, at in sorted(newest.items()):
+            last.add_metric([source], at)
+        yield last
 
 
-def render(store: Store) -> Response:
-    """The text exposition: counters of every process, gauges from the store."""
+def render(store: Store, sources: Iterable[str]) -> Response:
+    """The text exposition: counters of every process, gauges from the store (`sources`: the mapping
+    files' names, which bound the source label)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -164,6 +178,6 @@ def render(store: Store) -> Response:
     else:
         registry = REGISTRY
     scrape = CollectorRegistry()
-    scrape.register(_StoreCollector(store))
+    scrape.register(_StoreCollector(store, sources))
     body = generate_latest(registry) + generate_latest(scrape)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)

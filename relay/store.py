@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -529,15 +530,46 @@ class Store:
             rows = connection.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all()
         return {status: count for status, count in rows}
 
-    def counts_by_source(self, **filters: Any) -> list[tuple[str, str, str | None, int]]:
-        """(source, status, reason, count) of the deliveries that match `filters` (source, since, until)."""
+    def counts_by_source(self, **filters: Any) -> list[tuple[str, str, str | None, int, float]]:
+        """(source, status, reason, count, newest arrival) of the deliveries that match `filters` (source,
+        since, until)."""
         query = (
-            select(deliveries.c.source, deliveries.c.status, deliveries.c.reason, func.count())
+            select(
+                deliveries.c.source,
+                deliveries.c.status,
+                deliveries.c.reason,
+                func.count(),
+                func.max(deliveries.c.received_at),
+            )
             .where(and_(True, *self._filters(**filters)))
             .group_by(deliveries.c.source, deliveries.c.status, deliveries.c.reason)
         )
         with self._read() as connection:
-            return [(source, status, reason, int(count)) for source, status, reason, count in connection.execute(query)]
+            return [
+                (source, status, reason, int(count), float(newest))
+                for source, status, reason, count, newest in connection.execute(query)
+            ]
+
+    def last_received(self, sources: Iterable[str]) -> dict[str, float]:
+        """When each of `sources` last had a webhook stored; a source with none in the store is left out.
+
+        Read at every /metrics scrape, so it must not grow with the table: ids begin with the arrival's
+        milliseconds, so a source's newest delivery is the first entry of its (source, id) index read
+        backwards, one seek a source.
+        """
+        newest = (
+            select(deliveries.c.received_at)
+            .where(deliveries.c.source == bindparam("source"))
+            .order_by(deliveries.c.id.desc())
+            .limit(1)
+        )
+        found: dict[str, float] = {}
+        with self._read() as connection:
+            for source in sources:
+                at = connection.execute(newest, {"source": source}).scalar()
+                if at is not None:
+                    found[source] = float(at)
+        return found
 
     def oldest_due(self, now: float | None = None) -> float | None:
         now = time.time() if now is None else now

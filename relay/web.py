@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @app.get("/metrics")
     def metrics_view() -> Response:
-        return metrics.render(store)
+        return metrics.render(store, [*sources, *broken])
 
     app.register_blueprint(admin_blueprint(settings, store))
     return app

@@ -21,7 +21,7 @@ from typing import Any
 from relay import metrics
 from relay.errors import MappingError, PermanentUpstreamError, StoreUnavailable, TransientUpstreamError
 from relay.mapping.model import Source
-from relay.mapping.translate import TranslateContext
+from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import WatchedSources
 from relay.pipeline import translate_request
 from relay.retry import next_attempt
@@ -166,17 +166,30 @@ class Worker:
             self.sources = self.mappings.current()  # the folder itself at most every RECHECK_SECONDS
 
     # -- one delivery -----------------------------------------------------
+    def _translate(self, sources: dict[str, Source], delivery: Delivery) -> Translation:
+        source = sources.get(delivery.source)
+        if source is None:
+            raise MappingError(f"no mapping for source {delivery.source!r}")
+        return translate_request(source, delivery.inbound(), self.context)
+
     def process(self, delivery: Delivery, token: str) -> str:
         """Deliver one claimed delivery; returns the status it was settled with."""
         extra = {"delivery_id": delivery.id, "source": delivery.source}
         self._look_at_mappings()
-        source = self.sources.get(delivery.source)
-        if source is None:
-            return self._fail(delivery, token, "mapping", f"no mapping for source {delivery.source!r}")
+        sources = self.sources
         try:
-            translation = translate_request(source, delivery.inbound(), self.context)
+            translation = self._translate(sources, delivery)
         except MappingError as exc:
-            return self._fail(delivery, token, "mapping", exc.detail)
+            # Before failing it for its mapping, the files as they are this moment: a source just added,
+            # or a fix the web server already serves, would otherwise fail the webhooks it takes in the
+            # seconds before this worker looks by itself.
+            if self.mappings is None or (now := self.mappings.fresh()) is sources:
+                return self._fail(delivery, token, "mapping", exc.detail)
+            self.sources = now
+            try:
+                translation = self._translate(now, delivery)
+            except MappingError as again:
+                return self._fail(delivery, token, "mapping", again.detail)
         if translation.ignored:
             self.store.finish(
                 delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]

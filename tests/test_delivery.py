@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
@@ -206,6 +207,49 @@ def test_a_fixed_mapping_file_is_what_the_replay_meets_without_a_restart(tmp_pat
         (folder / "tilda.yaml").write_text(fixed)
         assert drain(store, worker, accept(store, b"Mail=third%40example.com", "k3")) == "delivered"
         assert REGISTRY.get_sample_value("relay_mapping_files_broken") == 0
+    finally:
+        worker.stop()
+        store.close()
+
+
+def test_a_delivery_meets_the_mapping_file_on_disk_before_it_fails_for_its_mapping(tmp_path, sandbox):
+    """The web server serves a new source or a fixed file as soon as it is SIGHUPed; the worker looks at its
+    folder every 2 s. A delivery it would fail for its mapping in between makes it look at once: a source
+    just added, or a fix, is what such webhooks meet, and none fails for the old version."""
+    from .conftest import MAPPINGS
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    original = (MAPPINGS / "tilda.yaml").read_text()
+    (folder / "tilda.yaml").write_text(original)
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MAPPINGS_DIR=str(folder))
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    assert worker.mappings is not None
+    worker.mappings.recheck = 3600  # it does not look by itself during the test
+    try:
+        # A source added (its file written, the web server reloaded): its first webhook.
+        shutil.copy(MAPPINGS / "tally.yaml", folder)
+        body = (MAPPINGS / "examples" / "tally" / "FORM_RESPONSE.json").read_bytes()
+        tally = InboundRequest(source="tally", body=body, content_type="application/json")
+        added = store.accept(tally, dedup_key="k1", status="queued", dedup_window=60).id
+        assert drain(store, worker, added) == "delivered", store.get(added).detail
+
+        # A fix: the old file rejects this payload, the new one takes it.
+        fixed = original.replace('"Email || email || ma_email"', '"Email || email || ma_email || Mail"')
+        assert fixed != original
+        (folder / "tilda.yaml").write_text(fixed)
+        mail = accept(store, b"Mail=lead%40example.com", "k2")
+        assert drain(store, worker, mail) == "delivered", store.get(mail).detail
+        emails = {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
+        assert len(emails) == 2 and "lead@example.com" in emails
+
+        # Nothing changed on disk: what the mapping rejects fails for it, as before.
+        nobody = accept(store, b"Name=nobody", "k3")
+        assert drain(store, worker, nobody) == "failed" and store.get(nobody).reason == "mapping"
+        unknown = accept(store, b"Email=x%40example.com", "k4", source="gone")
+        assert drain(store, worker, unknown) == "failed"
+        assert store.get(unknown).detail == "no mapping for source 'gone'"
     finally:
         worker.stop()
         store.close()

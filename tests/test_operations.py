@@ -51,6 +51,10 @@ def test_metrics_declared_bounded_and_counting(client):
     assert _value(text, unparsable) - _value(before, unparsable) == 1
     assert 'relay_deliveries{status="held"} 1.0' in text
     assert "relay_queue_depth 0.0" in text and "relay_oldest_due_age_seconds" in text
+    # From the store, so it outlives a restart: a source gone quiet still has a series to alert on.
+    newest = _value(text, 'relay_last_received_timestamp_seconds{source="tilda"}')
+    assert time.time() - 60 < newest <= time.time()
+    assert 'relay_last_received_timestamp_seconds{source="tally"}' not in text  # nothing from tally yet
     from relay import errors
     from relay.mapping.loader import load_sources
     from relay.store import STATUSES

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import event, inspect, text
 
+from relay.admin_api import parse_time
 from relay.inbound import InboundRequest
 from relay.store import Store, new_id
 
@@ -150,11 +151,46 @@ def test_counts_by_source_status_and_reason(store):
     assert store.finish(failed, token, status="failed", reason="mapping", detail="no")
     rows = store.counts_by_source(source=source)
     assert sorted(rows, key=str) == sorted(
-        [(source, "held", None, 1), (source, "failed", "mapping", 1), (source, "delivering", None, 1)], key=str
+        [
+            (source, "held", None, 1, now - 7200),
+            (source, "failed", "mapping", 1, now),
+            (source, "delivering", None, 1, now),
+        ],
+        key=str,
     )
     recent = store.counts_by_source(source=source, since=now - 60)
-    expected = [(source, "failed", "mapping", 1), (source, "delivering", None, 1)]
+    expected = [(source, "failed", "mapping", 1, now), (source, "delivering", None, 1, now)]
     assert sorted(recent, key=str) == sorted(expected, key=str)
+
+
+def test_last_received_is_each_sources_newest_arrival(store):
+    """Each source's newest stored webhook, on both databases; a source with none is left out."""
+    quiet, busy, never = (f"src{uuid.uuid4().hex[:8]}" for _ in range(3))
+    now = time.time()
+    _accept_numbered(store, quiet, 0, "held", now - 3 * DAY)
+    for n, age in enumerate([50.0, 5.0, 500.0]):  # not in arrival order
+        _accept_numbered(store, busy, n, "queued", now - age)
+    assert store.last_received([quiet, busy, never]) == {quiet: now - 3 * DAY, busy: now - 5.0}
+    assert store.last_received([]) == {}
+
+
+def test_last_received_does_not_grow_with_the_table(tmp_path):
+    """Read at every /metrics scrape: one seek a source, the same work at 20 deliveries as at 4,000."""
+    path = tmp_path / "grow.db"
+    store = Store(f"sqlite:///{path}")
+    now = time.time()
+
+    def steps() -> int:
+        found, count = _counting_steps(store, lambda: store.last_received(["tilda", "tally", "shopify"]))
+        assert set(found) == {"tilda", "tally"}
+        return count
+
+    _insert_deliveries(path, [(now - n, source, "delivered") for n in range(10) for source in ("tilda", "tally")])
+    few = steps()
+    rows = [(now - 10 - n / 100, source, "delivered") for n in range(2000) for source in ("tilda", "tally")]
+    _insert_deliveries(path, rows)
+    assert steps() == few < 200
+    store.close()
 
 
 def test_dedup_window_expires(store):
@@ -462,8 +498,14 @@ def test_admin_overview_counts_by_status_reason_and_source(tmp_path):
         "tilda": {**zero, "held": 1, "failed": 2},
     }
     assert 89 <= found["oldest_due_age_seconds"] < 120
+    assert list(found["last_received_at"]) == ["tally", "tilda"]
+    assert parse_time(found["last_received_at"]["tally"]) == pytest.approx(now - 3, abs=0.002)
+    assert parse_time(found["last_received_at"]["tilda"]) == pytest.approx(now - 1, abs=0.002)
     recent = client.get("/admin/api/overview?source=tilda&since=" + str(now - 60), headers=auth).json
     assert recent["by_status"] == {**zero, "failed": 2} and list(recent["by_source"]) == ["tilda"]
+    long_ago = client.get("/admin/api/overview?until=" + str(now - 60), headers=auth).json
+    assert list(long_ago["by_source"]) == ["tilda"]  # the newest arrival within the filter, not of all
+    assert parse_time(long_ago["last_received_at"]["tilda"]) == pytest.approx(now - 5000, abs=0.002)
     refused = client.get("/admin/api/overview?status=failed", headers=auth)
     assert refused.status_code == 400 and "filter by source, since or until" in refused.json["detail"]
     app.extensions["relay"]["store"].close()

@@ -42,17 +42,33 @@ class WatchedSources:
         self._lock = threading.Lock()
 
     def current(self) -> dict[str, Source]:
+        """The sources, the folder looked at if RECHECK_SECONDS have passed (and no other thread is
+        looking: that one's result may then come a moment later)."""
         if time.monotonic() - self._checked >= self.recheck and self._lock.acquire(blocking=False):
             try:
-                self._checked = time.monotonic()
-                stamp = _stamp(self.folder)
-                if stamp != self._stamp:
-                    changed = sorted({name for name, _time, _size in set(stamp) ^ set(self._stamp)})
-                    self._stamp = stamp  # taken before reading: a write after it is seen next time
-                    self._reload(changed)
+                self._look()
             finally:
                 self._lock.release()
         return self._sources
+
+    def fresh(self) -> dict[str, Source]:
+        """The sources as the files are now: the folder looked at at once, after any look under way.
+
+        For a delivery about to fail for its mapping (no file, or the file rejects it): the web server
+        may already serve a file the worker has not looked at yet, a new source added with SIGHUP or a
+        fix, and the webhooks it takes then must not fail for the old version.
+        """
+        with self._lock:
+            self._look()
+        return self._sources
+
+    def _look(self) -> None:
+        self._checked = time.monotonic()
+        stamp = _stamp(self.folder)
+        if stamp != self._stamp:
+            changed = sorted({name for name, _time, _size in set(stamp) ^ set(self._stamp)})
+            self._stamp = stamp  # taken before reading: a write after it is seen next time
+            self._reload(changed)
 
     def _reload(self, changed: list[str]) -> None:
         try:
