@@ -77,7 +77,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
     worker_env = {**env, "RELAY_UPSTREAM_RATE": repr(settings.upstream_rate / settings.worker_processes)}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "relay", "worker"],
+            [sys.executable, "-m", "relay", "worker", "--mappings-checked"],
             cwd=os.getcwd(),
             env=worker_env,
             preexec_fn=_die_with_parent,  # noqa: PLW1509

@@ -47,11 +47,14 @@ class Worker:
         *,
         store: Store | None = None,
         sources: dict[str, Source] | None = None,
+        mappings_checked: bool = False,
     ) -> None:
+        """`mappings_checked`: whoever started this worker has checked the mapping files (`relay run`), so
+        one broken since is left out with a log line, rather than stop the worker."""
         self.settings = settings
         self.store = store or Store(settings.database_url, wait_for_database=True)
         # Given sources stay as they are; a folder's are loaded again when a file changes (a fix, then a replay).
-        watched = WatchedSources(settings.mappings_dir) if sources is None else None
+        watched = WatchedSources(settings.mappings_dir, strict=not mappings_checked) if sources is None else None
         self.mappings = watched
         self.sources = watched.current() if watched is not None else sources or {}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -172,6 +175,43 @@ class Worker:
             raise MappingError(f"no mapping for source {delivery.source!r}")
         return translate_request(source, delivery.inbound(), self.context)
 
+    def _translate_with_latest(
+        self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError
+    ) -> Translation | str:
+        """Before a delivery fails for its mapping, the files as they are this moment: a source just added,
+        or a fix the web server already serves, would otherwise fail the webhooks it takes in the seconds
+        before this worker looks by itself. The translation, or the status the delivery was settled with."""
+        latest = self.mappings.fresh() if self.mappings is not None else sources
+        if latest is not sources:
+            self.sources = latest
+            try:
+                return self._translate(latest, delivery)
+            except MappingError as again:
+                error = again
+        return self._mapping_failed(delivery, token, latest, error)
+
+    def _mapping_failed(self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError) -> str:
+        """Fail the delivery for its mapping; unless its source's file is there but does not load, with no
+        good version to keep (an edit under way when this worker started): then it waits for the fix, as
+        the web server answers that source 503, with waits that grow to 10 minutes, until RELAY_MAX_AGE."""
+        problems = self.mappings.broken.get(delivery.source) if self.mappings is not None else None
+        if not problems or delivery.source in sources:
+            return self._fail(delivery, token, "mapping", error.detail)
+        detail = f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
+        now = time.time()
+        when = now + min(max(5.0, (now - delivery.cycle_started_at) / 4), 600.0)
+        if when - delivery.cycle_started_at > self.settings.max_age:
+            return self._fail(delivery, token, "mapping", detail)
+        self._keep(
+            delivery,
+            partial(self.store.finish, delivery.id, token, status="retrying", detail=detail, next_attempt_at=when),
+        )
+        log.warning(
+            "delivery waits: its mapping file does not load",
+            extra={"delivery_id": delivery.id, "source": delivery.source, "detail": detail},
+        )
+        return "retrying"
+
     def process(self, delivery: Delivery, token: str) -> str:
         """Deliver one claimed delivery; returns the status it was settled with."""
         extra = {"delivery_id": delivery.id, "source": delivery.source}
@@ -180,16 +220,10 @@ class Worker:
         try:
             translation = self._translate(sources, delivery)
         except MappingError as exc:
-            # Before failing it for its mapping, the files as they are this moment: a source just added,
-            # or a fix the web server already serves, would otherwise fail the webhooks it takes in the
-            # seconds before this worker looks by itself.
-            if self.mappings is None or (now := self.mappings.fresh()) is sources:
-                return self._fail(delivery, token, "mapping", exc.detail)
-            self.sources = now
-            try:
-                translation = self._translate(now, delivery)
-            except MappingError as again:
-                return self._fail(delivery, token, "mapping", again.detail)
+            settled = self._translate_with_latest(delivery, token, sources, exc)
+            if isinstance(settled, str):
+                return settled
+            translation = settled
         if translation.ignored:
             self.store.finish(
                 delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
@@ -343,7 +377,7 @@ def _capture(exc: Exception, *, source: str, delivery_id: str) -> None:
         sentry_sdk.capture_exception(exc)
 
 
-def cmd_worker(_args: Any, settings: Settings) -> int:
+def cmd_worker(args: Any, settings: Settings) -> int:
     from relay.logs import configure_logging
     from relay.sentry import init_sentry
 
@@ -351,7 +385,7 @@ def cmd_worker(_args: Any, settings: Settings) -> int:
     init_sentry(settings)
     if settings.worker_metrics_port:
         _serve_metrics(settings.worker_metrics_port)
-    worker = Worker(settings)
+    worker = Worker(settings, mappings_checked=args.mappings_checked)
     install_stop_signals(worker.stop_event)
     log.info("worker started", extra={"concurrency": settings.worker_concurrency})
     worker.run_forever()

@@ -255,6 +255,51 @@ def test_a_delivery_meets_the_mapping_file_on_disk_before_it_fails_for_its_mappi
         store.close()
 
 
+def test_a_source_whose_file_does_not_load_waits_for_the_fix(tmp_path, sandbox):
+    """A worker started by `relay run` with a file broken since run checked it (an edit under way) has no
+    good version of that source: its deliveries wait, with the file's problem as their detail, rather than
+    fail (the web server answers that source 503 meanwhile); once the file is fixed they are delivered. One
+    waiting past RELAY_MAX_AGE fails for its mapping, replayable."""
+    from relay.errors import ConfigError
+
+    from .conftest import MAPPINGS
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    shutil.copy(MAPPINGS / "tally.yaml", folder)
+    (folder / "tilda.yaml").write_text("version: 1\nsource: [\n")  # saved half way
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MAPPINGS_DIR=str(folder))
+    store = Store(settings.database_url)
+    with pytest.raises(ConfigError):
+        Worker(settings, store=store)  # started alone, it refuses, as gunicorn does
+    worker = Worker(settings, store=store, mappings_checked=True)
+    assert worker.mappings is not None and list(worker.mappings.broken) == ["tilda"]
+    assert REGISTRY.get_sample_value("relay_mapping_files_broken") == 1
+    try:
+        waiting = accept(store, b"Email=wait%40example.com", "k1")
+        (claimed,) = store.claim(owner=worker.owner, limit=1, lease_seconds=30)
+        before = time.time()
+        assert worker.process(*claimed) == "retrying"
+        delivery = store.get(waiting)
+        assert (
+            delivery.detail.startswith("the mapping file of 'tilda' does not load: ")
+            and "tilda.yaml" in delivery.detail
+        )
+        assert before + 5 <= delivery.next_attempt_at <= time.time() + 5 and delivery.attempts == 0
+
+        too_old = accept(store, b"Email=old%40example.com", "k2", now=time.time() - 5 * 24 * 3600)
+        assert drain(store, worker, too_old) == "failed"
+        assert store.get(too_old).reason == "mapping" and "tilda.yaml" in store.get(too_old).detail
+
+        shutil.copy(MAPPINGS / "tilda.yaml", folder)
+        assert drain(store, worker, waiting) == "delivered"
+        assert [p.fields["email"] for p in sandbox.sandbox.profiles.values()] == ["wait@example.com"]
+        assert worker.mappings.broken == {} and REGISTRY.get_sample_value("relay_mapping_files_broken") == 0
+    finally:
+        worker.stop()
+        store.close()
+
+
 def test_two_workers_on_postgres_never_send_one_delivery_twice(tmp_path, sandbox, pg_url):
     """Two worker processes' worth of threads on one PostgreSQL deliver each delivery exactly once."""
     sandbox.sandbox.chaos = {"latency_ms": 5}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shlex
 import shutil
 import signal
 import socket
@@ -383,6 +382,10 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
 
     try:
         _wait_until_ready(base)
+        # Its worker may still be reading the files when the broken edit below is saved: it was started
+        # as checked by run, so it leaves the file out rather than stop relay.
+        children = [argv for _pid, fields, argv in live_processes() if int(fields[1]) == process.pid]
+        assert [b"worker", b"--mappings-checked"] in [argv[-3:-1] for argv in children], children
         assert jotform() == 404
         before = web_workers()
         assert len(before) == 2
@@ -435,15 +438,10 @@ def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     store.close()
 
 
-def test_worker_command_stops_on_sigterm(tmp_path):
-    """python -m relay worker starts and exits 0 on SIGTERM."""
-    env = {
-        **os.environ,
-        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/w.db",
-        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
-    }
+def _start_worker(*args: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], bytes]:
+    """`python -m relay worker` and what it said on stderr until "worker started" (or its exit)."""
     process = subprocess.Popen(
-        shlex.split(f"{sys.executable} -m relay worker"),
+        [sys.executable, "-m", "relay", "worker", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -456,11 +454,53 @@ def test_worker_command_stops_on_sigterm(tmp_path):
     while b"worker started" not in said and process.poll() is None and time.monotonic() < deadline:
         if select.select([stderr], [], [], 0.5)[0]:
             said += os.read(stderr.fileno(), 65536)
-    assert b"worker started" in said, said  # its stop signals are installed by then
+    return process, said
+
+
+def _stop_worker(process: subprocess.Popen[bytes]) -> bytes:
+    """SIGTERM, which it must obey with exit status 0; the rest of what it said."""
+    assert process.stderr is not None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    assert b"worker stopped" in said + stderr.read()
-    stderr.close()
+    rest = process.stderr.read()
+    process.stderr.close()
+    return rest
+
+
+def test_worker_command_stops_on_sigterm(tmp_path):
+    """python -m relay worker starts and exits 0 on SIGTERM."""
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/w.db",
+        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+    }
+    process, said = _start_worker(env=env)
+    assert b"worker started" in said, said  # its stop signals are installed by then
+    assert b"worker stopped" in said + _stop_worker(process)
+
+
+def test_a_worker_started_by_run_leaves_out_a_file_broken_since_run_checked_it(tmp_path):
+    """`relay run` checks the mapping files, then starts its worker, which reads them again a moment later:
+    an edit saved half way in between stopped that worker, and relay with it. Started by `run`
+    (`--mappings-checked`) the worker leaves the file out and says so; started alone it still refuses."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", folder)
+    (folder / "tally.yaml").write_text("version: 1\nsource: [\n")  # saved half way
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/w.db",
+        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api",
+        "RELAY_MAPPINGS_DIR": str(folder),
+    }
+    alone, said = _start_worker(env=env)
+    assert alone.wait(timeout=30) == 1 and alone.stderr is not None
+    said += alone.stderr.read()
+    alone.stderr.close()
+    assert b"tally.yaml" in said and b"worker started" not in said
+    under_run, said = _start_worker("--mappings-checked", env=env)
+    assert b"worker started" in said, said
+    assert b"mapping file does not load; its deliveries wait for it" in said and b"tally.yaml" in said
+    assert b"worker stopped" in said + _stop_worker(under_run)
 
 
 def test_dockerfile_and_compose_are_consistent():

@@ -25,19 +25,27 @@ RECHECK_SECONDS = 2.0  # how often the folder is looked at, at most: a stat of e
 class WatchedSources:
     """The sources of a folder of mapping files, as the files are now.
 
-    Loaded strictly at first (a broken file stops the worker before it
-    starts, as it stops the web server). Later, whichever thread asks after
+    Loaded strictly at first (a broken file stops a worker before it starts,
+    as it stops the web server), unless `strict` is False: `relay run` checked
+    the files itself, and a file broken in the moment before its worker read
+    them must not stop relay. Later, whichever thread asks after
     RECHECK_SECONDS looks at the files' sizes and times, and on a change loads
     the folder again: a file that no longer loads keeps its last good version
     (and its problems are logged, once a change), so that a half-saved edit
     never fails deliveries; a file removed takes its source with it.
+    `broken` names the files that do not load now, with their problems.
     """
 
-    def __init__(self, folder: str | Path, *, recheck: float = RECHECK_SECONDS) -> None:
+    def __init__(self, folder: str | Path, *, recheck: float = RECHECK_SECONDS, strict: bool = True) -> None:
         self.folder = Path(folder)
         self.recheck = recheck
         self._stamp = _stamp(self.folder)
-        self._sources = load_sources(self.folder)
+        self.broken: dict[str, list[str]] = {}
+        if strict:
+            self._sources = load_sources(self.folder)
+        else:
+            self._sources, self.broken = load_sources_leniently(self.folder)
+            self._report_broken()
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -77,19 +85,23 @@ class WatchedSources:
             log.error("mapping files not loaded again; the worker keeps what it had", extra={"problems": exc.problems})
             metrics.mapping_files_broken(1)
             return
-        metrics.mapping_files_broken(len(broken))
-        for name, problems in broken.items():
+        for name in broken:
             kept = self._sources.get(name)
             if kept is not None:
                 loaded[name] = kept
+        self._sources, self.broken = loaded, broken
+        self._report_broken()
+        log.info("mapping files loaded again", extra={"files": changed, "sources": len(loaded)})
+
+    def _report_broken(self) -> None:
+        metrics.mapping_files_broken(len(self.broken))
+        for name, problems in self.broken.items():
             log.error(
                 "mapping file does not load; the worker keeps its last good version"
-                if kept is not None
-                else "mapping file does not load",
+                if name in self._sources
+                else "mapping file does not load; its deliveries wait for it",
                 extra={"source": name, "problems": problems},
             )
-        self._sources = loaded
-        log.info("mapping files loaded again", extra={"files": changed, "sources": len(loaded)})
 
 
 def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
