@@ -9,16 +9,33 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from relay.errors import ConfigError
-from relay.settings import Settings
+from relay.settings import Settings, dotenv_exported, export_dotenv
 
-# The same settings (and `.env`) as the app: a wrong value stops the master with the list of what is
-# wrong, before any worker starts, rather than a traceback from each worker that fails to boot.
+# `.env` as it is now goes into the master's environment, so every web worker forked from it has these
+# values, whatever the file holds when a worker is replaced after a crash; a reload (SIGHUP) reads the file
+# again, so a changed secret or setting takes effect without a restart.
+_reloading = dotenv_exported()
+_before = dict(os.environ)
+export_dotenv()
+# The same settings as the app: a wrong value stops the master with the list of what is wrong, before
+# any worker starts, rather than a traceback from each worker that fails to boot. At a reload, it leaves
+# everything as it was instead: the web server goes on with the settings it has.
 try:
     _settings = Settings.from_env()
 except ConfigError as exc:
-    raise SystemExit("relay: settings are wrong:\n  " + "\n  ".join(exc.problems)) from None
+    if not _reloading:
+        raise SystemExit("relay: settings are wrong:\n  " + "\n  ".join(exc.problems)) from None
+    print(
+        "relay: reload refused, settings are wrong; the web server keeps the ones it has:\n  "
+        + "\n  ".join(exc.problems),
+        file=sys.stderr,
+    )
+    os.environ.clear()
+    os.environ.update(_before)
+    _settings = Settings.from_env()
 
 bind = _settings.bind
 workers = _settings.web_workers

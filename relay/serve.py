@@ -1,11 +1,15 @@
 """`python -m relay run`: the web server (gunicorn) and the delivery worker together.
 
-Two child processes, so that each can be killed and restarted alone and the
+Child processes, so that each can be killed and restarted alone and the
 worker never competes with request threads for the GIL. SIGTERM or SIGINT
-stops both gracefully; if one dies, the other is stopped too. SIGHUP checks
-the mapping files and, when they all load, has gunicorn replace its workers
-gracefully, so that the web server reads them again (the delivery workers
-read a changed file by themselves); when one does not load, nothing changes.
+stops them all gracefully; if one dies, the others are stopped too.
+
+SIGHUP reads the settings (`.env` included) and the mapping files again and
+checks them. When they are right, gunicorn replaces its web workers
+gracefully and new delivery workers take over from the old ones, which
+finish what they hold: a new secret, an upstream URL or a new source takes
+effect without a request refused. When they are wrong, nothing changes and
+the log says why.
 """
 
 from __future__ import annotations
@@ -58,9 +62,9 @@ def cmd_run(args: Any, settings: Settings) -> int:
         store.ensure_schema()  # once, before two processes race for it; and a store that is away stops run here
     finally:
         store.close()
-    # The children get what this process read, `.env` included, and its working directory: relative
-    # paths (the default database, the mappings) and the tokens then mean the same to all of them.
-    env = dict(settings.env)
+    # The children start in this working directory and read `.env` there themselves: relative paths (the
+    # default database, the mappings) mean the same to all of them, and a reload reads the file again.
+    env = dict(os.environ)
     env["RELAY_BIND"] = f"{args.host}:{args.port}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # One metrics folder for the web workers and the delivery worker, so /metrics shows both.
@@ -72,19 +76,8 @@ def cmd_run(args: Any, settings: Settings) -> int:
         env=env,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
     )
-    # Each delivery worker is a process of its own (one GIL each); the upstream rate is shared
-    # out so that all of them together keep to RELAY_UPSTREAM_RATE.
-    worker_env = {**env, "RELAY_UPSTREAM_RATE": repr(settings.upstream_rate / settings.worker_processes)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "relay", "worker", "--mappings-checked"],
-            cwd=os.getcwd(),
-            env=worker_env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
-        for _ in range(settings.worker_processes)
-    ]
-    children = [web, *workers]
+    workers = _start_workers(settings, env)
+    retiring: list[subprocess.Popen[bytes]] = []  # workers replaced by a reload, finishing what they hold
     stopping = False
     reload_asked = False
 
@@ -99,13 +92,26 @@ def cmd_run(args: Any, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
-    if _wait_until_listening(args.host, args.port, children, lambda: stopping):
+    if _wait_until_listening(args.host, args.port, [web, *workers], lambda: stopping):
         print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
-    while not stopping and all(child.poll() is None for child in children):
+    while not stopping and all(child.poll() is None for child in [web, *workers]):
         if reload_asked:
             reload_asked = False
-            _reload_web(web, settings)
+            fresh = _reload_checked(settings)
+            if fresh is not None:
+                settings = fresh
+                web.send_signal(signal.SIGHUP)  # gunicorn starts new workers, then stops the old ones gracefully
+                # New delivery workers first, then the old ones stop claiming and finish what they hold.
+                replaced, workers = workers, _start_workers(settings, env)
+                for old in replaced:
+                    old.send_signal(signal.SIGTERM)
+                retiring += replaced
+                log.info("reloading: settings, .env and mapping files read again")
+        for old in [child for child in retiring if child.poll() is not None]:
+            retiring.remove(old)
+            _forget_metrics_of(old.pid, env["PROMETHEUS_MULTIPROC_DIR"])
         time.sleep(0.2)
+    children = [web, *workers, *retiring]
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -119,17 +125,50 @@ def cmd_run(args: Any, settings: Settings) -> int:
     return 0 if stopping else 1
 
 
-def _reload_web(web: subprocess.Popen[bytes], settings: Settings) -> None:
+def _start_workers(settings: Settings, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """The delivery worker processes, each a process of its own (one GIL each). The upstream rate is
+    shared out so that all of them together keep to RELAY_UPSTREAM_RATE; `--mappings-checked`, because
+    this process checked the files (one broken in the moment since is left out, not fatal)."""
+    worker_env = {**env, "RELAY_UPSTREAM_RATE": repr(settings.upstream_rate / settings.worker_processes)}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "relay", "worker", "--mappings-checked"],
+            cwd=os.getcwd(),
+            env=worker_env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        for _ in range(settings.worker_processes)
+    ]
+
+
+def _reload_checked(settings: Settings) -> Settings | None:
+    """The settings as `.env` and the mapping files say now, or None, with the reason logged, when they
+    are wrong: then nothing changes, and relay goes on as it was."""
     try:
-        sources = load_sources(settings.mappings_dir)
+        fresh = Settings.from_env()
+    except ConfigError as exc:
+        log.error("reload refused: settings are wrong; relay keeps the ones it has", extra={"problems": exc.problems})
+        return None
+    if fresh.database_url != settings.database_url:
+        log.error("reload refused: RELAY_DATABASE_URL changed; moving to another store takes a restart")
+        return None
+    try:
+        sources = load_sources(fresh.mappings_dir)
     except ConfigError as exc:
         log.error(
             "reload refused: mapping files are wrong; the web server keeps the files it has",
             extra={"problems": exc.problems},
         )
-        return
-    web.send_signal(signal.SIGHUP)  # gunicorn starts new workers, then stops the old ones gracefully
-    log.info("web server reloading its mapping files", extra={"sources": sorted(sources)})
+        return None
+    log.info("reload: settings and mapping files check out", extra={"sources": sorted(sources)})
+    return fresh
+
+
+def _forget_metrics_of(pid: int, metrics_dir: str) -> None:
+    """A replaced worker's gauges leave the merged /metrics (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _wait_until_listening(

@@ -16,7 +16,7 @@ from dotenv import dotenv_values
 
 from relay.errors import ConfigError
 
-__all__ = ["Settings", "load_environment", "mask"]
+__all__ = ["Settings", "dotenv_exported", "export_dotenv", "load_environment", "mask"]
 
 SECRET_SETTINGS = {"upstream_token", "admin_token", "sentry_dsn"}
 
@@ -26,13 +26,41 @@ def mask(value: str | None) -> str:
     return "***" if value else "(unset)"
 
 
+_FROM_DOTENV = "RELAY_SET_FROM_DOTENV"  # the names the last `export_dotenv` put into the environment
+
+
 def load_environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
-    """The process environment over the values of `.env` (when it exists)."""
+    """The process environment over the values of `.env` (when it exists); only the environment in a
+    process whose parent put `.env` into it already (`export_dotenv`): the file may have changed since."""
     merged: dict[str, str] = {}
-    if Path(dotenv_path).is_file():
+    if _FROM_DOTENV not in os.environ and Path(dotenv_path).is_file():
         merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     merged.update(os.environ)
     return merged
+
+
+def dotenv_exported() -> bool:
+    """Whether `export_dotenv` has put `.env` into this process's environment (or its parent's)."""
+    return _FROM_DOTENV in os.environ
+
+
+def export_dotenv(dotenv_path: str | os.PathLike[str] = ".env") -> None:
+    """Put the values of `.env` into this process's environment, under what the environment itself sets.
+
+    Gunicorn's master does this when it reads its config, so that every web worker it forks, a crashed
+    one's replacement included, gets the values of that moment, whatever the file holds by then; and a
+    reload (SIGHUP) does it again: the values the previous call put in are taken out first, so that the
+    file read now decides, and a line deleted from it is gone.
+    """
+    for name in filter(None, os.environ.pop(_FROM_DOTENV, "").split(",")):
+        os.environ.pop(name, None)
+    added: list[str] = []
+    if Path(dotenv_path).is_file():
+        for name, value in dotenv_values(dotenv_path).items():
+            if value is not None and name not in os.environ:
+                os.environ[name] = value
+                added.append(name)
+    os.environ[_FROM_DOTENV] = ",".join(added)
 
 
 def _whole_number(least: int, most: int | None, problem: str) -> Callable[[str], int]:

@@ -403,8 +403,24 @@ def _serve_metrics(port: int) -> None:
 
 
 def install_stop_signals(stop: threading.Event) -> None:
-    def _stop(signum: int, _frame: Any) -> None:
+    """SIGTERM and SIGINT set `stop`.
+
+    Not from the handler itself: it runs in the main thread between two steps of whatever that thread
+    does, and `Event.set` takes the event's lock, which is not re-entrant; had the main thread just taken
+    it (entering `stop.wait()`), the handler would wait for it for ever and the worker would never stop
+    (starting a thread there could meet the same with threading's own lock). The handler writes a byte
+    to a pipe, which takes no lock, and a thread waiting on the pipe sets the event.
+    """
+    read_end, write_end = os.pipe()
+
+    def _stopper() -> None:
+        os.read(read_end, 1)
         stop.set()
+
+    threading.Thread(target=_stopper, name="relay-stop", daemon=True).start()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        os.write(write_end, b"x")
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -101,7 +101,7 @@ def _worker_processes(parent: int) -> list[int]:
     return [
         pid
         for pid, fields, argv in live_processes()
-        if int(fields[1]) == parent and argv[-3:-1] == [b"relay", b"worker"]
+        if int(fields[1]) == parent and argv[1:4] == [b"-m", b"relay", b"worker"]
     ]
 
 

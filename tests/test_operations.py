@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import sentry_sdk
 
 from relay.metrics import DECLARED
@@ -309,22 +310,24 @@ def test_run_says_listening_only_when_it_is(tmp_path):
     with socket.socket() as taken:  # bound, not listening: gunicorn cannot bind and nothing answers
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        done = subprocess.run([*run, str(port)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([*run, str(port)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "Connection in use" in done.stderr
     assert "listening" not in done.stderr and "Traceback" not in done.stderr
 
 
 def _relay_run(port: int, *, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """`relay run` in a process group of its own (stop it with os.killpg), its output discarded."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    """`relay run` in a process group of its own (stop it with os.killpg); what it says goes to
+    `relay-run.log` in `cwd`, which pytest keeps after a failure."""
+    with (cwd / "relay-run.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_until_ready(base: str, seconds: float = 60) -> None:
@@ -338,6 +341,20 @@ def _wait_until_ready(base: str, seconds: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{base}/readyz did not answer 200 within {seconds} s")
+
+
+def _web_workers(run_pid: int) -> set[int]:
+    """The pids of the gunicorn workers of `relay run` process `run_pid`."""
+    (master,) = [
+        pid
+        for pid, fields, argv in live_processes()
+        if int(fields[1]) == run_pid and any(b"gunicorn" in part for part in argv)
+    ]
+    return {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master}
+
+
+def _delivery_workers(run_pid: int) -> set[int]:
+    return {pid for pid, fields, argv in live_processes() if int(fields[1]) == run_pid and b"worker" in argv}
 
 
 def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(tmp_path):
@@ -361,12 +378,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
     process = _relay_run(port, env=env, cwd=tmp_path)
 
     def web_workers() -> set[int]:
-        (master,) = [
-            pid
-            for pid, fields, argv in live_processes()
-            if int(fields[1]) == process.pid and any(b"gunicorn" in part for part in argv)
-        ]
-        return {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master}
+        return _web_workers(process.pid)
 
     def jotform() -> int:
         return httpx.post(f"{base}/hooks/jotform?token=j", data={"q3_email": "j@example.com"}, timeout=5).status_code
@@ -438,6 +450,80 @@ def test_run_from_another_folder_uses_its_dotenv_and_paths(tmp_path):
     store.close()
 
 
+def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tmp_path):
+    """A secret rotated and an upstream set in `.env` while `relay run` serves. Until SIGHUP nothing changes,
+    not even in a web worker that replaces a crashed one; SIGHUP with a wrong setting changes nothing and
+    says why; SIGHUP with right ones has new web and delivery workers take over, with no request refused
+    meanwhile, and the webhooks held for want of an upstream are delivered."""
+    from relay.sandbox import Sandbox, SandboxServer, default_config
+
+    sandbox = SandboxServer(Sandbox(default_config(["up-token"]))).start()
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"TILDA_WEBHOOK_TOKEN=old\nRELAY_MAPPINGS_DIR={ROOT / 'mappings'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "PROMETHEUS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = _relay_run(port, env=env, cwd=tmp_path)
+
+    def tilda(token: str, email: str) -> int:
+        return httpx.post(f"{base}/hooks/tilda?token={token}", data={"Email": email}, timeout=5).status_code
+
+    try:
+        _wait_until_ready(base)
+        assert tilda("old", "held@example.com") == 202  # no upstream yet: held
+        settings = (
+            f"TILDA_WEBHOOK_TOKEN=new\nRELAY_MAPPINGS_DIR={ROOT / 'mappings'}\n"
+            f"RELAY_UPSTREAM_URL={sandbox.api_url}\nRELAY_UPSTREAM_TOKEN=up-token\n"
+        )
+        dotenv.write_text(settings + "RELAY_MAX_BODY_BYTES=10\n")
+        # Not read yet: web workers that replace crashed ones have the values of the last (re)load, a
+        # variable new in the file included.
+        crashed = _web_workers(process.pid)
+        for pid in crashed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(_web_workers(process.pid) - crashed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {tilda("old", f"o{n}@example.com") for n in range(4)} == {202}
+        assert tilda("new", "early@example.com") == 401
+
+        before_web, before_workers = _web_workers(process.pid), _delivery_workers(process.pid)
+        dotenv.write_text(dotenv.read_text() + "RELAY_UPSTREAM_FORMAT=yaml\n")
+        os.kill(process.pid, signal.SIGHUP)
+        time.sleep(3)  # a reload would have replaced a worker by then
+        assert _web_workers(process.pid) == before_web and _delivery_workers(process.pid) == before_workers
+        assert tilda("old", "still@example.com") == 202
+
+        dotenv.write_text(settings)
+        os.kill(process.pid, signal.SIGHUP)
+        answers: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not answers or answers[-1] != 202):
+            answers.append(tilda("new", "new@example.com"))  # old web workers answer 401 until replaced
+            time.sleep(0.1)
+        assert answers[-1] == 202 and set(answers) <= {401, 202}, answers
+        deadline = time.monotonic() + 30
+        while _web_workers(process.pid) & before_web and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _web_workers(process.pid) & before_web
+        assert tilda("old", "late@example.com") == 401
+        deadline = time.monotonic() + 30  # the old delivery workers finish what they hold, then stop
+        while _delivery_workers(process.pid) & before_workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _delivery_workers(process.pid) and not _delivery_workers(process.pid) & before_workers
+        deadline = time.monotonic() + 30
+        while len(sandbox.sandbox.profiles) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        emails = {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
+        assert {"held@example.com", "still@example.com", "new@example.com"} <= emails, emails
+        assert process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        sandbox.stop()
+
+
 def _start_worker(*args: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], bytes]:
     """`python -m relay worker` and what it said on stderr until "worker started" (or its exit)."""
     process = subprocess.Popen(
@@ -477,6 +563,30 @@ def test_worker_command_stops_on_sigterm(tmp_path):
     process, said = _start_worker(env=env)
     assert b"worker started" in said, said  # its stop signals are installed by then
     assert b"worker stopped" in said + _stop_worker(process)
+
+
+def test_a_stop_signal_stops_the_worker_whatever_its_main_thread_is_doing():
+    """SIGTERM set the stop event from inside the signal handler, which runs in the main thread between
+    two of its steps; when that thread had just taken the event's lock (entering `stop.wait()`), the
+    handler waited for it for ever: a worker that never stopped (seen once when `relay run` stopped a
+    worker it had just started). Here the main thread takes the lock all the time, 30 times over."""
+    child = """
+import os, signal, threading
+from relay.worker import install_stop_signals
+
+for _ in range(30):
+    stop = threading.Event()
+    install_stop_signals(stop)
+    threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    while not stop.wait(0):
+        pass
+print("stopped 30 times")
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a stop signal left the process waiting for its own lock")
+    assert done.stdout == "stopped 30 times\n", done.stderr
 
 
 def test_a_worker_started_by_run_leaves_out_a_file_broken_since_run_checked_it(tmp_path):
@@ -694,8 +804,9 @@ def test_a_web_worker_that_boots_with_a_broken_mapping_serves_the_other_sources(
         "RELAY_MAPPINGS_DIR": str(folder),
         "TILDA_WEBHOOK_TOKEN": "tok",
         "RELAY_WEB_WORKERS": "1",
+        "PYTHONPATH": str(ROOT),
     }
-    process = _relay_run(port, env=env, cwd=ROOT)
+    process = _relay_run(port, env=env, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
 
     def gunicorn() -> dict[int, int]:
@@ -765,3 +876,56 @@ def test_gunicorn_refuses_to_start_on_a_broken_mapping(tmp_path):
     assert done.returncode != 0
     assert "relay: mapping files are wrong:\n  " in done.stderr and "tally.yaml:" in done.stderr
     assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
+
+
+def test_gunicorn_on_its_own_reads_dotenv_again_on_sighup_and_keeps_its_settings_when_it_is_wrong(tmp_path):
+    """`gunicorn app:app` with `.env` in its folder: SIGHUP reads the file again (a rotated token), and a
+    wrong setting in it leaves the web server as it was, with a line saying why, instead of stopping it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    dotenv = tmp_path / ".env"
+    settings = f"RELAY_MAPPINGS_DIR={ROOT / 'mappings'}\nRELAY_DATABASE_URL=sqlite:///{tmp_path}/r.db\n"
+    dotenv.write_text(settings + "TILDA_WEBHOOK_TOKEN=old\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "PROMETHEUS_"))}
+    env.update(PYTHONPATH=str(ROOT), RELAY_BIND=f"127.0.0.1:{port}", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    with (tmp_path / "gunicorn.log").open("ab") as log:
+        master = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "app:app"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def tilda(token: str) -> int:
+        return httpx.post(f"{base}/hooks/tilda?token={token}", data={"Email": f"{token}@example.com"}).status_code
+
+    def reloaded(before: set[int]) -> set[int]:
+        """The web workers once none of `before` is left (a reload replaces every one of them)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master.pid}
+            if len(now) == 2 and not now & before:
+                return now
+            time.sleep(0.1)
+        raise AssertionError("the web workers were not replaced")
+
+    try:
+        _wait_until_ready(base)
+        workers = {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master.pid}
+        dotenv.write_text(settings + "TILDA_WEBHOOK_TOKEN=new\nRELAY_UPSTREAM_FORMAT=yaml\n")
+        master.send_signal(signal.SIGHUP)
+        workers = reloaded(workers)
+        assert (tilda("old"), tilda("new")) == (202, 401) and master.poll() is None
+        said = (tmp_path / "gunicorn.log").read_text()
+        assert "relay: reload refused, settings are wrong; the web server keeps the ones it has" in said
+        assert "RELAY_UPSTREAM_FORMAT='yaml'" in said
+
+        dotenv.write_text(settings + "TILDA_WEBHOOK_TOKEN=new\n")
+        master.send_signal(signal.SIGHUP)
+        reloaded(workers)
+        assert (tilda("old"), tilda("new")) == (401, 202)
+    finally:
+        os.killpg(master.pid, signal.SIGTERM)
+        master.wait(timeout=30)
