@@ -93,7 +93,11 @@ def cmd_run(args: Any, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _reload)
     if _wait_until_listening(args.host, args.port, [web, *workers], lambda: stopping):
-        print(f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>)", file=sys.stderr)
+        print(
+            f"relay: listening on http://{args.host}:{args.port}  (hooks at /hooks/<source>; "
+            f"`kill -HUP {os.getpid()}` reads .env and the mapping files again)",
+            file=sys.stderr,
+        )
     while not stopping and all(child.poll() is None for child in [web, *workers]):
         if reload_asked:
             reload_asked = False

@@ -723,6 +723,7 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
         print(log.read_text(errors="replace"))  # shown when the test fails
     text = log.read_text(errors="replace")
     assert f"relay: listening on http://127.0.0.1:{relay.port}" in text
+    assert f"`kill -HUP {process.pid}` reads .env and the mapping files again" in text
     assert "worker stopped" in text and "Shutting down: Master" in text
     assert "Traceback" not in text and "Logging error" not in text
 
