@@ -104,14 +104,13 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
     by_status = dict.fromkeys(STATUSES, 0)
     failed_by_reason: Counter[str] = Counter()
     by_source: dict[str, dict[str, int]] = {}
-    newest: dict[str, float] = {}
-    for source, status, reason, count, received_at in store.counts_by_source(**filters):
+    counts, newest = store.counts_by_source(**filters)
+    for source, status, reason, count in counts:
         by_status[status] = by_status.get(status, 0) + count
         if status == "failed":
             failed_by_reason[reason or "unknown"] += count
         per_source = by_source.setdefault(source, dict.fromkeys(STATUSES, 0))
         per_source[status] = per_source.get(status, 0) + count
-        newest[source] = max(received_at, newest.get(source, received_at))
     oldest = store.oldest_due(now)
     return {
         "total": sum(by_status.values()),

@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from sqlalchemy import event, inspect, text
 
 from relay.admin_api import parse_time
 from relay.inbound import InboundRequest
-from relay.store import Store, new_id
+from relay.store import STATUSES, Store, new_id
 
 from .conftest import SECRETS, make_settings
 
@@ -140,27 +141,88 @@ def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
 
 
 def test_counts_by_source_status_and_reason(store):
-    """The overview's one query, on both databases: counts per source, status and reason, within a time range."""
+    """The overview's counts, on both databases: per source, status and reason (delivered ones as the
+    difference of two indexes), within a time range, with each source's newest arrival."""
     source = f"src{uuid.uuid4().hex[:8]}"
     now = time.time()
     _accept_numbered(store, source, 0, "held", now - 7200)
     failed = _accept_numbered(store, source, 1, "queued", now)
     _accept_numbered(store, source, 2, "queued", now)
-    claimed = store.claim(owner="a", limit=100, lease_seconds=30, now=now + 1)  # both queued ones
-    token = next(token for delivery, token in claimed if delivery.id == failed)
-    assert store.finish(failed, token, status="failed", reason="mapping", detail="no")
-    rows = store.counts_by_source(source=source)
+    done = _accept_numbered(store, source, 3, "queued", now - 30)
+    claimed = store.claim(owner="a", limit=100, lease_seconds=30, now=now + 1)  # the queued ones
+    tokens = {delivery.id: token for delivery, token in claimed}
+    assert store.finish(failed, tokens[failed], status="failed", reason="mapping", detail="no")
+    assert store.finish(done, tokens[done], status="delivered", reason="ignored")
+    rows, newest = store.counts_by_source(source=source)
     assert sorted(rows, key=str) == sorted(
         [
-            (source, "held", None, 1, now - 7200),
-            (source, "failed", "mapping", 1, now),
-            (source, "delivering", None, 1, now),
+            (source, "held", None, 1),
+            (source, "failed", "mapping", 1),
+            (source, "delivering", None, 1),
+            (source, "delivered", None, 1),
         ],
         key=str,
     )
-    recent = store.counts_by_source(source=source, since=now - 60)
-    expected = [(source, "failed", "mapping", 1, now), (source, "delivering", None, 1, now)]
-    assert sorted(recent, key=str) == sorted(expected, key=str)
+    assert newest == {source: pytest.approx(now, abs=0.001)}
+    recent, newest = store.counts_by_source(source=source, since=now - 60, until=now - 10)
+    assert recent == [(source, "delivered", None, 1)] and newest == {source: pytest.approx(now - 30, abs=0.001)}
+    assert store.counts_by_source(source=source, until=now - 8000) == ([], {})
+
+
+def test_the_overview_counts_what_a_plain_count_of_the_table_counts(tmp_path):
+    """Counted from two indexes, the overview equals a count of the table's rows, for every filter."""
+    import random
+
+    path = tmp_path / "counts.db"
+    store = Store(f"sqlite:///{path}")
+    rng = random.Random(7)
+    now = time.time()
+    rows = [
+        (now - rng.uniform(0, 1000), rng.choice(["tilda", "tally", "shopify"]), rng.choice(STATUSES))
+        for _ in range(600)
+    ]
+    _insert_deliveries(path, rows)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE deliveries SET reason = CASE WHEN random() % 2 THEN 'mapping' ELSE 'rejected' END "
+            "WHERE status = 'failed'"
+        )
+        table = db.execute("SELECT id, source, status, reason FROM deliveries").fetchall()
+    for source in (None, "tilda"):
+        for since, until in [(None, None), (now - 500, None), (None, now - 200), (now - 700, now - 300)]:
+            low = f"{int(since * 1000):012x}" if since is not None else ""  # ids begin with these milliseconds
+            high = f"{int(until * 1000) + 1:012x}" if until is not None else "g"
+            chosen = [r for r in table if (source in (None, r[1])) and low <= r[0][:12] < high]
+            expected = Counter((s, st, reason if st != "delivered" else None) for _id, s, st, reason in chosen)
+            found, newest = store.counts_by_source(source=source, since=since, until=until)
+            assert sorted(found, key=str) == sorted(((*key, n) for key, n in expected.items()), key=str)
+            assert newest == {
+                name: int(max(i for i, s, _st, _r in chosen if s == name)[:12], 16) / 1000
+                for name in {r[1] for r in chosen}
+            }
+    store.close()
+
+
+def test_the_overview_does_not_read_the_rows_of_delivered_deliveries(tmp_path):
+    """Each row carries its webhook's body: the overview counts delivered ones from the (source, id) index
+    alone and reads rows only through the status index, for the statuses that are few."""
+    from sqlalchemy.dialects import sqlite
+
+    from relay.store import _source_counts
+
+    Store(f"sqlite:///{tmp_path / 'plan.db'}").close()
+    connection = sqlite3.connect(tmp_path / "plan.db")
+    for source, since, until in [(None, None, None), ("tilda", None, None), (None, 1.0, 2.0), ("tilda", 1.0, None)]:
+        sql = str(
+            _source_counts(source, since, until).compile(
+                dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
+            )
+        )
+        plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
+        reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+        assert len(reads) == 2 and "USING INDEX ix_deliveries_due" in reads[0], plan
+        assert "USING COVERING INDEX ix_deliveries_source_id" in reads[1], plan
+    connection.close()
 
 
 def test_last_received_is_each_sources_newest_arrival(store):
