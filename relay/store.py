@@ -262,7 +262,7 @@ def _millis(moment: float, *, plus: int = 0) -> str:
     return f"{max(0, int(moment * 1000) + plus):012x}"
 
 
-def _source_counts(source: str | None, since: float | None, until: float | None) -> Any:
+def _source_counts(source: str | None, since: float | None, until: float | None, *, sqlite: bool) -> Any:
     """The overview's counts in one statement (one snapshot): each source's deliveries that are not
     delivered, by status and reason, through the status index; and each source's total and newest id, from
     the (source, id) index alone. Delivered is the difference. Delivered deliveries are most of the table
@@ -279,9 +279,11 @@ def _source_counts(source: str | None, since: float | None, until: float | None)
         .where(deliveries.c.status.in_(others), *in_range(deliveries.c.id))
         .group_by(deliveries.c.source, deliveries.c.status, deliveries.c.reason)
     )
-    # A time range on the id itself would take SQLite to the primary key, and from there to every row.
+    # Without a source, a time range on the id itself takes SQLite to the primary key, and from there to
+    # every row; with one, it walks that source's part of the (source, id) index, as PostgreSQL does.
+    every_id = _unindexed(deliveries.c.id) if sqlite and source is None else deliveries.c.id
     every = select(deliveries.c.source, null(), null(), func.count(), func.max(deliveries.c.id))
-    every = every.where(*in_range(_unindexed(deliveries.c.id))).group_by(deliveries.c.source)
+    every = every.where(*in_range(every_id)).group_by(deliveries.c.source)
     if source is not None:
         not_delivered = not_delivered.where(_unindexed(deliveries.c.source) == source)
         every = every.where(deliveries.c.source == source)
@@ -564,7 +566,7 @@ class Store:
         """(source, status, reason, count) of the deliveries that arrived in [since, until) (to the
         millisecond), and each source's newest arrival among them (see `_source_counts`)."""
         with self._read() as connection:
-            found = connection.execute(_source_counts(source, since, until)).all()
+            found = connection.execute(_source_counts(source, since, until, sqlite=self.dialect == "sqlite")).all()
         rows = [(name, status, reason, int(count)) for name, status, reason, count, _ in found if status is not None]
         totals = {name: int(count) for name, status, _, count, _ in found if status is None}
         for name, _status, _reason, count in rows:

@@ -214,7 +214,7 @@ def test_the_overview_does_not_read_the_rows_of_delivered_deliveries(tmp_path):
     connection = sqlite3.connect(tmp_path / "plan.db")
     for source, since, until in [(None, None, None), ("tilda", None, None), (None, 1.0, 2.0), ("tilda", 1.0, None)]:
         sql = str(
-            _source_counts(source, since, until).compile(
+            _source_counts(source, since, until, sqlite=True).compile(
                 dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
             )
         )
