@@ -1,6 +1,6 @@
 """Ingress: accepted webhooks per second and latency of `gunicorn app:app` against a bare Flask endpoint.
 
-    .venv/bin/python bench/ingress.py [--rounds 7] [--seconds 5] [--bounds]
+    .venv/bin/python bench/ingress.py [--rounds 7] [--seconds 5] [--bounds] [--durable]
 
 Both run under the same gunicorn settings (gunicorn.conf.py: 2 workers x 4
 threads). Relay stores every webhook durably in SQLite before answering;
@@ -17,7 +17,9 @@ each wait 100 ms after every answer), 3 turns each, medians.
 
 With --bounds, each round also measures relay with the store write, then the
 store write and the log line, replaced by nothing (bench/relay_bound.py): the
-ratio relay could reach if those cost nothing.
+ratio relay could reach if those cost nothing. With --durable, each round also
+measures bench/durable_app.py, the bare endpoint plus one committed SQLite
+INSERT a request: relay against it is what relay adds beyond the durable write.
 Needs wrk (apt-get install wrk). Targets: relay >= 0.7 of bare; p99 <= 25 ms at 300 requests/s.
 """
 
@@ -34,7 +36,7 @@ from common import Server, children_cpu_seconds, wrk
 TOKEN = "bench-token"
 
 
-def servers(bounds: bool) -> dict[str, Server]:
+def servers(bounds: bool, durable: bool) -> dict[str, Server]:
     work = tempfile.mkdtemp(prefix="bench-ingress-")
     # The per-source limit stays on (its check is part of the path) but set above what is sent.
     relay_env = {
@@ -45,6 +47,8 @@ def servers(bounds: bool) -> dict[str, Server]:
         "bare_flask": Server.gunicorn("bare_app:app", {}),
         "relay": Server.gunicorn("app:app", {**relay_env, "RELAY_DATABASE_URL": f"sqlite:///{work}/relay.db"}),
     }
+    if durable:
+        found["durable_flask"] = Server.gunicorn("durable_app:app", {"BENCH_DURABLE_DB": f"{work}/durable.db"})
     if bounds:
         for without in ("store", "store,log"):
             env = {**relay_env, "RELAY_DATABASE_URL": f"sqlite:///{work}/{without}.db", "RELAY_BENCH_WITHOUT": without}
@@ -73,9 +77,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--paced-seconds", type=int, default=10)
     parser.add_argument("--bounds", action="store_true", help="also relay without its store write and log line")
+    parser.add_argument("--durable", action="store_true", help="also bare Flask with one committed SQLite insert")
     args = parser.parse_args()
 
-    started = servers(args.bounds)
+    started = servers(args.bounds, args.durable)
     rounds: list[dict[str, object]] = []
     paced: dict[str, list[dict[str, float]]] = {"bare_flask": [], "relay": []}
     with contextlib.ExitStack() as stack:
@@ -96,6 +101,9 @@ def main() -> None:
             record["cpu_ratio_bare_over_relay"] = round(
                 bare["cpu_ms_per_request"] / turns["relay"]["cpu_ms_per_request"], 3
             )
+            if "durable_flask" in turns:
+                durable = turns["durable_flask"]["requests_per_second"]
+                record["ratio_relay_over_durable"] = round(turns["relay"]["requests_per_second"] / durable, 3)
             rounds.append(record)
         for index in range(3):
             for name in ("bare_flask", "relay") if index % 2 == 0 else ("relay", "bare_flask"):
@@ -123,6 +131,12 @@ def main() -> None:
         "non_2xx": sum(t["non_2xx"] for r in rounds for t in r["turns"].values()),  # type: ignore[attr-defined]
         "targets": {"ratio": 0.7, "p99_ms_at_300_rps": 25},
     }
+    if args.durable:
+        summary["ratio_durable_flask"] = median_of("ratio_durable_flask")
+        summary["durable_per_second"] = turn_median("durable_flask", "requests_per_second")
+        summary["durable_cpu_ms_per_request"] = turn_median("durable_flask", "cpu_ms_per_request")
+        summary["ratio_relay_over_durable"] = median_of("ratio_relay_over_durable")
+        summary["ratio_relay_over_durable_by_round"] = [r["ratio_relay_over_durable"] for r in rounds]
     if args.bounds:
         for name in ("relay_without_store", "relay_without_store_log"):
             summary[f"ratio_{name}"] = median_of(f"ratio_{name}")
