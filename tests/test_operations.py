@@ -343,6 +343,17 @@ def _wait_until_ready(base: str, seconds: float = 60) -> None:
     raise AssertionError(f"{base}/readyz did not answer 200 within {seconds} s")
 
 
+def _eventually(check: Callable[[], bool], seconds: float = 30) -> bool:
+    """Whether `check` comes true within `seconds` (asked every 0.1 s): a loaded machine is slow to
+    replace processes, and a test must wait for that rather than fail."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _web_workers(run_pid: int) -> set[int]:
     """The pids of the gunicorn workers of `relay run` process `run_pid`."""
     (master,) = [
@@ -385,12 +396,9 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
 
     def broken_files_shown(expected: float) -> bool:
         """Until /metrics shows the delivery worker's count of mapping files it could not load."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if _value(httpx.get(f"{base}/metrics", timeout=5).text, "relay_mapping_files_broken") == expected:
-                return True
-            time.sleep(0.2)
-        return False
+        return _eventually(
+            lambda: _value(httpx.get(f"{base}/metrics", timeout=5).text, "relay_mapping_files_broken") == expected
+        )
 
     try:
         _wait_until_ready(base)
@@ -417,7 +425,7 @@ def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(
             answers.append(jotform())  # a worker that booted after the bad edit answers 503 until replaced
             time.sleep(0.1)
         assert answers[-1] == 202 and set(answers) <= {404, 503, 202}, answers
-        assert not web_workers() & before
+        assert _eventually(lambda: not web_workers() & before)  # the old ones finish their requests first
         assert broken_files_shown(0)
         assert httpx.post(f"{base}/hooks/tilda?token=t", data={"Email": "b@example.com"}, timeout=5).status_code == 202
         assert process.poll() is None
@@ -482,9 +490,7 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         crashed = _web_workers(process.pid)
         for pid in crashed:
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while len(_web_workers(process.pid) - crashed) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert _eventually(lambda: len(_web_workers(process.pid) - crashed) == 2)
         assert {tilda("old", f"o{n}@example.com") for n in range(4)} == {202}
         assert tilda("new", "early@example.com") == 401
 
@@ -503,18 +509,12 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
             answers.append(tilda("new", "new@example.com"))  # old web workers answer 401 until replaced
             time.sleep(0.1)
         assert answers[-1] == 202 and set(answers) <= {401, 202}, answers
-        deadline = time.monotonic() + 30
-        while _web_workers(process.pid) & before_web and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _web_workers(process.pid) & before_web
+        assert _eventually(lambda: not _web_workers(process.pid) & before_web)
         assert tilda("old", "late@example.com") == 401
-        deadline = time.monotonic() + 30  # the old delivery workers finish what they hold, then stop
-        while _delivery_workers(process.pid) & before_workers and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _delivery_workers(process.pid) and not _delivery_workers(process.pid) & before_workers
-        deadline = time.monotonic() + 30
-        while len(sandbox.sandbox.profiles) < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # The old delivery workers finish what they hold, then stop.
+        assert _eventually(lambda: not _delivery_workers(process.pid) & before_workers)
+        assert _delivery_workers(process.pid)
+        _eventually(lambda: len(sandbox.sandbox.profiles) >= 5)
         emails = {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
         assert {"held@example.com", "still@example.com", "new@example.com"} <= emails, emails
         assert process.poll() is None
@@ -902,22 +902,20 @@ def test_gunicorn_on_its_own_reads_dotenv_again_on_sighup_and_keeps_its_settings
     def tilda(token: str) -> int:
         return httpx.post(f"{base}/hooks/tilda?token={token}", data={"Email": f"{token}@example.com"}).status_code
 
+    def workers() -> set[int]:
+        return {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master.pid}
+
     def reloaded(before: set[int]) -> set[int]:
         """The web workers once none of `before` is left (a reload replaces every one of them)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master.pid}
-            if len(now) == 2 and not now & before:
-                return now
-            time.sleep(0.1)
-        raise AssertionError("the web workers were not replaced")
+        assert _eventually(lambda: len(workers()) == 2 and not workers() & before), "the web workers were not replaced"
+        return workers()
 
     try:
         _wait_until_ready(base)
-        workers = {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master.pid}
+        first = workers()
         dotenv.write_text(settings + "TILDA_WEBHOOK_TOKEN=new\nRELAY_UPSTREAM_FORMAT=yaml\n")
         master.send_signal(signal.SIGHUP)
-        workers = reloaded(workers)
+        second = reloaded(first)
         assert (tilda("old"), tilda("new")) == (202, 401) and master.poll() is None
         said = (tmp_path / "gunicorn.log").read_text()
         assert "relay: reload refused, settings are wrong; the web server keeps the ones it has" in said
@@ -925,7 +923,7 @@ def test_gunicorn_on_its_own_reads_dotenv_again_on_sighup_and_keeps_its_settings
 
         dotenv.write_text(settings + "TILDA_WEBHOOK_TOKEN=new\n")
         master.send_signal(signal.SIGHUP)
-        reloaded(workers)
+        reloaded(second)
         assert (tilda("old"), tilda("new")) == (401, 202)
     finally:
         os.killpg(master.pid, signal.SIGTERM)
