@@ -928,3 +928,30 @@ def test_gunicorn_on_its_own_reads_dotenv_again_on_sighup_and_keeps_its_settings
     finally:
         os.killpg(master.pid, signal.SIGTERM)
         master.wait(timeout=30)
+
+
+def test_export_dotenv_reads_the_file_again_and_forgets_what_was_taken_out(tmp_path, monkeypatch):
+    """Gunicorn's master puts `.env` into its environment at each (re)load: under what the environment
+    sets itself, read again from the file each time (a line deleted is gone), and from then on its
+    workers take the environment as it is rather than read a file that may have been edited since."""
+    from relay.settings import dotenv_exported, export_dotenv, load_environment
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("RELAY_SET_FROM_DOTENV", "FIRST_FROM_FILE", "SECOND_FROM_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SET_IN_THE_ENVIRONMENT", "environment")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("FIRST_FROM_FILE=1\nSECOND_FROM_FILE=2\nSET_IN_THE_ENVIRONMENT=file\n")
+    assert not dotenv_exported()
+    export_dotenv()
+    assert dotenv_exported()
+    assert (os.environ["FIRST_FROM_FILE"], os.environ["SECOND_FROM_FILE"]) == ("1", "2")
+    assert os.environ["SET_IN_THE_ENVIRONMENT"] == "environment"
+    dotenv.write_text("FIRST_FROM_FILE=edited\nTHIRD_FROM_FILE=3\n")  # not read until the next reload
+    assert load_environment()["FIRST_FROM_FILE"] == "1" and "THIRD_FROM_FILE" not in load_environment()
+
+    monkeypatch.delenv("THIRD_FROM_FILE", raising=False)
+    export_dotenv()  # a reload
+    assert (os.environ["FIRST_FROM_FILE"], os.environ["THIRD_FROM_FILE"]) == ("edited", "3")
+    assert "SECOND_FROM_FILE" not in os.environ
+    assert os.environ["SET_IN_THE_ENVIRONMENT"] == "environment"
