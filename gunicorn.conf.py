@@ -27,7 +27,7 @@ try:
     _settings = Settings.from_env()
 except ConfigError as exc:
     if not _reloading:
-        raise SystemExit("relay: settings are wrong:\n  " + "\n  ".join(exc.problems)) from None
+        raise SystemExit(exc.report("settings")) from None
     print(
         "relay: reload refused, settings are wrong; the web server keeps the ones it has:\n  "
         + "\n  ".join(exc.problems),
@@ -70,7 +70,7 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     try:
         load_sources(_settings.mappings_dir)
     except ConfigError as exc:
-        raise SystemExit("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems)) from None
+        raise SystemExit(exc.report("mapping files")) from None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from relay.metrics_dir import make_metrics_dir  # standard library only
 

@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print("relay: settings are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        print(exc.report("settings"), file=sys.stderr)
         return 2
     handler = _COMMANDS[args.command]
     try:

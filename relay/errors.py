@@ -145,3 +145,7 @@ class ConfigError(RelayError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    def report(self, what: str) -> str:
+        """How relay refuses to start on it: `relay: <what> are wrong:`, then one problem a line."""
+        return f"relay: {what} are wrong:\n  " + "\n  ".join(self.problems)

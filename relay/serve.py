@@ -55,7 +55,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
     try:
         load_sources(settings.mappings_dir)
     except ConfigError as exc:
-        print("relay: mapping files are wrong:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        print(exc.report("mapping files"), file=sys.stderr)
         return 1
     store = Store(settings.database_url)
     try:
