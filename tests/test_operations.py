@@ -514,9 +514,12 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         # The old delivery workers finish what they hold, then stop.
         assert _eventually(lambda: not _delivery_workers(process.pid) & before_workers)
         assert _delivery_workers(process.pid)
-        _eventually(lambda: len(sandbox.sandbox.profiles) >= 5)
-        emails = {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
-        assert {"held@example.com", "still@example.com", "new@example.com"} <= emails, emails
+
+        def emails() -> set[str]:
+            return {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
+
+        expected = {"held@example.com", "still@example.com", "new@example.com"}
+        assert _eventually(lambda: expected <= emails()), emails()
         assert process.poll() is None
     finally:
         os.killpg(process.pid, signal.SIGTERM)
