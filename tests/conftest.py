@@ -57,6 +57,15 @@ def live_processes() -> Iterator[tuple[int, list[str], list[bytes]]]:
             yield int(entry), fields, argv
 
 
+def delivery_workers(parent: int) -> set[int]:
+    """Pids of the `python -m relay worker` processes whose parent is `parent` (`relay run`)."""
+    return {
+        pid
+        for pid, fields, argv in live_processes()
+        if int(fields[1]) == parent and argv[1:4] == [b"-m", b"relay", b"worker"]
+    }
+
+
 _real_connect = socket.socket.connect
 
 

@@ -14,7 +14,7 @@ from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.store import Store
 from relay.testing import RelayProcess
 
-from .conftest import SECRETS, live_processes
+from .conftest import SECRETS, delivery_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -96,15 +96,6 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path):
     assert SECRETS["RELAY_UPSTREAM_TOKEN"] not in log
 
 
-def _worker_processes(parent: int) -> list[int]:
-    """Pids of `relay worker` processes whose parent is `parent`."""
-    return [
-        pid
-        for pid, fields, argv in live_processes()
-        if int(fields[1]) == parent and argv[1:4] == [b"-m", b"relay", b"worker"]
-    ]
-
-
 def test_run_with_two_worker_processes_sends_each_webhook_once(tmp_path):
     """RELAY_WORKER_PROCESSES=2 starts two delivery workers on one SQLite store; none sends a webhook twice."""
     sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
@@ -115,7 +106,7 @@ def test_run_with_two_worker_processes_sends_each_webhook_once(tmp_path):
     total = 150
     try:
         assert relay.process is not None
-        assert len(_worker_processes(relay.process.pid)) == 2
+        assert len(delivery_workers(relay.process.pid)) == 2
         hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
         with httpx.Client(base_url=relay.url, timeout=5) as client:
             for index in range(total):

@@ -23,7 +23,7 @@ from relay.metrics_dir import sweep_left_over
 from relay.testing import RelayProcess, free_port
 from relay.web import create_app
 
-from .conftest import ROOT, SECRETS, captured_log_lines, live_processes, make_settings
+from .conftest import ROOT, SECRETS, captured_log_lines, delivery_workers, live_processes, make_settings
 from .test_secrets import CapturingTransport
 
 FORM = "application/x-www-form-urlencoded"
@@ -364,10 +364,6 @@ def _web_workers(run_pid: int) -> set[int]:
     return {pid for pid, fields, _argv in live_processes() if int(fields[1]) == master}
 
 
-def _delivery_workers(run_pid: int) -> set[int]:
-    return {pid for pid, fields, argv in live_processes() if int(fields[1]) == run_pid and b"worker" in argv}
-
-
 def test_sighup_to_run_reloads_the_web_servers_mapping_files_once_they_all_load(tmp_path):
     """A source added while `relay run` serves: SIGHUP with a file that does not load changes nothing (the
     same web workers go on serving) and /metrics counts the file as broken; SIGHUP once it loads has
@@ -494,11 +490,11 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         assert {tilda("old", f"o{n}@example.com") for n in range(4)} == {202}
         assert tilda("new", "early@example.com") == 401
 
-        before_web, before_workers = _web_workers(process.pid), _delivery_workers(process.pid)
+        before_web, before_workers = _web_workers(process.pid), delivery_workers(process.pid)
         dotenv.write_text(dotenv.read_text() + "RELAY_UPSTREAM_FORMAT=yaml\n")
         os.kill(process.pid, signal.SIGHUP)
         time.sleep(3)  # a reload would have replaced a worker by then
-        assert _web_workers(process.pid) == before_web and _delivery_workers(process.pid) == before_workers
+        assert _web_workers(process.pid) == before_web and delivery_workers(process.pid) == before_workers
         assert tilda("old", "still@example.com") == 202
 
         dotenv.write_text(settings)
@@ -512,8 +508,8 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         assert _eventually(lambda: not _web_workers(process.pid) & before_web)
         assert tilda("old", "late@example.com") == 401
         # The old delivery workers finish what they hold, then stop.
-        assert _eventually(lambda: not _delivery_workers(process.pid) & before_workers)
-        assert _delivery_workers(process.pid)
+        assert _eventually(lambda: not delivery_workers(process.pid) & before_workers)
+        assert delivery_workers(process.pid)
 
         def emails() -> set[str]:
             return {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
