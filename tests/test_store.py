@@ -475,6 +475,37 @@ def test_writes_that_wait_for_another_process_share_one_commit(tmp_path):
     store.close()
 
 
+def test_the_wal_shrinks_back_after_a_long_read_let_it_grow(tmp_path, monkeypatch):
+    """A backup (VACUUM INTO) or a long export holds a read, checkpoints stop and the WAL grows with every
+    webhook meanwhile; once the read ends the file is cut back, not kept at its largest for ever."""
+    import relay.store as store_module
+
+    limit = 1024 * 1024
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT", limit)  # 64 MB in use: too many webhooks for a test
+    path = tmp_path / "wal.db"
+    wal = Path(f"{path}-wal")
+    store = Store(f"sqlite:///{path}")
+    body = b"x" * 3000
+
+    def accept(tag: str, count: int) -> None:
+        for i in range(count):
+            store.accept(_request(body), dedup_key=f"{tag}{i}", status="held", dedup_window=60)
+
+    accept("before", 10)
+    backup = sqlite3.connect(path)
+    backup.execute("BEGIN")
+    backup.execute("SELECT count(*) FROM deliveries").fetchone()  # the read that holds checkpoints back
+    accept("during", 400)
+    grown = wal.stat().st_size
+    assert grown > 4 * limit, grown
+    backup.rollback()
+    backup.close()
+    accept("after", 5)
+    assert wal.stat().st_size <= limit, (grown, wal.stat().st_size)
+    assert store.counts() == {"held": 415}
+    store.close()
+
+
 def test_admin_api_filters_are_checked(client):
     """A misspelt status or time is a 400 naming it, not an empty list (or an empty replay)."""
     auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
