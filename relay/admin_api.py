@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.settings import Settings
-from relay.store import REPLAYABLE, STATUSES, Delivery, Store
+from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = [
     "admin_blueprint",
@@ -98,8 +98,9 @@ def delivery_filters(status: str | None, source: str | None, since: str | None, 
 
 
 def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """What arrived and what is stuck, at a glance: counts by status, failures by reason, each source's
-    counts by status and newest arrival, and how long the oldest due delivery has waited."""
+    """What arrived, what is stuck and why, at a glance: counts by status, failures by reason, each source's
+    counts by status and newest arrival, how long the oldest due delivery has waited, and the most common
+    errors of failed and retrying deliveries."""
     now = time.time() if now is None else now
     by_status = dict.fromkeys(STATUSES, 0)
     failed_by_reason: Counter[str] = Counter()
@@ -112,6 +113,7 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
         per_source = by_source.setdefault(source, dict.fromkeys(STATUSES, 0))
         per_source[status] = per_source.get(status, 0) + count
     oldest = store.oldest_due(now)
+    problems = store.problems(**filters)
     return {
         "total": sum(by_status.values()),
         "by_status": by_status,
@@ -121,6 +123,17 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
         "last_received_at": {source: _iso(at) for source, at in sorted(newest.items())},
         # Across every source and time: the queue is one, whatever the filters.
         "oldest_due_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
+        # Why: failed and retrying deliveries grouped by their last error, most common first.
+        "problems": [
+            {
+                "source": problem.source,
+                "status": status_and_reason(problem.status, problem.reason),
+                "detail": problem.detail,
+                "count": problem.count,
+                "newest_id": problem.newest_id,
+            }
+            for problem in problems
+        ],
     }
 
 

@@ -14,6 +14,8 @@ from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
 
 __all__ = ["cmd_deliveries", "cmd_overview", "cmd_replay"]
 
+PROBLEM_DETAIL_SHOWN = 160  # characters of a problem's detail in `relay overview`; --json has all of it
+
 
 def _filters(args: Any) -> dict[str, Any]:
     # Checked by the parser (relay/cli.py): a known status, times already in epoch seconds.
@@ -105,6 +107,20 @@ def cmd_overview(args: Any, settings: Settings) -> int:
         for name, counts in found["by_source"].items():
             ago = _duration(max(0.0, now - (parse_time(found["last_received_at"][name]) or now)))
             print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES) + f"  {ago} ago")
+    if found["problems"]:
+        problems = found["problems"]
+        source_width = max(len("source"), *(len(problem["source"]) for problem in problems))
+        status_width = max(len("status"), *(len(problem["status"]) for problem in problems))
+        print("most common problems of failed and retrying deliveries (`relay deliveries <id>` shows one):")
+        print(f"{'count':>8}  {'source':<{source_width}}  {'status':<{status_width}}  newest id")
+        for problem in problems:
+            detail = " ".join((problem["detail"] or "no detail").split())  # one line, whatever the upstream sent
+            if len(detail) > PROBLEM_DETAIL_SHOWN:
+                detail = detail[: PROBLEM_DETAIL_SHOWN - 3] + "..."
+            print(
+                f"{problem['count']:>8,}  {problem['source']:<{source_width}}  {problem['status']:<{status_width}}  "
+                f"{problem['newest_id']}\n{'':>10}{detail}"
+            )
     return 0
 
 

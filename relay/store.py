@@ -69,12 +69,14 @@ from relay.store_writes import (
     settle,
 )
 
-__all__ = ["Attempt", "Delivery", "Store", "STATUSES", "REPLAYABLE", "status_and_reason"]
+__all__ = ["Attempt", "Delivery", "Problem", "Store", "STATUSES", "REPLAYABLE", "status_and_reason"]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
 REPLAY_BATCH = 200  # deliveries a replay transaction: SQLite's write lock for 18 ms at most
 DUE = ("queued", "retrying")
+PROBLEM_STATUSES = ("failed", "retrying")  # deliveries whose detail says what went wrong
+PROBLEMS_SHOWN = 10
 T = TypeVar("T")
 # The size SQLite cuts its WAL file back to once a checkpoint has emptied it. A read that lasts (a backup
 # with VACUUM INTO, a long export) holds checkpoints back, and the WAL grows with every webhook meanwhile:
@@ -224,6 +226,18 @@ class Delivery:
             headers=self.headers,
             client_ip=self.client_ip,
         )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Failed or retrying deliveries that share a source, status, reason and detail (see `Store.problems`)."""
+
+    source: str
+    status: str
+    reason: str | None
+    detail: str | None
+    count: int
+    newest_id: str
 
 
 @dataclass(frozen=True)
@@ -580,6 +594,33 @@ class Store:
         # Ids begin with the arrival's milliseconds.
         newest = {name: int(last[:12], 16) / 1000 for name, status, _, _, last in found if status is None}
         return rows, newest
+
+    def problems(
+        self,
+        *,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = PROBLEMS_SHOWN,
+    ) -> list[Problem]:
+        """What went wrong, most common first: failed and retrying deliveries grouped by source, status,
+        reason and detail (the last error), with a count and the newest of each group's ids.
+
+        The grouping is done by the database, through the status index: these deliveries are few, except
+        in an outage, when they are the retrying ones and their details repeat (`HTTP 503...`).
+        """
+        conditions = self._filters(status=",".join(PROBLEM_STATUSES), source=source, since=since, until=until)
+        columns = (deliveries.c.source, deliveries.c.status, deliveries.c.reason, deliveries.c.detail)
+        count, newest = func.count(), func.max(deliveries.c.id)
+        query = (
+            select(*columns, count, newest)
+            .where(*conditions)
+            .group_by(*columns)
+            .order_by(count.desc(), newest.desc())
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [Problem(*row) for row in connection.execute(query)]
 
     def last_received(self, sources: Iterable[str]) -> dict[str, float]:
         """When each of `sources` last had a webhook stored; a source with none in the store is left out.

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 from .conftest import FIXTURES, ROOT, relay_command
 
@@ -156,6 +157,43 @@ def test_deliveries_and_replay_commands(tmp_path):
         assert done.returncode == status, (args, done.stderr)
         assert message in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_overview_says_what_went_wrong_most_common_first(tmp_path):
+    """`relay overview` ends with the errors of failed and retrying deliveries, grouped and counted, each on
+    one line however long or many-lined the upstream's answer was, and the id of the newest to look at."""
+    from relay.inbound import InboundRequest
+    from relay.store import Store
+
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = Store(url)
+    start = time.time() - 10
+    ids = [
+        store.accept(
+            InboundRequest("tilda" if n < 3 else "shopify", b"n=%d" % n),
+            dedup_key=str(n),
+            status="queued",
+            dedup_window=60,
+            now=start + n,  # ids in the order of n
+        ).id
+        for n in range(5)
+    ]
+    tokens = {delivery.id: token for delivery, token in store.claim(owner="t", limit=10, lease_seconds=30)}
+    answer = "HTTP 400, error 3: " + "bad field\n" * 30  # what an upstream may answer
+    for n, id_ in enumerate(ids):
+        reason, detail = ("mapping", "the payload gives no usable email") if n < 3 else ("rejected", answer)
+        store.finish(id_, tokens[id_], status="failed", reason=reason, detail=detail)
+    store.close()
+    shown = relay_command("overview", env={**ENV, "RELAY_DATABASE_URL": url})
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    first = lines.index("most common problems of failed and retrying deliveries (`relay deliveries <id>` shows one):")
+    assert lines[first + 1].split() == ["count", "source", "status", "newest", "id"]
+    assert lines[first + 2].split() == ["3", "tilda", "failed/mapping", ids[2]]
+    assert lines[first + 3] == " " * 10 + "the payload gives no usable email"
+    assert lines[first + 4].split() == ["2", "shopify", "failed/rejected", ids[4]]
+    assert lines[first + 5] == " " * 10 + ("HTTP 400, error 3: " + "bad field " * 30)[:157] + "..."
+    assert len(lines) == first + 6
 
 
 def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):

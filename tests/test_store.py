@@ -169,6 +169,47 @@ def test_counts_by_source_status_and_reason(store):
     assert store.counts_by_source(source=source, until=now - 8000) == ([], {})
 
 
+def test_problems_group_failed_and_retrying_deliveries_by_their_error(store):
+    """What went wrong, on both databases: failed and retrying deliveries grouped by source, status, reason
+    and detail, most common first, each group with its newest id; nothing else, and within the filters."""
+    source, other = f"src{uuid.uuid4().hex[:8]}", f"src{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    ids = [_accept_numbered(store, source, n, "queued", now - 50 + n) for n in range(8)]
+    ids.append(_accept_numbered(store, other, 0, "queued", now - 40))
+    _accept_numbered(store, source, 99, "held", now)
+    tokens = {delivery.id: token for delivery, token in store.claim(owner="a", limit=100, lease_seconds=30)}
+    no_email = "rule 'form' matches by email but the payload gives no usable email"
+    outcomes = [
+        ("failed", "mapping", no_email),
+        ("retrying", None, "HTTP 503, error 1: busy"),
+        ("failed", "mapping", no_email),
+        ("failed", "rejected", "HTTP 400, error 3: bad"),
+        ("retrying", None, "HTTP 503, error 1: busy"),
+        ("failed", "mapping", no_email),
+        ("delivered", None, None),
+        ("failed", "rejected", None),
+        ("failed", "mapping", no_email),  # the other source: a group of its own
+    ]
+    for id_, (status, reason, detail) in zip(ids, outcomes, strict=True):
+        later = now + 600 if status == "retrying" else None
+        assert store.finish(id_, tokens[id_], status=status, reason=reason, detail=detail, next_attempt_at=later)
+    found = [(p.source, p.status, p.reason, p.detail, p.count, p.newest_id) for p in store.problems(source=source)]
+    assert found == [
+        (source, "failed", "mapping", no_email, 3, ids[5]),
+        (source, "retrying", None, "HTTP 503, error 1: busy", 2, ids[4]),
+        (source, "failed", "rejected", None, 1, ids[7]),  # equal counts: the newest group first
+        (source, "failed", "rejected", "HTTP 400, error 3: bad", 1, ids[3]),
+    ]
+    assert [p.count for p in store.problems(source=source, limit=2)] == [3, 2]
+    recent = store.problems(source=source, since=now - 46.5)  # ids[4] onwards
+    assert [(p.status, p.reason, p.newest_id) for p in recent] == [
+        ("failed", "rejected", ids[7]),
+        ("failed", "mapping", ids[5]),
+        ("retrying", None, ids[4]),
+    ]
+    assert [(p.source, p.count) for p in store.problems(source=other)] == [(other, 1)]
+
+
 def test_the_overview_counts_what_a_plain_count_of_the_table_counts(tmp_path):
     """Counted from two indexes, the overview equals a count of the table's rows, for every filter."""
     import random
@@ -577,8 +618,9 @@ def test_admin_overview_counts_by_status_reason_and_source(tmp_path):
         + [(now - 4, "tally", "delivered"), (now - 5000, "tilda", "held")],
     )
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE deliveries SET reason = 'mapping' WHERE status = 'failed'")
+        db.execute("UPDATE deliveries SET reason = 'mapping', detail = 'no e-mail' WHERE status = 'failed'")
         db.execute("UPDATE deliveries SET next_attempt_at = ? WHERE status = 'queued'", (now - 90,))
+        (newest_failed,) = db.execute("SELECT max(id) FROM deliveries WHERE status = 'failed'").fetchone()
     auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
     assert client.get("/admin/api/overview").status_code == 401
     found = client.get("/admin/api/overview", headers=auth).json
@@ -594,10 +636,13 @@ def test_admin_overview_counts_by_status_reason_and_source(tmp_path):
     assert list(found["last_received_at"]) == ["tally", "tilda"]
     assert parse_time(found["last_received_at"]["tally"]) == pytest.approx(now - 3, abs=0.002)
     assert parse_time(found["last_received_at"]["tilda"]) == pytest.approx(now - 1, abs=0.002)
+    why = {"source": "tilda", "status": "failed/mapping", "detail": "no e-mail", "count": 2, "newest_id": newest_failed}
+    assert found["problems"] == [why]
     recent = client.get("/admin/api/overview?source=tilda&since=" + str(now - 60), headers=auth).json
     assert recent["by_status"] == {**zero, "failed": 2} and list(recent["by_source"]) == ["tilda"]
     long_ago = client.get("/admin/api/overview?until=" + str(now - 60), headers=auth).json
     assert list(long_ago["by_source"]) == ["tilda"]  # the newest arrival within the filter, not of all
+    assert long_ago["problems"] == [] and recent["problems"] == [why]
     assert parse_time(long_ago["last_received_at"]["tilda"]) == pytest.approx(now - 5000, abs=0.002)
     refused = client.get("/admin/api/overview?status=failed", headers=auth)
     assert refused.status_code == 400 and "filter by source, since or until" in refused.json["detail"]
