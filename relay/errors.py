@@ -9,6 +9,7 @@ label, so it never changes once released::
     │   ├── BodyTooLarge             413 body_too_large
     │   ├── UnsupportedContentType   415 unsupported_content_type
     │   ├── Unparsable               400 unparsable
+    │   ├── IncompleteBody           400 incomplete_body
     │   └── AuthenticationFailed     401 authentication_failed
     ├── StoreUnavailable         503 store_unavailable: the store did not take a webhook
     ├── MappingError             the mapping cannot translate a payload (failed/mapping)
@@ -24,6 +25,7 @@ __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
     "ConfigError",
+    "IncompleteBody",
     "MappingError",
     "PermanentUpstreamError",
     "RelayError",
@@ -76,6 +78,14 @@ class UnsupportedContentType(RequestRejected):
 
 class Unparsable(RequestRejected):
     code = "unparsable"
+    status = 400
+
+
+class IncompleteBody(RequestRejected):
+    """The body stopped before its end: shorter than its Content-Length, or a chunked body cut off. The
+    sender disconnected (or a broken client): what arrived is part of a webhook, never to be forwarded."""
+
+    code = "incomplete_body"
     status = 400
 
 

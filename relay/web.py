@@ -17,13 +17,15 @@ from typing import Any, cast
 
 import sentry_sdk
 from flask import Flask, Request, Response, g, request
-from werkzeug.exceptions import HTTPException
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from relay import metrics
 from relay.admin_api import admin_blueprint
 from relay.auth import authenticate, missing_secrets
 from relay.errors import (
     BodyTooLarge,
+    IncompleteBody,
     RelayError,
     RequestRejected,
     StoreUnavailable,
@@ -170,12 +172,27 @@ def _json(body: dict[str, Any]) -> Response:
 
 
 def _read_body(req: Request, limit: int) -> bytes:
+    """The whole body, or an error: too large, or cut off.
+
+    gunicorn hands over what arrived when a sender disconnects before the Content-Length it announced
+    (half a form, a phone number cut short, would have been stored and forwarded), and raises an OSError
+    of its own for a chunked body cut off (NoMoreData, an OSError) or broken (a ParseException).
+    """
     length = req.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"body of {length} bytes is over the limit of {limit}")
-    body = req.stream.read(limit + 1)
+    try:
+        body = req.stream.read(limit + 1)
+    except ParseException as exc:  # InvalidChunkSize, ChunkMissingTerminator...
+        raise IncompleteBody(f"the chunked body is broken ({type(exc).__name__}); nothing was kept") from None
+    except (OSError, ClientDisconnected) as exc:
+        raise IncompleteBody(f"the body stopped before its end ({type(exc).__name__}); nothing was kept") from None
     if len(body) > limit:
         raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+    if length is not None and len(body) < length:
+        raise IncompleteBody(
+            f"the body ended after {len(body)} of the {length} bytes its Content-Length announced; nothing was kept"
+        )
     return body
 
 

@@ -7,9 +7,11 @@ import gzip
 import hashlib
 import hmac
 import json
+import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import SECRETS, make_settings
@@ -443,3 +445,58 @@ def test_a_sqlite_store_locked_by_another_program_is_503_within_the_busy_timeout
     finally:
         other_worker.close()
         app.extensions["relay"]["store"].close()
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str]]:
+    """Send `request` as is, stop sending (as a sender that disconnects does), and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_body_cut_off_under_gunicorn_is_400_and_not_kept(tmp_path):
+    """Under gunicorn a sender that disconnects in the middle of its body must not leave half a webhook.
+
+    gunicorn handed over the bytes that arrived when a body was shorter than its Content-Length: half a
+    form, with its phone number cut short, was accepted (202), stored and forwarded. A chunked body cut off
+    or with a broken chunk size raised gunicorn's own error from the read: a 500 and a Sentry event.
+    """
+    from relay.store import Store
+    from relay.testing import RelayProcess
+
+    database = f"sqlite:///{tmp_path / 'relay.db'}"
+    env = {"RELAY_DATABASE_URL": database, "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"]}
+    relay = RelayProcess(env, log=tmp_path / "relay.log").start(timeout=60)
+    head = f"POST {TILDA} HTTP/1.1\r\nHost: relay\r\nContent-Type: {FORM}\r\n".encode()
+    form = b"Email=cut%40example.com&Phone=8912"  # "8 (912) 345-67-89", cut after four digits
+    try:
+        cut = [
+            head + b"Content-Length: 45\r\n\r\n" + form,
+            head + b"Transfer-Encoding: chunked\r\n\r\n2d\r\n" + form,  # its last chunk never comes
+            head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + form + b"\r\n0\r\n\r\n",
+        ]
+        answers = [_raw_exchange(relay.port, request) for request in cut]
+        assert [status for status, _ in answers] == [400, 400, 400]
+        assert {body["error"] for _, body in answers} == {"incomplete_body"}
+        assert answers[0][1]["detail"] == (
+            "the body ended after 34 of the 45 bytes its Content-Length announced; nothing was kept"
+        )
+        whole = form + b"345-67-89"
+        chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(whole) + whole + b"\r\n0\r\n\r\n"
+        assert _raw_exchange(relay.port, chunked)[0] == 202
+        metrics = httpx.get(relay.url + "/metrics", timeout=5).text
+        assert 'relay_webhooks_received_total{outcome="incomplete_body",source="tilda"} 3.0' in metrics
+    finally:
+        relay.stop()
+    store = Store(database)
+    try:
+        [delivery] = store.list_deliveries()
+        assert delivery.body == whole
+    finally:
+        store.close()
+    assert "Traceback" not in (tmp_path / "relay.log").read_text(errors="replace")
