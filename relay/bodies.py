@@ -175,6 +175,10 @@ def _check_depth(data: Any) -> None:
 
 def _parse_form(body: bytes, charset: str | None) -> dict[str, Any]:
     text = _decode(body, charset)
+    if not text.strip():
+        # Never a submission. It is what arrives when a sender posts without a Content-Length (gunicorn
+        # then reads no body): answered 202, the lead it meant to send would have been lost unseen.
+        raise Unparsable("empty form body")
     try:
         pairs = parse_qsl(
             text,

@@ -126,6 +126,8 @@ def test_unset_secret_fails_closed(tmp_path):
         (b"\xff\xfe\x00", "application/json", 400, "unparsable"),
         (b"[" * 5000 + b"]" * 5000, "application/json", 400, "unparsable"),
         (b"a=%ff%fe", FORM, 400, "unparsable"),
+        (b"", FORM, 400, "unparsable"),
+        (b" \r\n", None, 400, "unparsable"),
         (b"<a><b></a>", "application/xml", 400, "unparsable"),
         (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>', "application/xml", 400, "unparsable"),
         (b"--x\r\nbroken", "multipart/form-data", 400, "unparsable"),
@@ -459,8 +461,9 @@ def _raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str]]:
     return int(head.split()[1]), json.loads(body)
 
 
-def test_a_body_cut_off_under_gunicorn_is_400_and_not_kept(tmp_path):
-    """Under gunicorn a sender that disconnects in the middle of its body must not leave half a webhook.
+def test_a_body_cut_off_or_unframed_under_gunicorn_is_400_and_not_kept(tmp_path):
+    """Under gunicorn a sender that disconnects in the middle of its body must not leave half a webhook,
+    and one that sends a body without saying how long it is must not be told that it was accepted.
 
     gunicorn handed over the bytes that arrived when a body was shorter than its Content-Length: half a
     form, with its phone number cut short, was accepted (202), stored and forwarded. A chunked body cut off
@@ -486,6 +489,9 @@ def test_a_body_cut_off_under_gunicorn_is_400_and_not_kept(tmp_path):
         assert answers[0][1]["detail"] == (
             "the body ended after 34 of the 45 bytes its Content-Length announced; nothing was kept"
         )
+        # No Content-Length at all: gunicorn reads an empty body; relay answered 202 for a lead it never had.
+        unframed = head + b"Connection: close\r\n\r\n" + form
+        assert _raw_exchange(relay.port, unframed) == (400, {"error": "unparsable", "detail": "empty form body"})
         whole = form + b"345-67-89"
         chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(whole) + whole + b"\r\n0\r\n\r\n"
         assert _raw_exchange(relay.port, chunked)[0] == 202
