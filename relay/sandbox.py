@@ -129,7 +129,8 @@ class Sandbox:
 
     # -- entry point ------------------------------------------------------
     def handle(self, verb: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-        """Answer one request: (status, headers, body bytes), or DROP."""
+        """Answer one request: (status, headers, body bytes), (status, headers, body bytes, seconds
+        between its bytes) for an answer that drips, or DROP."""
         split = urlsplit(path)
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         if split.path.startswith("/_fake/"):
@@ -166,7 +167,8 @@ class Sandbox:
             token = request.get("token") or _bearer(headers) or query.get("token")
             result = self._call(method, request, token)
             self._log(method, request, "ok")
-            return _answer(200, {"error": 0, "error_text": "Successful operation", **result}, want_xml)
+            answer = _answer(200, {"error": 0, "error_text": "Successful operation", **result}, want_xml)
+            return _shaped(answer, fault)
         except _Refused as exc:
             self._log(method, None, f"{exc.status} {exc.text}")
             return _answer(exc.status, {"error": exc.status, "error_text": exc.text}, want_xml)
@@ -550,6 +552,18 @@ class Sandbox:
         return _json(404, {"error": 404, "error_text": "unknown control"})
 
 
+def _shaped(answer: tuple[int, dict[str, str], bytes], fault: dict[str, Any] | None) -> Any:
+    """A successful answer as a fault asks for it after the call was applied: `pad_bytes` of trailing
+    whitespace (still the API's JSON, only huge), `drip_ms` between its bytes (an answer that never stops
+    arriving, yet never pauses long enough for a read timeout)."""
+    if fault is None:
+        return answer
+    status, headers, payload = answer
+    payload += b" " * int(fault.get("pad_bytes", 0))
+    drip = float(fault.get("drip_ms", 0)) / 1000
+    return (status, headers, payload, drip) if drip else (status, headers, payload)
+
+
 def _phone_key(value: Any) -> str:
     """Phones compare after stripping spaces, dashes and brackets; a leading + is kept."""
     return re.sub(r"[\s()\-]", "", str(value))
@@ -612,13 +626,19 @@ class SandboxServer:
                     self.close_connection = True
                     self.connection.close()
                     return
-                status, out_headers, payload = result
+                status, out_headers, payload, *drip = result
                 self.send_response(status)
                 for name, value in out_headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if not drip:
+                    self.wfile.write(payload)
+                    return
+                for index in range(len(payload)):
+                    self.wfile.write(payload[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(drip[0])
 
             do_POST = do_GET = do_PUT = do_DELETE = _serve  # noqa: N815
 

@@ -82,6 +82,27 @@ def test_transient_faults_are_retried_then_delivered(relay, sandbox, faults, out
     assert store.get(delivery_id).profile_id == profile.id
 
 
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ({"drip_ms": 20}, "timeout: the answer was still arriving after 0.5 s"),
+        ({"pad_bytes": 20_000_000}, "answer larger than 1048576 bytes"),
+    ],
+    ids=["dripping", "huge"],
+)
+def test_an_answer_that_never_ends_or_is_huge_is_cut_off_and_retried(relay, sandbox, fault, error):
+    """httpx's timeout bounds each read, not the answer: one that dripped a byte every 20 ms kept the call
+    going for seconds past RELAY_UPSTREAM_TIMEOUT (for ever, in principle, past the worker's lease), and a
+    20 MB answer sat whole in the worker's memory. Both are cut off and the delivery retried."""
+    store, worker = relay
+    delivery_id = accept(store, b"Email=Ivan%40Example.com", "k")
+    sandbox.sandbox.faults.append(fault)
+    assert drain(store, worker, delivery_id) == "delivered"
+    first, second = store.attempts_of(delivery_id)
+    assert (first["outcome"], first["error"], second["outcome"]) == ("transient", error, "delivered")
+    assert first["duration_ms"] < 1500  # the whole dripping answer takes about 3 s
+
+
 def test_retry_after_sets_the_next_attempt(relay, sandbox):
     """A 429's Retry-After is honoured but clamped to twice the (overload-floored) step."""
     store, worker = relay

@@ -20,7 +20,9 @@ from relay.settings import Settings
 from relay.upstream.request import UpstreamCall
 from relay.upstream.xmlbody import to_xml
 
-__all__ = ["RateLimiter", "UpstreamAnswer", "UpstreamClient"]
+__all__ = ["MAX_ANSWER_BYTES", "RateLimiter", "UpstreamAnswer", "UpstreamClient"]
+
+MAX_ANSWER_BYTES = 1024 * 1024  # the API answers a few hundred bytes; a profile export is not asked for
 
 
 class RateLimiter:
@@ -87,6 +89,7 @@ class UpstreamClient:
         self.base = settings.upstream_url
         self.token = settings.upstream_token
         self.format = settings.upstream_format
+        self.timeout = settings.upstream_timeout
         timeout = httpx.Timeout(settings.upstream_timeout, connect=min(5.0, settings.upstream_timeout))
         self.client = httpx.Client(
             timeout=timeout,
@@ -97,6 +100,33 @@ class UpstreamClient:
 
     def close(self) -> None:
         self.client.close()
+
+    def _read_answer(self, response: httpx.Response, deadline: float) -> bytes:
+        """The answer's bytes, as long as they come within the call's time and size.
+
+        httpx's timeouts bound each read, not the whole answer: one that drips a byte a second never
+        times out, and the worker's lease (RELAY_LEASE_SECONDS plus eight calls' timeouts) assumes calls
+        that end. An answer of hundreds of megabytes would sit in the worker's memory.
+
+        Raises:
+            TransientUpstreamError: too slow or too large; whether the upstream applied the call is not
+                known, as after any timeout.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise TransientUpstreamError(
+                    f"answer larger than {MAX_ANSWER_BYTES} bytes", http_status=response.status_code
+                )
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TransientUpstreamError(
+                    f"timeout: the answer was still arriving after {self.timeout:g} s",
+                    http_status=response.status_code,
+                )
+        return b"".join(chunks)
 
     def encode(self, call: UpstreamCall) -> tuple[bytes, str]:
         body: dict[str, Any] = {"token": self.token or "", **call.body} if self.token else dict(call.body)
@@ -113,22 +143,24 @@ class UpstreamClient:
         """
         content, content_type = self.encode(call)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self.client.post(f"{self.base}/{call.method}", content=content, headers=headers)
+            with self.client.stream("POST", f"{self.base}/{call.method}", content=content, headers=headers) as response:
+                raw = self._read_answer(response, deadline)
         except httpx.TimeoutException as exc:
             raise TransientUpstreamError(f"timeout: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise TransientUpstreamError(f"network: {type(exc).__name__}: {exc}"[:300]) from None
         # The API answers UTF-8 JSON; what is kept of an answer is a 2,000-character excerpt for
         # the operator. Decoding it directly skips httpx's charset detection, a cost on every call.
-        text = response.content[:8000].decode("utf-8", "replace")[:2000]
+        text = raw[:8000].decode("utf-8", "replace")[:2000]
         status = response.status_code
         if status == 429 or status == 402 or status == 408 or status >= 500:
             raise TransientUpstreamError(
                 f"HTTP {status}", http_status=status, body=text, retry_after=_retry_after(response)
             )
         try:
-            answer = response.json()
+            answer = json.loads(raw)
         except ValueError:
             if 200 <= status < 300:
                 raise TransientUpstreamError("answer is not the API's JSON", http_status=status, body=text) from None
