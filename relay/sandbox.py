@@ -154,6 +154,8 @@ class Sandbox:
             if status:
                 self._log(method, None, f"fault {status}")
                 extra = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+                if "location" in fault:  # a redirect, as a web server in front of the API may answer
+                    extra["Location"] = str(fault["location"])
                 if status == 429:
                     return _json(429, {"error": 429, "error_text": "Too many requests"}, extra)
                 if fault.get("body") is not None:

@@ -129,6 +129,21 @@ def test_final_refusals_are_kept_with_the_answer(relay, sandbox):
     assert len(attempts) == 1 and attempts[0]["http_status"] == 400 and "unknown field" in attempts[0]["response"]
 
 
+def test_a_redirect_is_refused_with_where_it_points(relay, sandbox):
+    """An upstream URL that redirects (http:// to https://, a moved API) is not followed, since the POST
+    would arrive as a GET; the delivery fails with where the redirect points, which is the fix."""
+    store, worker = relay
+    delivery_id = accept(store, b"Email=a%40example.com", "k")
+    sandbox.sandbox.faults.append({"status": 301, "location": "https://api.example.com/api/v1.1/profiles/import?x=1"})
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert (delivery.reason, delivery.detail) == (
+        "rejected",
+        "HTTP 301: redirected to https://api.example.com/api/v1.1/profiles/import; "
+        "set RELAY_UPSTREAM_URL to the API's own address",
+    )
+
+
 def test_retries_run_out_as_exhausted(relay, sandbox):
     """A delivery that keeps failing ends failed/exhausted after the attempt budget."""
     store, worker = relay

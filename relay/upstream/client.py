@@ -82,6 +82,16 @@ def _retry_after(response: httpx.Response) -> float | None:
             return None
 
 
+def _refusal(response: httpx.Response) -> str:
+    """What a final answer that is not the API's JSON says: its status and, for a redirect (relay does not
+    follow one: it would turn the POST into a GET), where it points, without its query."""
+    location = response.headers.get("Location")
+    if not (300 <= response.status_code < 400 and location):
+        return f"HTTP {response.status_code}"
+    where = location.split("?", 1)[0][:200]
+    return f"HTTP {response.status_code}: redirected to {where}; set RELAY_UPSTREAM_URL to the API's own address"
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
         if not settings.upstream_url:
@@ -164,7 +174,7 @@ class UpstreamClient:
         except ValueError:
             if 200 <= status < 300:
                 raise TransientUpstreamError("answer is not the API's JSON", http_status=status, body=text) from None
-            raise PermanentUpstreamError(f"HTTP {status}", http_status=status, body=text) from None
+            raise PermanentUpstreamError(_refusal(response), http_status=status, body=text) from None
         if not isinstance(answer, dict) or "error" not in answer:
             if 200 <= status < 300:
                 raise TransientUpstreamError("answer lacks the error field", http_status=status, body=text)
