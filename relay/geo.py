@@ -24,7 +24,7 @@ def public_ip(value: Any) -> str | None:
     if "," in text:  # an X-Forwarded-For style list: the first hop is the visitor
         text = text.split(",")[0].strip()
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(_without_port(text))
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -32,6 +32,15 @@ def public_ip(value: Any) -> str | None:
     if not address.is_global or address.is_multicast:
         return None
     return str(address)
+
+
+def _without_port(text: str) -> str:
+    """`81.2.69.142:5678` and `[2a00:1450::1]:443` without the port, which some proxies put in
+    X-Forwarded-For (Azure App Service, IIS); a bare IPv6 address has several colons and stays whole."""
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    host, colon, port = text.rpartition(":")
+    return host if colon and port.isdigit() and host.count(":") == 0 else text
 
 
 def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int) -> str | None:

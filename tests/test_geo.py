@@ -30,10 +30,17 @@ from .conftest import MAPPINGS
         ("0.0.0.0", None),
         ("not-an-ip", None),
         ("::ffff:81.2.69.142", "81.2.69.142"),
+        ("81.2.69.142:5678", "81.2.69.142"),  # proxies that append the client's port (Azure App Service)
+        ("[2a00:1450:4001:80b::200e]:443", "2a00:1450:4001:80b::200e"),
+        ("[2a00:1450:4001:80b::200e]", "2a00:1450:4001:80b::200e"),
+        ("2a00:1450:4001::1234", "2a00:1450:4001::1234"),  # ends in digits, yet no port
+        ("10.1.2.3:80", None),
+        ("81.2.69.142:port", None),
     ],
 )
 def test_public_ip(raw, expected):
-    """Private, loopback, link-local, CGNAT, documentation and multicast ranges are never used."""
+    """Private, loopback, link-local, CGNAT, documentation and multicast ranges are never used; a port
+    after the address is not part of it."""
     assert public_ip(raw) == expected
 
 
