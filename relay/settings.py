@@ -7,10 +7,12 @@ object, so tests build their own with `Settings.from_env({...})`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -110,10 +112,31 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _url(text: str) -> str:
+    """The upstream API's base address (`https://host/api/v1.1`), to which relay adds `/profiles/...`."""
     value = text.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must start with http:// or https:// and name a host")
+    if parts.query or parts.fragment:
+        # The method is appended to the path: a query would end up in the middle of every call's URL.
+        raise ValueError("must not carry a query string or fragment; the token goes in RELAY_UPSTREAM_TOKEN")
+    method = _METHOD_IN_PATH.search(parts.path)
+    if method:
+        base = urlunsplit(parts._replace(path=parts.path[: method.start()]))
+        raise ValueError(f"is the API's base address, without the method: {_shown_url(base)}")
     return value
+
+
+_METHOD_IN_PATH = re.compile(r"/profiles/[A-Za-z_]+$")
+
+
+def _shown_url(url: str) -> str:
+    """A URL as it may be printed: its password and query (where a token could be) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
 
 
 def _region(text: str) -> str:
@@ -235,6 +258,8 @@ class Settings:
                 values[attribute] = parse(raw)
             except ValueError as exc:
                 shown = "***" if attribute in SECRET_SETTINGS else repr(raw)
+                if attribute == "upstream_url":
+                    shown = repr(_shown_url(raw.strip()))
                 problems.append(f"{variable}={shown}: {exc}")
         keep, window = values.get("keep_delivered"), values.get("dedup_window")
         if keep and window and keep < window:
@@ -256,6 +281,8 @@ class Settings:
                 shown[variable] = mask(value)
             elif attribute == "database_url":
                 shown[variable] = _mask_url_password(str(value))
+            elif attribute == "upstream_url" and value is not None:
+                shown[variable] = _shown_url(value)
             else:
                 shown[variable] = "(unset)" if value is None else str(value)
         return shown

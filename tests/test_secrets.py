@@ -143,3 +143,35 @@ def test_contacts_are_masked_but_addresses_kept(text, shown):
     from relay.logs import mask_contact
 
     assert mask_contact(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "https://api.example.com/api/v1.1/profiles/update",
+            "'https://api.example.com/api/v1.1/profiles/update': is the API's base address, without the method: "
+            "https://api.example.com/api/v1.1",
+        ),
+        (
+            "https://api.example.com/api/v1.1?token=tok-in-query",
+            "'https://api.example.com/api/v1.1?***': must not carry a query string or fragment; the token goes in "
+            "RELAY_UPSTREAM_TOKEN",
+        ),
+        ("api.example.com/api/v1.1", "'api.example.com/api/v1.1': must start with http:// or https:// and name a host"),
+    ],
+)
+def test_the_upstream_url_is_the_apis_base_and_its_secrets_are_never_printed(url, problem):
+    """A method's URL pasted as the base sent every call to `.../profiles/update/profiles/import` (404,
+    every delivery failed); a query string split every call's URL; and a token in it was printed with the
+    error. A password in the URL is masked where the settings are shown."""
+    from relay.errors import ConfigError
+    from relay.settings import Settings
+
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"RELAY_UPSTREAM_URL": url})
+    assert str(raised.value.problems[0]) == "RELAY_UPSTREAM_URL=" + problem
+    assert "tok-in-query" not in str(raised.value)
+    settings = Settings.from_env({"RELAY_UPSTREAM_URL": "https://relay:pw-in-url@api.example.com/api/v1.1/"})
+    assert settings.upstream_url == "https://relay:pw-in-url@api.example.com/api/v1.1"
+    assert settings.describe()["RELAY_UPSTREAM_URL"] == "https://relay:***@api.example.com/api/v1.1"
