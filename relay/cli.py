@@ -189,7 +189,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
             print("[]")
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
             return 0
-        translation = translate_request(source, request, context)
+        translation = translate_request(source, request, context, upstream_format=args.format)
     except RequestRejected as exc:
         print(f"relay: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1

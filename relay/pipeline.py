@@ -13,6 +13,7 @@ from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation, translate
+from relay.upstream.xmlbody import name_problems
 
 __all__ = ["parse_request", "translate_request"]
 
@@ -25,21 +26,32 @@ def parse_request(request: InboundRequest, *, stored: bool = False) -> Any:
     return parse_body(request.body, request.content_type, check_depth=not stored)
 
 
-def translate_request(source: Source, request: InboundRequest, context: TranslateContext) -> Translation:
-    """Parse and translate a request that was already accepted.
+def translate_request(
+    source: Source, request: InboundRequest, context: TranslateContext, *, upstream_format: str = "json"
+) -> Translation:
+    """Parse and translate a request that was already accepted, into calls that `upstream_format` can carry.
 
     A body that no longer parses (it was accepted, so this means the parser
     changed) is reported as a mapping error, so the delivery is kept and
-    replayable rather than lost.
+    replayable rather than lost; so is a call with a field name XML cannot spell.
     """
     try:
         payload = parse_request(request, stored=True)
     except RequestRejected as exc:
         raise MappingError(f"body does not parse: {exc.detail}") from None
-    return translate(
+    translation = translate(
         source,
         payload,
         headers=request.headers,
         client_ip=request.client_ip,
         context=context,
     )
+    if upstream_format == "xml":
+        for call in translation.calls:
+            problems = name_problems(call.body)
+            if problems:
+                raise MappingError(
+                    f"rule {translation.rule!r} builds a request that XML cannot carry "
+                    f"(RELAY_UPSTREAM_FORMAT=xml): {'; '.join(problems[:3])}"
+                )
+    return translation

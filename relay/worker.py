@@ -173,7 +173,9 @@ class Worker:
         source = sources.get(delivery.source)
         if source is None:
             raise MappingError(f"no mapping for source {delivery.source!r}")
-        return translate_request(source, delivery.inbound(), self.context)
+        return translate_request(
+            source, delivery.inbound(), self.context, upstream_format=self.settings.upstream_format
+        )
 
     def _translate_with_latest(
         self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError

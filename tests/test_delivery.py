@@ -14,7 +14,7 @@ from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.store import Store
 from relay.worker import Worker
 
-from .conftest import SECRETS, make_settings
+from .conftest import MAPPINGS, SECRETS, make_settings, relay_command
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -142,6 +142,43 @@ def test_a_redirect_is_refused_with_where_it_points(relay, sandbox):
         "HTTP 301: redirected to https://api.example.com/api/v1.1/profiles/import; "
         "set RELAY_UPSTREAM_URL to the API's own address",
     )
+
+
+def test_a_field_xml_cannot_spell_fails_for_the_mapping_before_anything_is_sent(tmp_path, sandbox):
+    """With RELAY_UPSTREAM_FORMAT=xml, a field named `Lead Source` was written as `<Lead Source>`: malformed
+    XML, refused by the upstream as a bad request. It is the mapping's problem, and said so before sending;
+    `preview --format xml` says the same."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    tilda = folder / "tilda.yaml"
+    form_rule_end = '    full_name: "Name || name || ma_name"\n'  # after the form rule's fields
+    lead_source = '      "Lead Source": {path: utm_source}\n'
+    tilda.write_text(tilda.read_text().replace(form_rule_end, lead_source + form_rule_end))
+    assert '"Lead Source"' in tilda.read_text()
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_UPSTREAM_FORMAT="xml", RELAY_MAPPINGS_DIR=str(folder)
+    )
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    try:
+        delivery_id = accept(store, b"Email=a%40example.com&utm_source=ads", "k")
+        assert drain(store, worker, delivery_id) == "failed"
+        delivery = store.get(delivery_id)
+        assert (delivery.reason, delivery.detail) == (
+            "mapping",
+            "rule 'form' builds a request that XML cannot carry (RELAY_UPSTREAM_FORMAT=xml): "
+            "'Lead Source' cannot be an XML element name",
+        )
+        assert sandbox.sandbox.requests == []
+    finally:
+        worker.stop()
+        store.close()
+    form = tmp_path / "form.txt"
+    form.write_text("Email=a%40example.com&utm_source=ads")
+    env = {"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(folder)}
+    shown = relay_command("preview", "--source", "tilda", "--format", "xml", str(form), env=env)
+    assert shown.returncode == 1 and "'Lead Source' cannot be an XML element name" in shown.stderr
+    assert relay_command("preview", "--source", "tilda", str(form), env=env).returncode == 0  # JSON carries it
 
 
 def test_retries_run_out_as_exhausted(relay, sandbox):

@@ -107,6 +107,21 @@ def test_xml_body_round_trips():
     }
 
 
+def test_names_xml_cannot_spell_are_found_and_never_written():
+    """A field named as a form's author wrote it (`Lead Source`, `1st`) has no XML element spelling: found
+    at any depth, and `to_xml` refuses it rather than write malformed XML (`<Lead Source>`)."""
+    from relay.upstream.xmlbody import name_problems
+
+    body = {"db_id": 1, "data": {"Lead Source": "x", "ok_name": [{"1st": 1}], "имя": "Иван", "a.b-c_d": 2}}
+    assert sorted(name_problems(body)) == [
+        "'1st' cannot be an XML element name",
+        "'Lead Source' cannot be an XML element name",
+    ]
+    with pytest.raises(ValueError, match="'Lead Source' cannot be an XML element name"):
+        to_xml(body)
+    assert name_problems({"db_id": 1, "data": {"имя": "Иван", "a.b-c_d": 2, "_fname": "A"}}) == []
+
+
 def test_unknown_and_missing_keys_are_named():
     """A key the contract does not know, and a required one left out, at both levels."""
     assert any("frobnicate" in p for p in request_problems("profiles/update", {**OK, "frobnicate": 1}))

@@ -7,10 +7,29 @@ one-item list still reads back as a list.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["to_xml"]
+__all__ = ["name_problems", "to_xml"]
+
+# An XML element name: a letter (of any script) or `_`, then letters, digits, `_`, `.` or `-`. A field named
+# `Lead Source` or `1st` (form builders name fields as the form's author wrote them) has no XML spelling.
+_NAME = re.compile(r"[^\W\d][\w.\-]*")
+
+
+def name_problems(body: dict[str, Any]) -> list[str]:
+    """The keys of `body`, at any depth, that cannot be XML element names."""
+    problems: list[str] = []
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            problems.extend(f"{key!r} cannot be an XML element name" for key in value if not _NAME.fullmatch(key))
+            stack.extend(value.values())
+    return problems
 
 
 def to_xml(body: dict[str, Any]) -> str:
@@ -22,6 +41,8 @@ def to_xml(body: dict[str, Any]) -> str:
 
 
 def _element(parts: list[str], key: str, value: Any, *, array: bool = False) -> None:
+    if not _NAME.fullmatch(key):  # never malformed XML; translation refuses such a body first (name_problems)
+        raise ValueError(f"{key!r} cannot be an XML element name")
     if isinstance(value, list):
         for item in value:
             _element(parts, key, item, array=True)
