@@ -136,6 +136,7 @@ def _parse_with_orjson(utf8: bytes) -> Any:
 def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -> Any:
     utf8 = (charset or "utf-8").lower() in ("utf-8", "utf8")
     data = _parse_with_orjson(body) if utf8 else _NOT_PARSED
+    lone_surrogates = False
     if data is _NOT_PARSED:
         text = _decode(body, charset)
         if not text.strip():
@@ -144,8 +145,41 @@ def _parse_json(body: bytes, charset: str | None, *, check_depth: bool = True) -
             data = _parse_with_orjson(text.encode("utf-8", "surrogatepass"))
         if data is _NOT_PARSED:
             data = _parse_with_python(text)
+            lone_surrogates = _SURROGATE_ESCAPE.search(text) is not None
     if check_depth and isinstance(data, (dict, list)):
         _check_depth(data)
+    return _replace_lone_surrogates(data) if lone_surrogates else data
+
+
+# Python's parser turns an escaped half of a character (`"\ud83d"` alone: text cut in the middle of an emoji,
+# as JavaScript's substring does) into a lone surrogate, which no UTF-8 encoder takes: such a value in a
+# de-duplication path failed the store's write (a 500, and the provider's retries with it), and in a field it
+# failed every try to send the delivery. It becomes U+FFFD, the replacement character; the lead goes through.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(data: Any) -> Any:
+    """`data` with each lone surrogate, in keys and values at any depth, replaced by U+FFFD (in place)."""
+    if isinstance(data, str):
+        return _LONE_SURROGATE.sub("\ufffd", data)
+    stack: list[Any] = [data] if isinstance(data, (dict, list)) else []
+
+    def fixed(item: Any) -> Any:
+        if isinstance(item, str):
+            return _LONE_SURROGATE.sub("\ufffd", item)
+        if isinstance(item, (dict, list)):
+            stack.append(item)
+        return item
+
+    while stack:
+        container = stack.pop()
+        if isinstance(container, list):
+            container[:] = [fixed(item) for item in container]
+        else:
+            pairs = list(container.items())
+            container.clear()
+            container.update((_LONE_SURROGATE.sub("\ufffd", key), fixed(item)) for key, item in pairs)
     return data
 
 

@@ -506,3 +506,36 @@ def test_a_body_cut_off_or_unframed_under_gunicorn_is_400_and_not_kept(tmp_path)
     finally:
         store.close()
     assert "Traceback" not in (tmp_path / "relay.log").read_text(errors="replace")
+
+
+def test_half_a_character_in_a_webhook_is_taken_and_delivered(tmp_path):
+    """A JSON webhook with an emoji cut in half (`\\ud83d` alone) in its de-duplication id was a 500, and
+    its provider's every retry with it; in a field it was accepted, then failed every try to send it."""
+    from relay.sandbox import Sandbox, SandboxServer, default_config
+    from relay.store import Store
+    from relay.web import create_app
+    from relay.worker import Worker
+
+    sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url)
+    app = create_app(settings)
+    client = app.test_client()
+    body = b'{"Email": "half@example.com", "Name": "Ivan \\ud83d", "tranid": "1:\\ud83d"}'
+    try:
+        first = client.post(TILDA, data=body, content_type="application/json")
+        assert first.status_code == 202, first.get_json()
+        again = client.post(TILDA, data=body, content_type="application/json")
+        assert (again.status_code, again.get_json()["status"]) == (200, "duplicate")
+        store = Store(settings.database_url)
+        worker = Worker(settings, store=store)
+        try:
+            [(delivery, token)] = store.claim(owner="t", limit=5, lease_seconds=30)
+            assert worker.process(delivery, token) == "delivered"
+        finally:
+            worker.stop()
+            store.close()
+        [profile] = sandbox.sandbox.profiles.values()
+        assert (profile.fields["_fname"], profile.fields["_lname"]) == ("Ivan", "\ufffd")
+    finally:
+        app.extensions["relay"]["store"].close()
+        sandbox.stop()

@@ -1,4 +1,5 @@
-"""JSON bodies come out exactly as Python's own parser gives them, whichever parser did the work.
+"""JSON bodies come out exactly as Python's own parser gives them, whichever parser did the work, except
+that a lone surrogate (half of a character) becomes U+FFFD, so that every text can be stored and sent.
 
 Relay parses JSON with orjson (a third of the work) and falls back to the
 standard library where orjson would differ: an integer beyond 64 bits (orjson
@@ -8,6 +9,7 @@ makes it a float and drops digits), a lone surrogate escape, an error.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +27,21 @@ def exact(value):
     if isinstance(value, list):
         return [exact(item) for item in value]
     return (type(value).__name__, repr(value))
+
+
+def pythons(text: str):
+    """What Python's parser gives for `text`, with each lone surrogate as U+FFFD, as relay gives it."""
+    return replaced(json.loads(text))
+
+
+def replaced(value):
+    if isinstance(value, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", value)
+    if isinstance(value, dict):
+        return {replaced(key): replaced(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [replaced(item) for item in value]
+    return value
 
 
 @pytest.mark.parametrize(
@@ -46,7 +63,7 @@ def test_tricky_json_parses_as_pythons_parser_does(text):
     """Each of these is a body orjson alone would get wrong (big integers as floats) or refuse (a lone
     surrogate escape), or an edge of JSON's grammar; relay's answer is the standard library's."""
     parsed = parse_body(text.encode("utf-8", "surrogatepass"), "application/json")
-    assert exact(parsed) == exact(json.loads(text.removeprefix("\ufeff")))
+    assert exact(parsed) == exact(pythons(text.removeprefix("\ufeff")))
 
 
 def test_big_integer_in_a_body_of_another_charset_keeps_every_digit():
@@ -84,7 +101,7 @@ def test_any_json_document_parses_as_pythons_parser_does(value, ascii_only):
     """Integers of any size, every float, any text (escaped or not, surrogates included)."""
     text = json.dumps(value, ensure_ascii=ascii_only)
     parsed = parse_body(text.encode("utf-8", "surrogatepass"), "application/json")
-    assert exact(parsed) == exact(json.loads(text))
+    assert exact(parsed) == exact(pythons(text))
 
 
 @pytest.mark.parametrize(
@@ -104,3 +121,15 @@ def test_json_that_does_not_parse_is_refused_in_the_same_words(body, detail):
     with pytest.raises(Unparsable) as caught:
         parse_body(body, "application/json")
     assert str(caught.value) == detail
+
+
+def test_half_a_character_becomes_the_replacement_character_at_any_depth():
+    """`\\ud83d` alone (an emoji cut in half, as JavaScript's substring leaves it) becomes U+FFFD in keys and
+    values at any depth; a whole pair stays the character it spells."""
+    body = b'{"name": "Ivan \\ud83d", "\\udc00k": ["\\ud83d\\ude00", {"n": "\\ud800"}, ["x\\udfff"]], "n": 1}'
+    assert parse_body(body, "application/json") == {
+        "name": "Ivan \ufffd",
+        "\ufffdk": ["\U0001f600", {"n": "\ufffd"}, ["x\ufffd"]],
+        "n": 1,
+    }
+    assert parse_body(b'"\\ud800"', "application/json") == "\ufffd"

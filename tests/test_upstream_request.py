@@ -122,6 +122,14 @@ def test_names_xml_cannot_spell_are_found_and_never_written():
     assert name_problems({"db_id": 1, "data": {"имя": "Иван", "a.b-c_d": 2, "_fname": "A"}}) == []
 
 
+def test_characters_xml_cannot_carry_become_the_replacement_character():
+    """A JSON body may carry `\\u0001` in a comment; XML 1.0 has no spelling for it, not even escaped, and
+    the whole request was malformed. Tabs and line breaks stay."""
+    text = to_xml({"data": {"comment": "a\x01b\x0bc\ufffed\te\nf"}})
+    assert "<comment>a\ufffdb\ufffdc\ufffdd\te\nf</comment>" in text
+    assert parse_body(text.encode(), "application/xml") == {"data": {"comment": "a\ufffdb\ufffdc\ufffdd\te\nf"}}
+
+
 def test_unknown_and_missing_keys_are_named():
     """A key the contract does not know, and a required one left out, at both levels."""
     assert any("frobnicate" in p for p in request_problems("profiles/update", {**OK, "frobnicate": 1}))

@@ -62,4 +62,9 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return _NOT_IN_XML.sub("\ufffd", str(value))
+
+
+# Characters XML 1.0 has no spelling for, not even escaped: a JSON body may carry them (`\u0001`), and one
+# in a comment field made the whole request malformed XML, refused by the upstream.
+_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
