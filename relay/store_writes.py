@@ -70,6 +70,16 @@ class Executor(Protocol):
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int: ...
 
 
+def storable(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`params` with NUL in any text replaced by U+FFFD. PostgreSQL's text cannot hold NUL, and outside text
+    reaches these statements: a payload's de-duplication id (`"tranid": "1\\u0000"` failed the write, a 500),
+    an upstream's answer and error text (the result of a call it took failed to be kept). SQLite takes NUL;
+    both stores keep the same text."""
+    if not any(isinstance(value, str) and "\x00" in value for value in params.values()):
+        return params
+    return {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value for key, value in params.items()}
+
+
 class DriverExecutor:
     """SQLite's own cursor (which takes `:name` parameters as they are)."""
 
@@ -77,10 +87,10 @@ class DriverExecutor:
         self.cursor = cursor
 
     def rows(self, sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        return self.cursor.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        return self.cursor.execute(sql, storable(params)).fetchall()  # type: ignore[no-any-return]
 
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
-        return int(self.cursor.execute(sql, params).rowcount)
+        return int(self.cursor.execute(sql, storable(params)).rowcount)
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,10 +103,10 @@ class SQLAlchemyExecutor:
         self.connection = connection
 
     def rows(self, sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        return self.connection.execute(_text(sql), dict(params)).all()
+        return self.connection.execute(_text(sql), dict(storable(params))).all()
 
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
-        return int(self.connection.execute(_text(sql), dict(params)).rowcount)
+        return int(self.connection.execute(_text(sql), dict(storable(params))).rowcount)
 
 
 # -- ingress ----------------------------------------------------------------

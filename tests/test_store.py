@@ -85,6 +85,39 @@ def test_claim_takes_the_oldest_due_across_statuses(store):
     assert store.claim(owner="z", limit=10, lease_seconds=30, now=now + 1) == []
 
 
+def test_text_with_nul_from_outside_is_kept_on_both_databases(store):
+    """PostgreSQL's text cannot hold NUL: a payload's de-duplication id with `\\u0000` in it failed the
+    webhook's write (a 500, again at every retry), and an upstream answer with one failed to keep the
+    result of a call the upstream took. NUL becomes U+FFFD, on both stores alike."""
+    from relay.store import Attempt
+
+    key = f"tilda:p:{uuid.uuid4().hex}\x00x"
+    accepted = store.accept(_request(b"n=1"), dedup_key=key, status="queued", dedup_window=60)
+    assert store.accept(_request(b"n=2"), dedup_key=key, status="queued", dedup_window=60).duplicate
+    [(delivery, token)] = [
+        pair for pair in store.claim(owner="a", limit=100, lease_seconds=30) if pair[0].id == accepted.id
+    ]
+    answer = '{"error": 0, "error_text": "ok\x00"}'
+    attempt = Attempt(
+        started_at=time.time(),
+        duration_ms=1.0,
+        call_index=0,
+        method="profiles/import",
+        request={"email": "a@example.com"},
+        http_status=400,
+        response=answer,
+        outcome="rejected",
+        error="HTTP 400, error 1: bad\x00",
+    )
+    assert store.finish(
+        delivery.id, token, status="failed", reason="rejected", detail="HTTP 400, error 1: bad\x00", attempt=attempt
+    )
+    kept = store.get(delivery.id)
+    assert kept.detail == "HTTP 400, error 1: bad\ufffd"
+    [logged] = store.attempts_of(delivery.id)
+    assert (logged["response"], logged["error"]) == (answer.replace("\x00", "\ufffd"), "HTTP 400, error 1: bad\ufffd")
+
+
 def test_time_filters_keep_exact_bounds(store):
     """since is inclusive and until exclusive, to the microsecond, though ids carry only milliseconds."""
     at = 1_700_000_000.0005
