@@ -51,11 +51,22 @@ def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_p
     appends the address it saw; anything further left can be forged.
     """
     if trusted_proxies <= 0 or not forwarded_for:
-        return remote_addr
+        return _address(remote_addr)
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     if len(hops) < trusted_proxies:
-        return hops[0] if hops else remote_addr
-    return hops[-trusted_proxies]
+        return _address(hops[0] if hops else remote_addr)
+    return _address(hops[-trusted_proxies])
+
+
+def _address(text: str | None) -> str | None:
+    """`text` as an IP address (its port left out), or None: a hop a client forged can be any text, of any
+    length, and is worth nothing as an address."""
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(_without_port(text.strip())))
+    except ValueError:
+        return None
 
 
 class GeoLookup:

@@ -69,7 +69,16 @@ from relay.store_writes import (
     settle,
 )
 
-__all__ = ["Attempt", "Delivery", "Problem", "Store", "STATUSES", "REPLAYABLE", "status_and_reason"]
+__all__ = [
+    "CONTENT_TYPE_LENGTH",
+    "REPLAYABLE",
+    "STATUSES",
+    "Attempt",
+    "Delivery",
+    "Problem",
+    "Store",
+    "status_and_reason",
+]
 
 STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
@@ -82,6 +91,8 @@ T = TypeVar("T")
 # with VACUUM INTO, a long export) holds checkpoints back, and the WAL grows with every webhook meanwhile:
 # 20,000 webhooks of 3 KB made it 670 MB. Without a limit the file stays that size until relay stops.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+CONTENT_TYPE_LENGTH = 255  # the ingress refuses a longer Content-Type (the worker parses the body by it)
+PROFILE_ID_LENGTH = 64  # the upstream's ids are 24 hex digits; a longer one is not kept (see _profile_id)
 
 metadata = MetaData()
 
@@ -95,7 +106,7 @@ deliveries = Table(
     Column("reason", String(32)),
     Column("detail", Text),
     Column("body", LargeBinary, nullable=False),
-    Column("content_type", String(255)),
+    Column("content_type", String(CONTENT_TYPE_LENGTH)),
     Column("headers", Text, nullable=False, default="{}"),
     Column("client_ip", String(64)),
     Column("dedup_key", String(300), nullable=False),
@@ -107,7 +118,7 @@ deliveries = Table(
     Column("claim_token", String(64)),
     Column("lease_expires_at", Float),
     Column("calls", Text),
-    Column("profile_id", String(64)),
+    Column("profile_id", String(PROFILE_ID_LENGTH)),
     Column("updated_at", Float, nullable=False),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
     # Ids begin with the arrival time, so time ranges are found through the primary key (see _filters),
@@ -269,6 +280,13 @@ def _database_away(what: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"the store {what} ({type(exc).__name__})") from exc
+
+
+def _profile_id(value: str | None) -> str | None:
+    """The upstream's profile id as the delivery keeps it: one longer than the column (an upstream other than
+    Altcraft) is left out rather than fail the write that records a call the upstream took; the attempt's
+    answer still has it whole."""
+    return value if value is None or len(value) <= PROFILE_ID_LENGTH else None
 
 
 def new_id(now: float | None = None) -> str:
@@ -676,7 +694,7 @@ class Store:
             "token": token,
             "now": time.time(),
             "calls_done": attempt.calls_done,
-            "profile_id": attempt.profile_id,
+            "profile_id": _profile_id(attempt.profile_id),
         }
         return self._write(functools.partial(record_try, progress=progress, attempt=_attempt_row(delivery_id, attempt)))
 
@@ -708,7 +726,7 @@ class Store:
             "calls": json.dumps(list(calls), ensure_ascii=False) if calls is not None else None,
             "tried": 1 if attempt is not None else 0,
             "calls_done": attempt.calls_done if attempt is not None else None,
-            "profile_id": attempt.profile_id if attempt is not None else None,
+            "profile_id": _profile_id(attempt.profile_id) if attempt is not None else None,
         }
         row = _attempt_row(delivery_id, attempt) if attempt is not None else None
         return self._write(functools.partial(settle, outcome=params, attempt=row))

@@ -43,7 +43,7 @@ from relay.pipeline import parse_request
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import CONTENT_TYPE_LENGTH, Store
 
 __all__ = ["create_app"]
 
@@ -200,6 +200,11 @@ def _receive(req: Request, source: Source, settings: Settings, store: Store) -> 
     body = _read_body(req, settings.max_body_bytes)
     headers = dict(req.headers.items())
     content_type = req.content_type
+    if content_type and len(content_type) > CONTENT_TYPE_LENGTH:
+        # Kept with the body, which the worker parses by it again: cut short it would not parse.
+        raise UnsupportedContentType(
+            f"a Content-Type of {len(content_type)} characters; relay takes at most {CONTENT_TYPE_LENGTH}"
+        )
     if any(ping.unsigned for ping in source.pings):
         unsigned = InboundRequest(source=source.name, body=body, content_type=content_type, headers=headers)
         if is_ping(source, unsigned, None, unsigned_only=True):

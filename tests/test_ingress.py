@@ -539,3 +539,29 @@ def test_half_a_character_in_a_webhook_is_taken_and_delivered(tmp_path):
     finally:
         app.extensions["relay"]["store"].close()
         sandbox.stop()
+
+
+def test_outside_text_that_a_column_cannot_hold_is_never_a_500_on_postgres(tmp_path, pg_url):
+    """On PostgreSQL, which holds text to its column's length and refuses NUL, each of these was a 500 for an
+    authenticated webhook (and for every retry of it): a Content-Type over 255 characters, a forged
+    X-Forwarded-For hop of 300, a de-duplication id with NUL in it."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=pg_url, RELAY_TRUSTED_PROXIES="2"))
+    client = app.test_client()
+    try:
+        long_type = client.post(TILDA, data=b"Email=a%40example.com", content_type=FORM + "; x=" + "y" * 300)
+        assert long_type.status_code == 415
+        assert long_type.get_json()["detail"] == "a Content-Type of 337 characters; relay takes at most 255"
+        forged = client.post(
+            TILDA, data=b"Email=b%40example.com", content_type=FORM, headers={"X-Forwarded-For": "x" * 300}
+        )
+        assert forged.status_code == 202, forged.get_json()
+        body = b'{"Email": "c@example.com", "tranid": "1:\\u0000"}'
+        first = client.post(TILDA, data=body, content_type="application/json")
+        assert first.status_code == 202, first.get_json()
+        assert client.post(TILDA, data=body, content_type="application/json").get_json()["status"] == "duplicate"
+        store = app.extensions["relay"]["store"]
+        assert store.get(forged.get_json()["id"]).client_ip is None
+    finally:
+        app.extensions["relay"]["store"].close()

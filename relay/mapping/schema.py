@@ -493,7 +493,10 @@ class PayloadSchemaSchema(StrictSchema):
 
 class MappingFileSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Equal(1, error="only version 1 exists"))
-    source = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]+$"))
+    source = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^[a-z0-9_]{1,64}$", error="lower-case letters, digits and _, at most 64"),
+    )
     description = fields.String(load_default="")
     kind = fields.String(load_default="form", validate=validate.OneOf(["form", "shop", "other"]))
     auth = fields.Nested(AuthSchema, required=True)
