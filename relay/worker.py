@@ -19,7 +19,13 @@ from functools import partial
 from typing import Any
 
 from relay import metrics
-from relay.errors import MappingError, PermanentUpstreamError, StoreUnavailable, TransientUpstreamError
+from relay.errors import (
+    MappingError,
+    PermanentUpstreamError,
+    StoreUnavailable,
+    TransientUpstreamError,
+    first_line,
+)
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import WatchedSources
@@ -160,9 +166,44 @@ class Worker:
                     continue
                 try:
                     self.process(delivery, token)
-                except Exception as exc:  # noqa: BLE001 - the lease brings it back
+                except Exception as exc:  # noqa: BLE001 - a bug: kept as retrying (below), else the lease
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
                     _capture(exc, source=delivery.source, delivery_id=delivery.id)
+                    self._after_crash(delivery, token, exc)
+
+    def _after_crash(self, delivery: Delivery, token: str, exc: Exception) -> None:
+        """Settle a delivery on which relay itself failed (no error raised on purpose: a bug, met by this
+        payload) as a transient failure: retried on the schedule with the error as its detail and a try in
+        its log, then failed as exhausted, and replayable once fixed. Left to its lease, it was claimed and
+        failed again every few minutes for ever, with an error report each time, and no sign of why in
+        `relay overview`."""
+        detail = f"relay failed on this delivery: {type(exc).__name__}: {first_line(exc)}"[:300]
+        now = time.time()
+        attempt = Attempt(now, 0.0, delivery.calls_done, None, None, None, None, "transient", error=detail)
+        when = next_attempt(
+            delivery.attempts + 1,
+            now=now,
+            cycle_started_at=delivery.cycle_started_at,
+            max_attempts=self.settings.max_attempts,
+            max_age=self.settings.max_age,
+            schedule=self.settings.retry_schedule,
+        )
+        try:
+            if when is None:
+                self._fail(delivery, token, "exhausted", detail, attempt=attempt)
+                return
+            retry = partial(
+                self.store.finish,
+                delivery.id,
+                token,
+                status="retrying",
+                detail=detail,
+                next_attempt_at=when,
+                attempt=attempt,
+            )
+            self._keep(delivery, retry)
+        except Exception:  # noqa: BLE001 - the store failed too: the lease brings it back
+            log.exception("could not keep the failure", extra={"delivery_id": delivery.id})
 
     def _look_at_mappings(self) -> None:
         if self.mappings is not None:

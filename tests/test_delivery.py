@@ -181,6 +181,39 @@ def test_a_field_xml_cannot_spell_fails_for_the_mapping_before_anything_is_sent(
     assert relay_command("preview", "--source", "tilda", str(form), env=env).returncode == 0  # JSON carries it
 
 
+def test_a_delivery_relay_fails_on_is_retried_with_why_not_left_to_its_lease(tmp_path):
+    """An error relay does not raise on purpose (a bug, met by one payload; here a transport that breaks
+    as no network error does) left the delivery to its lease: claimed and failed again every few minutes
+    for ever, with nothing in `relay overview` to say why. It is retried on the schedule with the error as
+    its detail, then fails as exhausted, replayable once the bug is fixed."""
+    import httpx
+
+    from relay.upstream.client import UpstreamClient
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in the transport")
+
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL="http://127.0.0.1:9/api", RELAY_RETRY_SCHEDULE="0.05", RELAY_MAX_ATTEMPTS="3"
+    )
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    worker.client = UpstreamClient(settings, transport=httpx.MockTransport(broken))
+    delivery_id = accept(store, b"Email=a%40example.com", "k")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while store.get(delivery_id).status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    delivery = store.get(delivery_id)
+    why = "relay failed on this delivery: RuntimeError: a bug in the transport"
+    assert (delivery.status, delivery.reason, delivery.detail, delivery.attempts) == ("failed", "exhausted", why, 3)
+    assert [(a["outcome"], a["error"]) for a in store.attempts_of(delivery_id)] == [("transient", why)] * 3
+    store.close()
+
+
 def test_retries_run_out_as_exhausted(relay, sandbox):
     """A delivery that keeps failing ends failed/exhausted after the attempt budget."""
     store, worker = relay
