@@ -40,7 +40,7 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 continue
             print(
                 f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
-                f"{row['reason'] or '':<9} attempts={row['attempts']}  {row['detail'] or ''}"
+                f"{row['reason'] or '':<9} attempts={row['attempts']}  {_one_line(row['detail'])}"
             )
         if len(page) == args.limit:  # on stderr: stdout stays one delivery a line, for scripts
             print(f"relay: there may be more: the same command with --before {page[-1].id}", file=sys.stderr)
@@ -114,7 +114,7 @@ def cmd_overview(args: Any, settings: Settings) -> int:
         print("most common problems of failed and retrying deliveries (`relay deliveries <id>` shows one):")
         print(f"{'count':>8}  {'source':<{source_width}}  {'status':<{status_width}}  newest id")
         for problem in problems:
-            detail = " ".join((problem["detail"] or "no detail").split())  # one line, whatever the upstream sent
+            detail = _one_line(problem["detail"]) or "no detail"
             if len(detail) > PROBLEM_DETAIL_SHOWN:
                 detail = detail[: PROBLEM_DETAIL_SHOWN - 3] + "..."
             print(
@@ -122,6 +122,11 @@ def cmd_overview(args: Any, settings: Settings) -> int:
                 f"{problem['newest_id']}\n{'':>10}{detail}"
             )
     return 0
+
+
+def _one_line(detail: str | None) -> str:
+    """A delivery's detail on one line, whatever the upstream's error text held (line breaks, tabs)."""
+    return " ".join((detail or "").split())
 
 
 def _duration(seconds: float) -> str:

@@ -184,6 +184,9 @@ def test_overview_says_what_went_wrong_most_common_first(tmp_path):
         reason, detail = ("mapping", "the payload gives no usable email") if n < 3 else ("rejected", answer)
         store.finish(id_, tokens[id_], status="failed", reason=reason, detail=detail)
     store.close()
+    listed = relay_command("deliveries", "--status", "failed", env={**ENV, "RELAY_DATABASE_URL": url})
+    assert len(listed.stdout.splitlines()) == 5  # one delivery a line, for scripts, whatever the detail holds
+    assert listed.stdout.splitlines()[0].endswith("attempts=0  " + ("HTTP 400, error 3: " + "bad field " * 30).strip())
     shown = relay_command("overview", env={**ENV, "RELAY_DATABASE_URL": url})
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
