@@ -27,6 +27,9 @@ _FREE_TEXT = ("event", "detail", "reason", "exception", "error")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # Built once: json.dumps with any option builds a new encoder on every call.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
+# A key=value value with any of these is written as a JSON string. Left bare, a line break in a request's path
+# (`/hooks/a%0Alevel=error`, anyone can send one) wrote a line of the sender's own into the log.
+_QUOTED = re.compile(r'[\s="\\\x00-\x1f\x7f]')
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,8 +101,12 @@ class LineFormatter(logging.Formatter):
         if self.style_name == "json":
             line = _ENCODE(fields)
         else:
-            line = " ".join(f"{k}={_ENCODE(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
+            line = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
         return redact_query(line) if "=" in line else line
+
+
+def _text_value(value: Any) -> Any:
+    return _ENCODE(value) if isinstance(value, str) and _QUOTED.search(value) else value
 
 
 def configure_logging(settings: Settings) -> None:

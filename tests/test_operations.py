@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -109,6 +110,20 @@ def test_request_id_read_returned_and_logged(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
     accepted = [line for line in lines if "event=accepted" in line]
     assert any("request_id=abc-123" in line and "source=tilda" in line and "delivery_id=" in line for line in accepted)
+
+
+def test_a_text_log_line_stays_one_line_whatever_a_sender_puts_in_it(tmp_path):
+    """In key=value logs a value was quoted only when it had a space: a request path with a carriage return
+    in it (`/hooks/a%0Dlevel=error`, which anyone may send) printed a line of the sender's own over relay's
+    in a terminal and split it in log collectors that take CR for a line break; `=` and quotes misled parsers."""
+    with captured_log_lines("text") as lines:
+        app = create_app(make_settings(tmp_path, RELAY_LOG_LEVEL="info"))
+        answer = app.test_client().post("/hooks/a%0Dlevel=error%09x=%22y", data=b"Email=x")
+    assert answer.status_code == 404
+    [rejected] = [line for line in lines if "event=rejected" in line]
+    assert "\r" not in rejected and "\t" not in rejected
+    path = re.search(r' path=("(?:[^"\\]|\\.)*")', rejected)
+    assert path is not None and json.loads(path.group(1)) == '/hooks/a\rlevel=error\tx="y?'
 
 
 def test_worker_failures_reach_sentry_with_tags(tmp_path):
