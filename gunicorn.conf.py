@@ -47,6 +47,7 @@ keepalive = 5
 # %(U)s is the path without the query string, so ?token=... never reaches the access log.
 accesslog = "-" if _settings.access_log else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+logger_class = "relay.access_log.AccessLogger"  # the path as it may be printed: no line break of a sender's
 errorlog = "-"
 # Gunicorn's control socket (for gunicornc) defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
 # each master unlinks whatever is there and binds its own, so web nodes on one host would take it from each

@@ -214,6 +214,8 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
                 response = client.post(TILDA, content=f"Email=g{index}%40example.com", headers={"Content-Type": FORM})
                 assert response.status_code == 202
             metrics = client.get("/metrics").text
+            # Anyone may send a path with a line break: the access log keeps it on its one line.
+            assert client.post("/hooks/a%0D%0Aforged%20line", content=b"x=1").status_code == 404
         assert 'relay_webhooks_received_total{outcome="accepted",source="tilda"} 20.0' in metrics
         process.send_signal(signal.SIGHUP)  # a reload: new workers, this file read again
         deadline = time.monotonic() + 20
@@ -228,6 +230,7 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
     # gunicorn's own lines (booting, stopping) share the logging module with relay's: none may fail.
     log = output.read_text(errors="replace")
     assert "Logging error" not in log
+    assert '"POST /hooks/a%0D%0Aforged%20line" 404' in log and "\nforged" not in log
     # No control socket: its default path in $HOME is one per user, so web nodes on one host would take it
     # from each other, and the image's user cannot write its home.
     assert "control socket" not in log.lower() and not (tmp_path / "home" / ".gunicorn").exists()
