@@ -7,6 +7,7 @@ own into the log. The path is written percent-encoded again instead, as it came.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -23,5 +24,11 @@ class AccessLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hints
 
 
 def printable_path(path: str) -> str:
-    """`path` with control characters, spaces, quotes and `%` percent-encoded; printable text kept."""
-    return "".join(char if char.isprintable() and char not in ' "%\\' else quote(char, safe="") for char in path)
+    """`path` percent-encoded again (UTF-8), as a sender put it on the wire, when it holds anything but
+    printable ASCII; as it is otherwise (nearly always: one regex search a request)."""
+    if _NEEDS_ENCODING.search(path) is None:
+        return path
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+_NEEDS_ENCODING = re.compile(r'[^\x21-\x7e]|["%\\]')
