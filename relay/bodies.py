@@ -237,7 +237,9 @@ def _parse_multipart(body: bytes, mimetype: str, options: dict[str, str]) -> dic
     # that arrived would forward half a lead.
     if closing.encode("latin-1", "replace") not in body:
         raise Unparsable(f"multipart body ends before its closing boundary {closing!r}; it was cut short")
-    parser = FormDataParser(max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1)
+    # Not silent: werkzeug's default swallows a broken part (one without Content-Disposition) and answers
+    # an empty form, which relay took as a webhook with nothing in it.
+    parser = FormDataParser(max_form_parts=Limits.max_multipart_parts, max_content_length=len(body) + 1, silent=False)
     try:
         _stream, form, files = parser.parse(io.BytesIO(body), mimetype, len(body), options)
     except (ValueError, RequestEntityTooLarge) as exc:
@@ -245,7 +247,9 @@ def _parse_multipart(body: bytes, mimetype: str, options: dict[str, str]) -> dic
     pairs: list[tuple[str, Any]] = list(_multidict_items(form))
     # Uploaded files are not relayed; their names are, so a mapping can mention them.
     pairs.extend((name, upload.filename or "") for name, upload in _multidict_items(files))
-    return nest_pairs(pairs)
+    # A part without a name (`nam^="Email"`) no mapping can refer to; the named ones are the lead (a part
+    # named None made the whole request a 500).
+    return nest_pairs([(name, value) for name, value in pairs if name is not None])
 
 
 def _multidict_items(data: MultiDict[str, Any]) -> list[tuple[str, Any]]:

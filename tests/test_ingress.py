@@ -176,13 +176,20 @@ def test_compressed_bodies_are_refused_by_name(client, app):
             "multipart/form-data; boundary=b",
             "multipart body ends before its closing boundary '--b--'; it was cut short",
         ),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\na@b.c\r\n'
+            b"--b\r\nContent-Type: text/plain\r\n\r\na part without its header\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+            "multipart body: Missing Content-Disposition header",
+        ),
     ],
 )
 def test_bodies_that_are_not_quite_valid_are_refused_in_relays_words(client, app, body, content_type, detail):
-    """NaN, Infinity, 1e999, a number too long for Python, a cut multipart body: 400, nothing stored.
+    """NaN, Infinity, 1e999, a number too long for Python, a cut or broken multipart body: 400, nothing stored.
 
     Each used to be accepted (a NaN then reached the upstream as invalid JSON, a cut multipart
-    body relayed only the parts that arrived) or answered in Python's own wording.
+    body relayed only the parts that arrived, a part without its header made werkzeug answer an empty
+    form) or answered in Python's own wording.
     """
     response = client.post(TILDA, data=body, content_type=content_type)
     assert response.status_code == 400
@@ -565,3 +572,16 @@ def test_outside_text_that_a_column_cannot_hold_is_never_a_500_on_postgres(tmp_p
         assert store.get(forged.get_json()["id"]).client_ip is None
     finally:
         app.extensions["relay"]["store"].close()
+
+
+def test_a_multipart_part_without_a_name_is_left_out_and_the_rest_taken(client, app):
+    """A part whose Content-Disposition has no name (`nam^="x"`) gave werkzeug a field named None, and the
+    whole webhook a 500; no mapping can refer to it, and the named parts are the lead."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; nam^="Email"\r\n\r\nlost@example.com\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="Email"\r\n\r\nkept@example.com\r\n--b--\r\n'
+    )
+    answer = client.post(TILDA, data=body, content_type="multipart/form-data; boundary=b")
+    assert answer.status_code == 202, answer.get_json()
+    [delivery] = app.extensions["relay"]["store"].list_deliveries()
+    assert delivery.body == body
