@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = [
     "admin_blueprint",
+    "checked_id",
+    "checked_source",
     "checked_status",
     "checked_time",
     "delivery_detail",
@@ -65,6 +68,32 @@ def checked_status(text: str) -> str:
     return text
 
 
+_SOURCE_NAME = re.compile(r"[a-z0-9_]{1,64}")  # as mapping files name sources
+_DELIVERY_ID = re.compile(r"[0-9a-f]{32}")  # as the store makes them (see new_id)
+
+
+def checked_source(text: str) -> str:
+    """A source name, as given (one no mapping file names any longer still finds its deliveries).
+
+    Raises:
+        ValueError: not a name a source can have, so it would find nothing (`Tilda`, NUL...).
+    """
+    if not _SOURCE_NAME.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not a source name (lower-case letters, digits and _)")
+    return text
+
+
+def checked_id(text: str) -> str:
+    """A delivery id, as given.
+
+    Raises:
+        ValueError: not 32 hex digits, so no delivery has it.
+    """
+    if not _DELIVERY_ID.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not a delivery id (32 hex digits)")
+    return text
+
+
 def checked_time(text: str) -> float | None:
     """`parse_time`, with a message that says what it takes.
 
@@ -83,9 +112,10 @@ def delivery_filters(status: str | None, source: str | None, since: str | None, 
     Raises:
         ValueError: naming the filter that is wrong and what it takes.
     """
-    filters: dict[str, Any] = {"source": source or None}
+    filters: dict[str, Any] = {}
     checks: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
         ("status", status, checked_status),
+        ("source", source, checked_source),
         ("since", since, checked_time),
         ("until", until, checked_time),
     )
@@ -221,7 +251,11 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             limit = max(1, min(int(request.args.get("limit", 50)), 500))
         except ValueError:
             abort(400, description="limit must be a whole number")
-        found = store.list_deliveries(limit=limit, before=request.args.get("before") or None, **_filters())
+        try:
+            before = checked_id(request.args["before"]) if request.args.get("before") else None
+        except ValueError as exc:
+            abort(400, description=f"before {exc}")
+        found = store.list_deliveries(limit=limit, before=before, **_filters())
         return jsonify(
             {
                 "deliveries": [delivery_summary(d) for d in found],
@@ -238,14 +272,14 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
 
     @bp.get("/deliveries/<delivery_id>")
     def show(delivery_id: str) -> Response:
-        delivery = store.get(delivery_id)
+        delivery = store.get(delivery_id) if _DELIVERY_ID.fullmatch(delivery_id) else None
         if delivery is None:
             abort(404, description="no such delivery")
         return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id)))
 
     @bp.post("/deliveries/<delivery_id>/replay")
     def replay_one(delivery_id: str) -> tuple[Response, int]:
-        delivery = store.get(delivery_id)
+        delivery = store.get(delivery_id) if _DELIVERY_ID.fullmatch(delivery_id) else None
         if delivery is None:
             abort(404, description="no such delivery")
         status = "queued" if settings.upstream_url else "held"

@@ -50,20 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("sources", help="list sources, their hook URLs and authentication")
 
     deliveries = commands.add_parser("deliveries", help="list deliveries, or show one")
-    deliveries.add_argument("id", nargs="?")
+    deliveries.add_argument("id", nargs="?", type=_delivery_id)
     _add_filters(deliveries)
     deliveries.add_argument("--limit", type=_positive_count, default=50)
-    deliveries.add_argument("--before", metavar="ID", help="the page after this delivery (newest first)")
+    deliveries.add_argument(
+        "--before", metavar="ID", type=_delivery_id, help="the page after this delivery (newest first)"
+    )
     deliveries.add_argument("--json", action="store_true", help="one JSON object a line (the admin API's), for scripts")
 
     overview = commands.add_parser("overview", help="deliveries at a glance: by status, reason and source")
-    overview.add_argument("--source")
+    overview.add_argument("--source", type=_source)
     overview.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
     overview.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")
     overview.add_argument("--json", action="store_true", help="the admin API's JSON instead of a table")
 
     replay = commands.add_parser("replay", help="replay one delivery, or all that match a filter")
-    replay.add_argument("id", nargs="?")
+    replay.add_argument("id", nargs="?", type=_delivery_id)
     _add_filters(replay)
     replay.add_argument(
         "--dry-run",
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_filters(command: argparse.ArgumentParser) -> None:
     command.add_argument("--status", type=_status, help="queued, delivering, delivered, retrying, held or failed")
-    command.add_argument("--source")
+    command.add_argument("--source", type=_source)
     command.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
     command.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")
 
@@ -91,6 +93,18 @@ def _status(text: str) -> str:
     from relay.admin_api import checked_status  # the admin side (Flask, the store) only for the commands using it
 
     return _argument(checked_status, text)
+
+
+def _source(text: str) -> str:
+    from relay.admin_api import checked_source
+
+    return _argument(checked_source, text)
+
+
+def _delivery_id(text: str) -> str:
+    from relay.admin_api import checked_id
+
+    return _argument(checked_id, text)
 
 
 def _time(text: str) -> float | None:

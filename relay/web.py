@@ -18,7 +18,7 @@ from typing import Any, cast
 import sentry_sdk
 from flask import Flask, Request, Response, g, request
 from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, NotFound
 
 from relay import metrics
 from relay.admin_api import admin_blueprint
@@ -292,7 +292,7 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        if exc.code == 404:
+        if exc.code == 404 and exc.description == NotFound.description:  # not an abort(404) of relay's own
             return _error(404, "not_found", "no such route")
         return _error(exc.code or 500, code, exc.description or "")
 

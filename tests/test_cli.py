@@ -152,6 +152,10 @@ def test_deliveries_and_replay_commands(tmp_path):
         (["deliveries", "--limit", "0"], 2, "argument --limit: '0' is not a whole number of at least 1"),
         (["replay", "--until", "inf"], 2, "argument --until: 'inf' is neither"),
         (["replay", "--status", "delivered"], 1, "relay: only failed and held deliveries replay"),
+        (["deliveries", "--source", "Tilda"], 2, "argument --source: 'Tilda' is not a source name"),
+        (["overview", "--source", "tilda form"], 2, "argument --source: 'tilda form' is not a source name"),
+        (["deliveries", "--before", "last"], 2, "argument --before: 'last' is not a delivery id (32 hex digits)"),
+        (["replay", "01a2-not-an-id"], 2, "argument id: '01a2-not-an-id' is not a delivery id"),
     ]:
         done = relay(*args)
         assert done.returncode == status, (args, done.stderr)

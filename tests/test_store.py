@@ -586,8 +586,21 @@ def test_the_wal_shrinks_back_after_a_long_read_let_it_grow(tmp_path, monkeypatc
     store.close()
 
 
-def test_admin_api_filters_are_checked(client):
-    """A misspelt status or time is a 400 naming it, not an empty list (or an empty replay)."""
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_admin_api_filters_are_checked(kind, tmp_path, request):
+    """A misspelt status, time, source or id is a 400 (or, in a path, a 404) naming it, not an empty list (or
+    an empty replay). On PostgreSQL a source, an id or a `before` with NUL in it was a 500."""
+    from relay.web import create_app
+
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else f"sqlite:///{tmp_path / 'relay.db'}"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=url))
+    try:
+        _check_admin_filters(app.test_client())
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
+def _check_admin_filters(client: Any) -> None:
     auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
     client.post("/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"], data={"Email": "f@example.com"})
     assert len(client.get("/admin/api/deliveries?status=held&since=2020-01-01", headers=auth).json["deliveries"]) == 1
@@ -598,13 +611,21 @@ def test_admin_api_filters_are_checked(client):
         ("post", "/admin/api/replay?status=faild", "status 'faild' is not one of"),
         ("post", "/admin/api/replay?status=delivered", "only failed and held deliveries replay"),
         ("get", "/admin/api/deliveries?limit=many", "limit must be a whole number"),
+        ("get", "/admin/api/deliveries?source=Tilda", "source 'Tilda' is not a source name"),
+        ("get", "/admin/api/overview?source=x%00y", "source 'x\\x00y' is not a source name"),
+        ("post", "/admin/api/replay?source=x%00y", "source 'x\\x00y' is not a source name"),
+        ("get", "/admin/api/deliveries?before=x%00y", "before 'x\\x00y' is not a delivery id (32 hex digits)"),
     ]
     for method, path, detail in cases:
         response = getattr(client, method)(path, headers=auth)
         assert response.status_code == 400, path
         assert response.json["error"] == "bad_request"
         assert response.json["detail"].startswith(detail), response.json
+    for method, path in [("get", "/admin/api/deliveries/x%00y"), ("post", "/admin/api/deliveries/x%00y/replay")]:
+        response = getattr(client, method)(path, headers=auth)
+        assert (response.status_code, response.json["detail"]) == (404, "no such delivery"), path
     assert client.post("/admin/api/replay?status=held", headers=auth).json == {"replayed": 1}
+    assert client.get("/admin/api/nothing-here", headers=auth).json["detail"] == "no such route"
 
 
 def test_a_replay_dry_run_counts_what_the_replay_then_takes_and_changes_nothing(tmp_path):
