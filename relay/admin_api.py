@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hmac
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,8 +17,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
+from relay.mapping.schema import SOURCE_NAME
 from relay.settings import Settings
-from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
+from relay.store import DELIVERY_ID, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = [
     "admin_blueprint",
@@ -68,17 +68,13 @@ def checked_status(text: str) -> str:
     return text
 
 
-_SOURCE_NAME = re.compile(r"[a-z0-9_]{1,64}")  # as mapping files name sources
-_DELIVERY_ID = re.compile(r"[0-9a-f]{32}")  # as the store makes them (see new_id)
-
-
 def checked_source(text: str) -> str:
     """A source name, as given (one no mapping file names any longer still finds its deliveries).
 
     Raises:
         ValueError: not a name a source can have, so it would find nothing (`Tilda`, NUL...).
     """
-    if not _SOURCE_NAME.fullmatch(text):
+    if not SOURCE_NAME.fullmatch(text):
         raise ValueError(f"{text[:80]!r} is not a source name (lower-case letters, digits and _)")
     return text
 
@@ -89,7 +85,7 @@ def checked_id(text: str) -> str:
     Raises:
         ValueError: not 32 hex digits, so no delivery has it.
     """
-    if not _DELIVERY_ID.fullmatch(text):
+    if not DELIVERY_ID.fullmatch(text):
         raise ValueError(f"{text[:80]!r} is not a delivery id (32 hex digits)")
     return text
 
@@ -272,14 +268,14 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
 
     @bp.get("/deliveries/<delivery_id>")
     def show(delivery_id: str) -> Response:
-        delivery = store.get(delivery_id) if _DELIVERY_ID.fullmatch(delivery_id) else None
+        delivery = store.get(delivery_id) if DELIVERY_ID.fullmatch(delivery_id) else None
         if delivery is None:
             abort(404, description="no such delivery")
         return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id)))
 
     @bp.post("/deliveries/<delivery_id>/replay")
     def replay_one(delivery_id: str) -> tuple[Response, int]:
-        delivery = store.get(delivery_id) if _DELIVERY_ID.fullmatch(delivery_id) else None
+        delivery = store.get(delivery_id) if DELIVERY_ID.fullmatch(delivery_id) else None
         if delivery is None:
             abort(404, description="no such delivery")
         status = "queued" if settings.upstream_url else "held"

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -71,6 +72,7 @@ from relay.store_writes import (
 
 __all__ = [
     "CONTENT_TYPE_LENGTH",
+    "DELIVERY_ID",
     "REPLAYABLE",
     "STATUSES",
     "Attempt",
@@ -287,6 +289,9 @@ def _profile_id(value: str | None) -> str | None:
     Altcraft) is left out rather than fail the write that records a call the upstream took; the attempt's
     answer still has it whole."""
     return value if value is None or len(value) <= PROFILE_ID_LENGTH else None
+
+
+DELIVERY_ID = re.compile(r"[0-9a-f]{32}")  # what new_id makes
 
 
 def new_id(now: float | None = None) -> str:

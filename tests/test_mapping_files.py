@@ -46,6 +46,7 @@ def test_good_file_loads(tmp_path):
         (("    match:", "    matchh:"), "demo.yaml:6 rules.0.matchh: unknown key"),
         (("version: 1", "version: 2"), "demo.yaml:1 version: only version 1 exists"),
         (("source: demo", "source: " + "d" * 65), "source: lower-case letters, digits and _, at most 64"),
+        (("source: demo", "source: demo-x"), "source: lower-case letters, digits and _, at most 64"),
         (('secret: "${DEMO_TOKEN}"', "secret: hunter2"), "auth.secret: secrets must be written as ${NAME} references"),
         (("path: email,", "path: 'email[',"), "rules.0.match.email.path: invalid expression"),
         (

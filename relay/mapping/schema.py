@@ -40,7 +40,9 @@ from relay.upstream.contract import (
     OPERATORS,
 )
 
-__all__ = ["MappingFileSchema"]
+__all__ = ["SOURCE_NAME", "MappingFileSchema"]
+
+SOURCE_NAME = re.compile(r"[a-z0-9_]{1,64}\Z")  # a source's name: its hook URL, its files, a store column of 64
 
 
 class Expression(fields.String):
@@ -495,7 +497,7 @@ class MappingFileSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Equal(1, error="only version 1 exists"))
     source = fields.String(
         required=True,
-        validate=validate.Regexp(r"^[a-z0-9_]{1,64}$", error="lower-case letters, digits and _, at most 64"),
+        validate=validate.Regexp(SOURCE_NAME, error="lower-case letters, digits and _, at most 64"),
     )
     description = fields.String(load_default="")
     kind = fields.String(load_default="form", validate=validate.OneOf(["form", "shop", "other"]))
