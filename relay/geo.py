@@ -51,7 +51,7 @@ def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_p
     appends the address it saw; anything further left can be forged.
     """
     if trusted_proxies <= 0 or not forwarded_for:
-        return _address(remote_addr)
+        return remote_addr or None  # the socket's peer: an address, whoever sent the request
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     if len(hops) < trusted_proxies:
         return _address(hops[0] if hops else remote_addr)
