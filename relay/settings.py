@@ -157,9 +157,43 @@ def _text(text: str) -> str:
     return text
 
 
+def _rate_limit(text: str) -> str:
+    """A `limits` rate (`1000 per second`, `20/minute`) of at least one request."""
+    from limits import parse
+
+    try:
+        limit = parse(text)
+    except ValueError:
+        raise ValueError("must be a rate such as '1000 per second' or '20/minute'") from None
+    if limit.amount < 1:
+        raise ValueError("must let at least one request through (0 refuses every webhook with 429)")
+    return text.strip()
+
+
+def _limit_storage(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+        raise ValueError("must be memory:// (each process counts alone) or redis://host:6379/0 (one shared count)")
+    return value
+
+
+_STORES = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
+
+
+def _database_url(text: str) -> str:
+    """A SQLAlchemy URL of a store relay has a driver for: SQLite, or PostgreSQL through psycopg 3."""
+    value = text.strip()
+    scheme, separator, _rest = value.partition("://")
+    if not separator:
+        raise ValueError("is not a database URL (sqlite:///var/relay.db, postgresql://user@host/db)")
+    if scheme.lower() not in _STORES:
+        raise ValueError(f"relay stores on SQLite (sqlite:///...) or PostgreSQL (postgresql://...), not {scheme}")
+    return value
+
+
 # (attribute, variable, parser, default as the variable would spell it)
 _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
-    ("database_url", "RELAY_DATABASE_URL", _text, "sqlite:///var/relay.db"),
+    ("database_url", "RELAY_DATABASE_URL", _database_url, "sqlite:///var/relay.db"),
     ("upstream_url", "RELAY_UPSTREAM_URL", _url, None),
     ("upstream_token", "RELAY_UPSTREAM_TOKEN", _text, None),
     ("upstream_format", "RELAY_UPSTREAM_FORMAT", _choice("json", "xml"), "json"),
@@ -169,8 +203,8 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("admin_token", "RELAY_ADMIN_TOKEN", _text, None),
     ("max_body_bytes", "RELAY_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
     ("trusted_proxies", "RELAY_TRUSTED_PROXIES", _non_negative_int, "0"),
-    ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _text, "1000 per second"),
-    ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _text, "memory://"),
+    ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _rate_limit, "1000 per second"),
+    ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _limit_storage, "memory://"),
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
     ("geoip_db", "RELAY_GEOIP_DB", _text, None),
     ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
@@ -258,7 +292,7 @@ class Settings:
                 values[attribute] = parse(raw)
             except ValueError as exc:
                 shown = "***" if attribute in SECRET_SETTINGS else repr(raw)
-                if attribute == "upstream_url":
+                if attribute in ("upstream_url", "database_url"):
                     shown = repr(_shown_url(raw.strip()))
                 problems.append(f"{variable}={shown}: {exc}")
         keep, window = values.get("keep_delivered"), values.get("dedup_window")

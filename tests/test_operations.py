@@ -281,13 +281,20 @@ def test_gunicorn_settings_checked_without_side_effects(tmp_path):
         ("RELAY_ACCESS_LOG", "maybe", "must be 1 or 0"),
         ("RELAY_UPSTREAM_URL", "ftp://x", "must start with http:// or https://"),
         ("RELAY_WORKER_METRICS_PORT", "nine", "must be a port number, 1 to 65535"),
+        # Each of these passed the check and then failed every worker's boot with a traceback (or, for a
+        # rate of 0, answered every webhook 429).
+        ("RELAY_HOOK_RATE_LIMIT", "2 per fortnight", "must be a rate such as '1000 per second'"),
+        ("RELAY_HOOK_RATE_LIMIT", "0 per second", "must let at least one request through"),
+        ("RELAY_RATE_LIMIT_STORAGE", "mongodb://db", "must be memory:// (each process counts alone) or redis://"),
+        ("RELAY_DATABASE_URL", "mysql://relay:pw@db/relay", "relay stores on SQLite (sqlite:///...) or PostgreSQL"),
     ]
     for variable, value, reason in cases:
         done = subprocess.run(
             [gunicorn, "app:app"], cwd=ROOT, env={**env, variable: value}, capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 1
-        assert f"relay: settings are wrong:\n  {variable}={value!r}: {reason}" in done.stderr
+        shown = value.replace(":pw@", ":***@")  # a database password is never printed
+        assert f"relay: settings are wrong:\n  {variable}={shown!r}: {reason}" in done.stderr
         assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
     # A .env in the working directory counts, as it does for every other setting.
     here = tmp_path / "here"
