@@ -177,6 +177,42 @@ def _limit_storage(text: str) -> str:
     return value
 
 
+def _geoip_database(text: str) -> str:
+    """A MaxMind-format city database, opened once here: a path that is wrong stopped the delivery worker
+    with a traceback after relay had said it was listening."""
+    import maxminddb
+
+    path = text.strip()
+    try:
+        maxminddb.open_database(path).close()
+    except OSError as exc:
+        raise ValueError(f"cannot be opened ({exc.strerror or exc})") from None
+    except (ValueError, maxminddb.InvalidDatabaseError):
+        raise ValueError("is not a MaxMind-format database (a GeoLite2 or GeoIP2 City .mmdb)") from None
+    return path
+
+
+def _sentry_dsn(text: str) -> str:
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    try:
+        Dsn(text.strip())
+    except BadDsn as exc:
+        raise ValueError(f"is not a Sentry DSN ({exc})") from None
+    return text.strip()
+
+
+def _bind(text: str) -> str:
+    """Where gunicorn listens: `host:port`, `[::1]:port`, `unix:/path` or `fd://N`."""
+    value = text.strip()
+    if value.startswith(("unix:", "fd://")):
+        return value
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("must be host:port (0.0.0.0:8000, [::]:8000), unix:/path or fd://N")
+    return value
+
+
 _STORES = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
 
 
@@ -206,7 +242,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _rate_limit, "1000 per second"),
     ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _limit_storage, "memory://"),
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
-    ("geoip_db", "RELAY_GEOIP_DB", _text, None),
+    ("geoip_db", "RELAY_GEOIP_DB", _geoip_database, None),
     ("dedup_window", "RELAY_DEDUP_WINDOW", _positive_int, str(7 * 24 * 3600)),
     # Delivered deliveries older than this are deleted by the worker; 0 keeps them for ever.
     ("keep_delivered", "RELAY_KEEP_DELIVERED", _non_negative_int, str(30 * 24 * 3600)),
@@ -220,10 +256,10 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("worker_metrics_port", "RELAY_WORKER_METRICS_PORT", _port, None),
     ("log_format", "RELAY_LOG_FORMAT", _choice("json", "text"), "json"),
     ("log_level", "RELAY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),
-    ("sentry_dsn", "SENTRY_DSN", _text, None),
+    ("sentry_dsn", "SENTRY_DSN", _sentry_dsn, None),
     ("sentry_environment", "SENTRY_ENVIRONMENT", _text, "production"),
     # Read by gunicorn.conf.py (`gunicorn app:app` and `relay run`); 0 turns a timeout off.
-    ("bind", "RELAY_BIND", _text, "0.0.0.0:8000"),
+    ("bind", "RELAY_BIND", _bind, "0.0.0.0:8000"),
     ("web_workers", "RELAY_WEB_WORKERS", _positive_int, "2"),
     ("web_threads", "RELAY_WEB_THREADS", _positive_int, "4"),
     ("web_timeout", "RELAY_WEB_TIMEOUT", _non_negative_int, "30"),

@@ -274,6 +274,8 @@ def test_gunicorn_settings_checked_without_side_effects(tmp_path):
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    not_a_database = tmp_path / "GeoLite2-City.mmdb"
+    not_a_database.write_text("not a database")
     cases = [
         ("RELAY_WEB_WORKERS", "two", "must be a positive whole number"),
         ("RELAY_WEB_THREADS", "0", "must be a positive whole number"),
@@ -287,6 +289,8 @@ def test_gunicorn_settings_checked_without_side_effects(tmp_path):
         ("RELAY_HOOK_RATE_LIMIT", "0 per second", "must let at least one request through"),
         ("RELAY_RATE_LIMIT_STORAGE", "mongodb://db", "must be memory:// (each process counts alone) or redis://"),
         ("RELAY_DATABASE_URL", "mysql://relay:pw@db/relay", "relay stores on SQLite (sqlite:///...) or PostgreSQL"),
+        ("RELAY_GEOIP_DB", str(not_a_database), "is not a MaxMind-format database"),
+        ("RELAY_BIND", "localhost", "must be host:port (0.0.0.0:8000, [::]:8000), unix:/path or fd://N"),
     ]
     for variable, value, reason in cases:
         done = subprocess.run(

@@ -175,3 +175,14 @@ def test_the_upstream_url_is_the_apis_base_and_its_secrets_are_never_printed(url
     settings = Settings.from_env({"RELAY_UPSTREAM_URL": "https://relay:pw-in-url@api.example.com/api/v1.1/"})
     assert settings.upstream_url == "https://relay:pw-in-url@api.example.com/api/v1.1"
     assert settings.describe()["RELAY_UPSTREAM_URL"] == "https://relay:***@api.example.com/api/v1.1"
+
+
+def test_a_wrong_sentry_dsn_is_refused_at_start_without_printing_it():
+    """A DSN that is no DSN failed every process's start with a traceback; it is a wrong setting, named,
+    and, being a secret, not printed."""
+    from relay.errors import ConfigError
+    from relay.settings import Settings
+
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"SENTRY_DSN": "sentry-key-in-the-wrong-place"})
+    assert raised.value.problems == ["SENTRY_DSN=***: is not a Sentry DSN (Unsupported scheme '')"]
