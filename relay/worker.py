@@ -178,32 +178,50 @@ class Worker:
         failed again every few minutes for ever, with an error report each time, and no sign of why in
         `relay overview`."""
         detail = f"relay failed on this delivery: {type(exc).__name__}: {first_line(exc)}"[:300]
-        now = time.time()
-        attempt = Attempt(now, 0.0, delivery.calls_done, None, None, None, None, "transient", error=detail)
+        attempt = Attempt(time.time(), 0.0, delivery.calls_done, None, None, None, None, "transient", error=detail)
+        try:
+            self._retry_later(delivery, token, detail, attempt_no=delivery.attempts + 1, attempt=attempt)
+        except Exception:  # noqa: BLE001 - the store failed too: the lease brings it back
+            log.exception("could not keep the failure", extra={"delivery_id": delivery.id})
+
+    def _retry_later(
+        self,
+        delivery: Delivery,
+        token: str,
+        detail: str,
+        *,
+        attempt_no: int,
+        attempt: Attempt,
+        calls: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+        overloaded: bool = False,
+    ) -> str:
+        """Settle a try that failed for now: `retrying` at the schedule's next time, or failed as exhausted
+        when the schedule has run out; the status it was settled with."""
         when = next_attempt(
-            delivery.attempts + 1,
-            now=now,
+            attempt_no,
+            now=time.time(),
             cycle_started_at=delivery.cycle_started_at,
             max_attempts=self.settings.max_attempts,
             max_age=self.settings.max_age,
+            retry_after=retry_after,
+            overloaded=overloaded,
             schedule=self.settings.retry_schedule,
         )
-        try:
-            if when is None:
-                self._fail(delivery, token, "exhausted", detail, attempt=attempt)
-                return
-            retry = partial(
-                self.store.finish,
-                delivery.id,
-                token,
-                status="retrying",
-                detail=detail,
-                next_attempt_at=when,
-                attempt=attempt,
-            )
-            self._keep(delivery, retry)
-        except Exception:  # noqa: BLE001 - the store failed too: the lease brings it back
-            log.exception("could not keep the failure", extra={"delivery_id": delivery.id})
+        if when is None:
+            return self._fail(delivery, token, "exhausted", detail, calls=calls, attempt=attempt)
+        retry = partial(
+            self.store.finish,
+            delivery.id,
+            token,
+            status="retrying",
+            detail=detail,
+            next_attempt_at=when,
+            calls=calls,
+            attempt=attempt,
+        )
+        self._keep(delivery, retry)
+        return "retrying"
 
     def _look_at_mappings(self) -> None:
         if self.mappings is not None:
@@ -296,33 +314,18 @@ class Worker:
                 return "delivered"
             if isinstance(error, PermanentUpstreamError):
                 return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
-            overloaded = error.http_status in (429, 402) or "timeout" in error.detail
             if error.http_status == 429 and error.retry_after:
                 self.limiter.pause(min(error.retry_after, 60))
-            when = next_attempt(
-                attempt_no,
-                now=time.time(),
-                cycle_started_at=delivery.cycle_started_at,
-                max_attempts=self.settings.max_attempts,
-                max_age=self.settings.max_age,
-                retry_after=error.retry_after,
-                overloaded=overloaded,
-                schedule=self.settings.retry_schedule,
-            )
-            if when is None:
-                return self._fail(delivery, token, "exhausted", error.detail, calls=calls, attempt=attempt)
-            retry = partial(
-                self.store.finish,
-                delivery.id,
+            return self._retry_later(
+                delivery,
                 token,
-                status="retrying",
-                detail=error.detail,
-                next_attempt_at=when,
-                calls=calls,
+                error.detail,
+                attempt_no=attempt_no,
                 attempt=attempt,
+                calls=calls,
+                retry_after=error.retry_after,
+                overloaded=error.http_status in (429, 402) or "timeout" in error.detail,
             )
-            self._keep(delivery, retry)
-            return "retrying"
         # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
