@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +13,7 @@ from relay.errors import RequestRejected
 from relay.logs import redact_query
 from relay.settings import Settings
 
-__all__ = ["init_sentry", "report_delivery_failure", "scrubber"]
+__all__ = ["ReportThrottle", "init_sentry", "report_delivery_error", "report_delivery_failure", "scrubber"]
 
 _SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|signature|hmac|secret|api-?key", re.IGNORECASE)
 
@@ -83,13 +85,66 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
     return True
 
 
+REPORTS_A_KIND_EVERY = 60.0  # seconds between two reports of one kind (a source and a reason, or an error)
+
+
+class ReportThrottle:
+    """At most one report of a kind a minute, the next one saying how many were left out.
+
+    An upstream that refuses every call (a revoked token, a full account), or one bug met by every
+    webhook of a source, fails thousands of deliveries in minutes: a report each would spend the Sentry
+    quota and bury everything else. `relay overview` lists them all; Sentry needs to hear of each kind.
+    """
+
+    def __init__(self, seconds: float = REPORTS_A_KIND_EVERY) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.last: dict[tuple[str, ...], float] = {}
+        self.left_out: dict[tuple[str, ...], int] = {}
+
+    def due(self, kind: tuple[str, ...]) -> int | None:
+        """None when a report of `kind` is left out; else how many were left out since the last one."""
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last.get(kind, now - self.seconds) < self.seconds:
+                self.left_out[kind] = self.left_out.get(kind, 0) + 1
+                return None
+            self.last[kind] = now
+            return self.left_out.pop(kind, 0)
+
+
+_delivery_reports = ReportThrottle()
+
+
 def report_delivery_failure(message: str, *, source: str, delivery_id: str, reason: str) -> None:
-    """A delivery that failed for good is worth an alert, tagged so it can be found."""
+    """A delivery that failed for good is worth an alert, tagged so it can be found (one a minute of each
+    source and reason, see ReportThrottle)."""
     import sentry_sdk
 
-    if sentry_sdk.get_client().is_active():
-        with sentry_sdk.new_scope() as scope:
-            scope.set_tag("source", source)
-            scope.set_tag("delivery_id", delivery_id)
-            scope.set_tag("reason", reason)
-            sentry_sdk.capture_message(message, level="warning")
+    if not sentry_sdk.get_client().is_active():
+        return
+    left_out = _delivery_reports.due((source, reason))
+    if left_out is None:
+        return
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("source", source)
+        scope.set_tag("delivery_id", delivery_id)
+        scope.set_tag("reason", reason)
+        scope.set_extra("like_failures_not_reported_since_the_last", left_out)
+        sentry_sdk.capture_message(message, level="warning")
+
+
+def report_delivery_error(exc: BaseException, *, source: str, delivery_id: str) -> None:
+    """An error of relay's own on a delivery, tagged (one a minute of each source and error type)."""
+    import sentry_sdk
+
+    if not sentry_sdk.get_client().is_active():
+        return
+    left_out = _delivery_reports.due((source, type(exc).__name__))
+    if left_out is None:
+        return
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("source", source)
+        scope.set_tag("delivery_id", delivery_id)
+        scope.set_extra("like_errors_not_reported_since_the_last", left_out)
+        sentry_sdk.capture_exception(exc)

@@ -31,7 +31,7 @@ from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import WatchedSources
 from relay.pipeline import translate_request
 from relay.retry import next_attempt
-from relay.sentry import report_delivery_failure
+from relay.sentry import report_delivery_error, report_delivery_failure
 from relay.settings import Settings
 from relay.store import Attempt, Delivery, Store
 from relay.upstream.client import RateLimiter, UpstreamClient
@@ -168,7 +168,7 @@ class Worker:
                     self.process(delivery, token)
                 except Exception as exc:  # noqa: BLE001 - a bug: kept as retrying (below), else the lease
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
-                    _capture(exc, source=delivery.source, delivery_id=delivery.id)
+                    report_delivery_error(exc, source=delivery.source, delivery_id=delivery.id)
                     self._after_crash(delivery, token, exc)
 
     def _after_crash(self, delivery: Delivery, token: str, exc: Exception) -> None:
@@ -412,15 +412,6 @@ class Worker:
             profile_id=profile_id,
         )
         return attempt, error
-
-
-def _capture(exc: Exception, *, source: str, delivery_id: str) -> None:
-    import sentry_sdk
-
-    with sentry_sdk.new_scope() as scope:
-        scope.set_tag("source", source)
-        scope.set_tag("delivery_id", delivery_id)
-        sentry_sdk.capture_exception(exc)
 
 
 def cmd_worker(args: Any, settings: Settings) -> int:

@@ -126,34 +126,45 @@ def test_a_text_log_line_stays_one_line_whatever_a_sender_puts_in_it(tmp_path):
     assert path is not None and json.loads(path.group(1)) == '/hooks/a\rlevel=error\tx="y?'
 
 
-def test_worker_failures_reach_sentry_with_tags(tmp_path):
-    """A delivery that fails for good is reported with its source and delivery id as tags."""
+def test_worker_failures_reach_sentry_with_tags_one_a_minute_of_a_kind(tmp_path, monkeypatch):
+    """A delivery that fails for good is reported with its source and delivery id as tags. Of many that
+    fail alike (an upstream refusing every call, one bug met by every webhook of a source), one a minute
+    is reported, the next saying how many were left out: a report each spent the Sentry quota."""
+    import relay.sentry
     from relay.inbound import InboundRequest
+    from relay.sentry import ReportThrottle, init_sentry
     from relay.store import Store
     from relay.worker import Worker
 
+    monkeypatch.setattr(relay.sentry, "_delivery_reports", ReportThrottle(seconds=1.0))  # a minute in use
     transport = CapturingTransport()
     settings = make_settings(tmp_path, RELAY_UPSTREAM_URL="http://127.0.0.1:9/api")
-    from relay.sentry import init_sentry
-
     init_sentry(settings, transport=transport)
     try:
         store = Store(settings.database_url)
         worker = Worker(settings, store=store)
-        delivery_id = store.accept(
-            InboundRequest(source="tilda", body=b"Name=x", content_type=FORM),
-            dedup_key="w",
-            status="queued",
-            dedup_window=60,
-        ).id
-        worker.process(*store.claim(owner="t", limit=1, lease_seconds=30)[0])
+
+        def fail(source: str, key: str) -> str:
+            request = InboundRequest(source=source, body=b"Name=x", content_type=FORM)
+            delivery_id = store.accept(request, dedup_key=key, status="queued", dedup_window=60).id
+            [(delivery, token)] = store.claim(owner="t", limit=1, lease_seconds=30)
+            assert worker.process(delivery, token) == "failed"  # no e-mail, no phone: failed/mapping
+            return delivery_id
+
+        first = fail("tilda", "w0")
+        for n in range(1, 5):
+            fail("tilda", f"w{n}")
+        other = fail("jotform", "j0")
+        time.sleep(1.1)
+        later = fail("tilda", "w5")
         sentry_sdk.flush()
         worker.stop()
         store.close()
     finally:
         sentry_sdk.init()
-    tags = transport.events[0]["tags"]
-    assert tags["source"] == "tilda" and tags["delivery_id"] == delivery_id and tags["reason"] == "mapping"
+    reports = [(e["tags"]["source"], e["tags"]["delivery_id"], e["tags"]["reason"]) for e in transport.events]
+    assert reports == [("tilda", first, "mapping"), ("jotform", other, "mapping"), ("tilda", later, "mapping")]
+    assert [e["extra"]["like_failures_not_reported_since_the_last"] for e in transport.events] == [0, 0, 4]
 
 
 def _dockerfile_cmd() -> list[str]:
