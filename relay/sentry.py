@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from relay import __version__
@@ -119,32 +119,25 @@ _delivery_reports = ReportThrottle()
 def report_delivery_failure(message: str, *, source: str, delivery_id: str, reason: str) -> None:
     """A delivery that failed for good is worth an alert, tagged so it can be found (one a minute of each
     source and reason, see ReportThrottle)."""
-    import sentry_sdk
-
-    if not sentry_sdk.get_client().is_active():
-        return
-    left_out = _delivery_reports.due((source, reason))
-    if left_out is None:
-        return
-    with sentry_sdk.new_scope() as scope:
-        scope.set_tag("source", source)
-        scope.set_tag("delivery_id", delivery_id)
-        scope.set_tag("reason", reason)
-        scope.set_extra("like_failures_not_reported_since_the_last", left_out)
-        sentry_sdk.capture_message(message, level="warning")
+    _report_delivery(reason, source, delivery_id, lambda sdk: sdk.capture_message(message, level="warning"))
 
 
 def report_delivery_error(exc: BaseException, *, source: str, delivery_id: str) -> None:
     """An error of relay's own on a delivery, tagged (one a minute of each source and error type)."""
+    _report_delivery(type(exc).__name__, source, delivery_id, lambda sdk: sdk.capture_exception(exc))
+
+
+def _report_delivery(kind: str, source: str, delivery_id: str, capture: Callable[[Any], Any]) -> None:
     import sentry_sdk
 
     if not sentry_sdk.get_client().is_active():
         return
-    left_out = _delivery_reports.due((source, type(exc).__name__))
+    left_out = _delivery_reports.due((source, kind))
     if left_out is None:
         return
     with sentry_sdk.new_scope() as scope:
         scope.set_tag("source", source)
         scope.set_tag("delivery_id", delivery_id)
-        scope.set_extra("like_errors_not_reported_since_the_last", left_out)
-        sentry_sdk.capture_exception(exc)
+        scope.set_tag("reason", kind)
+        scope.set_extra("like_ones_not_reported_since_the_last", left_out)
+        capture(sentry_sdk)

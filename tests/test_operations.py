@@ -164,7 +164,7 @@ def test_worker_failures_reach_sentry_with_tags_one_a_minute_of_a_kind(tmp_path,
         sentry_sdk.init()
     reports = [(e["tags"]["source"], e["tags"]["delivery_id"], e["tags"]["reason"]) for e in transport.events]
     assert reports == [("tilda", first, "mapping"), ("jotform", other, "mapping"), ("tilda", later, "mapping")]
-    assert [e["extra"]["like_failures_not_reported_since_the_last"] for e in transport.events] == [0, 0, 4]
+    assert [e["extra"]["like_ones_not_reported_since_the_last"] for e in transport.events] == [0, 0, 4]
 
 
 def _dockerfile_cmd() -> list[str]:
