@@ -175,7 +175,7 @@ def _read_body(req: Request, limit: int) -> bytes:
     """The whole body, or an error: too large, or cut off.
 
     gunicorn hands over what arrived when a sender disconnects before the Content-Length it announced
-    (half a form, a phone number cut short, would have been stored and forwarded), and raises an OSError
+    (half a form, a phone number cut short, would have been stored and forwarded), and raises an error
     of its own for a chunked body cut off (NoMoreData, an OSError) or broken (a ParseException).
     """
     length = req.content_length
