@@ -253,7 +253,8 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 problems.append(f"{path}:1 example cannot be read: {exc}")
                 continue
-            problems.extend(f"{path}:1 {difference}" for difference in run_example(example, source))
+            differences = run_example(example, source, upstream_format=settings.upstream_format)
+            problems.extend(f"{path}:1 {difference}" for difference in differences)
     for path in example_files(settings.mappings_dir):
         if path.parent.name not in sources and path.parent.name not in {p.stem for p in files}:
             problems.append(f"{path}:1 example for unknown source {path.parent.name!r}")

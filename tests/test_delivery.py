@@ -152,7 +152,7 @@ def test_a_field_xml_cannot_spell_fails_for_the_mapping_before_anything_is_sent(
     shutil.copytree(MAPPINGS, folder)
     tilda = folder / "tilda.yaml"
     form_rule_end = '    full_name: "Name || name || ma_name"\n'  # after the form rule's fields
-    lead_source = '      "Lead Source": {path: utm_source}\n'
+    lead_source = '      "Lead Source": {path: lead_source}\n'
     tilda.write_text(tilda.read_text().replace(form_rule_end, lead_source + form_rule_end))
     assert '"Lead Source"' in tilda.read_text()
     settings = make_settings(
@@ -161,7 +161,7 @@ def test_a_field_xml_cannot_spell_fails_for_the_mapping_before_anything_is_sent(
     store = Store(settings.database_url)
     worker = Worker(settings, store=store)
     try:
-        delivery_id = accept(store, b"Email=a%40example.com&utm_source=ads", "k")
+        delivery_id = accept(store, b"Email=a%40example.com&lead_source=ads", "k")
         assert drain(store, worker, delivery_id) == "failed"
         delivery = store.get(delivery_id)
         assert (delivery.reason, delivery.detail) == (
@@ -174,11 +174,23 @@ def test_a_field_xml_cannot_spell_fails_for_the_mapping_before_anything_is_sent(
         worker.stop()
         store.close()
     form = tmp_path / "form.txt"
-    form.write_text("Email=a%40example.com&utm_source=ads")
+    form.write_text("Email=a%40example.com&lead_source=ads")
     env = {"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(folder)}
     shown = relay_command("preview", "--source", "tilda", "--format", "xml", str(form), env=env)
     assert shown.returncode == 1 and "'Lead Source' cannot be an XML element name" in shown.stderr
     assert relay_command("preview", "--source", "tilda", str(form), env=env).returncode == 0  # JSON carries it
+    # `relay check` runs the examples as the configured format would send them.
+    call = {"db_id": 1, "matching": "email_phone", "email": "a@example.com"}
+    data = {"email": "a@example.com", "Lead Source": "ads", "tags": {"action": "add", "value": ["tilda", "tilda_form"]}}
+    example = {
+        "request": {"body": "Email=a%40example.com&lead_source=ads", "content_type": FORM},
+        "expect": {"calls": [{"method": "profiles/import", "body": {**call, "data": data}}]},
+    }
+    (folder / "examples" / "tilda" / "lead-source.yaml").write_text(json.dumps(example))
+    assert relay_command("check", env=env).returncode == 0
+    checked = relay_command("check", env={**env, "RELAY_UPSTREAM_FORMAT": "xml"})
+    assert checked.returncode == 1
+    assert "lead-source.yaml:1 mapping error: rule 'form' builds a request that XML cannot carry" in checked.stderr
 
 
 def test_a_delivery_relay_fails_on_is_retried_with_why_not_left_to_its_lease(tmp_path):
