@@ -131,12 +131,15 @@ _METHOD_IN_PATH = re.compile(r"/profiles/[A-Za-z_]+$")
 
 
 def _shown_url(url: str) -> str:
-    """A URL as it may be printed: its password and query (where a token could be) replaced by ***."""
+    """A URL as it may be printed: its password and its query (where a token, or a database's
+    `?password=`, could be) replaced by ***; the rest as written (`sqlite:///var/relay.db` too)."""
     parts = urlsplit(url)
-    netloc = parts.netloc
+    shown = url
     if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
+        shown = shown.replace(":" + parts.password + "@", ":***@", 1)
+    if parts.query:
+        shown = shown.split("?", 1)[0] + "?***"
+    return shown
 
 
 def _region(text: str) -> str:
@@ -349,22 +352,11 @@ class Settings:
             value = getattr(self, attribute)
             if attribute in SECRET_SETTINGS:
                 shown[variable] = mask(value)
-            elif attribute == "database_url":
-                shown[variable] = _mask_url_password(str(value))
-            elif attribute == "upstream_url" and value is not None:
+            elif attribute in ("upstream_url", "database_url") and value is not None:
                 shown[variable] = _shown_url(value)
             else:
                 shown[variable] = "(unset)" if value is None else str(value)
         return shown
-
-
-def _mask_url_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is reported when the store opens
-        return "***"
 
 
 assert {f.name for f in fields(Settings)} - {"env"} == {a for a, *_ in _SPEC}

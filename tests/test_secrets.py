@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from relay.web import create_app
 
-from .conftest import SECRETS, captured_log_lines, make_settings
+from .conftest import SECRETS, captured_log_lines, make_settings, relay_command
 
 
 class CapturingTransport(Transport):
@@ -186,3 +186,19 @@ def test_a_wrong_sentry_dsn_is_refused_at_start_without_printing_it():
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"SENTRY_DSN": "sentry-key-in-the-wrong-place"})
     assert raised.value.problems == ["SENTRY_DSN=***: is not a Sentry DSN (Unsupported scheme '')"]
+
+
+def test_a_database_url_is_shown_without_its_password_wherever_it_is_written():
+    """libpq takes a password in the query too (`?password=`): the store's URL was shown with it at start
+    and in "the store at ... failed"; now the password and the query are masked, the rest as written."""
+    from relay.settings import Settings
+
+    shown = Settings.from_env({"RELAY_DATABASE_URL": "postgresql://relay@db/relay?password=pw-in-query"}).describe()
+    assert shown["RELAY_DATABASE_URL"] == "postgresql://relay@db/relay?***"
+    default = Settings.from_env({}).describe()
+    assert default["RELAY_DATABASE_URL"] == "sqlite:///var/relay.db"
+    done = relay_command(
+        "deliveries", env={"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": "postgresql://u:pw-in-url@127.0.0.1:1/x"}
+    )
+    assert done.returncode == 1 and "the store at postgresql://u:***@127.0.0.1:1/x failed" in done.stderr
+    assert "pw-in-url" not in done.stderr
