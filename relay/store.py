@@ -310,25 +310,28 @@ def _source_counts(source: str | None, since: float | None, until: float | None,
     and each row carries its body: counting them from the table read all of it (5 s for 100,000
     Shopify-sized deliveries with a cold cache)."""
 
-    def in_range(id_: Any) -> list[Any]:
-        bounds = [id_ >= _millis(since)] if since is not None else []
-        return bounds + ([id_ < _millis(until, plus=1)] if until is not None else [])
-
     others = [status for status in STATUSES if status != "delivered"]
     not_delivered = (
         select(deliveries.c.source, deliveries.c.status, deliveries.c.reason, func.count(), null())
-        .where(deliveries.c.status.in_(others), *in_range(deliveries.c.id))
+        .where(deliveries.c.status.in_(others), *_id_range(deliveries.c.id, since, until))
         .group_by(deliveries.c.source, deliveries.c.status, deliveries.c.reason)
     )
     # Without a source, a time range on the id itself takes SQLite to the primary key, and from there to
     # every row; with one, it walks that source's part of the (source, id) index, as PostgreSQL does.
     every_id = _unindexed(deliveries.c.id) if sqlite and source is None else deliveries.c.id
     every = select(deliveries.c.source, null(), null(), func.count(), func.max(deliveries.c.id))
-    every = every.where(*in_range(every_id)).group_by(deliveries.c.source)
+    every = every.where(*_id_range(every_id, since, until)).group_by(deliveries.c.source)
     if source is not None:
         not_delivered = not_delivered.where(_unindexed(deliveries.c.source) == source)
         every = every.where(deliveries.c.source == source)
     return union_all(not_delivered, every)
+
+
+def _id_range(id_: Any, since: float | None, until: float | None) -> list[Any]:
+    """Conditions on a delivery id (or an expression of it) for arrivals in [since, until), to the
+    millisecond: ids begin with the arrival's milliseconds."""
+    bounds = [id_ >= _millis(since)] if since is not None else []
+    return bounds + ([id_ < _millis(until, plus=1)] if until is not None else [])
 
 
 def _unindexed(column: Any) -> Any:
@@ -578,12 +581,13 @@ class Store:
             conditions.append(by_status.in_(statuses))
         if source:
             conditions.append((_unindexed(deliveries.c.source) if rare else deliveries.c.source) == source)
+        # The id bounds are implied by the time bounds (ids start with the arrival's milliseconds) and let
+        # the primary key find the range.
+        conditions += _id_range(deliveries.c.id, since, until)
         if since is not None:
-            # The id bound is implied by the time bound (ids start with the arrival's milliseconds)
-            # and lets the primary key find the range.
-            conditions += [deliveries.c.id >= _millis(since), deliveries.c.received_at >= since]
+            conditions.append(deliveries.c.received_at >= since)
         if until is not None:
-            conditions += [deliveries.c.id < _millis(until, plus=1), deliveries.c.received_at < until]
+            conditions.append(deliveries.c.received_at < until)
         return conditions
 
     def list_deliveries(self, *, limit: int = 50, before: str | None = None, **filters: Any) -> list[Delivery]:
