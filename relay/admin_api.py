@@ -266,18 +266,21 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             abort(400, description="the overview counts every status; filter by source, since or until")
         return jsonify(deliveries_overview(store, filters))
 
-    @bp.get("/deliveries/<delivery_id>")
-    def show(delivery_id: str) -> Response:
+    def existing(delivery_id: str) -> Delivery:
+        """The delivery with this id, or a 404 (an id that is no id is not looked up)."""
         delivery = store.get(delivery_id) if DELIVERY_ID.fullmatch(delivery_id) else None
         if delivery is None:
             abort(404, description="no such delivery")
+        return delivery
+
+    @bp.get("/deliveries/<delivery_id>")
+    def show(delivery_id: str) -> Response:
+        delivery = existing(delivery_id)
         return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id)))
 
     @bp.post("/deliveries/<delivery_id>/replay")
     def replay_one(delivery_id: str) -> tuple[Response, int]:
-        delivery = store.get(delivery_id) if DELIVERY_ID.fullmatch(delivery_id) else None
-        if delivery is None:
-            abort(404, description="no such delivery")
+        delivery = existing(delivery_id)
         status = "queued" if settings.upstream_url else "held"
         if not store.replay(delivery_id, to_status=status):
             return jsonify(
