@@ -96,8 +96,9 @@ class ReportThrottle:
     quota and bury everything else. `relay overview` lists them all; Sentry needs to hear of each kind.
     """
 
-    def __init__(self, seconds: float = REPORTS_A_KIND_EVERY) -> None:
+    def __init__(self, seconds: float = REPORTS_A_KIND_EVERY, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.clock = clock
         self.lock = threading.Lock()
         self.last: dict[tuple[str, ...], float] = {}
         self.left_out: dict[tuple[str, ...], int] = {}
@@ -105,7 +106,7 @@ class ReportThrottle:
     def due(self, kind: tuple[str, ...]) -> int | None:
         """None when a report of `kind` is left out; else how many were left out since the last one."""
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             if now - self.last.get(kind, now - self.seconds) < self.seconds:
                 self.left_out[kind] = self.left_out.get(kind, 0) + 1
                 return None
