@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 
+from relay import protocol_errors
 from relay.errors import ConfigError
 from relay.settings import Settings, dotenv_exported, export_dotenv
 
@@ -48,6 +49,8 @@ keepalive = 5
 accesslog = "-" if _settings.access_log else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 logger_class = "relay.access_log.AccessLogger"  # the path as it may be printed: no line break of a sender's
+# A request gunicorn cannot parse is answered by gunicorn itself: as JSON, like every error of relay's.
+protocol_errors.install()
 errorlog = "-"
 # Gunicorn's control socket (for gunicornc) defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl):
 # each master unlinks whatever is there and binds its own, so web nodes on one host would take it from each

@@ -202,3 +202,45 @@ def test_a_database_url_is_shown_without_its_password_wherever_it_is_written():
     )
     assert done.returncode == 1 and "the store at postgresql://u:***@127.0.0.1:1/x failed" in done.stderr
     assert "pw-in-url" not in done.stderr
+
+
+def test_requests_gunicorn_cannot_parse_get_json_and_their_tokens_stay_out_of_the_log(tmp_path):
+    """A request line gunicorn cannot parse (a hook URL pasted with a space in it is one) never reaches the
+    app: gunicorn answered it with an HTML page and wrote the line whole into its log, the hook's token
+    with it (here a sender that puts a query value on the wire unencoded). Its answers are JSON now, like every error of relay's, and token values are redacted."""
+    import socket
+
+    from relay.testing import RelayProcess
+
+    token = SECRETS["TILDA_WEBHOOK_TOKEN"]
+    env = {"RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}", "TILDA_WEBHOOK_TOKEN": token}
+    log = tmp_path / "relay.log"
+    relay = RelayProcess(env, log=log).start(timeout=60)
+
+    def exchange(request: bytes) -> tuple[int, str, dict[str, str]]:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        content_type = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-type:"))
+        return int(head.split()[1]), content_type.split(b":", 1)[1].strip().decode(), json.loads(body)
+
+    try:
+        pasted = exchange(f"POST /hooks/tilda?token={token}&name=Ivan\tPetrov HTTP/1.1\r\nHost: relay\r\n\r\n".encode())
+        too_long = exchange(f"POST /hooks/tilda?token={token}&x={'a' * 5000} HTTP/1.1\r\n\r\n".encode())
+        big_headers = exchange(b"POST /hooks/tilda HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n")
+    finally:
+        relay.stop()
+    assert pasted == (
+        400,
+        "application/json",
+        {"error": "bad_request", "detail": "Invalid Request Line 'Invalid HTTP request line: "
+         "'POST /hooks/tilda?token=***&name=Ivan\\tPetrov HTTP/1.1''"},
+    )
+    assert too_long[:2] == (414, "application/json") and too_long[2]["error"] == "uri_too_long"
+    assert big_headers[:2] == (431, "application/json") and big_headers[2]["error"] == "headers_too_large"
+    written = log.read_text(errors="replace")
+    assert "Invalid HTTP request line: 'POST /hooks/tilda?token=***&name=Ivan\\tPetrov HTTP/1.1'" in written
+    assert token not in written
