@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.mapping.schema import SOURCE_NAME
+from relay.replay_check import CHECKED_OVER_HTTP, check_replay
 from relay.settings import Settings
 from relay.store import DELIVERY_ID, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
@@ -297,7 +298,10 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             abort(400, description=NOT_REPLAYABLE.format(status=filters["status"]))
         if request.args.get("dry_run", "").lower() in ("1", "true", "yes"):
             found = store.replayable(**filters)
-            return jsonify({"would_replay": sum(found.values()), "by_status": found}), 200
+            answer: dict[str, Any] = {"would_replay": sum(found.values()), "by_status": found}
+            if found:
+                answer["with_mappings_now"] = check_replay(store, settings, filters, limit=CHECKED_OVER_HTTP)
+            return jsonify(answer), 200
         status = "queued" if settings.upstream_url else "held"
         count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202

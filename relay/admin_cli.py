@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary, parse_time
+from relay.replay_check import check_delivery, check_replay
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
 
@@ -57,16 +58,17 @@ def cmd_replay(args: Any, settings: Settings) -> int:
             if args.dry_run:
                 delivery = store.get(args.id)
                 taken = delivery is not None and delivery.status in REPLAYABLE
-                said = (
-                    f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}" if delivery else ""
-                )
+                said = ""
+                if delivery is not None and taken:
+                    said = f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}\n"
+                    said += _replay_check_line(check_delivery(delivery, settings))
             else:
                 taken = store.replay(args.id, to_status=status)
                 said = f"{args.id}: {status}"
             if not taken:
                 print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
                 return 1
-            print(said)
+            print(said.rstrip("\n"))
             return 0
         filters = _filters(args)
         if not any(filters.values()):
@@ -79,11 +81,36 @@ def cmd_replay(args: Any, settings: Settings) -> int:
             found = store.replayable(**filters)
             parts = ", ".join(f"{key} {count}" for key, count in found.items())
             print(f"would replay {sum(found.values())} deliveries" + (f": {parts}" if parts else ""))
+            if found:
+                print(_replay_check_lines(check_replay(store, settings, filters), sum(found.values())), end="")
             return 0
         print(f"replayed {store.replay_matching(to_status=status, **filters)} deliveries ({status})")
         return 0
     finally:
         store.close()
+
+
+def _replay_check_line(check: dict[str, Any]) -> str:
+    """What one delivery would do if replayed now."""
+    if check["errors"]:
+        return f"with the mapping files as they are now it still fails: {_one_line(check['errors'][0]['error'])}"
+    return "with the mapping files as they are now " + (
+        "its mapping ignores it" if check["ignored"] else "it translates"
+    )
+
+
+def _replay_check_lines(check: dict[str, Any], total: int) -> str:
+    """What the deliveries a replay takes would do with the mapping files as they are now, as lines."""
+    newest = "" if check["checked"] == total else f" (the newest {check['checked']:,} of them)"
+    lines = [
+        f"with the mapping files as they are now{newest}: {check['translate']:,} translate, "
+        f"{check['ignored']:,} ignored by their mapping, {check['still_fail']:,} still fail"
+    ]
+    lines += [
+        f"{error['count']:>8}  {error['source']}  {error['newest_id']}  {_one_line(error['error'])}"
+        for error in check["errors"]
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_overview(args: Any, settings: Settings) -> int:

@@ -15,6 +15,7 @@ from relay.inbound import InboundRequest, is_ping
 from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
+from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, translate_request
 from relay.settings import Settings
@@ -38,9 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     # out with a log line (its deliveries wait), rather than stop the worker and with it relay.
     worker.add_argument("--mappings-checked", action="store_true", help=argparse.SUPPRESS)
 
-    preview = commands.add_parser("preview", help="translate one payload file and print the calls")
-    preview.add_argument("--source", required=True)
-    preview.add_argument("file", help="payload file, or - for stdin")
+    preview = commands.add_parser("preview", help="translate a payload file, or a stored delivery, and print the calls")
+    preview.add_argument("--source")
+    preview.add_argument("file", nargs="?", help="payload file, or - for stdin")
+    preview.add_argument(
+        "--delivery",
+        metavar="ID",
+        type=_delivery_id,
+        help="instead of --source and a file: a stored delivery's request, translated as a replay would now",
+    )
     preview.add_argument("--content-type", dest="content_type")
     preview.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
     preview.add_argument("--client-ip", dest="client_ip")
@@ -179,27 +186,29 @@ def _guess_content_type(path: str) -> str | None:
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
-    sources = load_sources(settings.mappings_dir)
-    source = sources.get(args.source)
-    if source is None:
-        print(f"relay: unknown source {args.source!r} (known: {', '.join(sorted(sources))})", file=sys.stderr)
+    stored = None
+    if args.delivery and (args.source or args.file):
+        print("relay: give --source and a payload file, or --delivery ID, not both", file=sys.stderr)
         return 1
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    headers: dict[str, str] = {}
-    for header in args.header:
-        name, sep, value = header.partition(":")
-        if not sep:
-            print(f"relay: --header {header!r} must be 'Name: value'", file=sys.stderr)
+    if args.delivery:
+        stored = _stored_request(args.delivery, settings)
+        if stored is None:
             return 1
-        headers[name.strip()] = value.strip()
-    content_type = args.content_type or headers.get("Content-Type") or _guess_content_type(args.file)
-    request = InboundRequest(
-        source=source.name, body=body, content_type=content_type, headers=headers, client_ip=args.client_ip
-    )
+    elif not (args.source and args.file):
+        print("relay: give --source and a payload file (- for stdin), or --delivery ID", file=sys.stderr)
+        return 1
+    sources = load_sources(settings.mappings_dir)
+    name = stored.source if stored else args.source
+    source = sources.get(name)
+    if source is None:
+        print(f"relay: unknown source {name!r} (known: {', '.join(sorted(sources))})", file=sys.stderr)
+        return 1
+    request = stored or _request_from_file(args, source)
+    if request is None:
+        return 1
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=_geo(settings))
     try:
-        payload = parse_request(request)
-        if is_ping(source, request, payload):
+        if stored is None and is_ping(source, request, parse_request(request)):
             print("[]")
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
             return 0
@@ -220,6 +229,45 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         calls.append({"method": call.method, "body": to_xml(body_out) if args.format == "xml" else body_out})
     print(json.dumps(calls, ensure_ascii=False, indent=2))
     return 0
+
+
+def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
+    """The payload file as the provider would send it, with --content-type and --header."""
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep:
+            print(f"relay: --header {header!r} must be 'Name: value'", file=sys.stderr)
+            return None
+        headers[name.strip()] = value.strip()
+    content_type = args.content_type or headers.get("Content-Type") or _guess_content_type(args.file)
+    return InboundRequest(
+        source=source.name, body=body, content_type=content_type, headers=headers, client_ip=args.client_ip
+    )
+
+
+def _stored_request(delivery_id: str, settings: Settings) -> InboundRequest | None:
+    """A stored delivery's request, as the worker translates it (a replay's dry run, call by call)."""
+    from relay.store import Store, status_and_reason
+
+    store = Store(settings.database_url)
+    try:
+        delivery = store.get(delivery_id)
+    finally:
+        store.close()
+    if delivery is None:
+        print(f"relay: no delivery {delivery_id}", file=sys.stderr)
+        return None
+    taken = ""
+    if delivery.calls_done:
+        taken = f"; the upstream took its first {delivery.calls_done} call(s), which are not sent again"
+    print(
+        f"relay: delivery {delivery_id} ({status_and_reason(delivery.status, delivery.reason)}), "
+        f"translated with the mapping files as they are now{taken}",
+        file=sys.stderr,
+    )
+    return delivery.inbound()
 
 
 def _geo(settings: Settings):  # type: ignore[no-untyped-def]

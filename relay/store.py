@@ -590,8 +590,13 @@ class Store:
             conditions.append(deliveries.c.received_at < until)
         return conditions
 
-    def list_deliveries(self, *, limit: int = 50, before: str | None = None, **filters: Any) -> list[Delivery]:
+    def list_deliveries(
+        self, *, limit: int = 50, before: str | None = None, replayable: bool = False, **filters: Any
+    ) -> list[Delivery]:
+        """Newest first; `replayable`: only those a replay with these filters would take."""
         conditions = self._filters(**filters)
+        if replayable:
+            conditions = list(_replayable(*conditions))
         if before:
             conditions.append(deliveries.c.id < before)
         # The page's ids first, then its rows: sorting whole rows would carry every body along (5,000

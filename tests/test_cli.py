@@ -139,9 +139,16 @@ def test_deliveries_and_replay_commands(tmp_path):
     as_json = json.loads(relay("overview", "--source", "shopify", "--json").stdout)
     assert as_json["total"] == 0 and as_json["by_source"] == {}
     counted = relay("replay", "--status", "held", "--dry-run")
-    assert (counted.returncode, counted.stdout) == (0, "would replay 2 deliveries: held 2\n"), counted.stderr
+    assert (counted.returncode, counted.stdout) == (
+        0,
+        "would replay 2 deliveries: held 2\n"
+        "with the mapping files as they are now: 2 translate, 0 ignored by their mapping, 0 still fail\n",
+    ), counted.stderr
     one = relay("replay", ids[0], "--dry-run")
-    assert (one.returncode, one.stdout) == (0, f"would replay {ids[0]}: held\n"), one.stderr
+    assert (one.returncode, one.stdout) == (
+        0,
+        f"would replay {ids[0]}: held\nwith the mapping files as they are now it translates\n",
+    ), one.stderr
     none = relay("replay", "--source", "shopify", "--dry-run")
     assert (none.returncode, none.stdout) == (0, "would replay 0 deliveries\n"), none.stderr
     replayed = relay("replay", "--status", "held")  # the dry runs changed nothing: both are still there

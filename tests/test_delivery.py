@@ -559,3 +559,97 @@ def test_web_and_worker_start_while_the_store_is_away(tmp_path, sandbox, pg_url)
         app.extensions["relay"]["store"].close()
         if proxy.listener is not None:
             proxy.stop()
+
+
+def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_replayed(tmp_path, sandbox):
+    """The operator's round: webhooks fail for their mapping (the form's e-mail field is named `E-mail`),
+    the operator fixes the file, and before replaying asks whether the fix works on them. The dry run
+    translates each with the files as they are now and groups what would still fail; `preview --delivery`
+    shows one's calls. The replay that follows does what the dry run said."""
+    from relay.replay_check import check_replay
+    from relay.web import create_app
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    settings = make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(mappings), RELAY_UPSTREAM_URL=sandbox.api_url)
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    app = create_app(settings)
+    client = app.test_client()
+    hook = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
+    named = [client.post(hook, data={"E-mail": f"lead{n}@example.com", "Name": "Ivan"}).json["id"] for n in range(3)]
+    no_contact = client.post(hook, data={"Name": "Nobody", "tranid": "x1"}).json["id"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RELAY_DATABASE_URL": settings.database_url,
+        "RELAY_MAPPINGS_DIR": str(mappings),
+        "RELAY_UPSTREAM_URL": sandbox.api_url,
+        "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+    }
+    auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
+    try:
+        assert [drain(store, worker, delivery_id) for delivery_id in [*named, no_contact]] == ["failed"] * 4
+        cause = "rule 'form' matches by email_phone but the payload gives no usable email or phone"
+        before_the_fix = relay_command("replay", "--status", "failed", "--dry-run", env=env)
+        assert before_the_fix.stdout.splitlines() == [
+            "would replay 4 deliveries: failed/mapping 4",
+            "with the mapping files as they are now: 0 translate, 0 ignored by their mapping, 4 still fail",
+            f"       4  tilda  {no_contact}  {cause}",
+        ], before_the_fix.stderr
+
+        tilda = mappings / "tilda.yaml"
+        tilda.write_text(tilda.read_text().replace('"Email || email || ma_email"', '"Email || email || \\"E-mail\\""'))
+        after_the_fix = relay_command("replay", "--status", "failed", "--dry-run", env=env)
+        assert after_the_fix.stdout.splitlines() == [
+            "would replay 4 deliveries: failed/mapping 4",
+            "with the mapping files as they are now: 3 translate, 0 ignored by their mapping, 1 still fail",
+            f"       1  tilda  {no_contact}  {cause}",
+        ], after_the_fix.stderr
+        one = relay_command("replay", named[0], "--dry-run", env=env)
+        assert (
+            one.stdout
+            == f"would replay {named[0]}: failed/mapping\nwith the mapping files as they are now it translates\n"
+        )
+        over_http = client.post("/admin/api/replay?status=failed&dry_run=1", headers=auth).json["with_mappings_now"]
+        assert over_http == {
+            "checked": 4,
+            "translate": 3,
+            "ignored": 0,
+            "still_fail": 1,
+            "errors": [{"source": "tilda", "error": cause, "count": 1, "newest_id": no_contact}],
+        }
+        assert check_replay(store, settings, {"status": "failed"}, limit=2)["checked"] == 2  # the newest two
+
+        shown = relay_command("preview", "--delivery", named[1], env=env)
+        assert shown.returncode == 0, shown.stderr
+        [call] = json.loads(shown.stdout)
+        assert (call["body"]["email"], call["body"]["token"]) == ("lead1@example.com", "***")
+        assert (
+            f"delivery {named[1]} (failed/mapping), translated with the mapping files as they are now" in shown.stderr
+        )
+        refused = relay_command("preview", "--delivery", no_contact, env=env)
+        assert (refused.returncode, refused.stdout) == (1, "")
+        assert f"relay: mapping error: {cause}" in refused.stderr
+
+        # A fix that does not load is said to be one, for each delivery of its source.
+        good = tilda.read_text()
+        tilda.write_text(good + "\nrules: [\n")
+        broken = relay_command("replay", "--status", "failed", "--dry-run", env=env).stdout.splitlines()
+        assert broken[1].endswith("0 translate, 0 ignored by their mapping, 4 still fail")
+        assert "the mapping file of 'tilda' does not load: " in broken[2]
+        tilda.write_text(good)
+
+        assert client.post("/admin/api/replay?status=failed", headers=auth).json == {"replayed": 4}
+        assert [drain(store, worker, delivery_id) for delivery_id in [*named, no_contact]] == ["delivered"] * 3 + [
+            "failed"
+        ]
+        # A filter without a status: what a replay takes is the failed one, not the delivered ones.
+        left = relay_command("replay", "--source", "tilda", "--dry-run", env=env).stdout.splitlines()
+        assert left[:2] == [
+            "would replay 1 deliveries: failed/mapping 1",
+            "with the mapping files as they are now: 0 translate, 0 ignored by their mapping, 1 still fail",
+        ]
+    finally:
+        worker.stop()
+        store.close()
+        app.extensions["relay"]["store"].close()

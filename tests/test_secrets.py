@@ -205,9 +205,10 @@ def test_a_database_url_is_shown_without_its_password_wherever_it_is_written():
 
 
 def test_requests_gunicorn_cannot_parse_get_json_and_their_tokens_stay_out_of_the_log(tmp_path):
-    """A request line gunicorn cannot parse (a hook URL pasted with a space in it is one) never reaches the
-    app: gunicorn answered it with an HTML page and wrote the line whole into its log, the hook's token
-    with it (here a sender that puts a query value on the wire unencoded). Its answers are JSON now, like every error of relay's, and token values are redacted."""
+    """A request line gunicorn cannot parse (here a sender that puts a query value on the wire unencoded)
+    never reaches the app: gunicorn answered it with an HTML page and wrote the line whole into its log,
+    the hook's token with it. Its answers are JSON now, like every error of relay's, and token values
+    are redacted."""
     import socket
 
     from relay.testing import RelayProcess
@@ -236,8 +237,11 @@ def test_requests_gunicorn_cannot_parse_get_json_and_their_tokens_stay_out_of_th
     assert pasted == (
         400,
         "application/json",
-        {"error": "bad_request", "detail": "Invalid Request Line 'Invalid HTTP request line: "
-         "'POST /hooks/tilda?token=***&name=Ivan\\tPetrov HTTP/1.1''"},
+        {
+            "error": "bad_request",
+            "detail": "Invalid Request Line 'Invalid HTTP request line: "
+            "'POST /hooks/tilda?token=***&name=Ivan\\tPetrov HTTP/1.1''",
+        },
     )
     assert too_long[:2] == (414, "application/json") and too_long[2]["error"] == "uri_too_long"
     assert big_headers[:2] == (431, "application/json") and big_headers[2]["error"] == "headers_too_large"
