@@ -1,4 +1,7 @@
-"""Per-source request limits on the hook route.
+"""Per-source limits on the webhooks a hook takes.
+
+Only webhooks that passed authentication count: forged requests must not spend a source's
+allowance and have its provider's own webhooks answered 429.
 
 `memory://` counts per process in a fixed window (a dict and a lock: the
 `limits` library's memory storage starts a timer thread per key and window,

@@ -79,3 +79,17 @@ def test_limit_storage_away_lets_webhooks_through(tmp_path):
             assert len(warnings) == 1, lines
     finally:
         silent.close()
+
+
+def test_forged_requests_do_not_spend_a_sources_allowance(tmp_path):
+    """Counted before authentication, anyone who knew a hook's URL could spend its source's allowance with
+    forged requests, and the provider's own webhooks were answered 429: leads lost, since Tilda tries three
+    times in two minutes and Elementor once. Forged requests get 401 and count for nothing."""
+    app = create_app(make_settings(tmp_path, RELAY_HOOK_RATE_LIMIT="3 per hour"))
+    client = app.test_client()
+    forged = [
+        client.post("/hooks/tilda?token=guessed", data=f"Email=f{i}%40example.com".encode(), content_type=FORM)
+        for i in range(10)
+    ]
+    assert {response.status_code for response in forged} == {401}
+    assert [post(client, "tilda", i).status_code for i in range(4)] == [202, 202, 202, 429]
