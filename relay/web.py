@@ -38,6 +38,7 @@ from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
 from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
+from relay.mapping.schema import SOURCE_NAME
 from relay.mapping.translate import event_of, prepare_payload, select_rule
 from relay.pipeline import parse_request
 from relay.ratelimit import HookLimiter
@@ -108,6 +109,19 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                 503,
                 "mapping_unavailable",
                 f"the mapping file of {name!r} does not load; nothing was kept, send it again",
+            )
+            response.headers["Retry-After"] = "60"
+            return response, status
+        if source is None and (added := _added_since_start(settings.mappings_dir, name)) is not None:
+            # 503, not 404: a provider pointed at the new hook before the reload sends it again, where a
+            # 404 is final (Typeform disables the webhook at once).
+            metrics.received(name, "mapping_unavailable")
+            log.error("mapping file added since the web server started; its source answers 503", extra={"source": name})
+            response, status = _error(
+                503,
+                "mapping_unavailable",
+                f"{added} was added after the web server started and is not loaded yet; nothing was kept, send it "
+                "again (operator: `relay check`, then `kill -HUP <pid of relay run>`)",
             )
             response.headers["Retry-After"] = "60"
             return response, status
@@ -187,6 +201,16 @@ def _read_body(req: Request, limit: int) -> bytes:
             f"the body ended after {len(body)} of the {length} bytes its Content-Length announced; nothing was kept"
         )
     return body
+
+
+def _added_since_start(folder: str, name: str) -> str | None:
+    """The file name of `name`'s mapping when one is on disk though not loaded (added since the start)."""
+    if SOURCE_NAME.match(name) is None:
+        return None
+    for suffix in (".yaml", ".yml"):
+        if (Path(folder) / (name + suffix)).is_file():
+            return name + suffix
+    return None
 
 
 def _receive(

@@ -898,6 +898,43 @@ def test_a_web_worker_that_boots_with_a_broken_mapping_serves_the_other_sources(
         process.wait(timeout=30)
 
 
+def test_a_source_added_while_relay_runs_answers_503_until_the_reload(tmp_path):
+    """A mapping file added while the web server runs is read at its reload. A provider pointed at the new
+    hook before then got 404 `unknown_source`, final for most (Typeform disables the webhook at once); it
+    gets 503 with Retry-After now, which providers send again, and a detail that says what to do."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", folder)
+    settings = make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(folder), LANDING_WEBHOOK_TOKEN="tok")
+    app = create_app(settings)
+    text = (folder / "tilda.yaml").read_text()
+    (folder / "landing.yaml").write_text(
+        text.replace("source: tilda", "source: landing").replace("TILDA_WEBHOOK_TOKEN", "LANDING_WEBHOOK_TOKEN")
+    )
+    client = app.test_client()
+    try:
+        with captured_log_lines() as lines:
+            early = client.post("/hooks/landing?token=tok", data={"Email": "early@example.com"})
+        assert (early.status_code, early.headers["Retry-After"]) == (503, "60")
+        assert early.json == {
+            "error": "mapping_unavailable",
+            "detail": "landing.yaml was added after the web server started and is not loaded yet; nothing was "
+            "kept, send it again (operator: `relay check`, then `kill -HUP <pid of relay run>`)",
+        }
+        assert any("mapping file added since the web server started" in line for line in lines)
+        # A name with no file, or no source's name at all, is still unknown.
+        assert client.post("/hooks/nosuch", data={"a": "b"}).status_code == 404
+        assert client.post("/hooks/Landing", data={"a": "b"}).status_code == 404
+        assert client.post("/hooks/landing.yaml", data={"a": "b"}).status_code == 404
+    finally:
+        app.extensions["relay"]["store"].close()
+    reloaded = create_app(settings)  # as gunicorn's workers after `kill -HUP`
+    try:
+        again = reloaded.test_client().post("/hooks/landing?token=tok", data={"Email": "early@example.com"})
+        assert again.status_code == 202, again.json
+    finally:
+        reloaded.extensions["relay"]["store"].close()
+
+
 def test_gunicorn_refuses_to_start_on_a_broken_mapping(tmp_path):
     """`gunicorn app:app` started with a mapping file that does not load stops before any worker boots,
     with the file, line and key of each problem and no traceback."""
