@@ -64,6 +64,14 @@ def parse_body(body: bytes, content_type: str | None, *, check_depth: bool = Tru
     if mimetype in JSON_TYPES or mimetype.endswith("+json"):
         return _parse_json(body, options.get("charset"), check_depth=check_depth)
     if mimetype in FORM_TYPES:
+        if body[:64].lstrip()[:1] in (b"{", b"["):  # a form encoder writes a brace as %7B
+            try:
+                # JSON text labelled a form: what Google Apps Script's UrlFetchApp sends for `payload:
+                # JSON.stringify(...)` without `contentType`, whose default is form-urlencoded. Read as a
+                # form it was one field named by the whole text, and every such webhook failed its mapping.
+                return _parse_json(body, options.get("charset"), check_depth=check_depth)
+            except Unparsable:
+                pass  # a form after all, whose first field's name begins with a brace
         return _parse_form(body, options.get("charset"))
     if mimetype in MULTIPART_TYPES:
         return _parse_multipart(body, mimetype, options)

@@ -585,3 +585,20 @@ def test_a_multipart_part_without_a_name_is_left_out_and_the_rest_taken(client, 
     assert answer.status_code == 202, answer.get_json()
     [delivery] = app.extensions["relay"]["store"].list_deliveries()
     assert delivery.body == body
+
+
+def test_an_apps_script_post_of_json_labelled_a_form_is_accepted_and_translates(client, app):
+    """Google Forms reach relay through an Apps Script; `UrlFetchApp.fetch(url, {method: "post", payload:
+    JSON.stringify(e.namedValues)})` labels the JSON form-urlencoded. Its webhooks were accepted, then every
+    one failed its mapping (no e-mail in a form of one field named by the whole text)."""
+    from relay.mapping.translate import TranslateContext
+    from relay.pipeline import translate_request
+
+    body = json.dumps({"namedValues": {"Электронная почта": ["anna@example.ru"], "Имя": ["Анна"]}}).encode()
+    hook = "/hooks/google_forms?token=" + SECRETS["GOOGLE_FORMS_WEBHOOK_TOKEN"]
+    response = client.post(hook, data=body, content_type=FORM)
+    assert response.status_code == 202, response.get_json()
+    stored = app.extensions["relay"]["store"].get(response.get_json()["id"])
+    source = app.extensions["relay"]["sources"]["google_forms"]
+    [call] = translate_request(source, stored.inbound(), TranslateContext()).calls
+    assert call.body["email"] == "anna@example.ru"

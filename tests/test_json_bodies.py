@@ -133,3 +133,15 @@ def test_half_a_character_becomes_the_replacement_character_at_any_depth():
         "n": 1,
     }
     assert parse_body(b'"\\ud800"', "application/json") == "\ufffd"
+
+
+def test_json_text_labelled_a_form_is_read_as_json():
+    """Google Apps Script's UrlFetchApp labels a `payload: JSON.stringify(...)` form-urlencoded unless the
+    script says otherwise; read as a form it was one field named by the whole text. A real form writes a
+    brace as %7B, and one whose first field's name begins with a raw brace is still read as a form."""
+    form = "application/x-www-form-urlencoded"
+    sent = b' {"namedValues": {"Email": ["a@example.com"]}, "n": 12345678901234567890}'
+    assert parse_body(sent, form) == json.loads(sent)
+    assert parse_body(b"[1, 2]", form + "; charset=utf-8") == [1, 2]
+    assert parse_body(b"{x}=1&Email=a%40example.com", form) == {"{x}": "1", "Email": "a@example.com"}
+    assert parse_body(b"%7B%22a%22%3A1%7D=", form) == {'{"a":1}': ""}
