@@ -279,7 +279,7 @@ def _receive(
     log.info("accepted", extra={"source": source.name, "delivery_id": accepted.id, "event": event})
     metrics.received(source.name, "accepted")
     metrics.observe_ingress(time.perf_counter() - g.started)
-    return _json({"status": "accepted", "id": accepted.id}), 202
+    return _json({"status": "accepted", "id": accepted.id}), source.accepted_status
 
 
 def _error(status: int, code: str, detail: str) -> tuple[Response, int]:

@@ -602,3 +602,27 @@ def test_an_apps_script_post_of_json_labelled_a_form_is_accepted_and_translates(
     source = app.extensions["relay"]["sources"]["google_forms"]
     [call] = translate_request(source, stored.inbound(), TranslateContext()).calls
     assert call.body["email"] == "anna@example.ru"
+
+
+def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook(client, app):
+    """Elementor posts during the visitor's submit and showed the visitor an error for relay's 202 (its
+    webhook action throws on anything but 200); Webflow counted the 202 as a failure, sent the webhook again
+    and may deactivate it. Their mappings say `accepted_status: 200`; every other source answers 202."""
+    elementor = client.post(
+        "/hooks/elementor?token=" + SECRETS["ELEMENTOR_WEBHOOK_TOKEN"],
+        data=b"form%5Bid%5D=f1&fields%5Bemail%5D%5Bvalue%5D=e%40example.com&fields%5Bemail%5D%5Btype%5D=email",
+        content_type=FORM,
+    )
+    assert (elementor.status_code, elementor.get_json()["status"]) == (200, "accepted")
+    body = json.dumps({"triggerType": "form_submission", "payload": {"id": "w1", "data": {"email": "w@example.com"}}})
+    stamp = str(int(time.time() * 1000))
+    digest = hmac.new(SECRETS["WEBFLOW_WEBHOOK_SECRET"].encode(), f"{stamp}:{body}".encode(), hashlib.sha256)
+    signed = {"x-webflow-timestamp": stamp, "x-webflow-signature": digest.hexdigest()}
+    webflow = client.post("/hooks/webflow", data=body, content_type="application/json", headers=signed)
+    assert (webflow.status_code, webflow.get_json()["status"]) == (200, "accepted")
+    store = app.extensions["relay"]["store"]
+    assert store.get(elementor.get_json()["id"]) is not None and store.get(webflow.get_json()["id"]) is not None
+    tilda = client.post(TILDA, data=b"Email=t%40example.com", content_type=FORM)
+    assert (tilda.status_code, tilda.get_json()["status"]) == (202, "accepted")
+    sources = app.extensions["relay"]["sources"]
+    assert {name for name, source in sources.items() if source.accepted_status == 200} == {"elementor", "webflow"}

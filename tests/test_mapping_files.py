@@ -53,6 +53,7 @@ def test_good_file_loads(tmp_path):
             ("email: {path: email, transform: email}", "phone: {path: phone}"),
             "rules.0.match: matching 'email' needs match keys: email",
         ),
+        (("rules:", "accepted_status: 201\nrules:"), "demo.yaml:4 accepted_status: Must be one of: 200, 202."),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path, change, expected):

@@ -66,6 +66,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             event_header=(loaded["event"] or {}).get("header"),
             event_path=(loaded["event"] or {}).get("path"),
             decode_json=tuple(loaded["decode_json"]),
+            accepted_status=loaded["accepted_status"],
             payload_schema=loaded["payload"],
             rules=tuple(loaded["rules"]),
         ),

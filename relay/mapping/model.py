@@ -141,5 +141,6 @@ class Source:
     event_header: str | None = None
     event_path: str | None = None
     decode_json: tuple[str, ...] = ()
+    accepted_status: int = 202
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     rules: tuple[Rule, ...] = ()

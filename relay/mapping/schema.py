@@ -507,6 +507,9 @@ class MappingFileSchema(StrictSchema):
     ip = fields.Nested(IpSchema, load_default=dict)
     event = fields.Nested(EventSchema, load_default=None)
     decode_json = fields.List(fields.String(), load_default=list)
+    # The status of an accepted webhook's answer: 202, or 200 for the providers that take nothing else as
+    # success (Elementor shows the visitor an error, Webflow retries and may deactivate the webhook).
+    accepted_status = fields.Integer(load_default=202, validate=validate.OneOf([200, 202]))
     payload = fields.Nested(PayloadSchemaSchema, load_default=None)
     rules = fields.List(fields.Nested(RuleSchema), required=True, validate=validate.Length(min=1))
 
