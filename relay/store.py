@@ -93,6 +93,9 @@ T = TypeVar("T")
 # with VACUUM INTO, a long export) holds checkpoints back, and the WAL grows with every webhook meanwhile:
 # 20,000 webhooks of 3 KB made it 670 MB. Without a limit the file stays that size until relay stops.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# The WAL's size, in pages, at which a commit checkpoints by itself (SQLite's default is 1,000): the
+# group writer's thread checkpoints meanwhile (relay.store_writes.Checkpointer), off the commits' path.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 CONTENT_TYPE_LENGTH = 255  # the ingress refuses a longer Content-Type (the worker parses the body by it)
 PROFILE_ID_LENGTH = 64  # the upstream's ids are 24 hex digits; a longer one is not kept (see _profile_id)
 
@@ -373,6 +376,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -400,6 +404,7 @@ class Store:
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.dialect = parsed.get_backend_name()
         self._lock_path: str | None = None
+        self.on_disk = False  # a SQLite file, whose WAL a thread checkpoints (not :memory:, not PostgreSQL)
         self._thread_lock = threading.Lock()
         self._lock_pid = 0
         self._lock_fd = -1
@@ -409,6 +414,7 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = database + ".lock"
+                self.on_disk = True
             connect_args = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
             self.engine = create_engine(parsed, connect_args=connect_args)
             _sqlite_setup(self.engine)

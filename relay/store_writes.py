@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_TIMEOUT_SECONDS",
+    "CHECKPOINT_SECONDS",
     "DELIVERY_COLUMNS",
     "Executor",
     "GroupWriter",
@@ -241,6 +242,49 @@ class _Write:
         self.queued_at = time.monotonic()
 
 
+CHECKPOINT_SECONDS = 0.25
+
+
+class Checkpointer:
+    """Copies the WAL into the database file from a thread of its own, so that commits need not.
+
+    SQLite checkpoints from inside a COMMIT once the WAL holds `wal_autocheckpoint` pages, and the
+    group writer holds the write lock meanwhile: every write queued behind it waits. On a slow disk
+    that was one commit in 170 taking 13-16 ms against 0.2 ms, the writes waiting behind it, the
+    ingress p99 at 300 requests/s 29-39 ms. This thread runs a PASSIVE checkpoint every
+    CHECKPOINT_SECONDS, which never waits for writers nor makes them wait; the commits' own
+    checkpoint (at 10,000 pages, see relay.store) then finds little left to copy and comes ten
+    times less often: it is the one that lets the WAL start over, once no writer is adding to it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="relay-checkpoint", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            connection = self.store.engine.raw_connection()
+        except Exception:  # noqa: BLE001 - the commits checkpoint by themselves
+            return
+        try:
+            cursor = connection.cursor()
+            while not self.stopped.wait(CHECKPOINT_SECONDS):
+                # Busy (another process's checkpoint under way) is an answer, not an error.
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:  # noqa: BLE001 - a store closed or removed under it: the commits checkpoint by themselves
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
 class GroupWriter:
     """Runs the writes of every thread of a process, many to a transaction, with no thread of its own.
 
@@ -267,6 +311,7 @@ class GroupWriter:
         self.connection: Any = None
         self.cursor: Any = None
         self.pid = 0
+        self.checkpointer: Checkpointer | None = None
 
     def run(self, job: Callable[[Executor], T]) -> T:
         write = _Write(job)
@@ -289,7 +334,9 @@ class GroupWriter:
             if self.connection is not None and self.pid == os.getpid():
                 self.cursor.close()
                 self.connection.close()
-            self.connection = self.cursor = None
+                if self.checkpointer is not None:
+                    self.checkpointer.stop()
+            self.connection = self.cursor = self.checkpointer = None
 
     def _commit_group(self, group: list[_Write]) -> None:
         waited = time.monotonic() - group[0].queued_at  # the oldest: writes queue in order
@@ -320,6 +367,8 @@ class GroupWriter:
             self.connection = self.store.engine.raw_connection()  # a forked child opens its own
             self.cursor = self.connection.cursor()
             self.pid = os.getpid()
+            # Threads do not survive a fork: each process that writes runs its own.
+            self.checkpointer = Checkpointer(self.store) if self.store.on_disk else None
         cursor = self.cursor
         executor = DriverExecutor(cursor)
         shortened = waited > 1.0  # not under load (milliseconds), only while something holds SQLite's lock
