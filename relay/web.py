@@ -238,9 +238,9 @@ def _receive(
     if wait is not None:
         metrics.received(source.name, "rate_limited")
         log.info("rate limited", extra={"source": source.name, "limit": limiter.spec})
-        response, status = _error(429, "rate_limited", f"over {limiter.spec} for {source.name}; retry later")
+        response, code = _error(429, "rate_limited", f"over {limiter.spec} for {source.name}; retry later")
         response.headers["Retry-After"] = str(wait)
-        return response, status
+        return response, code
     inbound = InboundRequest(
         source=source.name,
         body=body,
