@@ -243,6 +243,16 @@ class _Write:
 
 
 CHECKPOINT_SECONDS = 0.25
+# Held while a checkpoint thread is inside SQLite, and by a fork: a child forked in the middle of a
+# checkpoint would inherit SQLite's mutexes held by a thread it does not have, and hang at its first
+# statement (a multiprocessing child in the tests did, opening its own store). A fork waits for the
+# checkpoint under way instead; gunicorn's master, which forks the web workers, runs none.
+_CHECKPOINTING = threading.Lock()
+os.register_at_fork(
+    before=_CHECKPOINTING.acquire,
+    after_in_parent=_CHECKPOINTING.release,
+    after_in_child=_CHECKPOINTING.release,
+)
 
 
 class Checkpointer:
@@ -270,18 +280,20 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            connection = self.store.engine.raw_connection()
+            with _CHECKPOINTING:
+                connection = self.store.engine.raw_connection()
         except Exception:  # noqa: BLE001 - the commits checkpoint by themselves
             return
         try:
             cursor = connection.cursor()
             while not self.stopped.wait(CHECKPOINT_SECONDS):
-                # Busy (another process's checkpoint under way) is an answer, not an error.
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with _CHECKPOINTING:
+                    # Busy (another process's checkpoint under way) is an answer, not an error.
+                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except Exception:  # noqa: BLE001 - a store closed or removed under it: the commits checkpoint by themselves
             return
         finally:
-            with contextlib.suppress(Exception):
+            with _CHECKPOINTING, contextlib.suppress(Exception):
                 connection.close()
 
 
