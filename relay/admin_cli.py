@@ -80,14 +80,18 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         if args.dry_run:
             found = store.replayable(**filters)
             parts = ", ".join(f"{key} {count}" for key, count in found.items())
-            print(f"would replay {sum(found.values())} deliveries" + (f": {parts}" if parts else ""))
+            print(f"would replay {_deliveries(sum(found.values()))}" + (f": {parts}" if parts else ""))
             if found:
                 print(_replay_check_lines(check_replay(store, settings, filters), sum(found.values())), end="")
             return 0
-        print(f"replayed {store.replay_matching(to_status=status, **filters)} deliveries ({status})")
+        print(f"replayed {_deliveries(store.replay_matching(to_status=status, **filters))} ({status})")
         return 0
     finally:
         store.close()
+
+
+def _deliveries(count: int) -> str:
+    return f"{count:,} delivery" if count == 1 else f"{count:,} deliveries"
 
 
 def _replay_check_line(check: dict[str, Any]) -> str:

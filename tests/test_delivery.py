@@ -646,7 +646,7 @@ def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_re
         # A filter without a status: what a replay takes is the failed one, not the delivered ones.
         left = relay_command("replay", "--source", "tilda", "--dry-run", env=env).stdout.splitlines()
         assert left[:2] == [
-            "would replay 1 deliveries: failed/mapping 1",
+            "would replay 1 delivery: failed/mapping 1",
             "with the mapping files as they are now: 0 translate, 0 ignored by their mapping, 1 still fail",
         ]
     finally:
