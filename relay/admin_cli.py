@@ -60,15 +60,17 @@ def cmd_replay(args: Any, settings: Settings) -> int:
                 taken = delivery is not None and delivery.status in REPLAYABLE
                 said = ""
                 if delivery is not None and taken:
-                    said = f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}\n"
-                    said += _replay_check_line(check_delivery(delivery, settings))
+                    said = (
+                        f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}\n"
+                        + _replay_check_line(check_delivery(delivery, settings))
+                    )
             else:
                 taken = store.replay(args.id, to_status=status)
                 said = f"{args.id}: {status}"
             if not taken:
                 print(f"relay: {args.id} is not failed or held (or does not exist)", file=sys.stderr)
                 return 1
-            print(said.rstrip("\n"))
+            print(said)
             return 0
         filters = _filters(args)
         if not any(filters.values()):

@@ -36,7 +36,7 @@ from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
-from relay.mapping.loader import load_sources_leniently
+from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.mapping.translate import event_of, prepare_payload, select_rule
@@ -103,28 +103,21 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         name = name.removesuffix("/")
         source = sources.get(name)
         if source is None and name in broken:
-            metrics.received(name, "mapping_unavailable")
-            log.error("mapping file does not load", extra={"source": name, "problems": broken[name]})
-            response, status = _error(
-                503,
-                "mapping_unavailable",
+            return _mapping_unavailable(
+                name,
+                "mapping file does not load",
                 f"the mapping file of {name!r} does not load; nothing was kept, send it again",
+                problems=broken[name],
             )
-            response.headers["Retry-After"] = "60"
-            return response, status
         if source is None and (added := _added_since_start(settings.mappings_dir, name)) is not None:
             # 503, not 404: a provider pointed at the new hook before the reload sends it again, where a
             # 404 is final (Typeform disables the webhook at once).
-            metrics.received(name, "mapping_unavailable")
-            log.error("mapping file added since the web server started; its source answers 503", extra={"source": name})
-            response, status = _error(
-                503,
-                "mapping_unavailable",
+            return _mapping_unavailable(
+                name,
+                "mapping file added since the web server started; its source answers 503",
                 f"{added} was added after the web server started and is not loaded yet; nothing was kept, send it "
                 "again (operator: `relay check`, then `kill -HUP <pid of relay run>`)",
             )
-            response.headers["Retry-After"] = "60"
-            return response, status
         if source is None:
             raise UnknownSource(f"no mapping file for source {name!r}")
         g.source = name
@@ -203,11 +196,20 @@ def _read_body(req: Request, limit: int) -> bytes:
     return body
 
 
+def _mapping_unavailable(name: str, event: str, detail: str, **extra: Any) -> tuple[Response, int]:
+    """503 with Retry-After for a source whose mapping file is on disk but not served: the sender sends again."""
+    metrics.received(name, "mapping_unavailable")
+    log.error(event, extra={"source": name, **extra})
+    response, status = _error(503, "mapping_unavailable", detail)
+    response.headers["Retry-After"] = "60"
+    return response, status
+
+
 def _added_since_start(folder: str, name: str) -> str | None:
     """The file name of `name`'s mapping when one is on disk though not loaded (added since the start)."""
-    if SOURCE_NAME.match(name) is None:
+    if SOURCE_NAME.fullmatch(name) is None:
         return None
-    for suffix in (".yaml", ".yml"):
+    for suffix in MAPPING_SUFFIXES:
         if (Path(folder) / (name + suffix)).is_file():
             return name + suffix
     return None

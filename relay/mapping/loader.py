@@ -15,13 +15,23 @@ from relay.mapping.model import Source
 from relay.mapping.schema import MappingFileSchema
 from relay.mapping.yamlnodes import LineTable, line_of, load_with_lines
 
-__all__ = ["load_source_file", "load_sources", "load_sources_leniently", "mapping_files", "referenced_variables"]
+__all__ = [
+    "MAPPING_SUFFIXES",
+    "load_source_file",
+    "load_sources",
+    "load_sources_leniently",
+    "mapping_files",
+    "referenced_variables",
+]
+
+
+MAPPING_SUFFIXES = (".yaml", ".yml")  # `<source>.yaml`: a mapping file is named after its source
 
 
 def mapping_files(folder: str | Path) -> list[Path]:
     """The mapping files of `folder`, sorted (examples live in a subfolder)."""
     root = Path(folder)
-    return sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
+    return sorted(path for suffix in MAPPING_SUFFIXES for path in root.glob("*" + suffix))
 
 
 def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
