@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from relay.mapping.transforms import TransformContext, apply_transform
@@ -48,6 +50,19 @@ def test_email(raw, expected):
 def test_dates(raw, order, expected):
     """Day-first and month-first dates are read as declared."""
     assert apply_transform("date", {"order": order} if order else None, raw, CTX) == expected
+
+
+@pytest.mark.parametrize("zone", ["America/Sao_Paulo", "Asia/Tokyo"])
+def test_epoch_times_read_in_utc_whatever_the_servers_zone(monkeypatch, zone):
+    """HubSpot's date of birth is midnight UTC in milliseconds: the same day on a server west or east of UTC."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert apply_transform("date", None, 631152000000, CTX) == "1990-01-01"
+        assert apply_transform("datetime", None, 1680448099, CTX) == "2023-04-02T15:08:19Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_name_split_and_map():

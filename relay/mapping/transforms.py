@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -165,7 +165,9 @@ def _parse_when(value: Any, arg: Any) -> datetime | None:
     if isinstance(value, (int, float)):
         seconds = value / 1000 if value > 10**11 else value  # milliseconds or seconds
         try:
-            return datetime.fromtimestamp(seconds).astimezone()
+            # In UTC, not the server's zone: HubSpot's dates are midnight UTC, and the same payload must
+            # translate the same on every machine (a server west of UTC gave the day before).
+            return datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     text = str(value).strip()
