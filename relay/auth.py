@@ -1,15 +1,17 @@
 """Authenticate a webhook from its raw bytes, before anything parses them.
 
 One configurable HMAC verifier covers the signing providers (header, algorithm,
-hex or base64, prefix, what is signed, timestamp and tolerance); token sources
-compare `?token=` or `X-Relay-Token`. Every comparison is `hmac.compare_digest`.
-A source whose secret is unset refuses everything, naming the variable: fail
-closed. Several secrets may be set at once, for rotation.
+hex or base64, prefix, what is signed: the body with the timestamp, method, URL
+or another header around it, timestamp and tolerance, how the key is written);
+token sources compare `?token=` or `X-Relay-Token`. Every comparison is
+`hmac.compare_digest`. A source whose secret is unset refuses everything, naming
+the variable: fail closed. Several secrets may be set at once, for rotation.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from relay.errors import AuthenticationFailed
 from relay.inbound import header_value
 from relay.mapping import envrefs
-from relay.mapping.model import AuthSpec, Source
+from relay.mapping.model import AuthSpec, Source, signed_parts
 
 __all__ = ["authenticate", "missing_secrets"]
 
@@ -55,8 +57,12 @@ def authenticate(
     query: Mapping[str, str],
     env: Mapping[str, str],
     now: float | None = None,
+    method: str = "POST",
+    url: str | None = None,
 ) -> None:
     """Return when the request is genuine.
+
+    `method` and `url` (the address the sender called) are needed only by a source that signs them.
 
     Raises:
         AuthenticationFailed: with a detail that names what is wrong (never a secret).
@@ -76,10 +82,65 @@ def authenticate(
         if not any(hmac.compare_digest(offered.encode(), s.encode()) for s in secrets):
             raise AuthenticationFailed("wrong token")
         return
-    _verify_hmac(auth, body=body, headers=headers, secrets=secrets, now=time.time() if now is None else now)
+    _verify_hmac(
+        auth,
+        body=body,
+        headers=headers,
+        secrets=secrets,
+        now=time.time() if now is None else now,
+        method=method,
+        url=url,
+    )
 
 
-def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], secrets: list[str], now: float) -> None:
+def _key(secret: str, encoding: str) -> bytes | None:
+    """The HMAC key a secret stands for; None when it cannot be one (not hex, not base64)."""
+    try:
+        if encoding == "hex":
+            return bytes.fromhex(secret)
+        if encoding == "base64":
+            # Standard Webhooks secrets are written whsec_<base64 of the key>.
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return secret.encode()
+
+
+def _signed_message(
+    auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], timestamp: str | None, method: str, url: str | None
+) -> bytes:
+    pieces: list[bytes] = []
+    for literal, placeholder in signed_parts(auth.signed):
+        pieces.append(literal.encode())
+        if placeholder == "body":
+            pieces.append(body)
+        elif placeholder == "timestamp":
+            pieces.append((timestamp or "").encode())
+        elif placeholder == "method":
+            pieces.append(method.upper().encode())
+        elif placeholder == "url":
+            if url is None:
+                raise AuthenticationFailed("the signature covers the URL, which relay could not tell")
+            pieces.append(url.encode())
+        elif placeholder:  # header:<name>
+            name = placeholder.partition(":")[2]
+            value = header_value(headers, name)
+            if value is None:
+                raise AuthenticationFailed(f"missing header {name}, which the signature covers")
+            pieces.append(value.encode())
+    return b"".join(pieces)
+
+
+def _verify_hmac(
+    auth: AuthSpec,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: list[str],
+    now: float,
+    method: str,
+    url: str | None,
+) -> None:
     assert auth.header is not None
     raw = header_value(headers, auth.header)
     if not raw:
@@ -92,7 +153,11 @@ def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], sec
         if timestamp is None or not offered:
             raise AuthenticationFailed(f"{auth.header} lacks {auth.timestamp_field}= or {auth.signature_field}=")
     else:
-        offered = [s.strip() for s in raw.split(",")] if "," in raw and auth.encoding == "hex" else [raw.strip()]
+        # Several signatures during a rotation: separated by spaces (Standard Webhooks' `v1,<sig> v1,<sig>`),
+        # or by commas between hex ones (a comma is never part of a hex signature).
+        offered = [raw.strip()] if any(c.isspace() for c in auth.prefix) else raw.split()
+        if auth.encoding == "hex":
+            offered = [part.strip() for item in offered for part in item.split(",") if part.strip()]
         if auth.timestamp_header:
             timestamp = header_value(headers, auth.timestamp_header)
             if not timestamp:
@@ -104,14 +169,12 @@ def _verify_hmac(auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], sec
             raise AuthenticationFailed("timestamp is not a number") from None
         if abs(now - sent) > auth.tolerance:
             raise AuthenticationFailed(f"timestamp outside the {auth.tolerance} s tolerance")
-    message = auth.signed.replace("{timestamp}", timestamp or "").encode().split(b"{body}")
-    signed = body.join(message)
+    signed = _signed_message(auth, body=body, headers=headers, timestamp=timestamp, method=method, url=url)
     algorithm = getattr(hashlib, auth.algorithm)
     for secret in secrets:
-        try:
-            key = bytes.fromhex(secret) if auth.hex_key else secret.encode()
-        except ValueError:
-            continue  # a secret that is not hex cannot match a hex-key scheme
+        key = _key(secret, auth.key_encoding)
+        if key is None:
+            continue  # a secret that is not hex (or base64) cannot match such a scheme
         digest = hmac.new(key, signed, algorithm).digest()
         expected = digest.hex() if auth.encoding == "hex" else base64.b64encode(digest).decode()
         expected = auth.prefix + expected

@@ -341,9 +341,14 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name}")
         if source.description:
             print(f"  about:    {source.kind}: {source.description}")
-        print(f"  url:      /hooks/{name}")
+        print(f"  url:      {settings.public_url or ''}/hooks/{name}")
         print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
         print(f"  status:   {state}")
+        if auth.scheme == "hmac" and "{url}" in auth.signed and not settings.public_url:
+            print(
+                "  note:     signs the URL it calls: set RELAY_PUBLIC_URL to relay's address as the provider "
+                "calls it (else the scheme and host come from the request)"
+            )
         forwards = []
         for rule in source.rules:
             events = ", ".join(rule.events) if rule.events else "any event"

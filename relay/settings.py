@@ -130,6 +130,18 @@ def _url(text: str) -> str:
 _METHOD_IN_PATH = re.compile(r"/profiles/[A-Za-z_]+$")
 
 
+def _public_url(text: str) -> str:
+    """Relay's own address as providers call it (`https://relay.example.com`, with a path when a proxy
+    serves relay under one): a source that signs the URL it called (HubSpot) is verified against it."""
+    value = text.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must start with http:// or https:// and name a host (https://relay.example.com)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("is relay's address alone: no query string, fragment or credentials")
+    return value
+
+
 def _shown_url(url: str) -> str:
     """A URL as it may be printed: its password and its query (where a token, or a database's
     `?password=`, could be) replaced by ***; the rest as written (`sqlite:///var/relay.db` too)."""
@@ -242,6 +254,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("admin_token", "RELAY_ADMIN_TOKEN", _text, None),
     ("max_body_bytes", "RELAY_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
     ("trusted_proxies", "RELAY_TRUSTED_PROXIES", _non_negative_int, "0"),
+    ("public_url", "RELAY_PUBLIC_URL", _public_url, None),
     ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _rate_limit, "1000 per second"),
     ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _limit_storage, "memory://"),
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
@@ -285,6 +298,7 @@ class Settings:
     admin_token: str | None = field(repr=False)
     max_body_bytes: int
     trusted_proxies: int
+    public_url: str | None
     hook_rate_limit: str
     rate_limit_storage: str
     phone_region: str

@@ -215,6 +215,30 @@ def _added_since_start(folder: str, name: str) -> str | None:
     return None
 
 
+def _called_url(req: Request, settings: Settings) -> str:
+    """The URL the sender called, for a source that signs it (HubSpot): RELAY_PUBLIC_URL and the request
+    target as sent (its query in the sender's order and escapes), or else the scheme and host the request
+    names, from X-Forwarded-Proto and X-Forwarded-Host when RELAY_TRUSTED_PROXIES proxies set them."""
+    environ = req.environ
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    if not target.startswith("/"):  # absent, or an absolute-form target: rebuilt from its parts
+        query = environ.get("QUERY_STRING", "")
+        target = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    if settings.public_url:
+        return settings.public_url + target
+    scheme, host = req.scheme, req.host
+    if settings.trusted_proxies > 0:
+        scheme = _forwarded(req.headers.get("X-Forwarded-Proto"), settings.trusted_proxies) or scheme
+        host = _forwarded(req.headers.get("X-Forwarded-Host"), settings.trusted_proxies) or host
+    return f"{scheme}://{host}{target}"
+
+
+def _forwarded(value: str | None, trusted: int) -> str | None:
+    """The value the outermost trusted proxy set in a comma-separated X-Forwarded-* header."""
+    hops = [hop.strip() for hop in (value or "").split(",") if hop.strip()]
+    return hops[-trusted] if len(hops) >= trusted else None
+
+
 def _receive(
     req: Request, source: Source, settings: Settings, store: Store, limiter: HookLimiter
 ) -> tuple[Response, int]:
@@ -232,7 +256,15 @@ def _receive(
             log.info("unsigned ping answered", extra={"source": source.name})
             metrics.received(source.name, "ping")
             return _json({"status": "ping"}), 200
-    authenticate(source, body=body, headers=headers, query=req.args, env=settings.env)
+    authenticate(
+        source,
+        body=body,
+        headers=headers,
+        query=req.args,
+        env=settings.env,
+        method=req.method,
+        url=_called_url(req, settings) if "{url}" in source.auth.signed else None,
+    )
     # Only webhooks that pass authentication count against their source's limit: counted before it, anyone
     # who knows a hook's URL could spend the allowance with forged requests and have the provider's own
     # webhooks answered 429 (Tilda tries three times in two minutes, Elementor once).

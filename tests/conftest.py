@@ -28,6 +28,7 @@ SECRETS = {
     "JOTFORM_WEBHOOK_TOKEN": "jotform-test-token-77aa",
     "GOOGLE_FORMS_WEBHOOK_TOKEN": "gforms-test-token-3b2e",
     "ELEMENTOR_WEBHOOK_TOKEN": "elementor-test-token-5d4c",
+    "CONTACT_FORM_7_WEBHOOK_TOKEN": "cf7-test-token-8e8f",
     "SHOPIFY_WEBHOOK_SECRET": "shpss_test_secret_0f9e8d",
     "WOOCOMMERCE_WEBHOOK_SECRET": "wc-test-secret-a1b2",
     "STRIPE_WEBHOOK_SECRET": "whsec_test_secret_c3d4",
@@ -35,6 +36,7 @@ SECRETS = {
     "TALLY_WEBHOOK_SECRET": "tally-test-secret-0a0b",
     "WEBFLOW_WEBHOOK_SECRET": "webflow-test-secret-1c1d",
     "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_test_secret_4e4f",
+    "HUBSPOT_WEBHOOK_SECRET": "hubspot-test-secret-6a6b",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -89,6 +91,8 @@ BUILT_IN_SOURCES = (
     "woocommerce",
     "stripe",
     "paddle",
+    "hubspot",
+    "contact_form_7",
 )
 
 

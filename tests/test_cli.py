@@ -76,6 +76,10 @@ def test_sources_lists_urls_auth_and_readiness():
     assert "\nshopify\n  about:    shop: Shopify orders" in result.stdout
     assert "/hooks/shopify" in result.stdout and "X-Shopify-Hmac-Sha256" in result.stdout
     assert "NOT READY: set TILDA_WEBHOOK_TOKEN" in result.stdout
+    assert "\nhubspot\n" in result.stdout
+    assert "  note:     signs the URL it calls: set RELAY_PUBLIC_URL" in result.stdout
+    public = relay_command("sources", env={**ENV, "RELAY_PUBLIC_URL": "https://hooks.example.com/"})
+    assert "  url:      https://hooks.example.com/hooks/hubspot\n" in public.stdout and "  note:" not in public.stdout
 
 
 def test_output_into_a_pipe_closed_early_stops_quietly():

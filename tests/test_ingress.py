@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SECRETS, make_settings
+from .conftest import BUILT_IN_SOURCES, SECRETS, make_settings
 
 TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
 FORM = "application/x-www-form-urlencoded"
@@ -263,7 +263,7 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["mappings"] == 11
+    assert ready.get_json()["mappings"] == len(BUILT_IN_SOURCES)
 
 
 def test_readiness_fails_while_the_store_does_not_answer(tmp_path):
@@ -606,8 +606,9 @@ def test_an_apps_script_post_of_json_labelled_a_form_is_accepted_and_translates(
 
 def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook(client, app):
     """Elementor posts during the visitor's submit and showed the visitor an error for relay's 202 (its
-    webhook action throws on anything but 200); Webflow counted the 202 as a failure, sent the webhook again
-    and may deactivate it. Their mappings say `accepted_status: 200`; every other source answers 202."""
+    webhook action throws on anything but 200), as Contact Form 7's webhook plugin may; Webflow counted the 202
+    as a failure, sent the webhook again and may deactivate it. Their mappings say `accepted_status: 200`;
+    every other source answers 202."""
     elementor = client.post(
         "/hooks/elementor?token=" + SECRETS["ELEMENTOR_WEBHOOK_TOKEN"],
         data=b"form%5Bid%5D=f1&fields%5Bemail%5D%5Bvalue%5D=e%40example.com&fields%5Bemail%5D%5Btype%5D=email",
@@ -625,4 +626,11 @@ def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook
     tilda = client.post(TILDA, data=b"Email=t%40example.com", content_type=FORM)
     assert (tilda.status_code, tilda.get_json()["status"]) == (202, "accepted")
     sources = app.extensions["relay"]["sources"]
-    assert {name for name, source in sources.items() if source.accepted_status == 200} == {"elementor", "webflow"}
+    cf7 = client.post(
+        "/hooks/contact_form_7?token=" + SECRETS["CONTACT_FORM_7_WEBHOOK_TOKEN"],
+        data=json.dumps({"your-email": "c@example.com"}),
+        content_type="application/json; charset=UTF-8",
+    )
+    assert (cf7.status_code, cf7.get_json()["status"]) == (200, "accepted")
+    accepting_200 = {name for name, source in sources.items() if source.accepted_status == 200}
+    assert accepting_200 == {"elementor", "webflow", "contact_form_7"}

@@ -54,6 +54,14 @@ def test_good_file_loads(tmp_path):
             "rules.0.match: matching 'email' needs match keys: email",
         ),
         (("rules:", "accepted_status: 201\nrules:"), "demo.yaml:4 accepted_status: Must be one of: 200, 202."),
+        (
+            ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, signed: '{timestap}.{body}',"),
+            "auth.signed: signed has {timestap}; it takes {body}, {timestamp}, {method}, {url} and {header:<name>}",
+        ),
+        (
+            ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, hex_key: true, key_encoding: base64,"),
+            "auth.hex_key: hex_key: true says key_encoding: hex; give one of them",
+        ),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path, change, expected):
@@ -90,7 +98,7 @@ def test_check_passes_on_the_built_in_mappings():
     """The shipped mappings and all their examples pass check."""
     result = relay_command("check", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
-    assert "11 mapping files" in result.stdout
+    assert "13 mapping files" in result.stdout
 
 
 GUIDE = ROOT / "mappings" / "README.md"

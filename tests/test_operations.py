@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -200,6 +203,8 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
         "RELAY_BIND": f"127.0.0.1:{port}",
         "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
         "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "HUBSPOT_WEBHOOK_SECRET": SECRETS["HUBSPOT_WEBHOOK_SECRET"],
+        "RELAY_PUBLIC_URL": "https://hooks.example.com/relay",  # served under a path by a proxy
         "RELAY_WEB_WORKERS": "2",
         "HOME": str(tmp_path / "home"),
         "TMPDIR": str(tmp_path / "tmp"),  # where gunicorn.conf.py makes the metrics folder, as in the image
@@ -227,6 +232,18 @@ def test_the_image_command_serves_and_stops_gracefully(tmp_path):
             for index in range(20):
                 response = client.post(TILDA, content=f"Email=g{index}%40example.com", headers={"Content-Type": FORM})
                 assert response.status_code == 202
+            # HubSpot signs the URL it called: RELAY_PUBLIC_URL, then the path and query as gunicorn received them.
+            target = "/hooks/hubspot?portal=27145807&b=%7E"
+            hubspot_body = json.dumps({"properties": {"email": {"value": "hub@example.com"}}}).encode()
+            ts = str(int(time.time() * 1000))
+            signed = b"POST" + b"https://hooks.example.com/relay" + target.encode() + hubspot_body + ts.encode()
+            digest = hmac.new(SECRETS["HUBSPOT_WEBHOOK_SECRET"].encode(), signed, hashlib.sha256).digest()
+            hubspot_headers = {
+                "Content-Type": "application/json",
+                "X-HubSpot-Request-Timestamp": ts,
+                "X-HubSpot-Signature-v3": base64.b64encode(digest).decode(),
+            }
+            assert client.post(target, content=hubspot_body, headers=hubspot_headers).status_code == 202
             metrics = client.get("/metrics").text
             # Anyone may send a path with a line break: the access log keeps it on its one line.
             assert client.post("/hooks/a%0D%0Aforged%20line", content=b"x=1").status_code == 404
@@ -741,6 +758,8 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
     env = {
         "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
         "TILDA_WEBHOOK_TOKEN": SECRETS["TILDA_WEBHOOK_TOKEN"],
+        "HUBSPOT_WEBHOOK_SECRET": SECRETS["HUBSPOT_WEBHOOK_SECRET"],
+        "RELAY_PUBLIC_URL": "https://hooks.example.com/relay",  # served under a path by a proxy
         "RELAY_WEB_WORKERS": "2",
     }
     relay = RelayProcess(env, log=log).start()

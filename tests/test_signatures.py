@@ -15,7 +15,7 @@ from relay.auth import authenticate
 from relay.errors import AuthenticationFailed
 from relay.mapping.loader import load_sources
 
-from .conftest import FIXTURES, MAPPINGS, SECRETS
+from .conftest import FIXTURES, MAPPINGS, SECRETS, make_settings
 
 SOURCES = load_sources(MAPPINGS)
 BODY = json.dumps({"email": "a@example.com", "id": 1, "event_type": "customer.created"}).encode()
@@ -135,7 +135,129 @@ def test_two_secrets_at_once_for_rotation():
         authenticate(SOURCES["shopify"], body=BODY, headers=shopify("other", BODY, 0), query={}, env=env)
 
 
-@pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor"])
+HUBSPOT_URL = "https://hooks.example.com/hooks/hubspot?portal=27145807"
+
+
+def hubspot(secret: str, body: bytes, now: float, *, method: str = "POST", url: str = HUBSPOT_URL) -> dict[str, str]:
+    """HubSpot's v3 signature: base64 HMAC-SHA256 of method, URL, body and the timestamp in milliseconds."""
+    ts = str(int(now * 1000))
+    return {
+        "X-HubSpot-Request-Timestamp": ts,
+        "X-HubSpot-Signature-v3": b64(secret, method.encode() + url.encode() + body + ts.encode()),
+    }
+
+
+def test_hubspot_signature_covers_method_url_body_and_timestamp():
+    """A genuine v3 signature passes; another URL, method, body, secret or an old timestamp fails."""
+    secret = SECRETS["HUBSPOT_WEBHOOK_SECRET"]
+    env = env_for("hubspot", secret)
+    now = time.time()
+    source = SOURCES["hubspot"]
+    authenticate(source, body=BODY, headers=hubspot(secret, BODY, now), query={}, env=env, now=now, url=HUBSPOT_URL)
+    refused = [
+        (BODY, hubspot(secret, BODY, now), "POST", HUBSPOT_URL.replace("https:", "http:"), now, "does not match"),
+        (BODY, hubspot(secret, BODY, now), "POST", HUBSPOT_URL + "&x=1", now, "does not match"),
+        (BODY, hubspot(secret, BODY, now, method="PUT"), "POST", HUBSPOT_URL, now, "does not match"),
+        (BODY + b" ", hubspot(secret, BODY, now), "POST", HUBSPOT_URL, now, "does not match"),
+        (BODY, hubspot("other", BODY, now), "POST", HUBSPOT_URL, now, "does not match"),
+        (BODY, hubspot(secret, BODY, now - 301), "POST", HUBSPOT_URL, now, "tolerance"),
+        (BODY, hubspot(secret, BODY, now), "POST", None, now, "covers the URL"),
+    ]
+    for body, headers, method, url, at, reason in refused:
+        with pytest.raises(AuthenticationFailed, match=reason):
+            authenticate(source, body=body, headers=headers, query={}, env=env, now=at, method=method, url=url)
+
+
+# The Standard Webhooks specification's own test vector (also Svix's): id, timestamp, body, secret, signature.
+STANDARD = """version: 1
+source: standard
+kind: other
+auth:
+  scheme: hmac
+  header: webhook-signature
+  prefix: "v1,"
+  timestamp_header: webhook-timestamp
+  signed: "{header:webhook-id}.{timestamp}.{body}"
+  key_encoding: base64
+  tolerance: 300
+  secret: ${STANDARD_WEBHOOK_SECRET}
+rules:
+  - name: any
+    ignore: signatures only
+"""
+VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+VECTOR_AT = 1614265330
+VECTOR_BODY = b'{"test": 2432232314}'
+VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_standard_webhooks_vector_verifies_from_a_mapping_file(tmp_path):
+    """BigCommerce's (and Svix's) scheme is a mapping file, no code: another header signed in, a base64 key
+    behind whsec_, several signatures in one header. The specification's vector passes; a changed id, a
+    missing id, the secret taken as text or a bogus signature alone fail."""
+    (tmp_path / "standard.yaml").write_text(STANDARD)
+    source = load_sources(tmp_path)["standard"]
+    headers = {
+        "webhook-id": VECTOR_ID,
+        "webhook-timestamp": str(VECTOR_AT),
+        "webhook-signature": f"v1,bm90LXRoaXMtb25l v2,other {VECTOR_SIGNATURE}",
+    }
+
+    def check(secret: str = VECTOR_SECRET, source=source, **changed: str | None) -> None:  # type: ignore[no-untyped-def]
+        sent = {key: value for key, value in {**headers, **changed}.items() if value is not None}
+        env = {"STANDARD_WEBHOOK_SECRET": secret}
+        authenticate(source, body=VECTOR_BODY, headers=sent, query={}, env=env, now=VECTOR_AT + 10)
+
+    check()
+    check(secret=VECTOR_SECRET.removeprefix("whsec_"))  # the key alone, as BigCommerce's docs hand it over
+    for changed, reason in [
+        ({"webhook-id": "msg_other"}, "does not match"),
+        ({"webhook-id": None}, "missing header webhook-id, which the signature covers"),
+        ({"webhook-signature": "v1,bm90LXRoaXMtb25l"}, "does not match"),
+    ]:
+        with pytest.raises(AuthenticationFailed, match=reason):
+            check(**changed)
+    (tmp_path / "standard.yaml").write_text(STANDARD.replace("key_encoding: base64", "key_encoding: text"))
+    with pytest.raises(AuthenticationFailed, match="does not match"):
+        check(source=load_sources(tmp_path)["standard"])
+
+
+@pytest.mark.parametrize(
+    ("env", "headers", "url"),
+    [
+        ({"RELAY_PUBLIC_URL": "https://hooks.example.com/"}, {}, "https://hooks.example.com"),
+        # Behind a proxy that names the scheme and host it was called with, no setting needed.
+        (
+            {"RELAY_TRUSTED_PROXIES": "1"},
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hooks.example.com"},
+            "https://hooks.example.com",
+        ),
+        ({}, {"Host": "hooks.example.com"}, "http://hooks.example.com"),
+    ],
+)
+def test_hubspot_hook_verifies_the_url_it_was_called_at(tmp_path, env, headers, url):
+    """Through the app: the URL signed is the one the sender called, query as sent; another URL is refused."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, **env))
+    try:
+        client = app.test_client()
+        secret = SECRETS["HUBSPOT_WEBHOOK_SECRET"]
+        body = (FIXTURES.parent.parent / "mappings/examples/hubspot/workflow-webhook-contact.json").read_bytes()
+        target = "/hooks/hubspot?portal=27145807&b=%7E"
+        signed = hubspot(secret, body, time.time(), url=url + target)
+        sent = {**headers, **signed, "Content-Type": "application/json"}
+        answer = client.post(target, data=body, headers=sent)
+        assert answer.status_code == 202, answer.get_json()
+        forged = hubspot(secret, body, time.time(), url="https://elsewhere.example.com" + target)
+        answer = client.post(target, data=body, headers={**headers, **forged, "Content-Type": "application/json"})
+        assert answer.status_code == 401 and answer.get_json()["detail"] == "signature does not match"
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
+@pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7"])
 def test_token_sources(name):
     """Token sources take ?token= or X-Relay-Token; a wrong or missing token fails; unset fails closed."""
     token = SECRETS[f"{name.upper()}_WEBHOOK_TOKEN"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import Schema
 
 __all__ = [
+    "SIGNED_PLACEHOLDER",
     "AuthSpec",
     "FieldSpec",
     "PingSpec",
@@ -16,7 +19,24 @@ __all__ = [
     "SubscriptionSpec",
     "TagsSpec",
     "ValueSpec",
+    "signed_parts",
 ]
+
+# What an HMAC may sign, around the raw body: `{timestamp}`, `{method}`, `{url}`, `{header:<name>}`.
+SIGNED_PLACEHOLDER = re.compile(r"\{(body|timestamp|method|url|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)\}")
+
+
+@functools.lru_cache(maxsize=64)
+def signed_parts(template: str) -> tuple[tuple[str, str], ...]:
+    """`template` as (literal text, placeholder) pairs; the last placeholder is "" when text ends it."""
+    parts: list[tuple[str, str]] = []
+    start = 0
+    for match in SIGNED_PLACEHOLDER.finditer(template):
+        parts.append((template[start : match.start()], match.group(1)))
+        start = match.end()
+    if start < len(template):
+        parts.append((template[start:], ""))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -88,10 +108,11 @@ class Rule:
 class AuthSpec:
     """How a source proves a request is genuine.
 
-    `hmac`: a keyed digest of `signed` (a template over `{body}` and
-    `{timestamp}`) in `header`; `token`: a shared token in `?token=` or
-    `X-Relay-Token`; `none`: nothing (only for sources that are trusted by
-    the network they sit on).
+    `hmac`: a keyed digest of `signed` (a template over `{body}`, `{timestamp}`,
+    `{method}`, `{url}` and `{header:<name>}`) in `header`, keyed with the
+    secret as written (`key_encoding` text) or decoded from hex or base64;
+    `token`: a shared token in `?token=` or `X-Relay-Token`; `none`: nothing
+    (only for sources that are trusted by the network they sit on).
     """
 
     scheme: str
@@ -108,7 +129,7 @@ class AuthSpec:
     timestamp_header: str | None = None
     timestamp_unit: str = "s"
     tolerance: int | None = None
-    hex_key: bool = False
+    key_encoding: str = "text"
 
 
 @dataclass(frozen=True)

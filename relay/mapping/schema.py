@@ -22,6 +22,7 @@ from marshmallow import (
 from relay.mapping import envrefs
 from relay.mapping.expressions import expression_problem
 from relay.mapping.model import (
+    SIGNED_PLACEHOLDER,
     AuthSpec,
     FieldSpec,
     PingSpec,
@@ -359,7 +360,8 @@ class AuthSchema(StrictSchema):
     timestamp_header = fields.String(load_default=None)
     timestamp_unit = fields.String(load_default="s", validate=validate.OneOf(["s", "ms"]))
     tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
-    hex_key = fields.Boolean(load_default=False)
+    key_encoding = fields.String(load_default=None, validate=validate.OneOf(["text", "hex", "base64"]))
+    hex_key = fields.Boolean(load_default=False)  # the first spelling of key_encoding: hex
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -371,6 +373,15 @@ class AuthSchema(StrictSchema):
         signed = data.get("signed", "{body}")
         if "{body}" not in signed:
             raise ValidationError("signed must contain {body}", "signed")
+        unknown = [piece for piece in re.findall(r"\{[^{}]*\}", signed) if SIGNED_PLACEHOLDER.fullmatch(piece) is None]
+        if unknown:
+            raise ValidationError(
+                f"signed has {', '.join(unknown)}; it takes {{body}}, {{timestamp}}, {{method}}, {{url}} "
+                "and {header:<name>}",
+                "signed",
+            )
+        if data.get("hex_key") and data.get("key_encoding") not in (None, "hex"):
+            raise ValidationError("hex_key: true says key_encoding: hex; give one of them", "hex_key")
         if "{timestamp}" in signed and data.get("signature_format") != "fields" and not data.get("timestamp_header"):
             raise ValidationError("a signed {timestamp} needs timestamp_header", "timestamp_header")
 
@@ -394,7 +405,7 @@ class AuthSchema(StrictSchema):
             timestamp_header=data["timestamp_header"],
             timestamp_unit=data["timestamp_unit"],
             tolerance=data["tolerance"],
-            hex_key=data["hex_key"],
+            key_encoding=data["key_encoding"] or ("hex" if data["hex_key"] else "text"),
         )
 
 
