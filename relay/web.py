@@ -329,7 +329,13 @@ def _register_errors(app: Flask) -> None:
         if isinstance(exc, RequestRejected):
             log.info(
                 "rejected",
-                extra={"source": name, "code": exc.code, "detail": exc.detail, "path": redact_query(request.full_path)},
+                # werkzeug's full_path ends in "?" when there is no query: logged as sent.
+                extra={
+                    "source": name,
+                    "code": exc.code,
+                    "detail": exc.detail,
+                    "path": redact_query(request.full_path.removesuffix("?")),
+                },
             )
             metrics.received(name or "unknown", exc.code)
         elif isinstance(exc, StoreUnavailable):
