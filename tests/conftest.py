@@ -29,6 +29,7 @@ SECRETS = {
     "GOOGLE_FORMS_WEBHOOK_TOKEN": "gforms-test-token-3b2e",
     "ELEMENTOR_WEBHOOK_TOKEN": "elementor-test-token-5d4c",
     "CONTACT_FORM_7_WEBHOOK_TOKEN": "cf7-test-token-8e8f",
+    "FILLOUT_WEBHOOK_TOKEN": "fillout-test-token-9a9b",
     "SHOPIFY_WEBHOOK_SECRET": "shpss_test_secret_0f9e8d",
     "WOOCOMMERCE_WEBHOOK_SECRET": "wc-test-secret-a1b2",
     "STRIPE_WEBHOOK_SECRET": "whsec_test_secret_c3d4",
@@ -93,6 +94,7 @@ BUILT_IN_SOURCES = (
     "paddle",
     "hubspot",
     "contact_form_7",
+    "fillout",
 )
 
 

@@ -257,7 +257,7 @@ def test_hubspot_hook_verifies_the_url_it_was_called_at(tmp_path, env, headers, 
         app.extensions["relay"]["store"].close()
 
 
-@pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7"])
+@pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7", "fillout"])
 def test_token_sources(name):
     """Token sources take ?token= or X-Relay-Token; a wrong or missing token fails; unset fails closed."""
     token = SECRETS[f"{name.upper()}_WEBHOOK_TOKEN"]
