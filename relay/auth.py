@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 
@@ -106,6 +108,18 @@ def _key(secret: str, encoding: str) -> bytes | None:
     return secret.encode()
 
 
+@functools.lru_cache(maxsize=16)
+def _escapes(characters: str) -> re.Pattern[str]:
+    return re.compile("|".join(f"%{ord(c):02X}" for c in characters), re.IGNORECASE)
+
+
+def _unescaped(url: str, characters: str) -> str:
+    """`url` with the %XX escapes of `characters` decoded: HubSpot signs `%3A` as `:`, `%40` as `@`..."""
+    if not characters or "%" not in url:
+        return url
+    return _escapes(characters).sub(lambda match: chr(int(match.group()[1:], 16)), url)
+
+
 def _signed_message(
     auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], timestamp: str | None, method: str, url: str | None
 ) -> bytes:
@@ -121,7 +135,7 @@ def _signed_message(
         elif placeholder == "url":
             if url is None:
                 raise AuthenticationFailed("the signature covers the URL, which relay could not tell")
-            pieces.append(url.encode())
+            pieces.append(_unescaped(url, auth.url_unescape).encode())
         elif placeholder:  # header:<name>
             name = placeholder.partition(":")[2]
             value = header_value(headers, name)

@@ -59,6 +59,10 @@ def test_good_file_loads(tmp_path):
             "auth.signed: signed has {timestap}; it takes {body}, {timestamp}, {method}, {url} and {header:<name>}",
         ),
         (
+            ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, url_unescape: ':a/',"),
+            "auth.url_unescape: url_unescape lists ASCII punctuation, such as :/?@",
+        ),
+        (
             ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, hex_key: true, key_encoding: base64,"),
             "auth.hex_key: hex_key: true says key_encoding: hex; give one of them",
         ),

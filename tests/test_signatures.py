@@ -166,6 +166,16 @@ def test_hubspot_signature_covers_method_url_body_and_timestamp():
     for body, headers, method, url, at, reason in refused:
         with pytest.raises(AuthenticationFailed, match=reason):
             authenticate(source, body=body, headers=headers, query={}, env=env, now=at, method=method, url=url)
+    # HubSpot signs the URL with %3A, %40, %2C... decoded, and other escapes (%7E, %26) as they are.
+    sent = HUBSPOT_URL + "&from=a%3ab%40c%2Cd&x=%7E%26"
+    decoded = HUBSPOT_URL + "&from=a:b@c,d&x=%7E%26"
+    authenticate(
+        source, body=BODY, headers=hubspot(secret, BODY, now, url=decoded), query={}, env=env, now=now, url=sent
+    )
+    with pytest.raises(AuthenticationFailed, match="does not match"):
+        authenticate(
+            source, body=BODY, headers=hubspot(secret, BODY, now, url=sent), query={}, env=env, now=now, url=sent
+        )
 
 
 # The Standard Webhooks specification's own test vector (also Svix's): id, timestamp, body, secret, signature.

@@ -130,6 +130,7 @@ class AuthSpec:
     timestamp_unit: str = "s"
     tolerance: int | None = None
     key_encoding: str = "text"
+    url_unescape: str = ""  # characters whose %XX escapes in the URL are decoded before signing (HubSpot)
 
 
 @dataclass(frozen=True)

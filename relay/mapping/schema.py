@@ -362,6 +362,10 @@ class AuthSchema(StrictSchema):
     tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
     key_encoding = fields.String(load_default=None, validate=validate.OneOf(["text", "hex", "base64"]))
     hex_key = fields.Boolean(load_default=False)  # the first spelling of key_encoding: hex
+    url_unescape = fields.String(
+        load_default="",
+        validate=validate.Regexp(r"\A[!-/:-@\[-`{-~]*\Z", error="url_unescape lists ASCII punctuation, such as :/?@"),
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -406,6 +410,7 @@ class AuthSchema(StrictSchema):
             timestamp_unit=data["timestamp_unit"],
             tolerance=data["tolerance"],
             key_encoding=data["key_encoding"] or ("hex" if data["hex_key"] else "text"),
+            url_unescape=data["url_unescape"],
         )
 
 
