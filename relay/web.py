@@ -89,6 +89,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        allowed = g.get("cors_origin")
+        if allowed is not None:
+            # Whatever the answer (202, 400, 401, 429...): the page's script may read it.
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+        if g.get("cors_varies"):
+            response.vary.add("Origin")
         return response
 
     @app.teardown_request
@@ -97,7 +104,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         if token is not None:
             REQUEST_ID.reset(token)
 
-    @app.route("/hooks/<path:name>", methods=["POST", "GET", "PUT", "PATCH", "DELETE"])
+    @app.route(
+        "/hooks/<path:name>",
+        methods=["POST", "OPTIONS", "GET", "PUT", "PATCH", "DELETE"],
+        provide_automatic_options=False,
+    )
     def hook(name: str) -> tuple[Response, int]:
         # A hook URL pasted with a trailing slash (`/hooks/tilda/`) is the same hook, not an unknown source.
         name = name.removesuffix("/")
@@ -121,6 +132,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         if source is None:
             raise UnknownSource(f"no mapping file for source {name!r}")
         g.source = name
+        if source.cors_origins:
+            _allow_origin(source, request.headers.get("Origin"))
+        if request.method == "OPTIONS":
+            return _preflight()
         if request.method != "POST":
             return _error(405, "method_not_allowed", "hooks take POST")
         # The request itself, not Flask's proxy: each access through the proxy costs a context lookup.
@@ -194,6 +209,30 @@ def _read_body(req: Request, limit: int) -> bytes:
             f"the body ended after {len(body)} of the {length} bytes its Content-Length announced; nothing was kept"
         )
     return body
+
+
+def _allow_origin(source: Source, origin: str | None) -> None:
+    """Let a page the mapping names (`cors: {origins: [...]}`) post from the visitor's browser."""
+    any_origin = "*" in source.cors_origins
+    g.cors_varies = not any_origin
+    if origin is None:
+        return
+    if any_origin:
+        g.cors_origin = "*"
+    elif origin.lower() in (allowed.lower() for allowed in source.cors_origins):
+        g.cors_origin = origin
+
+
+def _preflight() -> tuple[Response, int]:
+    """A browser's CORS preflight before a page's script posts JSON or sends X-Relay-Token: without the
+    right answer the browser never sends the webhook. The allowance itself is `_finish`'s header."""
+    response = Response(status=204)
+    response.headers["Allow"] = "POST, OPTIONS"
+    if g.get("cors_origin") is not None:
+        response.headers["Access-Control-Allow-Methods"] = "POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, X-Relay-Token, X-Request-ID"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response, 204
 
 
 def _mapping_unavailable(name: str, event: str, detail: str, **extra: Any) -> tuple[Response, int]:

@@ -80,6 +80,9 @@ def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no 
     return _real_connect(self, address)  # type: ignore[arg-type]
 
 
+# Sources that tests define in mapping folders of their own; their metrics share the process's registry.
+TEST_ONLY_SOURCES = ("landing",)
+
 BUILT_IN_SOURCES = (
     "tilda",
     "typeform",

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import BUILT_IN_SOURCES, SECRETS, make_settings
+from .conftest import BUILT_IN_SOURCES, MAPPINGS, SECRETS, make_settings
 
 TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
 FORM = "application/x-www-form-urlencoded"
@@ -303,6 +303,63 @@ def test_admin_api_sends_no_cors_headers(client):
     for response in (preflight, listed):
         assert not any(h.lower().startswith("access-control-") for h in response.headers.keys())
     assert listed.status_code == 401
+
+
+LANDING = """version: 1
+source: landing
+description: the sign-up form of a landing page, posted by the page's script from the visitor's browser
+auth: {scheme: token, secret: "${LANDING_WEBHOOK_TOKEN}"}
+ip: {client: true}
+cors: {origins: [https://www.example.com, "https://Promo.Example.com:8443"]}
+rules:
+  - name: signup
+    match:
+      email: {path: email, transform: email}
+"""
+
+
+def test_a_page_whose_origin_the_mapping_names_may_post_from_the_browser(tmp_path):
+    """A landing page's script posts JSON with X-Relay-Token: the browser first sends a CORS preflight, and
+    without the allowance it never sent the webhook at all (Flask's automatic OPTIONS answered without it).
+    The origins the mapping names get the allowance on the preflight and on every answer, errors included;
+    any other origin, and every source that names none, get none."""
+    from relay.web import create_app
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "landing.yaml").write_text(LANDING)
+    (folder / "tilda.yaml").write_text((MAPPINGS / "tilda.yaml").read_text())
+    app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(folder), LANDING_WEBHOOK_TOKEN="landing-tok-1"))
+    client = app.test_client()
+    store = app.extensions["relay"]["store"]
+    try:
+        asks = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-relay-token"}
+        for origin in ("https://www.example.com", "https://promo.example.com:8443"):
+            preflight = client.options("/hooks/landing", headers={"Origin": origin, **asks})
+            assert preflight.status_code == 204 and preflight.data == b""
+            assert preflight.headers["Access-Control-Allow-Origin"] == origin
+            assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+            assert "x-relay-token" in preflight.headers["Access-Control-Allow-Headers"].lower()
+            assert "Origin" in preflight.headers["Vary"]
+        assert store.counts() == {}  # a preflight is not a webhook
+        sent = {"Origin": "https://www.example.com", "X-Relay-Token": "landing-tok-1"}
+        accepted = client.post("/hooks/landing", json={"email": "page@example.com"}, headers=sent)
+        assert accepted.status_code == 202
+        assert accepted.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+        assert "X-Request-ID" in accepted.headers["Access-Control-Expose-Headers"]
+        refused = client.post(
+            "/hooks/landing", json={"email": "page@example.com"}, headers={**sent, "X-Relay-Token": "x"}
+        )
+        assert refused.status_code == 401
+        assert refused.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+        for path, origin in [("/hooks/landing", "https://evil.example"), ("/hooks/tilda", "https://www.example.com")]:
+            for answer in (
+                client.options(path, headers={"Origin": origin, **asks}),
+                client.post(path, json={"email": "x@example.com"}, headers={**sent, "Origin": origin}),
+            ):
+                assert not any(h.lower().startswith("access-control-") for h in answer.headers.keys()), path
+    finally:
+        store.close()
 
 
 def test_store_outage_is_503_with_retry_after_then_heals(tmp_path, pg_url):

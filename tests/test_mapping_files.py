@@ -59,6 +59,10 @@ def test_good_file_loads(tmp_path):
             "auth.signed: signed has {timestap}; it takes {body}, {timestamp}, {method}, {url} and {header:<name>}",
         ),
         (
+            ("rules:", "cors: {origins: ['https://www.example.com/']}\nrules:"),
+            "cors.origins.0: an origin is scheme://host[:port] with no path (https://www.example.com), or *",
+        ),
+        (
             ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, url_unescape: ':a/',"),
             "auth.url_unescape: url_unescape lists ASCII punctuation, such as :/?@",
         ),

@@ -63,7 +63,7 @@ def test_metrics_declared_bounded_and_counting(client):
     from relay.mapping.loader import load_sources
     from relay.store import STATUSES
 
-    from .conftest import MAPPINGS
+    from .conftest import MAPPINGS, TEST_ONLY_SOURCES
 
     codes = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.RelayError)}
     outcomes = {
@@ -79,7 +79,7 @@ def test_metrics_declared_bounded_and_counting(client):
         "deliveries",  # relay_purged_total's kinds
         "dedup_keys",
     }
-    allowed = set(load_sources(MAPPINGS)) | {"unknown"} | codes | outcomes | set(STATUSES)
+    allowed = set(load_sources(MAPPINGS)) | set(TEST_ONLY_SOURCES) | {"unknown"} | codes | outcomes | set(STATUSES)
     for match in SAMPLE.finditer(text):
         name = match.group("name")
         assert any(name.startswith(d.removesuffix("_total")) for d in DECLARED), name

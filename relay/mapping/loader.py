@@ -77,6 +77,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             event_path=(loaded["event"] or {}).get("path"),
             decode_json=tuple(loaded["decode_json"]),
             accepted_status=loaded["accepted_status"],
+            cors_origins=tuple((loaded["cors"] or {}).get("origins", ())),
             payload_schema=loaded["payload"],
             rules=tuple(loaded["rules"]),
         ),

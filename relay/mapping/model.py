@@ -164,5 +164,7 @@ class Source:
     event_path: str | None = None
     decode_json: tuple[str, ...] = ()
     accepted_status: int = 202
+    # Web pages whose scripts may post to the hook from the visitor's browser (CORS); "*" for any.
+    cors_origins: tuple[str, ...] = ()
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     rules: tuple[Rule, ...] = ()

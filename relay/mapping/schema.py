@@ -459,6 +459,21 @@ class IpSchema(StrictSchema):
     client = fields.Boolean(load_default=False)
 
 
+class CorsSchema(StrictSchema):
+    """The web pages whose scripts may post to the hook from a visitor's browser."""
+
+    origins = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                r"\A(\*|https?://[^/\s?#*]+)\Z",
+                error="an origin is scheme://host[:port] with no path (https://www.example.com), or *",
+            )
+        ),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+
+
 class EventSchema(StrictSchema):
     header = fields.String(load_default=None)
     path = Expression(load_default=None)
@@ -526,6 +541,7 @@ class MappingFileSchema(StrictSchema):
     # The status of an accepted webhook's answer: 202, or 200 for the providers that take nothing else as
     # success (Elementor shows the visitor an error, Webflow retries and may deactivate the webhook).
     accepted_status = fields.Integer(load_default=202, validate=validate.OneOf([200, 202]))
+    cors = fields.Nested(CorsSchema, load_default=None)
     payload = fields.Nested(PayloadSchemaSchema, load_default=None)
     rules = fields.List(fields.Nested(RuleSchema), required=True, validate=validate.Length(min=1))
 
