@@ -190,6 +190,14 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.delivery and (args.source or args.file):
         print("relay: give --source and a payload file, or --delivery ID, not both", file=sys.stderr)
         return 1
+    if args.delivery and (args.content_type or args.header or args.client_ip):
+        # They were ignored without a word: the stored request's own content type, headers and address count.
+        print(
+            "relay: --delivery translates the request as it was received, with its own content type, headers "
+            "and client address; --content-type, --header and --client-ip go with a payload file",
+            file=sys.stderr,
+        )
+        return 1
     if args.delivery:
         stored = _stored_request(args.delivery, settings)
         if stored is None:
