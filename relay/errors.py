@@ -143,6 +143,13 @@ class TransientUpstreamError(UpstreamError):
     code = "transient"
 
 
+class TariffLimitReached(TransientUpstreamError):
+    """402: the account's tariff limit is reached. Every call fails the same way until someone pays or the
+    period turns, so the worker parks its calls and alerts instead of spending the backlog's tries."""
+
+    code = "tariff_limit"
+
+
 class PermanentUpstreamError(UpstreamError):
     code = "rejected"
 

@@ -23,6 +23,7 @@ from relay.errors import (
     MappingError,
     PermanentUpstreamError,
     StoreUnavailable,
+    TariffLimitReached,
     TransientUpstreamError,
     first_line,
 )
@@ -42,6 +43,7 @@ __all__ = ["Worker", "cmd_worker"]
 log = logging.getLogger("relay.worker")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
+TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff limit)
 
 
 class Worker:
@@ -316,6 +318,8 @@ class Worker:
                 return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
             if error.http_status == 429 and error.retry_after:
                 self.limiter.pause(min(error.retry_after, 60))
+            if isinstance(error, TariffLimitReached):
+                self._park(delivery, error)
             return self._retry_later(
                 delivery,
                 token,
@@ -324,11 +328,24 @@ class Worker:
                 attempt=attempt,
                 calls=calls,
                 retry_after=error.retry_after,
-                overloaded=error.http_status in (429, 402) or "timeout" in error.detail,
+                overloaded=error.http_status == 429
+                or isinstance(error, TariffLimitReached)
+                or "timeout" in error.detail,
             )
         # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
+
+    def _park(self, delivery: Delivery, error: TariffLimitReached) -> None:
+        """The tariff limit: no call of this process goes out for a while (TARIFF_PARK_SECONDS, or the
+        schedule's longest step when shorter), so the backlog is not spent on answers known in advance;
+        the operator is told once a park, in the log and in Sentry. The deliveries wait as `retrying`."""
+        seconds = max(error.retry_after or 0.0, min(TARIFF_PARK_SECONDS, self.settings.retry_schedule[-1]))
+        if not self.limiter.pause(seconds):
+            return  # parked already (another thread's 402): said once
+        message = f"upstream tariff limit reached (402): no calls for {seconds:g} s; deliveries wait as retrying"
+        log.error(message, extra={"delivery_id": delivery.id, "source": delivery.source, "detail": error.detail})
+        report_delivery_failure(message, source=delivery.source, delivery_id=delivery.id, reason=error.code)
 
     def _keep(self, delivery: Delivery, write: Callable[[], bool]) -> bool:
         """A store write that follows an upstream call, tried again while the store is away and the lease
@@ -392,8 +409,8 @@ class Worker:
             answer = self.client.send(call)
             http_status, response, profile_id = answer.http_status, answer.text, answer.profile_id
             outcome = "delivered"
-        except TransientUpstreamError as exc:
-            error, http_status, response, outcome = exc, exc.http_status, exc.body, "transient"
+        except TransientUpstreamError as exc:  # TariffLimitReached's outcome is its own: tariff_limit
+            error, http_status, response, outcome = exc, exc.http_status, exc.body, exc.code
         except PermanentUpstreamError as exc:
             error, http_status, response, outcome = exc, exc.http_status, exc.body, "rejected"
         seconds = time.perf_counter() - clock

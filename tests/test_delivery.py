@@ -117,6 +117,35 @@ def test_retry_after_sets_the_next_attempt(relay, sandbox):
     assert 0.35 <= delivery.next_attempt_at - before <= 0.9  # unclamped it would be 1 s
 
 
+def test_the_tariff_limit_parks_the_workers_calls_and_says_so_once(relay, sandbox):
+    """A 402 answers every call the same way until the account is paid: the worker made each delivery of
+    the backlog spend a try on it. Now the process makes no call for a while (here the schedule's longest
+    step, 0.2 s), says so once in an error line, and the deliveries wait as retrying until the limit lifts."""
+    from .conftest import captured_log_lines
+
+    store, worker = relay
+    first = accept(store, b"Email=a%40example.com", "k1")
+    second = accept(store, b"Email=b%40example.com", "k2")
+    sandbox.sandbox.tariff_exhausted = True
+    with captured_log_lines() as lines:
+        [(delivery, token)] = store.claim(owner="t", limit=1, lease_seconds=30)
+        assert worker.process(delivery, token) == "retrying"
+        parked_at = time.monotonic()
+        [(delivery, token)] = store.claim(owner="t", limit=1, lease_seconds=30)
+        assert worker.process(delivery, token) == "retrying"
+        waited = time.monotonic() - parked_at
+    assert waited >= 0.15  # the second call went out only once the park was over
+    for delivery_id in (first, second):
+        [attempt] = store.attempts_of(delivery_id)
+        assert (attempt["outcome"], attempt["http_status"]) == ("tariff_limit", 402)
+        assert store.get(delivery_id).status == "retrying"
+    said = [line for line in lines if "tariff limit reached" in line]
+    assert len(said) == 2 and all('"level": "error"' in line for line in said)  # once a park: two parks
+    assert len(sandbox.sandbox.requests) == 2
+    sandbox.sandbox.tariff_exhausted = False
+    assert [drain(store, worker, delivery_id) for delivery_id in (first, second)] == ["delivered", "delivered"]
+
+
 def test_final_refusals_are_kept_with_the_answer(relay, sandbox):
     """error != 0 with a 4xx is final: failed/rejected, with the upstream's answer kept."""
     store, worker = relay

@@ -829,7 +829,7 @@ def test_the_alert_rules_name_only_what_relay_exports():
     }
     emitted = {
         "relay_webhooks_received_total": {"outcome": webhook_outcomes},
-        "relay_delivery_attempts_total": {"outcome": {"delivered", "transient", "rejected"}},
+        "relay_delivery_attempts_total": {"outcome": {"delivered", "transient", "tariff_limit", "rejected"}},
         "relay_deliveries": {"status": set(STATUSES)},
     }
     for alert in alerts:

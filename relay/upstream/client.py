@@ -1,8 +1,9 @@
 """The upstream client: one pooled httpx client, the contract's success rule, a rate limit.
 
-Success is HTTP 2xx with `error == 0`. Network errors, timeouts, 5xx, 429,
-402 and bodies that are not the API's JSON are transient; any other answer is
-final. The token goes into the body and is never logged or stored.
+Success is HTTP 2xx with `error == 0`. Network errors, timeouts, 5xx, 429 and
+bodies that are not the API's JSON are transient; 402 (the tariff limit) is
+transient too, and parks the worker's calls (TariffLimitReached); any other
+answer is final. The token goes into the body and is never logged or stored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from relay.errors import PermanentUpstreamError, TransientUpstreamError
+from relay.errors import PermanentUpstreamError, TariffLimitReached, TransientUpstreamError
 from relay.settings import Settings
 from relay.upstream.request import UpstreamCall
 from relay.upstream.xmlbody import to_xml
@@ -36,10 +37,13 @@ class RateLimiter:
         self.lock = threading.Lock()
         self.paused_until = 0.0
 
-    def pause(self, seconds: float) -> None:
-        """After a 429, nobody in this process calls for `seconds`."""
+    def pause(self, seconds: float) -> bool:
+        """After a 429 or a 402, nobody in this process calls for `seconds`; True when no pause was on."""
         with self.lock:
-            self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+            now = time.monotonic()
+            was_on = self.paused_until > now
+            self.paused_until = max(self.paused_until, now + seconds)
+            return not was_on
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         while True:
@@ -165,7 +169,14 @@ class UpstreamClient:
         # the operator. Decoding it directly skips httpx's charset detection, a cost on every call.
         text = raw[:8000].decode("utf-8", "replace")[:2000]
         status = response.status_code
-        if status == 429 or status == 402 or status == 408 or status >= 500:
+        if status == 402:
+            raise TariffLimitReached(
+                f"HTTP {status}: the tariff limit is reached",
+                http_status=status,
+                body=text,
+                retry_after=_retry_after(response),
+            )
+        if status == 429 or status == 408 or status >= 500:
             raise TransientUpstreamError(
                 f"HTTP {status}", http_status=status, body=text, retry_after=_retry_after(response)
             )
@@ -184,6 +195,8 @@ class UpstreamClient:
             return UpstreamAnswer(status, text, str(profile_id) if profile_id else None)
         error = answer.get("error")
         detail = f"HTTP {status}, error {error}: {answer.get('error_text', '')}"[:500]
-        if error in (429, 402) or (isinstance(error, int) and error >= 500):
+        if error == 402:
+            raise TariffLimitReached(detail, http_status=status, body=text)
+        if error == 429 or (isinstance(error, int) and error >= 500):
             raise TransientUpstreamError(detail, http_status=status, body=text)
         raise PermanentUpstreamError(detail, http_status=status, body=text)
