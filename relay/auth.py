@@ -181,7 +181,7 @@ def _verify_hmac(
             sent = float(timestamp) / (1000 if auth.timestamp_unit == "ms" else 1)
         except ValueError:
             raise AuthenticationFailed("timestamp is not a number") from None
-        if abs(now - sent) > auth.tolerance:
+        if not abs(now - sent) <= auth.tolerance:  # NaN compares false both ways: "nan" is outside too
             raise AuthenticationFailed(f"timestamp outside the {auth.tolerance} s tolerance")
     signed = _signed_message(auth, body=body, headers=headers, timestamp=timestamp, method=method, url=url)
     algorithm = getattr(hashlib, auth.algorithm)

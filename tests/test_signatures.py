@@ -104,6 +104,18 @@ def test_replay_after_tolerance_is_refused(name):
     authenticate(SOURCES[name], body=BODY, headers=headers, query={}, env=env_for(name, secret), now=signed_at + 299)
 
 
+@pytest.mark.parametrize("stamp", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_timestamp_that_is_no_time_is_outside_the_tolerance(stamp):
+    """float() reads 'nan', and NaN is never greater than the tolerance: a signature made over 'nan' was
+    accepted at any time (which only the secret's holder can make, but it is no time at all)."""
+    secret = SECRETS["STRIPE_WEBHOOK_SECRET"]
+    header = f"t={stamp},v1={hexed(secret, stamp.encode() + b'.' + BODY)}"
+    with pytest.raises(AuthenticationFailed, match="tolerance"):
+        authenticate(
+            SOURCES["stripe"], body=BODY, headers={"Stripe-Signature": header}, query={}, env=env_for("stripe", secret)
+        )
+
+
 def test_paddle_published_golden_vectors():
     """Paddle's SDK vectors verify: the fixture body, and a header with a bogus h1 beside the right one."""
     body = (FIXTURES / "paddle-customer.created.json").read_bytes()
