@@ -78,9 +78,10 @@ def authenticate(
             f"source {source.name!r} is not configured: set {' or '.join(unset) or 'its secret'}"
         )
     if auth.scheme == "token":
-        offered = query.get("token") or header_value(headers, "X-Relay-Token")
+        offered = query.get("token") or header_value(headers, "X-Relay-Token") or _token_in_header(auth, headers)
         if not offered:
-            raise AuthenticationFailed("missing token: add ?token=... or the X-Relay-Token header")
+            also = f", or {auth.header}: {auth.prefix}<token>" if auth.header else ""
+            raise AuthenticationFailed(f"missing token: add ?token=... or the X-Relay-Token header{also}")
         if not any(hmac.compare_digest(offered.encode(), s.encode()) for s in secrets):
             raise AuthenticationFailed("wrong token")
         return
@@ -93,6 +94,17 @@ def authenticate(
         method=method,
         url=url,
     )
+
+
+def _token_in_header(auth: AuthSpec, headers: Mapping[str, str]) -> str | None:
+    """The token in the header a token source names (`Authorization: Bearer <token>`, which is all some
+    form tools let their owner set), without its prefix."""
+    if auth.header is None:
+        return None
+    value = (header_value(headers, auth.header) or "").strip()
+    if not value.lower().startswith(auth.prefix.lower()):
+        return None
+    return value[len(auth.prefix) :].strip() or None
 
 
 def _key(secret: str, encoding: str) -> bytes | None:

@@ -338,7 +338,9 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         if auth.scheme == "hmac":
             how = f"HMAC-{auth.algorithm.upper()} in {auth.header}"
         elif auth.scheme == "token":
-            how = "token in ?token= or X-Relay-Token"
+            how = "token in ?token= or X-Relay-Token" + (
+                f" or {auth.header}: {auth.prefix}<token>" if auth.header else ""
+            )
         else:
             how = "none"
         refs = [envrefs.parse_ref(s) for s in auth.secrets]

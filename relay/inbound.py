@@ -33,12 +33,14 @@ def header_value(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def keepable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers worth storing with a delivery, with every credential left out."""
+def keepable_headers(headers: Mapping[str, str], auth_header: str | None = None) -> dict[str, str]:
+    """The headers worth storing with a delivery, with every credential left out: the usual ones, and the
+    header the source authenticates with, whatever its name (a token source may name any)."""
     kept: dict[str, str] = {}
+    dropped = auth_header.lower() if auth_header else None
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in _DROPPED_HEADERS or any(marker in lowered for marker in _DROPPED_MARKERS):
+        if lowered in _DROPPED_HEADERS or any(marker in lowered for marker in _DROPPED_MARKERS) or lowered == dropped:
             continue
         kept[name] = value
     return kept

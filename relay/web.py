@@ -322,7 +322,7 @@ def _receive(
         source=source.name,
         body=body,
         content_type=content_type,
-        headers=keepable_headers(headers),
+        headers=keepable_headers(headers, source.auth.header),
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
     encoding = req.headers.get("Content-Encoding", "").strip().lower()

@@ -279,6 +279,54 @@ def test_hubspot_hook_verifies_the_url_it_was_called_at(tmp_path, env, headers, 
         app.extensions["relay"]["store"].close()
 
 
+HEADER_TOKEN = """version: 1
+source: landing
+auth: {scheme: token, secret: "${LANDING_WEBHOOK_TOKEN}", header: Authorization, prefix: "Bearer "}
+rules:
+  - name: lead
+    match:
+      email: {path: email, transform: email}
+"""
+
+
+def test_a_token_source_may_name_the_header_its_tool_can_set(tmp_path):
+    """Gravity Forms' feeds and Fillout's advanced webhooks let their owner set headers such as
+    `Authorization: Bearer <token>` and nothing in the URL: a token source may name that header and its
+    prefix. The token is then found there too; it is never stored, whatever the header's name."""
+    from relay.web import create_app
+
+    (tmp_path / "landing.yaml").write_text(HEADER_TOKEN)
+    source = load_sources(tmp_path)["landing"]
+    env = {"LANDING_WEBHOOK_TOKEN": "form-tool-token-7c"}
+    for headers, query in [
+        ({"Authorization": "Bearer form-tool-token-7c"}, {}),
+        ({"authorization": "bearer  form-tool-token-7c "}, {}),
+        ({}, {"token": "form-tool-token-7c"}),
+        ({"X-Relay-Token": "form-tool-token-7c"}, {}),
+    ]:
+        authenticate(source, body=b"", headers=headers, query=query, env=env)
+    for headers, reason in [
+        ({"Authorization": "Basic form-tool-token-7c"}, "or Authorization: Bearer <token>"),
+        ({"Authorization": "Bearer other"}, "wrong token"),
+        ({}, "missing token"),
+    ]:
+        with pytest.raises(AuthenticationFailed, match=reason):
+            authenticate(source, body=b"", headers=headers, query={}, env=env)
+    (tmp_path / "landing.yaml").write_text(HEADER_TOKEN.replace("Authorization", "X-Form-Key").replace("Bearer ", ""))
+    app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(tmp_path), **env))
+    try:
+        client = app.test_client()
+        answer = client.post(
+            "/hooks/landing", json={"email": "a@example.com"}, headers={"X-Form-Key": env["LANDING_WEBHOOK_TOKEN"]}
+        )
+        assert answer.status_code == 202
+        stored = app.extensions["relay"]["store"].get(answer.get_json()["id"])
+        assert "x-form-key" not in {name.lower() for name in stored.headers}
+        assert env["LANDING_WEBHOOK_TOKEN"] not in repr(stored)
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
 @pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7", "fillout"])
 def test_token_sources(name):
     """Token sources take ?token= or X-Relay-Token; a wrong or missing token fails; unset fails closed."""
