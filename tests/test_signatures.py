@@ -190,23 +190,19 @@ def test_hubspot_signature_covers_method_url_body_and_timestamp():
         )
 
 
-# The Standard Webhooks specification's own test vector (also Svix's): id, timestamp, body, secret, signature.
-STANDARD = """version: 1
-source: standard
-kind: other
-auth:
-  scheme: hmac
-  header: webhook-signature
-  prefix: "v1,"
-  timestamp_header: webhook-timestamp
-  signed: "{header:webhook-id}.{timestamp}.{body}"
-  key_encoding: base64
-  tolerance: 300
-  secret: ${STANDARD_WEBHOOK_SECRET}
-rules:
-  - name: any
-    ignore: signatures only
-"""
+def _guide_block(first_line: str) -> str:
+    """The YAML block of mappings/README.md that begins with `first_line`."""
+    guide = (MAPPINGS / "README.md").read_text(encoding="utf-8")
+    [block] = [block.split("```", 1)[0] for block in guide.split("```yaml\n")[1:] if block.startswith(first_line)]
+    return block
+
+
+# The guide's Standard Webhooks block, and the specification's own test vector (also Svix's).
+STANDARD = (
+    "version: 1\nsource: standard\n"
+    + _guide_block("# auth for Standard Webhooks").replace("BIGCOMMERCE_WEBHOOK_SECRET", "STANDARD_WEBHOOK_SECRET")
+    + "rules:\n  - name: any\n    ignore: signatures only\n"
+)
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 VECTOR_AT = 1614265330
 VECTOR_BODY = b'{"test": 2432232314}'
