@@ -111,8 +111,9 @@ class AuthSpec:
     `hmac`: a keyed digest of `signed` (a template over `{body}`, `{timestamp}`,
     `{method}`, `{url}` and `{header:<name>}`) in `header`, keyed with the
     secret as written (`key_encoding` text) or decoded from hex or base64;
-    `token`: a shared token in `?token=` or `X-Relay-Token`; `none`: nothing
-    (only for sources that are trusted by the network they sit on).
+    `token`: a shared token in `?token=`, `X-Relay-Token` or the `header` named
+    (after its `prefix`); `none`: nothing (only for sources that are trusted by
+    the network they sit on).
     """
 
     scheme: str
