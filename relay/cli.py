@@ -354,6 +354,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         print(f"  url:      {settings.public_url or ''}/hooks/{name}")
         print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
         print(f"  status:   {state}")
+        if source.cors_origins:
+            print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
         if auth.scheme == "hmac" and "{url}" in auth.signed and not settings.public_url:
             print(
                 "  note:     signs the URL it calls: set RELAY_PUBLIC_URL to relay's address as the provider "

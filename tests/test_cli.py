@@ -80,6 +80,20 @@ def test_sources_lists_urls_auth_and_readiness():
     assert "  note:     signs the URL it calls: set RELAY_PUBLIC_URL" in result.stdout
     public = relay_command("sources", env={**ENV, "RELAY_PUBLIC_URL": "https://hooks.example.com/"})
     assert "  url:      https://hooks.example.com/hooks/hubspot\n" in public.stdout and "  note:" not in public.stdout
+    assert "browsers:" not in result.stdout  # no built-in source is posted from a browser
+
+
+def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
+    """An operator sees which web pages may post to a hook from the visitor's browser (`cors`)."""
+    (tmp_path / "landing.yaml").write_text(
+        "version: 1\nsource: landing\nauth: {scheme: token, secret: '${LANDING_TOKEN}', header: X-Key}\n"
+        "cors: {origins: [https://www.example.com, https://promo.example.com]}\n"
+        "rules:\n  - name: lead\n    match:\n      email: {path: email}\n"
+    )
+    result = relay_command("sources", env={**ENV, "RELAY_MAPPINGS_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "  auth:     token in ?token= or X-Relay-Token or X-Key: <token> from LANDING_TOKEN\n" in result.stdout
+    assert "  browsers: pages that may post here: https://www.example.com, https://promo.example.com\n" in result.stdout
 
 
 def test_output_into_a_pipe_closed_early_stops_quietly():
