@@ -44,6 +44,7 @@ log = logging.getLogger("relay.worker")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
 TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff limit)
+GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
 class Worker:
@@ -147,6 +148,10 @@ class Worker:
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             self._look_at_mappings()  # also while idle, so that a broken edit shows before a delivery meets it
+            if self.limiter.paused_for() > GIVE_BACK_AFTER:
+                # Parked (a 402, a long 429): claiming now would only hand the deliveries back.
+                self.stop_event.wait(min(self.limiter.paused_for(), self.settings.poll_interval * 4))
+                continue
             try:
                 if self.held_to_release:
                     self._release_held()
@@ -296,6 +301,20 @@ class Worker:
         attempt_no = delivery.attempts
         last = len(translation.calls) - 1
         for index in range(delivery.calls_done, len(translation.calls)):
+            wait = self.limiter.paused_for()
+            if wait > GIVE_BACK_AFTER:
+                # Waiting out a long pause while holding the claim would outlast its lease, and another
+                # worker could claim and send the delivery too: it goes back to the queue instead.
+                reason = self.limiter.pause_reason or "paused"
+                self.store.finish(
+                    delivery.id,
+                    token,
+                    status="retrying",
+                    detail=f"waiting: this worker's calls are paused for {wait:.0f} s ({reason})",
+                    next_attempt_at=time.time() + wait,
+                    calls=calls,
+                )
+                return "retrying"
             if not self.limiter.acquire(self.stop_event):
                 # Stopping: give the delivery back at once rather than wait out the lease.
                 self.store.finish(delivery.id, token, status="retrying", next_attempt_at=time.time(), calls=calls)
@@ -317,7 +336,7 @@ class Worker:
             if isinstance(error, PermanentUpstreamError):
                 return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
             if error.http_status == 429 and error.retry_after:
-                self.limiter.pause(min(error.retry_after, 60))
+                self.limiter.pause(min(error.retry_after, 60), reason="the upstream answered 429")
             if isinstance(error, TariffLimitReached):
                 self._park(delivery, error)
             return self._retry_later(
@@ -341,7 +360,7 @@ class Worker:
         schedule's longest step when shorter), so the backlog is not spent on answers known in advance;
         the operator is told once a park, in the log and in Sentry. The deliveries wait as `retrying`."""
         seconds = max(error.retry_after or 0.0, min(TARIFF_PARK_SECONDS, self.settings.retry_schedule[-1]))
-        if not self.limiter.pause(seconds):
+        if not self.limiter.pause(seconds, reason="the upstream's tariff limit (402)"):
             return  # parked already (another thread's 402): said once
         message = f"upstream tariff limit reached (402): no calls for {seconds:g} s; deliveries wait as retrying"
         log.error(message, extra={"delivery_id": delivery.id, "source": delivery.source, "detail": error.detail})

@@ -146,6 +146,41 @@ def test_the_tariff_limit_parks_the_workers_calls_and_says_so_once(relay, sandbo
     assert [drain(store, worker, delivery_id) for delivery_id in (first, second)] == ["delivered", "delivered"]
 
 
+def test_a_delivery_held_while_the_worker_is_parked_goes_back_to_the_queue(tmp_path, sandbox):
+    """A park (here 20 s) can outlast a claim's lease: a thread that waited it out holding its deliveries
+    would send them after another worker had claimed and sent them too. A delivery whose call would wait
+    more than a few seconds goes back to the queue, due when the park ends, with no try spent and a detail
+    that says why; and no thread claims more meanwhile."""
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_UPSTREAM_TIMEOUT="0.5", RELAY_RETRY_SCHEDULE="0.05,0.1,20"
+    )
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    try:
+        first = accept(store, b"Email=a%40example.com", "k1")
+        second = accept(store, b"Email=b%40example.com", "k2")
+        sandbox.sandbox.tariff_exhausted = True
+        started = time.monotonic()
+        assert [worker.process(*claimed) for claimed in store.claim(owner=worker.owner, limit=2, lease_seconds=30)] == [
+            "retrying",
+            "retrying",
+        ]
+        assert time.monotonic() - started < 5 and len(sandbox.sandbox.requests) == 1
+        assert [a["outcome"] for a in store.attempts_of(first)] == ["tariff_limit"]
+        waiting = store.get(second)
+        assert (waiting.status, waiting.attempts, store.attempts_of(second)) == ("retrying", 0, [])
+        assert waiting.detail.startswith("waiting: this worker's calls are paused for 20 s")
+        assert "tariff limit (402)" in waiting.detail
+        assert 15 < waiting.next_attempt_at - time.time() <= 20
+        third = accept(store, b"Email=c%40example.com", "k3")  # due now
+        worker.start()  # its threads see the park and claim nothing until it ends
+        time.sleep(1.0)
+        assert len(sandbox.sandbox.requests) == 1 and store.get(third).status == "queued"
+    finally:
+        worker.stop()
+        store.close()
+
+
 def test_final_refusals_are_kept_with_the_answer(relay, sandbox):
     """error != 0 with a 4xx is final: failed/rejected, with the upstream's answer kept."""
     store, worker = relay

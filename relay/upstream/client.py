@@ -36,14 +36,21 @@ class RateLimiter:
         self.updated = time.monotonic()
         self.lock = threading.Lock()
         self.paused_until = 0.0
+        self.pause_reason = ""
 
-    def pause(self, seconds: float) -> bool:
+    def pause(self, seconds: float, reason: str = "") -> bool:
         """After a 429 or a 402, nobody in this process calls for `seconds`; True when no pause was on."""
         with self.lock:
             now = time.monotonic()
             was_on = self.paused_until > now
-            self.paused_until = max(self.paused_until, now + seconds)
+            if now + seconds > self.paused_until:
+                self.paused_until, self.pause_reason = now + seconds, reason
             return not was_on
+
+    def paused_for(self) -> float:
+        """Seconds left of a pause; 0 when calls may go."""
+        with self.lock:
+            return max(0.0, self.paused_until - time.monotonic())
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         while True:
