@@ -336,7 +336,7 @@ class Worker:
             if isinstance(error, PermanentUpstreamError):
                 return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
             if error.http_status == 429 and error.retry_after:
-                self.limiter.pause(min(error.retry_after, 60), reason="the upstream answered 429")
+                self.limiter.pause(min(error.retry_after, 60), reason="429, the upstream's rate limit")
             if isinstance(error, TariffLimitReached):
                 self._park(delivery, error)
             return self._retry_later(
@@ -360,7 +360,7 @@ class Worker:
         schedule's longest step when shorter), so the backlog is not spent on answers known in advance;
         the operator is told once a park, in the log and in Sentry. The deliveries wait as `retrying`."""
         seconds = max(error.retry_after or 0.0, min(TARIFF_PARK_SECONDS, self.settings.retry_schedule[-1]))
-        if not self.limiter.pause(seconds, reason="the upstream's tariff limit (402)"):
+        if not self.limiter.pause(seconds, reason="402, the upstream's tariff limit"):
             return  # parked already (another thread's 402): said once
         message = f"upstream tariff limit reached (402): no calls for {seconds:g} s; deliveries wait as retrying"
         log.error(message, extra={"delivery_id": delivery.id, "source": delivery.source, "detail": error.detail})

@@ -170,7 +170,7 @@ def test_a_delivery_held_while_the_worker_is_parked_goes_back_to_the_queue(tmp_p
         waiting = store.get(second)
         assert (waiting.status, waiting.attempts, store.attempts_of(second)) == ("retrying", 0, [])
         assert waiting.detail.startswith("waiting: this worker's calls are paused for 20 s")
-        assert "tariff limit (402)" in waiting.detail
+        assert waiting.detail.endswith("(402, the upstream's tariff limit)")
         assert 15 < waiting.next_attempt_at - time.time() <= 20
         third = accept(store, b"Email=c%40example.com", "k3")  # due now
         worker.start()  # its threads see the park and claim nothing until it ends
