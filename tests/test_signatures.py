@@ -241,6 +241,30 @@ def test_standard_webhooks_vector_verifies_from_a_mapping_file(tmp_path):
         check(source=load_sources(tmp_path)["standard"])
 
 
+SQUARESPACE = """version: 1
+source: squarespace
+kind: shop
+auth: {scheme: hmac, header: Squarespace-Signature, encoding: hex, KEY, secret: "${SQUARESPACE_WEBHOOK_SECRET}"}
+rules:
+  - name: any
+    ignore: signatures only
+"""
+
+
+@pytest.mark.parametrize("key", ["hex_key: true", "key_encoding: hex"])
+def test_a_hex_written_secret_is_decoded_to_its_bytes(tmp_path, key):
+    """Squarespace keys its HMAC with the hex-decoded secret; `key_encoding: hex` says so, as `hex_key: true`
+    did before it (files that use it keep working). The vector is the samples' own, computed with the rule."""
+    (tmp_path / "squarespace.yaml").write_text(SQUARESPACE.replace("KEY", key))
+    source = load_sources(tmp_path)["squarespace"]
+    body = (FIXTURES / "squarespace-order.create.json").read_bytes()
+    env = {"SQUARESPACE_WEBHOOK_SECRET": "b4c1e1f0d3a2c5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0"}
+    signed = {"Squarespace-Signature": "a1e0a3ac1a2b764628e5de5558726aa721c6225ff81b5b54c34cb99bc6df58be"}
+    authenticate(source, body=body, headers=signed, query={}, env=env)
+    with pytest.raises(AuthenticationFailed, match="does not match"):
+        authenticate(source, body=body, headers=signed, query={}, env={"SQUARESPACE_WEBHOOK_SECRET": "not hex"})
+
+
 @pytest.mark.parametrize(
     ("env", "headers", "url"),
     [
