@@ -356,7 +356,7 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         print(f"  status:   {state}")
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
-        if auth.scheme == "hmac" and "{url}" in auth.signed and not settings.public_url:
+        if auth.signs_url and not settings.public_url:
             print(
                 "  note:     signs the URL it calls: set RELAY_PUBLIC_URL to relay's address as the provider "
                 "calls it (else the scheme and host come from the request)"

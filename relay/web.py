@@ -306,7 +306,7 @@ def _receive(
         query=req.args,
         env=settings.env,
         method=req.method,
-        url=_called_url(req, settings) if "{url}" in source.auth.signed else None,
+        url=_called_url(req, settings) if source.auth.signs_url else None,
     )
     # Only webhooks that pass authentication count against their source's limit: counted before it, anyone
     # who knows a hook's URL could spend the allowance with forged requests and have the provider's own

@@ -148,9 +148,10 @@ class Worker:
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             self._look_at_mappings()  # also while idle, so that a broken edit shows before a delivery meets it
-            if self.limiter.paused_for() > GIVE_BACK_AFTER:
+            paused = self.limiter.paused_for()
+            if paused > GIVE_BACK_AFTER:
                 # Parked (a 402, a long 429): claiming now would only hand the deliveries back.
-                self.stop_event.wait(min(self.limiter.paused_for(), self.settings.poll_interval * 4))
+                self.stop_event.wait(min(paused, self.settings.poll_interval * 4))
                 continue
             try:
                 if self.held_to_release:
@@ -306,19 +307,11 @@ class Worker:
                 # Waiting out a long pause while holding the claim would outlast its lease, and another
                 # worker could claim and send the delivery too: it goes back to the queue instead.
                 reason = self.limiter.pause_reason or "paused"
-                self.store.finish(
-                    delivery.id,
-                    token,
-                    status="retrying",
-                    detail=f"waiting: this worker's calls are paused for {wait:.0f} s ({reason})",
-                    next_attempt_at=time.time() + wait,
-                    calls=calls,
-                )
-                return "retrying"
+                detail = f"waiting: this worker's calls are paused for {wait:.0f} s ({reason})"
+                return self._give_back(delivery, token, calls, due_in=wait, detail=detail)
             if not self.limiter.acquire(self.stop_event):
                 # Stopping: give the delivery back at once rather than wait out the lease.
-                self.store.finish(delivery.id, token, status="retrying", next_attempt_at=time.time(), calls=calls)
-                return "retrying"
+                return self._give_back(delivery, token, calls)
             attempt, error = self._send(delivery, index, translation.calls[index])
             attempt_no += 1
             if error is None and index < last:
@@ -354,6 +347,21 @@ class Worker:
         # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
+
+    def _give_back(
+        self,
+        delivery: Delivery,
+        token: str,
+        calls: list[dict[str, Any]],
+        *,
+        due_in: float = 0.0,
+        detail: str | None = None,
+    ) -> str:
+        """Hand a claimed delivery back to the queue before its next call, with no try spent."""
+        self.store.finish(
+            delivery.id, token, status="retrying", detail=detail, next_attempt_at=time.time() + due_in, calls=calls
+        )
+        return "retrying"
 
     def _park(self, delivery: Delivery, error: TariffLimitReached) -> None:
         """The tariff limit: no call of this process goes out for a while (TARIFF_PARK_SECONDS, or the

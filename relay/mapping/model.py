@@ -133,6 +133,11 @@ class AuthSpec:
     key_encoding: str = "text"
     url_unescape: str = ""  # characters whose %XX escapes in the URL are decoded before signing (HubSpot)
 
+    @property
+    def signs_url(self) -> bool:
+        """The signature covers the URL the sender called: relay must work it out (RELAY_PUBLIC_URL)."""
+        return self.scheme == "hmac" and "{url}" in self.signed
+
 
 @dataclass(frozen=True)
 class PingSpec:
