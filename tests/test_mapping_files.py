@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.errors import ConfigError
 from relay.mapping.loader import load_source_file, load_sources
@@ -181,3 +183,25 @@ def test_the_guide_names_every_key_transform_operator_mode_and_function():
     spans = re.findall(r"`([^`\n]+)`", guide)  # the guide's code, where keys and names are written
     missing = sorted(name for name in names if not any(re.search(rf"\b{name}\b", span) for span in spans))
     assert missing == []
+
+
+_env_texts = st.lists(
+    st.one_of(
+        st.sampled_from(["${A}", "${B:-d}", "${C:-}", "${UNSET}", "${UNSET:-x y}", "${", "}", "$", ":-", "${1A}"]),
+        st.text(alphabet="ab${}:-_ ", max_size=6),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_env_texts)
+def test_references_resolve_as_the_pattern_reads_them(text):
+    """`resolve_text` splits each text into literals and references once (cached); what it gives is what
+    substituting every match of the reference pattern gives, set, empty, unset and malformed alike."""
+    from relay.mapping import envrefs
+
+    env = {"A": "x", "B": "", "C": "y"}
+    expected = envrefs._ANY.sub(lambda m: envrefs.EnvRef(m.group(1), m.group(2)).resolve(env) or "", text)
+    assert envrefs.resolve_text(text, env) == expected
+    assert envrefs.resolve_text(text, env) == expected  # from the cache

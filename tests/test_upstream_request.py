@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.bodies import parse_body
@@ -157,11 +157,56 @@ _request_values = st.one_of(
         max_size=6,
     ),
 )
+@example(body={"db_id": 1, "matching": "phone"}, subscription={"resource_id": 1, "channel": "email"})
 def test_checking_only_the_given_keys_finds_what_the_whole_schema_finds(body, subscription):
-    """The check leaves out the optional fields a request lacks (for speed); its messages are the whole
-    schema's, whatever keys are given, left out or unknown."""
-    from relay.upstream.request import _problems
+    """The check leaves out the optional fields a request lacks, and the rule's fields (db_id, matching,
+    channel...) whose values passed before (for speed); its messages are the whole schema's, whatever keys
+    are given, left out or unknown, the first time a value is seen and the next."""
+    from relay.upstream.request import _PASSED, _problems
 
     body = {**body, "data": {"subscriptions": [subscription]}}
-    assert _problems(SubscriptionSchema, subscription) == SubscriptionSchema().validate(subscription)
-    assert _problems(ProfileRequestSchema, body) == ProfileRequestSchema().validate(body)
+    _PASSED.clear()
+    for _time in ("first", "again"):
+        assert _problems(SubscriptionSchema, subscription) == SubscriptionSchema().validate(subscription)
+        assert _problems(ProfileRequestSchema, body) == ProfileRequestSchema().validate(body)
+
+
+def test_a_value_that_passed_does_not_pass_a_look_alike_of_another_type():
+    """True == 1 and 1.0 == 1 in Python, but a strict integer field refuses True and 1.0: a db_id of 1 seen
+    to pass does not let True or 1.0 through afterwards, nor a channel "email" the channel " email"."""
+    from relay.upstream.request import _PASSED
+
+    _PASSED.clear()
+    subscription = {"resource_id": 1, "channel": "email", "email": "a@b.c"}
+    for _time in ("first", "again"):
+        assert request_problems("profiles/update", {**OK, "db_id": 1, "data": {"subscriptions": [subscription]}}) == []
+    for db_id in (True, 1.0):
+        assert any(p.startswith("db_id:") for p in request_problems("profiles/update", {**OK, "db_id": db_id}))
+    for resource_id, channel in ((True, "email"), (1.0, "email"), (1, " email")):
+        odd = {**subscription, "resource_id": resource_id, "channel": channel}
+        problems = request_problems("profiles/update", {**OK, "data": {"subscriptions": [odd]}})
+        assert any(p.startswith("data.subscriptions.0.") for p in problems), (odd, problems)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(
+        st.ip_addresses().map(str),
+        st.text(alphabet="0123456789abcdefABCDEF.:%x ", max_size=45),
+        st.lists(st.integers(0, 300).map(str), min_size=3, max_size=5).map(".".join),
+    )
+)
+def test_an_ip_is_what_the_ipaddress_module_reads_as_one(text):
+    """`_ip` and `_regip` are checked with the C parser; it reads an address where `ipaddress` does (leading
+    zeros, short forms, embedded IPv4 alike), except scope ids, which no public address carries."""
+    import ipaddress
+
+    from relay.upstream.request import _is_ip
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        expected = False
+    else:
+        expected = "%" not in text
+    assert _is_ip(text) is expected

@@ -7,6 +7,7 @@ stored or logged structure.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,7 +58,21 @@ def resolve_text(text: str, env: Mapping[str, str]) -> str:
     """Replace every reference in `text`; an unset one without default becomes ''."""
     if "${" not in text:  # most texts a translation resolves (tags, field names) have none
         return text
-    return _ANY.sub(lambda m: EnvRef(m.group(1), m.group(2)).resolve(env) or "", text)
+    return "".join(piece if isinstance(piece, str) else piece.resolve(env) or "" for piece in _pieces(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pieces(text: str) -> tuple[str | EnvRef, ...]:
+    """`text` split into literal parts and references, once per text: the texts are the mapping files'
+    (`${RELAY_DB_ID:-1}`, a few per call), and the regular expression cost more than the lookups."""
+    pieces: list[str | EnvRef] = []
+    at = 0
+    for match in _ANY.finditer(text):
+        pieces.append(text[at : match.start()])
+        pieces.append(EnvRef(match.group(1), match.group(2)))
+        at = match.end()
+    pieces.append(text[at:])
+    return tuple(piece for piece in pieces if piece != "")
 
 
 def missing(refs: Iterable[EnvRef], env: Mapping[str, str]) -> list[str]:
