@@ -210,3 +210,9 @@ def test_an_ip_is_what_the_ipaddress_module_reads_as_one(text):
     else:
         expected = "%" not in text
     assert _is_ip(text) is expected
+
+
+def test_a_number_is_not_an_ip():
+    """`ipaddress` reads 5 as 0.0.0.5; the upstream's `_ip` is text, so a mapping that gives a number is told."""
+    problems = request_problems("profiles/update", {**OK, "data": {"_ip": 5, "_regip": "81.2.69.142"}})
+    assert problems == ["data._ip: _ip must be an IPv4 or IPv6 address"], problems
