@@ -46,7 +46,7 @@ def parse_ref(text: str) -> EnvRef | None:
 
 
 def find_refs(text: str) -> list[EnvRef]:
-    return [EnvRef(m.group(1), m.group(2)) for m in _ANY.finditer(text)]
+    return [piece for piece in _pieces(text) if isinstance(piece, EnvRef)]
 
 
 def broken_ref(text: str) -> bool:
