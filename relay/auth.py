@@ -3,7 +3,8 @@
 One configurable HMAC verifier covers the signing providers (header, algorithm,
 hex or base64, prefix, what is signed: the body with the timestamp, method, URL
 or another header around it, timestamp and tolerance, how the key is written);
-token sources compare `?token=` or `X-Relay-Token`. Every comparison is
+token sources compare `?token=`, `X-Relay-Token`, a header the mapping names or
+a field of the body (Wufoo's HandshakeKey). Every comparison is
 `hmac.compare_digest`. A source whose secret is unset refuses everything, naming
 the variable: fail closed. Several secrets may be set at once, for rotation.
 """
@@ -61,10 +62,13 @@ def authenticate(
     now: float | None = None,
     method: str = "POST",
     url: str | None = None,
+    body_token: object = None,
 ) -> None:
     """Return when the request is genuine.
 
-    `method` and `url` (the address the sender called) are needed only by a source that signs them.
+    `method` and `url` (the address the sender called) are needed only by a source that signs them;
+    `body_token` (the value of the body field `auth.body_field`, see `bodies.read_field`) only by a token
+    source that names one.
 
     Raises:
         AuthenticationFailed: with a detail that names what is wrong (never a secret).
@@ -78,9 +82,15 @@ def authenticate(
             f"source {source.name!r} is not configured: set {' or '.join(unset) or 'its secret'}"
         )
     if auth.scheme == "token":
-        offered = query.get("token") or header_value(headers, "X-Relay-Token") or _token_in_header(auth, headers)
+        offered = (
+            query.get("token")
+            or header_value(headers, "X-Relay-Token")
+            or _token_in_header(auth, headers)
+            or (body_token if isinstance(body_token, str) and auth.body_field else None)
+        )
         if not offered:
             also = f", or {auth.header}: {auth.prefix}<token>" if auth.header else ""
+            also += f", or the body field {auth.body_field}" if auth.body_field else ""
             raise AuthenticationFailed(f"missing token: add ?token=... or the X-Relay-Token header{also}")
         if not any(hmac.compare_digest(offered.encode(), s.encode()) for s in secrets):
             raise AuthenticationFailed("wrong token")

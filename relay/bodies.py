@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeElementTree
@@ -26,7 +26,7 @@ from werkzeug.http import parse_options_header
 
 from relay.errors import Unparsable, UnsupportedContentType
 
-__all__ = ["Limits", "parse_body", "nest_pairs", "media_type"]
+__all__ = ["Limits", "parse_body", "nest_pairs", "media_type", "read_field"]
 
 JSON_TYPES = {"application/json", "text/json", "application/javascript", "text/plain"}
 FORM_TYPES = {"application/x-www-form-urlencoded"}
@@ -58,28 +58,70 @@ def parse_body(body: bytes, content_type: str | None, *, check_depth: bool = Tru
         UnsupportedContentType: the type is none relay reads.
         Unparsable: the body does not parse as its type says.
     """
+    return _read(body, content_type, check_depth=check_depth)[1]
+
+
+def _read(body: bytes, content_type: str | None, *, check_depth: bool = True) -> tuple[str, Any]:
+    """(how the body was read: json, form, multipart or xml; what it holds): the one place that decides."""
     mimetype, options = media_type(content_type)
     if not mimetype:
         mimetype = _sniff(body)
     if mimetype in JSON_TYPES or mimetype.endswith("+json"):
-        return _parse_json(body, options.get("charset"), check_depth=check_depth)
+        return "json", _parse_json(body, options.get("charset"), check_depth=check_depth)
     if mimetype in FORM_TYPES:
         if body[:64].lstrip()[:1] in (b"{", b"["):  # a form encoder writes a brace as %7B
             try:
                 # JSON text labelled a form: what Google Apps Script's UrlFetchApp sends for `payload:
                 # JSON.stringify(...)` without `contentType`, whose default is form-urlencoded. Read as a
                 # form it was one field named by the whole text, and every such webhook failed its mapping.
-                return _parse_json(body, options.get("charset"), check_depth=check_depth)
+                return "json", _parse_json(body, options.get("charset"), check_depth=check_depth)
             except Unparsable:
                 pass  # a form after all, whose first field's name begins with a brace
-        return _parse_form(body, options.get("charset"))
+        return "form", _parse_form(body, options.get("charset"))
     if mimetype in MULTIPART_TYPES:
-        return _parse_multipart(body, mimetype, options)
+        return "multipart", _parse_multipart(body, mimetype, options)
     if mimetype in XML_TYPES or mimetype.endswith("+xml"):
-        return _parse_xml(body)
+        return "xml", _parse_xml(body)
     raise UnsupportedContentType(
         f"content type {mimetype!r} is not supported; send JSON, form-urlencoded, multipart/form-data or XML"
     )
+
+
+def read_field(body: bytes, content_type: str | None, name: str) -> tuple[Any, bytes]:
+    """(the top-level field `name` of a JSON or form body, the body without it), for a secret a provider
+    puts in the body (Wufoo's and Formstack's HandshakeKey), which must be neither stored nor forwarded.
+
+    A form keeps every other byte as sent (its pairs are cut out: `name`, `name[...]`); a JSON object is
+    written again without the key, which parses to the same data (Python's encoder, which keeps every
+    digit of an integer, and ASCII escapes, which any charset takes). The field is None when absent.
+
+    Raises:
+        UnsupportedContentType: a multipart or XML body (relay cannot cut a part out of it).
+        Unparsable: the body does not parse as its type says.
+    """
+    kind, data = _read(body, content_type)
+    if kind not in ("json", "form"):
+        raise UnsupportedContentType(f"this source reads its token from a JSON or form-encoded body, not {kind}")
+    if not isinstance(data, dict) or name not in data:
+        return None, body
+    value = data[name]
+    if kind == "json":
+        charset = media_type(content_type)[1].get("charset") or "utf-8"
+        rest = {key: item for key, item in data.items() if key != name}
+        return value, json.dumps(rest, separators=(",", ":")).encode(charset)
+    return value, _form_without(body, media_type(content_type)[1].get("charset"), name)
+
+
+def _form_without(body: bytes, charset: str | None, name: str) -> bytes:
+    """A form body without the pairs whose key is `name` or `name[...]`, every other byte as sent."""
+    nested = name + "["
+    kept = []
+    for pair in body.split(b"&"):
+        encoding = charset or "utf-8"
+        key = unquote_plus(pair.split(b"=", 1)[0].decode(encoding, "replace"), encoding=encoding, errors="replace")
+        if key != name and not key.startswith(nested):
+            kept.append(pair)
+    return b"&".join(kept)
 
 
 def _sniff(body: bytes) -> str:

@@ -17,7 +17,7 @@ from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
-from relay.pipeline import parse_request, translate_request
+from relay.pipeline import parse_request, take_body_token, translate_request
 from relay.settings import Settings
 from relay.upstream.xmlbody import to_xml
 
@@ -216,6 +216,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region, geo=_geo(settings))
     try:
+        if stored is None:  # as relay would keep it: without a token the body carries
+            request = take_body_token(source, request)[1]
         if stored is None and is_ping(source, request, parse_request(request)):
             print("[]")
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
@@ -341,6 +343,7 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             how = "token in ?token= or X-Relay-Token" + (
                 f" or {auth.header}: {auth.prefix}<token>" if auth.header else ""
             )
+            how += f" or the body field {auth.body_field}" if auth.body_field else ""
         else:
             how = "none"
         refs = [envrefs.parse_ref(s) for s in auth.secrets]

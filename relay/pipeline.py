@@ -6,16 +6,32 @@ mapping examples, so that all three translate exactly alike.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from relay.bodies import parse_body
+from relay.bodies import parse_body, read_field
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation, translate
 from relay.upstream.xmlbody import name_problems
 
-__all__ = ["parse_request", "translate_request"]
+__all__ = ["parse_request", "take_body_token", "translate_request"]
+
+
+def take_body_token(source: Source, request: InboundRequest) -> tuple[object, InboundRequest]:
+    """(the token a source sends in its body, the request without it), for a token source with a
+    `body_field` (Wufoo's HandshakeKey): the secret is never stored, shown or forwarded. Other sources:
+    (None, the request as it is).
+
+    Raises:
+        RequestRejected: the body does not parse, or is one relay cannot cut a field out of.
+    """
+    name = source.auth.body_field
+    if name is None:
+        return None, request
+    token, body = read_field(request.body, request.content_type, name)
+    return token, dataclasses.replace(request, body=body)
 
 
 def parse_request(request: InboundRequest, *, stored: bool = False) -> Any:

@@ -40,7 +40,7 @@ from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.mapping.translate import event_of, prepare_payload, select_rule
-from relay.pipeline import parse_request
+from relay.pipeline import parse_request, take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
 from relay.settings import Settings
@@ -282,6 +282,13 @@ def _forwarded(value: str | None, trusted: int) -> str | None:
     return hops[-trusted] if len(hops) >= trusted else None
 
 
+def _refuse_compressed(req: Request) -> None:
+    encoding = req.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Without this the compressed bytes reached the parser and came back as "invalid JSON".
+        raise UnsupportedContentType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+
+
 def _receive(
     req: Request, source: Source, settings: Settings, store: Store, limiter: HookLimiter
 ) -> tuple[Response, int]:
@@ -299,6 +306,12 @@ def _receive(
             log.info("unsigned ping answered", extra={"source": source.name})
             metrics.received(source.name, "ping")
             return _json({"status": "ping"}), 200
+    body_token = None
+    if source.auth.body_field is not None:
+        # A token in the body (Wufoo) is read before authentication and cut out of what is kept.
+        _refuse_compressed(req)
+        body_token, taken = take_body_token(source, InboundRequest(source.name, body, content_type))
+        body = taken.body
     authenticate(
         source,
         body=body,
@@ -307,6 +320,7 @@ def _receive(
         env=settings.env,
         method=req.method,
         url=_called_url(req, settings) if source.auth.signs_url else None,
+        body_token=body_token,
     )
     # Only webhooks that pass authentication count against their source's limit: counted before it, anyone
     # who knows a hook's URL could spend the allowance with forged requests and have the provider's own
@@ -325,10 +339,7 @@ def _receive(
         headers=keepable_headers(headers, source.auth.header),
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
-    encoding = req.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        # Without this the compressed bytes reached the parser and came back as "invalid JSON".
-        raise UnsupportedContentType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+    _refuse_compressed(req)
     payload = parse_request(inbound)
     if is_ping(source, inbound, payload):
         log.info("ping answered", extra={"source": source.name})

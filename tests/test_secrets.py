@@ -55,6 +55,16 @@ def _exercise(client) -> None:  # type: ignore[no-untyped-def]
             "Authorization": "Bearer " + SECRETS["RELAY_UPSTREAM_TOKEN"],
         },
     )
+    wufoo = SECRETS["WUFOO_HANDSHAKE_KEY"]
+    client.post(
+        "/hooks/wufoo", data=f"Field3=w%40example.com&HandshakeKey={wufoo}&EntryId=7".encode(), content_type=form
+    )
+    client.post("/hooks/wufoo", data=f"Field3=w%40example.com&HandshakeKey={wufoo}x".encode(), content_type=form)
+    client.post(
+        "/hooks/wufoo",
+        data=json.dumps({"HandshakeKey": wufoo, "Field3": "j@example.com"}),
+        content_type="application/json",
+    )
     client.get("/admin/api/deliveries", headers={"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]})
     client.get("/admin/api/deliveries", headers={"Authorization": "Bearer wrong"})
 

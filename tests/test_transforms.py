@@ -45,6 +45,12 @@ def test_email(raw, expected):
         ("1990-04-02", "dmy", "1990-04-02"),
         ({"year": "1990", "month": "4", "day": "2"}, None, "1990-04-02"),
         ("31.02.1990", "dmy", None),
+        ("Mar 14, 1990", None, "1990-03-14"),  # Formstack
+        ("March 14, 1990", "dmy", "1990-03-14"),
+        ("14 mar 1990", "mdy", "1990-03-14"),
+        ("Mar. 14, 1990", None, "1990-03-14"),
+        ("Feb 30, 1990", None, None),
+        ("March", None, None),
     ],
 )
 def test_dates(raw, order, expected):

@@ -29,7 +29,7 @@ from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest, is_ping
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
-from relay.pipeline import parse_request, translate_request
+from relay.pipeline import parse_request, take_body_token, translate_request
 
 __all__ = ["Example", "example_files", "load_example", "run_example"]
 
@@ -82,15 +82,16 @@ def run_example(
     context = TranslateContext(env=example.env, phone_region=example.env.get("RELAY_PHONE_REGION", phone_region))
     expect = example.expect
     try:
-        payload = parse_request(example.request)
+        request = take_body_token(source, example.request)[1]  # the request as relay keeps it
+        payload = parse_request(request)
     except RequestRejected as exc:
         return [f"request does not parse: {exc.detail}"]
     if expect.get("ping"):
-        return [] if is_ping(source, example.request, payload) else ["expected a ping, got none"]
-    if is_ping(source, example.request, payload):
+        return [] if is_ping(source, request, payload) else ["expected a ping, got none"]
+    if is_ping(source, request, payload):
         return ["request is treated as a ping"]
     try:
-        translation = translate_request(source, example.request, context, upstream_format=upstream_format)
+        translation = translate_request(source, request, context, upstream_format=upstream_format)
     except MappingError as exc:
         if "error" in expect and str(expect["error"]) in exc.detail:
             return []

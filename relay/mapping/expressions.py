@@ -5,7 +5,9 @@ the added functions are the ones form payloads need and JMESPath lacks:
 `lower`, `upper`, `trim`, `split`, `from_json`; `matches(text, pattern)`, a
 case-insensitive regex test for finding answers by their question's title; and
 `pick(object, pattern)`, the values of the keys that match a pattern, for
-payloads keyed by field ids such as Jotform's `q4_email`.
+payloads keyed by field ids such as Jotform's `q4_email`; and `get(object, key)`,
+the value of a key the payload itself names, such as Wufoo's
+`get(@, FieldStructure.Fields[?Type=='email'] | [0].ID)`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class _RelayFunctions(functions.Functions):
         except re.error:
             return []
         return [item for key, item in value.items() if compiled.search(str(key))]
+
+    @functions.signature({"types": ["object", "null"]}, {"types": ["string", "null"]})
+    def _func_get(self, value: dict[str, Any] | None, key: str | None) -> Any:
+        """The value of `key`, a key found in the payload (a field id its form's structure names)."""
+        if value is None or key is None:
+            return None
+        return value.get(key)
 
 
 _OPTIONS = jmespath.Options(custom_functions=_RelayFunctions())

@@ -111,8 +111,9 @@ class AuthSpec:
     `hmac`: a keyed digest of `signed` (a template over `{body}`, `{timestamp}`,
     `{method}`, `{url}` and `{header:<name>}`) in `header`, keyed with the
     secret as written (`key_encoding` text) or decoded from hex or base64;
-    `token`: a shared token in `?token=`, `X-Relay-Token` or the `header` named
-    (after its `prefix`); `none`: nothing (only for sources that are trusted by
+    `token`: a shared token in `?token=`, `X-Relay-Token`, the `header` named
+    (after its `prefix`) or the `body_field` named (taken out of the body
+    before it is stored); `none`: nothing (only for sources that are trusted by
     the network they sit on).
     """
 
@@ -132,6 +133,7 @@ class AuthSpec:
     tolerance: int | None = None
     key_encoding: str = "text"
     url_unescape: str = ""  # characters whose %XX escapes in the URL are decoded before signing (HubSpot)
+    body_field: str | None = None  # a token source's field of the body that holds the token (Wufoo)
 
     @property
     def signs_url(self) -> bool:

@@ -366,6 +366,8 @@ class AuthSchema(StrictSchema):
         load_default="",
         validate=validate.Regexp(r"\A[!-/:-@\[-`{-~]*\Z", error="url_unescape lists ASCII punctuation, such as :/?@"),
     )
+    # The top-level field of a JSON or form body that carries a token source's token (Wufoo's HandshakeKey).
+    body_field = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -374,6 +376,8 @@ class AuthSchema(StrictSchema):
             raise ValidationError(f"{scheme} needs secret: ${{NAME}} (or secrets: [...])", "secret")
         if scheme == "hmac" and not data.get("header"):
             raise ValidationError("hmac needs the header that carries the signature", "header")
+        if data.get("body_field") and scheme != "token":
+            raise ValidationError("body_field names a token source's token; use it with scheme: token", "body_field")
         signed = data.get("signed", "{body}")
         if "{body}" not in signed:
             raise ValidationError("signed must contain {body}", "signed")
@@ -411,6 +415,7 @@ class AuthSchema(StrictSchema):
             tolerance=data["tolerance"],
             key_encoding=data["key_encoding"] or ("hex" if data["hex_key"] else "text"),
             url_unescape=data["url_unescape"],
+            body_field=data["body_field"],
         )
 
 

@@ -137,6 +137,9 @@ _DATE_ORDERS = {
     "mdy": ("%m/%d/%Y", "%m-%d-%Y", "%m.%d.%Y", "%m/%d/%y"),
     "ymd": ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d"),
 }
+# English month names, whatever the order: `Mar 14, 1990` (Formstack), `14 March 1990`. Python never sets
+# the process's locale, so %b and %B read English names.
+_NAMED_MONTH = ("%b %d, %Y", "%B %d, %Y", "%b %d %Y", "%B %d %Y", "%d %b %Y", "%d %B %Y", "%d %b, %Y", "%d %B, %Y")
 
 
 def _date(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
@@ -186,6 +189,13 @@ def _parse_when(value: Any, arg: Any) -> datetime | None:
             return datetime.strptime(head, fmt)
         except ValueError:
             continue
+    if any(char.isalpha() for char in text):
+        words = " ".join(text.replace(".", " ").split())  # `Mar. 14, 1990`, doubled spaces
+        for fmt in _NAMED_MONTH:
+            try:
+                return datetime.strptime(words, fmt)
+            except ValueError:
+                continue
     return None
 
 
