@@ -81,6 +81,7 @@ STORE_GAUGES = {
     "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
     "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
     "relay_last_received_timestamp_seconds": "When the source's newest stored webhook arrived (Unix time)",
+    "relay_store_disk_free_bytes": "Free space where the SQLite store is (absent on PostgreSQL)",
 }
 DECLARED = {
     "relay_webhooks_received_total",
@@ -165,6 +166,11 @@ class _StoreCollector:
         for source, at in sorted(newest.items()):
             last.add_metric([source], at)
         yield last
+        free = self.store.disk_free_bytes()
+        if free is not None:
+            yield GaugeMetricFamily(
+                "relay_store_disk_free_bytes", STORE_GAUGES["relay_store_disk_free_bytes"], value=free
+            )
 
 
 def render(store: Store, sources: Iterable[str]) -> Response:

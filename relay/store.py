@@ -53,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 
 from relay.errors import StoreUnavailable
 from relay.ids import random_hex
@@ -98,6 +98,9 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 CONTENT_TYPE_LENGTH = 255  # the ingress refuses a longer Content-Type (the worker parses the body by it)
 PROFILE_ID_LENGTH = 64  # the upstream's ids are 24 hex digits; a longer one is not kept (see _profile_id)
+# How long /readyz says a refused write when no later write came to say otherwise (a full disk that nobody
+# wrote to since may have been freed); providers send again within minutes.
+WRITE_REFUSAL_SHOWN_SECONDS = 120
 
 metadata = MetaData()
 
@@ -273,9 +276,18 @@ def _close_fd(fd: int) -> None:
 
 
 log = logging.getLogger("relay.store")
-# What a database that is down, unreachable or locked raises: SQLAlchemy's errors, and the driver's own
-# from the group writer's raw connection.
-_UNAVAILABLE = (OperationalError, InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError)
+# What a database that is down, unreachable, locked, full or read-only raises: SQLAlchemy's errors, and the
+# driver's own from the group writer's raw connection. A PostgreSQL that takes no writes (a standby after a
+# failover, `default_transaction_read_only`) raises an InternalError (SQLSTATE 25006): a 503 that providers
+# send again, not a 500, and at start a wait for the store rather than a crash.
+_UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    InternalError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+    sqlite3.InternalError,
+)
 
 
 @contextmanager
@@ -285,6 +297,27 @@ def _database_away(what: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"the store {what} ({type(exc).__name__})") from exc
+
+
+def refusal(exc: StoreUnavailable) -> str:
+    """What refused a write, for /readyz, which answers anyone: SQLite's own words ("database or disk is
+    full", "database is locked"), PostgreSQL's SQLSTATE (53100: disk full), never a message that could
+    name a host or a user."""
+    cause = exc.__cause__
+    original = getattr(cause, "orig", None) or cause
+    if isinstance(original, sqlite3.Error):
+        return str(original)[:120] or type(original).__name__
+    sqlstate = getattr(original, "sqlstate", None)
+    name = type(original).__name__ if original is not None else "unknown"
+    return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name
+
+
+def _database_said_no(exc: StoreUnavailable) -> bool:
+    """The database answered the write with an error of its own (SQLite: full, read-only, locked; PostgreSQL:
+    any SQLSTATE), rather than not answering at all (a refused connection)."""
+    cause = exc.__cause__
+    original = getattr(cause, "orig", None) or cause
+    return isinstance(original, sqlite3.Error) or getattr(original, "sqlstate", None) is not None
 
 
 def _profile_id(value: str | None) -> str | None:
@@ -405,6 +438,9 @@ class Store:
         self.dialect = parsed.get_backend_name()
         self._lock_path: str | None = None
         self.on_disk = False  # a SQLite file, whose WAL a thread checkpoints (not :memory:, not PostgreSQL)
+        self.database_file: str | None = None
+        # (when, why) this process's last hot write was refused, while no later one went through.
+        self.write_refused: tuple[float, str] | None = None
         self._thread_lock = threading.Lock()
         self._lock_pid = 0
         self._lock_fd = -1
@@ -415,6 +451,7 @@ class Store:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = database + ".lock"
                 self.on_disk = True
+                self.database_file = database
             connect_args = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
             self.engine = create_engine(parsed, connect_args=connect_args)
             _sqlite_setup(self.engine)
@@ -541,12 +578,40 @@ class Store:
         Raises:
             StoreUnavailable: the database did not answer or refused the write (down, locked, full).
         """
-        if self._writer is None:
-            with self._tx() as tx:  # which makes the schema and turns database errors into StoreUnavailable
-                return job(SQLAlchemyExecutor(tx))
-        self.ensure_schema()
-        with _database_away("did not take the write"):  # the group writer's own driver errors
-            return self._writer.run(job)
+        try:
+            if self._writer is None:
+                with self._tx() as tx:  # which makes the schema and turns database errors into StoreUnavailable
+                    result = job(SQLAlchemyExecutor(tx))
+            else:
+                self.ensure_schema()
+                with _database_away("did not take the write"):  # the group writer's own driver errors
+                    result = self._writer.run(job)
+        except StoreUnavailable as exc:
+            if _database_said_no(exc):  # one that does not answer, /readyz finds by itself
+                self.write_refused = (time.monotonic(), refusal(exc))
+            raise
+        self.write_refused = None
+        return result
+
+    def refused_writes(self, within: float = WRITE_REFUSAL_SHOWN_SECONDS) -> str | None:
+        """Why this process's last write was refused, when it was the last one and `within` seconds ago: a
+        store that answers reads may still take no webhook (its disk full), which /readyz must say."""
+        refused = self.write_refused
+        if refused is None:
+            return None
+        age = time.monotonic() - refused[0]
+        return f"the last write, {age:.0f} s ago, was refused: {refused[1]}" if age <= within else None
+
+    def disk_free_bytes(self) -> int | None:
+        """Free space for the SQLite file's folder (what an unprivileged process may use); None when the store
+        is not a file here (PostgreSQL, :memory:) or the folder cannot be read."""
+        if self.database_file is None:
+            return None
+        try:
+            found = os.statvfs(Path(self.database_file).parent)
+        except OSError:
+            return None
+        return found.f_bavail * found.f_frsize
 
     # -- reading ----------------------------------------------------------
     def get(self, delivery_id: str) -> Delivery | None:

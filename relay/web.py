@@ -44,7 +44,7 @@ from relay.pipeline import parse_request, take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
 from relay.settings import Settings
-from relay.store import CONTENT_TYPE_LENGTH, Store
+from relay.store import CONTENT_TYPE_LENGTH, Store, refusal
 
 __all__ = ["create_app"]
 
@@ -154,8 +154,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         problems: dict[str, Any] = {}
         try:
             store.ping()
+        except StoreUnavailable as exc:
+            problems["store"] = f"does not answer: {refusal(exc)}"
         except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
             problems["store"] = type(exc).__name__
+        else:
+            refused = store.refused_writes()  # it answers reads, but may take no webhook (a full disk)
+            if refused is not None:
+                problems["store"] = refused
         if broken_shown:
             problems["mappings"] = broken_shown
         unconfigured = {

@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.errors import StoreUnavailable
+from relay.inbound import InboundRequest
+
 from .conftest import BUILT_IN_SOURCES, MAPPINGS, SECRETS, make_settings
 
 TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
@@ -283,6 +286,70 @@ def test_readiness_fails_while_the_store_does_not_answer(tmp_path):
     assert ready.get_json()["status"] == "unavailable" and "store" in ready.get_json()["problems"]
     assert client.get("/healthz").status_code == 200
     store.close()
+
+
+def test_a_store_that_takes_no_write_is_not_ready_until_one_goes_through(tmp_path):
+    """A full SQLite database (SQLite's own SQLITE_FULL, from `max_page_count` on the writer's connection)
+    still answers reads: webhooks got 503 while /readyz said 200. Now /readyz is 503 with SQLite's words
+    until a write goes through, and /metrics shows the free space where the file is."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path))
+    store = app.extensions["relay"]["store"]
+    client = app.test_client()
+    try:
+        assert client.post(TILDA, data=b"Email=a%40example.com&tranid=1", content_type=FORM).status_code == 202
+        writer = store._writer.connection  # the group writer's own connection, made by that first write
+        pages = writer.execute("PRAGMA page_count").fetchone()[0]
+        writer.execute(f"PRAGMA max_page_count={pages}")
+        big = b"Email=b%40example.com&tranid=2&notes=" + b"x" * 50_000
+        refused = client.post(TILDA, data=big, content_type=FORM)
+        assert refused.status_code == 503 and refused.get_json()["error"] == "store_unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "was refused: database or disk is full" in ready.get_json()["problems"]["store"]
+        assert client.get("/healthz").status_code == 200
+        free = [
+            line
+            for line in client.get("/metrics").get_data(as_text=True).splitlines()
+            if line.startswith("relay_store_disk_free_bytes ")
+        ]
+        assert len(free) == 1 and float(free[0].split()[1]) > 0
+        writer.execute("PRAGMA max_page_count=1073741823")
+        assert client.post(TILDA, data=big, content_type=FORM).status_code == 202
+        assert client.get("/readyz").status_code == 200
+    finally:
+        store.close()
+
+
+def test_a_read_only_postgresql_is_a_503_and_not_ready_never_a_500(tmp_path, pg_url):
+    """A PostgreSQL that takes no writes (a standby after a failover) raises SQLSTATE 25006, an InternalError
+    that was not counted as the store being away: relay did not start (a traceback) and a webhook was a 500.
+    Now relay starts and waits, webhooks get 503 with Retry-After, and /readyz names the SQLSTATE."""
+    from relay.store import Store
+    from relay.web import create_app
+
+    Store(pg_url).close()  # the tables, made while the database still took writes
+    read_only = pg_url + "%20-cdefault_transaction_read_only%3Don"
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=read_only))
+    client = app.test_client()
+    try:
+        answer = client.post(TILDA, data=b"Email=a%40example.com&tranid=1", content_type=FORM)
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["problems"]["store"] == "does not answer: ReadOnlySqlTransaction (SQLSTATE 25006)"
+        assert "relay_store_disk_free_bytes" not in client.get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["relay"]["store"].close()
+    store = Store(read_only, wait_for_database=True)
+    try:
+        assert store.refused_writes() is None
+        with pytest.raises(StoreUnavailable):
+            store.accept(InboundRequest("tilda", b"a=1"), dedup_key="k", status="queued", dedup_window=60)
+        assert store.refused_writes().endswith("was refused: ReadOnlySqlTransaction (SQLSTATE 25006)")
+    finally:
+        store.close()
 
 
 def test_form_and_multipart_bounds(client):
