@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from relay.mapping.transforms import TransformContext, apply_transform
 
@@ -35,6 +38,58 @@ def test_phone(raw, arg, expected):
 def test_email(raw, expected):
     """E-mails are normalised and lower-cased without DNS; invalid ones become None."""
     assert apply_transform("email", None, raw, CTX) == expected
+
+
+_atext = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_domains = st.sampled_from(
+    [
+        "example.com",
+        "Example.COM",
+        "bücher.de",
+        "xn--bcher-kva.de",
+        "localhost",
+        "a.b",
+        "-bad.com",
+        "ex ample.com",
+        "example.com.",
+        "",
+        "x" * 64 + ".com",
+        "1.2.3.4",
+        "[1.2.3.4]",
+        "gmail.com",
+        "mail.ru",
+        "a..b.com",
+        "test",
+        "invalid",
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    local=st.one_of(
+        st.from_regex(r"[a-zA-Z0-9!#$%&'*+/=?^_`{|}~.-]{0,70}", fullmatch=True),
+        st.text(alphabet=_atext + ".", max_size=20),
+        st.text(max_size=8),
+    ),
+    domain=_domains,
+)
+@example(local="a" * 65, domain="example.com")
+@example(local="a" * 250, domain="example.com")  # over the 254 an address may have
+@example(local="a" * 64, domain="x" * 40 + ".com")
+@example(local="jon.", domain="example.com")
+@example(local='"quoted"', domain="example.com")
+def test_an_address_reads_as_email_validator_reads_it(local, domain):
+    """Relay reads a plain address's domain once (cached) and its local part as it is; the result is the
+    library's, lower-cased, for every address, valid or not, plain or not."""
+    from relay.mapping.transforms import _normalised_email
+
+    address = f"{local}@{domain}"
+    try:
+        expected: str | None = str(validate_email(address, check_deliverability=False).normalized).lower()
+    except EmailNotValidError:
+        expected = None
+    assert _normalised_email(address) == expected
 
 
 @pytest.mark.parametrize(

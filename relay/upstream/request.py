@@ -285,10 +285,19 @@ def _problems(schema: type[Schema], body: Any) -> dict[str, Any]:
         return _schema_for(schema, frozenset()).validate(body)
     parts = _PARTS[schema]
     given = parts.rule_fields.intersection(body)
-    settled = frozenset(name for name in given if _passed_key(schema, name, body[name]) in _PASSED)
+    free = _free_fields(parts.fields)
+    settled = frozenset(
+        name
+        for name, value in body.items()
+        if (name in free and isinstance(value, free[name]) and value is not None)
+        or (name in given and _passed_key(schema, name, value) in _PASSED)
+    )
     if settled:
         rest = {key: value for key, value in body.items() if key not in settled}
-        messages = _schema_for(parts.fields, frozenset(rest), settled).validate(rest)
+        if rest or not _required(parts.fields).issubset(body):
+            messages = _schema_for(parts.fields, frozenset(rest), settled).validate(rest)
+        else:
+            messages = {}  # every field settled: marshmallow would run none
         if not messages:  # marshmallow runs the schema's own checks only when every field passed
             messages = _together(parts.together, body)
     else:
@@ -300,6 +309,29 @@ def _problems(schema: type[Schema], body: Any) -> dict[str, Any]:
                 _PASSED.clear()
             _PASSED.add(key)
     return messages
+
+
+@functools.cache
+def _free_fields(schema: type[Schema]) -> dict[str, type]:
+    """The fields that take any value of one type as it is, which marshmallow can only pass: a String or a
+    Dict with no validator (a profile's e-mail and data, a subscription's e-mail), and Raw (any value but
+    None). Read from the schema, so a validator added to one takes it out of here."""
+    free: dict[str, type] = {}
+    for name, field in schema._declared_fields.items():
+        if field.validators or field.pre_load or field.post_load or field.allow_none:
+            continue
+        if type(field) is fields.String:
+            free[name] = str
+        elif type(field) is fields.Dict and field.key_field is None and field.value_field is None:
+            free[name] = dict
+        elif type(field) is fields.Raw:
+            free[name] = object
+    return free
+
+
+@functools.cache
+def _required(schema: type[Schema]) -> frozenset[str]:
+    return frozenset(name for name, field in schema._declared_fields.items() if field.required)
 
 
 def _passed_key(schema: type[Schema], name: str, value: Any) -> tuple[type[Schema], str, type, Any] | None:
