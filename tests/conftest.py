@@ -30,6 +30,7 @@ SECRETS = {
     "ELEMENTOR_WEBHOOK_TOKEN": "elementor-test-token-5d4c",
     "CONTACT_FORM_7_WEBHOOK_TOKEN": "cf7-test-token-8e8f",
     "FILLOUT_WEBHOOK_TOKEN": "fillout-test-token-9a9b",
+    "GRAVITY_FORMS_WEBHOOK_TOKEN": "gravity-test-token-1f1f",
     "SHOPIFY_WEBHOOK_SECRET": "shpss_test_secret_0f9e8d",
     "WOOCOMMERCE_WEBHOOK_SECRET": "wc-test-secret-a1b2",
     "STRIPE_WEBHOOK_SECRET": "whsec_test_secret_c3d4",
@@ -102,6 +103,7 @@ BUILT_IN_SOURCES = (
     "fillout",
     "wufoo",
     "formstack",
+    "gravity_forms",
 )
 
 

@@ -347,7 +347,9 @@ def test_a_token_source_may_name_the_header_its_tool_can_set(tmp_path):
         app.extensions["relay"]["store"].close()
 
 
-@pytest.mark.parametrize("name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7", "fillout"])
+@pytest.mark.parametrize(
+    "name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7", "fillout", "gravity_forms"]
+)
 def test_token_sources(name):
     """Token sources take ?token= or X-Relay-Token; a wrong or missing token fails; unset fails closed."""
     token = SECRETS[f"{name.upper()}_WEBHOOK_TOKEN"]
@@ -360,3 +362,30 @@ def test_token_sources(name):
             authenticate(source, body=b"", headers=headers, query=query, env=env)
     with pytest.raises(AuthenticationFailed, match=f"{name.upper()}_WEBHOOK_TOKEN"):
         authenticate(source, body=b"", headers={}, query={"token": token}, env={})
+
+
+def test_gravity_forms_sends_its_token_in_the_header_its_feed_adds(tmp_path):
+    """The Webhooks Add-On cannot sign or change the URL's query per entry, but its feed adds request headers:
+    `Authorization: Bearer <token>` is taken, and never stored."""
+    from relay.web import create_app
+
+    token = SECRETS["GRAVITY_FORMS_WEBHOOK_TOKEN"]
+    body = (MAPPINGS / "examples" / "gravity_forms" / "all-fields.json").read_bytes()
+    app = create_app(make_settings(tmp_path))
+    try:
+        client = app.test_client()
+        answer = client.post(
+            "/hooks/gravity_forms",
+            data=body,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert answer.status_code == 202, answer.get_json()
+        stored = app.extensions["relay"]["store"].get(answer.get_json()["id"])
+        assert token not in repr(stored) and "authorization" not in {name.lower() for name in stored.headers}
+        wrong = client.post(
+            "/hooks/gravity_forms", data=body, content_type="application/json", headers={"Authorization": "Bearer x"}
+        )
+        assert wrong.status_code == 401
+    finally:
+        app.extensions["relay"]["store"].close()
