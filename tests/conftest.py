@@ -39,8 +39,8 @@ SECRETS = {
     "WEBFLOW_WEBHOOK_SECRET": "webflow-test-secret-1c1d",
     "PADDLE_WEBHOOK_SECRET": "pdl_ntfset_test_secret_4e4f",
     "HUBSPOT_WEBHOOK_SECRET": "hubspot-test-secret-6a6b",
-    "FORMSTACK_HMAC_SECRET": "formstack-test-secret-7c7d",
-    "WUFOO_HANDSHAKE_KEY": "wufoo-test-key-8e8e",
+    "FORMSTACK_WEBHOOK_SECRET": "formstack-test-secret-7c7d",
+    "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }

@@ -26,7 +26,7 @@ from relay.web import create_app
 from .conftest import MAPPINGS, SECRETS, make_settings
 
 FORM = "application/x-www-form-urlencoded"
-KEY = SECRETS["WUFOO_HANDSHAKE_KEY"]
+KEY = SECRETS["WUFOO_WEBHOOK_TOKEN"]
 WUFOO_ENTRY = (MAPPINGS / "examples" / "wufoo" / "new-entry.txt").read_bytes()
 FORMSTACK_FORM = (MAPPINGS / "examples" / "formstack" / "form-submission-urlencoded.txt").read_bytes()
 
@@ -147,19 +147,19 @@ def test_body_field_is_only_for_token_sources(tmp_path):
 
 def test_authenticate_reads_the_body_token_only_where_the_mapping_names_a_field():
     sources = load_sources(MAPPINGS)
-    env = {"WUFOO_HANDSHAKE_KEY": KEY, "TILDA_WEBHOOK_TOKEN": KEY}
+    env = {"WUFOO_WEBHOOK_TOKEN": KEY, "TILDA_WEBHOOK_TOKEN": KEY}
     authenticate(sources["wufoo"], body=b"", headers={}, query={}, env=env, body_token=KEY)
     with pytest.raises(AuthenticationFailed, match="missing token"):
         authenticate(sources["tilda"], body=b"", headers={}, query={}, env=env, body_token=KEY)
     with pytest.raises(AuthenticationFailed, match="missing token"):
         authenticate(sources["wufoo"], body=b"", headers={}, query={}, env=env, body_token=[KEY])
-    with pytest.raises(AuthenticationFailed, match="WUFOO_HANDSHAKE_KEY"):
+    with pytest.raises(AuthenticationFailed, match="WUFOO_WEBHOOK_TOKEN"):
         authenticate(sources["wufoo"], body=b"", headers={}, query={}, env={}, body_token=KEY)
 
 
 def test_a_formstack_submission_is_verified_by_its_hex_signature(app):
     client = app.test_client()
-    digest = hmac.new(SECRETS["FORMSTACK_HMAC_SECRET"].encode(), FORMSTACK_FORM, hashlib.sha256).hexdigest()
+    digest = hmac.new(SECRETS["FORMSTACK_WEBHOOK_SECRET"].encode(), FORMSTACK_FORM, hashlib.sha256).hexdigest()
     signed = {"X-FS-Signature": "sha256=" + digest}
     answer = client.post("/hooks/formstack", data=FORMSTACK_FORM, content_type=FORM, headers=signed)
     assert answer.status_code == 202, answer.get_json()

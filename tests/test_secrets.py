@@ -55,7 +55,7 @@ def _exercise(client) -> None:  # type: ignore[no-untyped-def]
             "Authorization": "Bearer " + SECRETS["RELAY_UPSTREAM_TOKEN"],
         },
     )
-    wufoo = SECRETS["WUFOO_HANDSHAKE_KEY"]
+    wufoo = SECRETS["WUFOO_WEBHOOK_TOKEN"]
     client.post(
         "/hooks/wufoo", data=f"Field3=w%40example.com&HandshakeKey={wufoo}&EntryId=7".encode(), content_type=form
     )
