@@ -105,20 +105,19 @@ def read_field(body: bytes, content_type: str | None, name: str) -> tuple[Any, b
     if not isinstance(data, dict) or name not in data:
         return None, body
     value = data[name]
+    charset = media_type(content_type)[1].get("charset") or "utf-8"
     if kind == "json":
-        charset = media_type(content_type)[1].get("charset") or "utf-8"
         rest = {key: item for key, item in data.items() if key != name}
         return value, json.dumps(rest, separators=(",", ":")).encode(charset)
-    return value, _form_without(body, media_type(content_type)[1].get("charset"), name)
+    return value, _form_without(body, charset, name)
 
 
-def _form_without(body: bytes, charset: str | None, name: str) -> bytes:
+def _form_without(body: bytes, charset: str, name: str) -> bytes:
     """A form body without the pairs whose key is `name` or `name[...]`, every other byte as sent."""
     nested = name + "["
     kept = []
     for pair in body.split(b"&"):
-        encoding = charset or "utf-8"
-        key = unquote_plus(pair.split(b"=", 1)[0].decode(encoding, "replace"), encoding=encoding, errors="replace")
+        key = unquote_plus(pair.split(b"=", 1)[0].decode(charset, "replace"), encoding=charset, errors="replace")
         if key != name and not key.startswith(nested):
             kept.append(pair)
     return b"&".join(kept)

@@ -299,12 +299,17 @@ def _database_away(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"the store {what} ({type(exc).__name__})") from exc
 
 
+def _driver_error(exc: StoreUnavailable) -> BaseException | None:
+    """The driver's own error behind a StoreUnavailable (SQLAlchemy wraps it as `orig`)."""
+    cause = exc.__cause__
+    return getattr(cause, "orig", None) or cause
+
+
 def refusal(exc: StoreUnavailable) -> str:
     """What refused a write, for /readyz, which answers anyone: SQLite's own words ("database or disk is
     full", "database is locked"), PostgreSQL's SQLSTATE (53100: disk full), never a message that could
     name a host or a user."""
-    cause = exc.__cause__
-    original = getattr(cause, "orig", None) or cause
+    original = _driver_error(exc)
     if isinstance(original, sqlite3.Error):
         return str(original)[:120] or type(original).__name__
     sqlstate = getattr(original, "sqlstate", None)
@@ -315,8 +320,7 @@ def refusal(exc: StoreUnavailable) -> str:
 def _database_said_no(exc: StoreUnavailable) -> bool:
     """The database answered the write with an error of its own (SQLite: full, read-only, locked; PostgreSQL:
     any SQLSTATE), rather than not answering at all (a refused connection)."""
-    cause = exc.__cause__
-    original = getattr(cause, "orig", None) or cause
+    original = _driver_error(exc)
     return isinstance(original, sqlite3.Error) or getattr(original, "sqlstate", None) is not None
 
 
@@ -437,8 +441,7 @@ class Store:
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.dialect = parsed.get_backend_name()
         self._lock_path: str | None = None
-        self.on_disk = False  # a SQLite file, whose WAL a thread checkpoints (not :memory:, not PostgreSQL)
-        self.database_file: str | None = None
+        self.database_file: str | None = None  # a SQLite file's path (not :memory:, not PostgreSQL)
         # (when, why) this process's last hot write was refused, while no later one went through.
         self.write_refused: tuple[float, str] | None = None
         self._thread_lock = threading.Lock()
@@ -450,7 +453,6 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = database + ".lock"
-                self.on_disk = True
                 self.database_file = database
             connect_args = {"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
             self.engine = create_engine(parsed, connect_args=connect_args)
@@ -467,6 +469,11 @@ class Store:
             if not wait_for_database:
                 raise
             log.warning("store unavailable at start; waiting for it", extra={"error": exc.reason[:200]})
+
+    @property
+    def on_disk(self) -> bool:
+        """A SQLite file, whose WAL a thread checkpoints."""
+        return self.database_file is not None
 
     def ensure_schema(self) -> None:
         """Create the tables unless that is done.
