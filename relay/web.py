@@ -318,6 +318,10 @@ def _receive(
         _refuse_compressed(req)
         body_token, taken = take_body_token(source, InboundRequest(source.name, body, content_type))
         body = taken.body
+        # The headers kept with it describe the body as kept.
+        headers = {
+            name: str(len(body)) if name.lower() == "content-length" else value for name, value in headers.items()
+        }
     authenticate(
         source,
         body=body,

@@ -65,6 +65,7 @@ def test_a_wufoo_entry_is_taken_with_its_handshake_key_and_kept_without_it(app):
     delivery_id = answer.get_json()["id"]
     stored = app.extensions["relay"]["store"].get(delivery_id)
     assert b"HandshakeKey" not in stored.body and KEY.encode() not in stored.body
+    assert stored.headers["Content-Length"] == str(len(stored.body)) != str(len(body))
     # Every other pair is kept byte for byte, in its order.
     assert stored.body.split(b"&") == [pair for pair in body.split(b"&") if not pair.startswith(b"HandshakeKey=")]
     assert KEY not in _rows(app)
