@@ -150,6 +150,8 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
         "last_received_at": {source: _iso(at) for source, at in sorted(newest.items())},
         # Across every source and time: the queue is one, whatever the filters.
         "oldest_due_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
+        # A full disk refuses every webhook: the SQLite store's size and the room left beside it.
+        "store": {"kind": store.dialect, "file_bytes": store.file_bytes(), "disk_free_bytes": store.disk_free_bytes()},
         # Why: failed and retrying deliveries grouped by their last error, most common first.
         "problems": [
             {

@@ -133,6 +133,12 @@ def cmd_overview(args: Any, settings: Settings) -> int:
         print("failed by reason: " + ", ".join(f"{r} {n:,}" for r, n in found["failed_by_reason"].items()))
     age = found["oldest_due_age_seconds"]
     print("oldest due: " + ("none waiting" if age is None else f"waiting {_duration(age)}"))
+    kept = found["store"]
+    if kept["file_bytes"] is None:
+        print(f"store: {kept['kind']}")
+    else:
+        free = _size(kept["disk_free_bytes"])
+        print(f"store: {kept['kind']}, {_size(kept['file_bytes'])} in its files, {free} free on their disk")
     if found["by_source"]:
         width = max(len("source"), *(len(name) for name in found["by_source"]))
         print(f"{'source':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES) + "  last received")
@@ -160,6 +166,17 @@ def cmd_overview(args: Any, settings: Settings) -> int:
 def _one_line(detail: str | None) -> str:
     """A delivery's detail on one line, whatever the upstream's error text held (line breaks, tabs)."""
     return " ".join((detail or "").split())
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "unknown"
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
 
 
 def _duration(seconds: float) -> str:

@@ -609,6 +609,18 @@ class Store:
         age = time.monotonic() - refused[0]
         return f"the last write, {age:.0f} s ago, was refused: {refused[1]}" if age <= within else None
 
+    def file_bytes(self) -> int | None:
+        """The SQLite store's size on disk, its WAL and shared-memory files included; None when not a file."""
+        if self.database_file is None:
+            return None
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(self.database_file + suffix).st_size
+            except OSError:
+                continue  # not made yet, or checkpointed away
+        return total
+
     def disk_free_bytes(self) -> int | None:
         """Free space for the SQLite file's folder (what an unprivileged process may use); None when the store
         is not a file here (PostgreSQL, :memory:) or the folder cannot be read."""

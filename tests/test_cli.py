@@ -151,11 +151,16 @@ def test_deliveries_and_replay_commands(tmp_path):
     lines = overview.stdout.splitlines()
     assert lines[0] == "deliveries: 2   queued 0   delivering 0   delivered 0   retrying 0   held 2   failed 0"
     assert lines[1] == "oldest due: none waiting"  # held ones wait for an upstream, not for a worker
-    assert lines[2].split()[-2:] == ["last", "received"]
-    assert lines[3].split()[:7] == ["tilda", "0", "0", "0", "0", "2", "0"]
-    assert re.fullmatch(r"\d+ s ago", " ".join(lines[3].split()[7:])), lines[3]
+    assert re.fullmatch(r"store: sqlite, \d+\.\d KB in its files, \d+\.\d GB free on their disk", lines[2]), lines[2]
+    assert lines[3].split()[-2:] == ["last", "received"]
+    assert lines[4].split()[:7] == ["tilda", "0", "0", "0", "0", "2", "0"]
+    assert re.fullmatch(r"\d+ s ago", " ".join(lines[4].split()[7:])), lines[4]
     as_json = json.loads(relay("overview", "--source", "shopify", "--json").stdout)
     assert as_json["total"] == 0 and as_json["by_source"] == {}
+    # The database file and, while the command had it open, its WAL and shared memory (gone once it closed).
+    assert as_json["store"]["kind"] == "sqlite"
+    assert as_json["store"]["file_bytes"] >= (tmp_path / "relay.db").stat().st_size > 0
+    assert as_json["store"]["disk_free_bytes"] > 0
     counted = relay("replay", "--status", "held", "--dry-run")
     assert (counted.returncode, counted.stdout) == (
         0,
