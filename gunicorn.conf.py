@@ -7,6 +7,7 @@ defaults), so the Dockerfile, `python -m relay run` and a bare
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -80,6 +81,15 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = make_metrics_dir()
         os.environ["RELAY_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """The app is loaded, and what it holds (modules, mapping schemas, the Flask app: some 76,000 objects) lives
+    as long as the worker. A full garbage collection walked all of it while the worker answered nothing: over
+    40,000 webhooks in one process, one of 27.5 ms (50-59 ms on a slow machine); frozen, three of 1.1 ms at most.
+    Nothing frozen becomes garbage: a web worker never loads mapping files again in place (a reload replaces the
+    workers)."""
+    gc.freeze()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
