@@ -171,12 +171,14 @@ def _one_line(detail: str | None) -> str:
 def _size(count: int | None) -> str:
     if count is None:
         return "unknown"
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KB", "MB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
         size /= 1024
-    return f"{size:.1f} TB"
+    return f"{size:.1f} GB"
 
 
 def _duration(seconds: float) -> str:

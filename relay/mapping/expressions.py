@@ -3,7 +3,7 @@
 JMESPath does the selecting (`customer.email`, `answers[?type=='email'] | [0]`);
 the added functions are the ones form payloads need and JMESPath lacks:
 `lower`, `upper`, `trim`, `split`, `from_json`; `matches(text, pattern)`, a
-case-insensitive regex test for finding answers by their question's title; and
+case-insensitive regex test for finding answers by their question's title;
 `pick(object, pattern)`, the values of the keys that match a pattern, for
 payloads keyed by field ids such as Jotform's `q4_email`; and `get(object, key)`,
 the value of a key the payload itself names, such as Wufoo's

@@ -277,9 +277,10 @@ def _problems(schema: type[Schema], body: Any) -> dict[str, Any]:
     """`schema`'s messages for `body`.
 
     Marshmallow runs a field for about 5 µs, and a Shopify order's calls gave it ten; the check was two
-    fifths of the translation. So only the fields `body` gives are run (`_schema_for`), and of a rule's
-    fields only a value not seen to pass before: those are checked together with the others as the
-    schema does, and the messages are the whole schema's (a property test compares them).
+    fifths of the translation. So only the fields `body` gives are run (`_schema_for`), less those it can
+    only pass (`_free_fields`: an e-mail's text, the data object) and, of a rule's fields, the values seen
+    to pass before; the schema's checks across fields still see the whole body, and the messages are the
+    whole schema's (a property test compares them).
     """
     if not isinstance(body, dict):
         return _schema_for(schema, frozenset()).validate(body)
