@@ -361,12 +361,34 @@ def _parse_xml(body: bytes) -> Any:
     return _element_to_data(root, depth=1)
 
 
+_RAILS_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_RAILS_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _leaf_value(element: Element) -> Any:
+    """A childless element's value. Rails' `to_xml` (InSales' XML webhooks) marks what text cannot say:
+    `nil="true"` an absent value, `type="boolean"` and `type="integer"` a value that is not text, and
+    `type="array"` a list, empty here; read as Rails reads them back, so that `client.subscribe` of
+    `false` is false, as in the same webhook sent as JSON. Decimals and times stay text, digits intact."""
+    text = (element.text or "").strip()
+    if element.get("nil") == "true" and not text:
+        return None
+    kind = element.get("type")
+    if kind == "array":
+        return []
+    if kind == "boolean" and text.lower() in _RAILS_BOOLEANS:
+        return _RAILS_BOOLEANS[text.lower()]
+    if kind == "integer" and _RAILS_INTEGER.fullmatch(text):
+        return int(text)
+    return text
+
+
 def _element_to_data(element: Element, *, depth: int) -> Any:
     if depth > Limits.max_depth:
         raise Unparsable(f"XML nested deeper than {Limits.max_depth} levels")
     children = list(element)
     if not children:
-        return (element.text or "").strip()
+        return _leaf_value(element)
     data: dict[str, Any] = {}
     for child in children:
         tag = child.tag.rsplit("}", 1)[-1]
@@ -376,6 +398,9 @@ def _element_to_data(element: Element, *, depth: int) -> Any:
                 # Rails-style <items type="array"><item>..</item></items>
                 inner = next(iter(value.values()))
                 data[tag] = inner if isinstance(inner, list) else [inner]
+                continue
+            if value == [] and tag not in data:  # <items type="array"/>: none
+                data[tag] = []
                 continue
             data.setdefault(tag, [])
             if not isinstance(data[tag], list):

@@ -41,6 +41,7 @@ SECRETS = {
     "HUBSPOT_WEBHOOK_SECRET": "hubspot-test-secret-6a6b",
     "FORMSTACK_WEBHOOK_SECRET": "formstack-test-secret-7c7d",
     "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
+    "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -104,6 +105,7 @@ BUILT_IN_SOURCES = (
     "wufoo",
     "formstack",
     "gravity_forms",
+    "insales",
 )
 
 

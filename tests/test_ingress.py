@@ -758,3 +758,91 @@ def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook
     assert (cf7.status_code, cf7.get_json()["status"]) == (200, "accepted")
     accepting_200 = {name for name, source in sources.items() if source.accepted_status == 200}
     assert accepting_200 == {"elementor", "webflow", "contact_form_7"}
+
+
+def test_rails_xml_says_what_its_text_cannot():
+    """Rails' `to_xml` (InSales' XML webhooks) marks nil, booleans, integers and arrays; each is read as Rails
+    reads it back, so a value means the same whether the provider sent the webhook as XML or as JSON. Text
+    that does not fit its mark stays text, and decimals keep their digits."""
+    from relay.bodies import parse_body
+
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><order>'
+        b'<id type="integer">123456789012345678901234</id><number type="integer">-7</number>'
+        b'<odd type="integer">12a</odd><total-price type="decimal">2290.10</total-price>'
+        b'<client><subscribe type="boolean">false</subscribe><vip type="boolean">TRUE</vip>'
+        b'<maybe type="boolean">yes</maybe><middlename nil="true"/><nick nil="true">Vanya</nick>'
+        b"<email>a@example.com</email></client>"
+        b'<order-lines type="array"><order-line><id type="integer">1</id></order-line></order-lines>'
+        b'<fields-values type="array"/><discounts type="array"></discounts>'
+        b"<plain></plain></order>"
+    )
+    assert parse_body(body, "application/xml") == {
+        "id": 123456789012345678901234,
+        "number": -7,
+        "odd": "12a",
+        "total-price": "2290.10",
+        "client": {
+            "subscribe": False,
+            "vip": True,
+            "maybe": "yes",
+            "middlename": None,
+            "nick": "Vanya",
+            "email": "a@example.com",
+        },
+        "order-lines": [{"id": 1}],
+        "fields-values": [],
+        "discounts": [],
+        "plain": "",
+    }
+
+
+def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(tmp_path):
+    """InSales sends XML unless its webhook was registered as JSON, and names no topic: an order (it has a
+    client) and a customer are told apart by their shape, a product list is ignored, and the same body sent
+    again is a duplicate (no delivery id is sent; the body's hash is the key)."""
+    from relay.sandbox import Sandbox, SandboxServer, default_config
+    from relay.store import Store
+    from relay.web import create_app
+    from relay.worker import Worker
+
+    hook = "/hooks/insales?token=" + SECRETS["INSALES_WEBHOOK_TOKEN"]
+    examples = MAPPINGS / "examples" / "insales"
+    sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url)
+    app = create_app(settings)
+    client = app.test_client()
+    try:
+        as_json = client.post(
+            hook, data=(examples / "orders-create.json").read_bytes(), content_type="application/json"
+        )
+        xml = (examples / "orders-update-phone-only.xml").read_bytes()
+        as_xml = client.post(hook, data=xml, content_type="application/xml; charset=utf-8")
+        assert (as_json.status_code, as_xml.status_code) == (202, 202), (as_json.get_json(), as_xml.get_json())
+        again = client.post(hook, data=xml, content_type="application/xml; charset=utf-8")
+        assert (again.status_code, again.get_json()) == (200, {"status": "duplicate", "id": as_xml.get_json()["id"]})
+        products = client.post(hook, data=b'[{"id": 1, "title": "Mug"}]', content_type="application/json")
+        assert (products.status_code, products.get_json()["status"]) == (200, "ignored")
+        unsigned = client.post("/hooks/insales", data=xml, content_type="application/xml")
+        assert unsigned.status_code == 401
+        store = Store(settings.database_url)
+        worker = Worker(settings, store=store)
+        try:
+            claimed = store.claim(owner="t", limit=5, lease_seconds=30)
+            assert [worker.process(delivery, token) for delivery, token in claimed] == ["delivered", "delivered"]
+        finally:
+            worker.stop()
+            store.close()
+        profiles = {
+            profile.fields.get("email") or profile.fields["phones"][0]: profile
+            for profile in sandbox.sandbox.profiles.values()
+        }
+        assert set(profiles) == {"ivan.petrov@example.com", "+79167654321"}
+        buyer, phone_only = profiles["ivan.petrov@example.com"], profiles["+79167654321"]
+        assert (buyer.fields["_bdate"], [s["status"] for s in buyer.subscriptions]) == ("1990-03-14", ["subscribed"])
+        # <subscribe type="boolean">false</subscribe> subscribes nobody.
+        assert (phone_only.fields["_fname"], phone_only.subscriptions) == ("Мария", [])
+        assert "payment_paid" in phone_only.fields["tags"]
+    finally:
+        app.extensions["relay"]["store"].close()
+        sandbox.stop()
