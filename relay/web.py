@@ -306,6 +306,8 @@ def _receive(
         raise UnsupportedContentType(
             f"a Content-Type of {len(content_type)} characters; relay takes at most {CONTENT_TYPE_LENGTH}"
         )
+    # With the content type, before authentication (design.md's order): a body token is read from the body.
+    _refuse_compressed(req)
     if any(ping.unsigned for ping in source.pings):
         unsigned = InboundRequest(source=source.name, body=body, content_type=content_type, headers=headers)
         if is_ping(source, unsigned, None, unsigned_only=True):
@@ -315,7 +317,6 @@ def _receive(
     body_token = None
     if source.auth.body_field is not None:
         # A token in the body (Wufoo) is read before authentication and cut out of what is kept.
-        _refuse_compressed(req)
         body_token, taken = take_body_token(source, InboundRequest(source.name, body, content_type))
         body = taken.body
         # The headers kept with it describe the body as kept.
@@ -349,7 +350,6 @@ def _receive(
         headers=keepable_headers(headers, source.auth.header),
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
-    _refuse_compressed(req)
     payload = parse_request(inbound)
     if is_ping(source, inbound, payload):
         log.info("ping answered", extra={"source": source.name})

@@ -302,12 +302,11 @@ class Worker:
         attempt_no = delivery.attempts
         last = len(translation.calls) - 1
         for index in range(delivery.calls_done, len(translation.calls)):
-            wait = self.limiter.paused_for()
+            wait, reason = self.limiter.pause_state()
             if wait > GIVE_BACK_AFTER:
                 # Waiting out a long pause while holding the claim would outlast its lease, and another
                 # worker could claim and send the delivery too: it goes back to the queue instead.
-                reason = self.limiter.pause_reason or "paused"
-                detail = f"waiting: this worker's calls are paused for {wait:.0f} s ({reason})"
+                detail = f"waiting: this worker's calls are paused for {wait:.0f} s ({reason or 'paused'})"
                 return self._give_back(delivery, token, calls, due_in=wait, detail=detail)
             if not self.limiter.acquire(self.stop_event):
                 # Stopping: give the delivery back at once rather than wait out the lease.

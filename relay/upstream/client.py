@@ -49,8 +49,14 @@ class RateLimiter:
 
     def paused_for(self) -> float:
         """Seconds left of a pause; 0 when calls may go."""
+        return self.pause_state()[0]
+
+    def pause_state(self) -> tuple[float, str]:
+        """(seconds left of a pause, the reason it was set with), read together: another thread's longer
+        pause may replace both at any time."""
         with self.lock:
-            return max(0.0, self.paused_until - time.monotonic())
+            left = max(0.0, self.paused_until - time.monotonic())
+            return left, self.pause_reason if left else ""
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         while True:
