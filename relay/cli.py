@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
-from relay.inbound import InboundRequest, is_ping
+from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--content-type", dest="content_type")
     preview.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
+    preview.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        help="'name=value', a parameter of the hook URL as the provider calls it (?topic=orders/create), repeatable",
+    )
     preview.add_argument("--client-ip", dest="client_ip")
     preview.add_argument("--format", choices=["json", "xml"], default="json")
 
@@ -190,11 +196,11 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.delivery and (args.source or args.file):
         print("relay: give --source and a payload file, or --delivery ID, not both", file=sys.stderr)
         return 1
-    if args.delivery and (args.content_type or args.header or args.client_ip):
+    if args.delivery and (args.content_type or args.header or args.query or args.client_ip):
         # They were ignored without a word: the stored request's own content type, headers and address count.
         print(
             "relay: --delivery translates the request as it was received, with its own content type, headers "
-            "and client address; --content-type, --header and --client-ip go with a payload file",
+            "and client address; --content-type, --header, --query and --client-ip go with a payload file",
             file=sys.stderr,
         )
         return 1
@@ -251,9 +257,20 @@ def _request_from_file(args: argparse.Namespace, source: Source) -> InboundReque
             print(f"relay: --header {header!r} must be 'Name: value'", file=sys.stderr)
             return None
         headers[name.strip()] = value.strip()
+    query: dict[str, str] = {}
+    for parameter in args.query:
+        name, sep, value = parameter.partition("=")
+        if not sep or not name:
+            print(f"relay: --query {parameter!r} must be 'name=value'", file=sys.stderr)
+            return None
+        query[name] = value
     content_type = args.content_type or headers.get("Content-Type") or _guess_content_type(args.file)
     return InboundRequest(
-        source=source.name, body=body, content_type=content_type, headers=headers, client_ip=args.client_ip
+        source=source.name,
+        body=body,
+        content_type=content_type,
+        headers=with_url_event(source, headers, query),  # as the ingress keeps them
+        client_ip=args.client_ip,
     )
 
 
@@ -357,6 +374,12 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         print(f"  url:      {settings.public_url or ''}/hooks/{name}")
         print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
         print(f"  status:   {state}")
+        if source.event_query:
+            named = sorted({event for rule in source.rules for event in rule.events})
+            print(
+                f"  event:    named by the hook URL, ?{source.event_query}=<event>"
+                + (f" ({', '.join(named)})" if named else "")
+            )
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
         if auth.signs_url and not settings.public_url:

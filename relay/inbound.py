@@ -17,10 +17,22 @@ from typing import Any
 from relay.mapping.expressions import search
 from relay.mapping.model import Source
 
-__all__ = ["InboundRequest", "dedup_key", "header_value", "is_ping", "keepable_headers"]
+__all__ = [
+    "URL_EVENT_HEADER",
+    "InboundRequest",
+    "dedup_key",
+    "header_value",
+    "is_ping",
+    "keepable_headers",
+    "with_url_event",
+]
 
-# Never stored: credentials, and signatures (useless once verified).
-_DROPPED_HEADERS = {"authorization", "cookie", "x-relay-token", "proxy-authorization"}
+# The event a hook's URL names (`event: {query: topic}`), kept with the request as this header, which relay
+# alone writes: a sender's own header of that name is never kept.
+URL_EVENT_HEADER = "X-Relay-Event"
+URL_EVENT_LENGTH = 200
+# Never stored: credentials, signatures (useless once verified), and what only relay may write.
+_DROPPED_HEADERS = {"authorization", "cookie", "x-relay-token", "proxy-authorization", URL_EVENT_HEADER.lower()}
 _DROPPED_MARKERS = ("signature", "hmac", "token", "secret", "api-key", "apikey")
 
 
@@ -43,6 +55,19 @@ def keepable_headers(headers: Mapping[str, str], auth_header: str | None = None)
         if lowered in _DROPPED_HEADERS or any(marker in lowered for marker in _DROPPED_MARKERS) or lowered == dropped:
             continue
         kept[name] = value
+    return kept
+
+
+def with_url_event(source: Source, headers: Mapping[str, str], query: Mapping[str, str]) -> dict[str, str]:
+    """The kept `headers` and, for a source whose event is a parameter of its hook's URL, that parameter
+    as `X-Relay-Event`: the worker, a replay and `preview --delivery` read it from there. A value that is
+    not printable text, or is longer than a topic could be, names no event."""
+    kept = {name: value for name, value in headers.items() if name.lower() != URL_EVENT_HEADER.lower()}
+    if source.event_query is None:
+        return kept
+    value = (query.get(source.event_query) or "").strip()
+    if value and len(value) <= URL_EVENT_LENGTH and value.isprintable():
+        kept[URL_EVENT_HEADER] = value
     return kept
 
 

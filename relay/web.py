@@ -34,7 +34,7 @@ from relay.errors import (
 )
 from relay.geo import client_address
 from relay.ids import random_hex
-from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers
+from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers, with_url_event
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
@@ -347,7 +347,7 @@ def _receive(
         source=source.name,
         body=body,
         content_type=content_type,
-        headers=keepable_headers(headers, source.auth.header),
+        headers=with_url_event(source, keepable_headers(headers, source.auth.header), req.args),
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
     payload = parse_request(inbound)

@@ -695,7 +695,8 @@ def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_re
             f"delivery {named[1]} (failed/mapping), translated with the mapping files as they are now" in shown.stderr
         )
         overridden = relay_command("preview", "--delivery", named[1], "--header", "X-Shopify-Topic: x", env=env)
-        assert overridden.returncode == 1 and "--header and --client-ip go with a payload file" in overridden.stderr
+        assert overridden.returncode == 1
+        assert "--header, --query and --client-ip go with a payload file" in overridden.stderr
         refused = relay_command("preview", "--delivery", no_contact, env=env)
         assert (refused.returncode, refused.stdout) == (1, "")
         assert f"relay: mapping error: {cause}" in refused.stderr

@@ -798,9 +798,11 @@ def test_rails_xml_says_what_its_text_cannot():
 
 
 def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(tmp_path):
-    """InSales sends XML unless its webhook was registered as JSON, and names no topic: an order (it has a
-    client) and a customer are told apart by their shape, a product list is ignored, and the same body sent
-    again is a duplicate (no delivery id is sent; the body's hash is the key)."""
+    """InSales sends XML unless its webhook was registered as JSON, and names its topic only in the address it
+    was registered with (`&topic=orders/create`): a new order is counted, an update is not, a deletion is
+    ignored, a product list is ignored, and the same body sent again is a duplicate (no delivery id is sent;
+    the body's hash is the key). The topic is kept with the request for the worker as X-Relay-Event, a header
+    no sender can set."""
     from relay.sandbox import Sandbox, SandboxServer, default_config
     from relay.store import Store
     from relay.web import create_app
@@ -813,12 +815,21 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
     app = create_app(settings)
     client = app.test_client()
     try:
-        as_json = client.post(
-            hook, data=(examples / "orders-create.json").read_bytes(), content_type="application/json"
-        )
+        order = (examples / "orders-create.json").read_bytes()
+        deleted = client.post(hook + "&topic=orders/destroy", data=order, content_type="application/json")
+        assert deleted.get_json() == {"status": "ignored", "reason": "a deleted order changes nobody's profile"}
+        as_json = client.post(hook + "&topic=orders/create", data=order, content_type="application/json")
         xml = (examples / "orders-update-phone-only.xml").read_bytes()
-        as_xml = client.post(hook, data=xml, content_type="application/xml; charset=utf-8")
+        as_xml = client.post(hook + "&topic=orders/update", data=xml, content_type="application/xml; charset=utf-8")
         assert (as_json.status_code, as_xml.status_code) == (202, 202), (as_json.get_json(), as_xml.get_json())
+        # A sender's own X-Relay-Event, with no topic in the URL, names nothing (it would count an update).
+        customer = client.post(
+            hook,
+            data=(examples / "client-create.json").read_bytes(),
+            content_type="application/json",
+            headers={"x-relay-event": "orders/create"},
+        )
+        assert customer.status_code == 202, customer.get_json()
         again = client.post(hook, data=xml, content_type="application/xml; charset=utf-8")
         assert (again.status_code, again.get_json()) == (200, {"status": "duplicate", "id": as_xml.get_json()["id"]})
         products = client.post(hook, data=b'[{"id": 1, "title": "Mug"}]', content_type="application/json")
@@ -828,8 +839,13 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
         store = Store(settings.database_url)
         worker = Worker(settings, store=store)
         try:
+            kept = [
+                {name.lower(): value for name, value in store.get(answer.get_json()["id"]).headers.items()}
+                for answer in (as_json, as_xml, customer)
+            ]
+            assert [headers.get("x-relay-event") for headers in kept] == ["orders/create", "orders/update", None]
             claimed = store.claim(owner="t", limit=5, lease_seconds=30)
-            assert [worker.process(delivery, token) for delivery, token in claimed] == ["delivered", "delivered"]
+            assert [worker.process(delivery, token) for delivery, token in claimed] == ["delivered"] * 3
         finally:
             worker.stop()
             store.close()
@@ -837,12 +853,36 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
             profile.fields.get("email") or profile.fields["phones"][0]: profile
             for profile in sandbox.sandbox.profiles.values()
         }
-        assert set(profiles) == {"ivan.petrov@example.com", "+79167654321"}
+        assert set(profiles) == {"ivan.petrov@example.com", "+79167654321", "olga.kuznetsova@example.com"}
         buyer, phone_only = profiles["ivan.petrov@example.com"], profiles["+79167654321"]
         assert (buyer.fields["_bdate"], [s["status"] for s in buyer.subscriptions]) == ("1990-03-14", ["subscribed"])
+        assert (buyer.fields["orders_count"], "orders_count" in phone_only.fields) == (1, False)
         # <subscribe type="boolean">false</subscribe> subscribes nobody.
         assert (phone_only.fields["_fname"], phone_only.subscriptions) == ("Мария", [])
         assert "payment_paid" in phone_only.fields["tags"]
     finally:
         app.extensions["relay"]["store"].close()
         sandbox.stop()
+
+
+@pytest.mark.parametrize(
+    ("topic", "kept"),
+    [
+        (" orders/create ", "orders/create"),
+        ("orders/create\x00", None),  # PostgreSQL's text refuses NUL: it would have made the row a 500
+        ("a\nlevel=error", None),
+        ("t" * 201, None),
+        ("", None),
+    ],
+)
+def test_the_event_a_hook_url_names_is_kept_only_as_printable_text(topic, kept):
+    """`event: {query: topic}` keeps the URL's topic as X-Relay-Event when it is printable text of a topic's
+    length; anything else names no event. A sender's own X-Relay-Event is dropped whatever its case."""
+    from relay.inbound import with_url_event
+    from relay.mapping.loader import load_sources
+
+    insales = load_sources(MAPPINGS)["insales"]
+    headers = with_url_event(insales, {"Content-Type": "application/json", "x-RELAY-event": "x"}, {"topic": topic})
+    assert headers == {"Content-Type": "application/json", **({"X-Relay-Event": kept} if kept else {})}
+    tilda = load_sources(MAPPINGS)["tilda"]
+    assert with_url_event(tilda, {"X-Relay-Event": "x"}, {"topic": "orders/create"}) == {}

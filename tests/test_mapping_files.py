@@ -72,6 +72,16 @@ def test_good_file_loads(tmp_path):
             ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, hex_key: true, key_encoding: base64,"),
             "auth.hex_key: hex_key: true says key_encoding: hex; give one of them",
         ),
+        (("rules:", "event: {query: token}\nrules:"), "event.query: `token` is the hook's secret, never an event"),
+        (("rules:", "event: {query: 'a b'}\nrules:"), "event.query: a query parameter's name: letters, digits, _ . -"),
+        (
+            ("rules:", "event: {query: topic, header: X-Topic}\nrules:"),
+            "event: event is taken from exactly one of header, path or query",
+        ),
+        (
+            ("  - name: lead", "  - name: lead\n    events: [orders/create]"),
+            "event: rules with `events` need an event: {header: ...}, {path: ...} or {query: ...}",
+        ),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path, change, expected):

@@ -7,6 +7,7 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       body_file: orders-paid.json       # or body: "raw text"
       content_type: application/json
       headers: {X-Shopify-Topic: orders/paid}
+      query: {topic: orders/create}     # optional: the hook URL's parameters (`event: {query: topic}`)
       client_ip: 8.8.8.8                # optional
     env: {RELAY_DB_ID: "7"}             # optional, over an empty environment
     expect:
@@ -18,15 +19,16 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from relay.errors import MappingError, RequestRejected
-from relay.inbound import InboundRequest, is_ping
+from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, take_body_token, translate_request
@@ -42,6 +44,7 @@ class Example:
     request: InboundRequest
     env: dict[str, str]
     expect: dict[str, Any]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def example_files(mappings_dir: str | Path, source: str | None = None) -> list[Path]:
@@ -71,6 +74,7 @@ def load_example(path: Path) -> Example:
         ),
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
         expect=data["expect"],
+        query={str(k): str(v) for k, v in (request.get("query") or {}).items()},
     )
 
 
@@ -82,7 +86,11 @@ def run_example(
     context = TranslateContext(env=example.env, phone_region=example.env.get("RELAY_PHONE_REGION", phone_region))
     expect = example.expect
     try:
-        request = take_body_token(source, example.request)[1]  # the request as relay keeps it
+        # The request as relay keeps it: the URL's event among its headers, a token in the body taken out.
+        received = dataclasses.replace(
+            example.request, headers=with_url_event(source, example.request.headers, example.query)
+        )
+        request = take_body_token(source, received)[1]
         payload = parse_request(request)
     except RequestRejected as exc:
         return [f"request does not parse: {exc.detail}"]

@@ -75,6 +75,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             ip_from_client=bool(loaded["ip"].get("client", False)),
             event_header=(loaded["event"] or {}).get("header"),
             event_path=(loaded["event"] or {}).get("path"),
+            event_query=(loaded["event"] or {}).get("query"),
             decode_json=tuple(loaded["decode_json"]),
             accepted_status=loaded["accepted_status"],
             cors_origins=tuple((loaded["cors"] or {}).get("origins", ())),

@@ -170,6 +170,7 @@ class Source:
     ip_from_client: bool = False
     event_header: str | None = None
     event_path: str | None = None
+    event_query: str | None = None
     decode_json: tuple[str, ...] = ()
     accepted_status: int = 202
     # Web pages whose scripts may post to the hook from the visitor's browser (CORS); "*" for any.

@@ -482,11 +482,20 @@ class CorsSchema(StrictSchema):
 class EventSchema(StrictSchema):
     header = fields.String(load_default=None)
     path = Expression(load_default=None)
+    # A parameter of the hook's URL (`?topic=orders/create`), for a provider that names no event in its
+    # request but lets its owner give each event an address of its own (InSales).
+    query = fields.String(
+        load_default=None,
+        validate=[
+            validate.Regexp(r"\A[A-Za-z0-9_.-]{1,64}\Z", error="a query parameter's name: letters, digits, _ . -"),
+            validate.NoneOf(["token"], error="`token` is the hook's secret, never an event"),
+        ],
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if bool(data.get("header")) == bool(data.get("path")):
-            raise ValidationError("event is taken from exactly one of header or path")
+        if sum(bool(data.get(key)) for key in ("header", "path", "query")) != 1:
+            raise ValidationError("event is taken from exactly one of header, path or query")
 
 
 _PAYLOAD_TYPES = {
@@ -557,4 +566,6 @@ class MappingFileSchema(StrictSchema):
         if duplicated:
             raise ValidationError(f"rule names must be unique: {', '.join(duplicated)}", "rules")
         if data.get("event") is None and any(rule.events for rule in data.get("rules", [])):
-            raise ValidationError("rules with `events` need an event: {header: ...} or {path: ...}", "event")
+            raise ValidationError(
+                "rules with `events` need an event: {header: ...}, {path: ...} or {query: ...}", "event"
+            )

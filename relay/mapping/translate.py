@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from relay.errors import MappingError
 from relay.geo import GeoLookup, first_public, public_ip
-from relay.inbound import header_value
+from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
@@ -63,8 +63,9 @@ def prepare_payload(source: Source, payload: Any) -> Any:
 
 
 def event_of(source: Source, payload: Any, headers: Mapping[str, str]) -> str | None:
-    if source.event_header:
-        value = header_value(headers, source.event_header)
+    if source.event_header or source.event_query:
+        # The URL's event is kept with the request under relay's own header (`inbound.with_url_event`).
+        value = header_value(headers, source.event_header or URL_EVENT_HEADER)
         return value.strip() if value else None
     if source.event_path:
         value = search(source.event_path, payload)
