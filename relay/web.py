@@ -343,11 +343,14 @@ def _receive(
         response, code = _error(429, "rate_limited", f"over {limiter.spec} for {source.name}; retry later")
         response.headers["Retry-After"] = str(wait)
         return response, code
+    kept = keepable_headers(headers, source.auth.header)  # a sender's own X-Relay-Event among what it drops
+    if source.event_query is not None:
+        kept = with_url_event(source, kept, req.args)
     inbound = InboundRequest(
         source=source.name,
         body=body,
         content_type=content_type,
-        headers=with_url_event(source, keepable_headers(headers, source.auth.header), req.args),
+        headers=kept,
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
     payload = parse_request(inbound)

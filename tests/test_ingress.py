@@ -878,7 +878,7 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
 def test_the_event_a_hook_url_names_is_kept_only_as_printable_text(topic, kept):
     """`event: {query: topic}` keeps the URL's topic as X-Relay-Event when it is printable text of a topic's
     length; anything else names no event. A sender's own X-Relay-Event is dropped whatever its case."""
-    from relay.inbound import with_url_event
+    from relay.inbound import keepable_headers, with_url_event
     from relay.mapping.loader import load_sources
 
     insales = load_sources(MAPPINGS)["insales"]
@@ -886,3 +886,5 @@ def test_the_event_a_hook_url_names_is_kept_only_as_printable_text(topic, kept):
     assert headers == {"Content-Type": "application/json", **({"X-Relay-Event": kept} if kept else {})}
     tilda = load_sources(MAPPINGS)["tilda"]
     assert with_url_event(tilda, {"X-Relay-Event": "x"}, {"topic": "orders/create"}) == {}
+    # Every source's stored headers lack it: a replay after its mapping took `event: {query: ...}` reads them.
+    assert keepable_headers({"X-Relay-Event": "orders/create", "User-Agent": "u"}) == {"User-Agent": "u"}
