@@ -162,6 +162,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             refused = store.refused_writes()  # it answers reads, but may take no webhook (a full disk)
             if refused is not None:
                 problems["store"] = refused
+            elif (short := _disk_short(store, settings)) is not None:
+                # Seen alike by every process, where a refused write is known only to the one it met.
+                problems["store"] = short
         if broken_shown:
             problems["mappings"] = broken_shown
         unconfigured = {
@@ -194,6 +197,20 @@ def _json(body: dict[str, Any]) -> Response:
     """A JSON answer. Flask's jsonify goes through the app's JSON provider on every call, which
     costs more than the few fields of an ingress answer."""
     return Response(_ENCODE(body), mimetype="application/json")
+
+
+def _disk_short(store: Store, settings: Settings) -> str | None:
+    """Why the SQLite store's disk may not take the next webhook: less free than the largest one, twice
+    (its row, then its WAL frames), and a MiB for the indexes. None when it has room, or is no file here."""
+    free = store.disk_free_bytes()
+    needed = 2 * settings.max_body_bytes + 1024 * 1024
+    if free is None or free >= needed:
+        return None
+    mib = 1024 * 1024
+    return (
+        f"its disk has {free / mib:.1f} MiB free, less than the {needed / mib:.1f} MiB a webhook of "
+        "RELAY_MAX_BODY_BYTES may need: free space, or move the store to a larger disk"
+    )
 
 
 def _read_body(req: Request, limit: int) -> bytes:

@@ -322,6 +322,21 @@ def test_a_store_that_takes_no_write_is_not_ready_until_one_goes_through(tmp_pat
         store.close()
 
 
+def test_a_store_whose_disk_cannot_hold_the_largest_webhook_is_not_ready_in_every_process(tmp_path):
+    """A refused write is known only to the process it met (one gunicorn worker said 503, the other 200). The
+    free space is seen alike by all: a disk with less room than the largest webhook the settings take (twice,
+    and a MiB) makes /readyz 503 before a write is refused. A 1 EiB limit stands in for a full disk here."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, RELAY_MAX_BODY_BYTES=str(2**60)))
+    try:
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 503
+        assert "MiB a webhook of RELAY_MAX_BODY_BYTES may need" in ready.get_json()["problems"]["store"]
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
 def test_a_read_only_postgresql_is_a_503_and_not_ready_never_a_500(tmp_path, pg_url):
     """A PostgreSQL that takes no writes (a standby after a failover) raises SQLSTATE 25006, an InternalError
     that was not counted as the store being away: relay did not start (a traceback) and a webhook was a 500.
