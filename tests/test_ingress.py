@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.errors import StoreUnavailable
 from relay.inbound import InboundRequest
@@ -810,6 +812,63 @@ def test_rails_xml_says_what_its_text_cannot():
         "discounts": [],
         "plain": "",
     }
+
+
+_rails_keys = st.from_regex(r"[a-z]{1,6}(_[a-z]{1,6}){0,2}", fullmatch=True)
+_rails_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**29), max_value=10**29),  # relay reads at most 30 digits as a number
+    # Text as Rails writes it; leaves are read stripped (pretty-printed XML), so none starts or ends with a space.
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), max_size=12),
+)
+_rails_values = st.recursive(
+    _rails_scalars,
+    lambda inner: st.one_of(
+        st.lists(st.one_of(_rails_scalars, st.dictionaries(_rails_keys, inner, min_size=1, max_size=3)), max_size=3),
+        st.dictionaries(_rails_keys, inner, min_size=1, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _rails_xml(name: str, value: object) -> str:
+    """`value` as Rails' `to_xml` writes it: dashed tags, typed leaves, nil, and arrays of singular items."""
+    from xml.sax.saxutils import escape
+
+    tag = name.replace("_", "-")
+    if value is None:
+        return f'<{tag} nil="true"/>'
+    if isinstance(value, bool):
+        return f'<{tag} type="boolean">{"true" if value else "false"}</{tag}>'
+    if isinstance(value, int):
+        return f'<{tag} type="integer">{value}</{tag}>'
+    if isinstance(value, list):
+        if not value:
+            return f'<{tag} type="array"/>'
+        return f'<{tag} type="array">{"".join(_rails_xml(name + "_item", item) for item in value)}</{tag}>'
+    if isinstance(value, dict):
+        return f"<{tag}>{''.join(_rails_xml(key, item) for key, item in value.items())}</{tag}>"
+    return f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+def _dashed(value: object) -> object:
+    if isinstance(value, dict):
+        return {key.replace("_", "-"): _dashed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_dashed(item) for item in value]
+    return value
+
+
+@settings(max_examples=200, deadline=None)
+@given(document=st.dictionaries(_rails_keys, _rails_values, min_size=1, max_size=5))
+def test_rails_xml_reads_as_its_json_twin(document):
+    """Whatever Rails writes as XML (InSales' default) reads as the same data sent as JSON, the tags' dashes
+    apart: objects, typed leaves, nil, empty and one-item arrays included."""
+    from relay.bodies import parse_body
+
+    xml = '<?xml version="1.0" encoding="UTF-8"?>' + _rails_xml("order", document)
+    assert parse_body(xml.encode(), "application/xml") == _dashed(document)
 
 
 def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(tmp_path):
