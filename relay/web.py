@@ -39,7 +39,7 @@ from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
-from relay.mapping.translate import event_of, prepare_payload, select_rule
+from relay.mapping.translate import event_of, prepare_payload, select_rule, unmatched_reason
 from relay.pipeline import parse_request, take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
@@ -379,7 +379,7 @@ def _receive(
     event = event_of(source, prepared, inbound.headers)
     rule = select_rule(source, prepared, event)
     if rule is None or rule.ignore is not None:
-        reason = rule.ignore if rule is not None and rule.ignore else f"no rule forwards event {event!r}"
+        reason = rule.ignore if rule is not None and rule.ignore else unmatched_reason(event)
         log.info("ignored", extra={"source": source.name, "event": event, "reason": reason})
         metrics.received(source.name, "ignored")
         return _json({"status": "ignored", "reason": reason}), 200

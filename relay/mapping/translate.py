@@ -25,7 +25,7 @@ from relay.mapping.templates import render
 from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
 from relay.upstream.request import UpstreamCall, request_problems
 
-__all__ = ["Translation", "TranslateContext", "select_rule", "translate", "event_of"]
+__all__ = ["Translation", "TranslateContext", "event_of", "select_rule", "translate", "unmatched_reason"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,11 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
     return None
 
 
+def unmatched_reason(event: str | None) -> str:
+    """Why a request no rule takes is ignored: the same words at ingress, in the worker and in `preview`."""
+    return f"no rule forwards event {event!r}" if event else "no rule matches this payload"
+
+
 def _truthy(value: Any) -> bool:
     return value not in (None, False, "", [], {}, 0)
 
@@ -114,8 +119,7 @@ def translate(
     event = event_of(source, data, headers)
     rule = select_rule(source, data, event)
     if rule is None:
-        reason = f"no rule forwards event {event!r}" if event else "no rule matches this payload"
-        return Translation(calls=[], event=event, ignored=reason)
+        return Translation(calls=[], event=event, ignored=unmatched_reason(event))
     if rule.ignore is not None:
         return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore)
     calls = _Builder(source, rule, data, ctx, client_ip).build()
