@@ -548,6 +548,22 @@ class Store:
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
+    def read_only(self) -> str | None:
+        """Why the server takes no writes from anyone, when it says so: a PostgreSQL standby (a failover left
+        relay's host a replica) or `default_transaction_read_only`. Every process sees it, where a refused
+        write is known only to the process it met. None on SQLite, and while writes are taken.
+
+        Raises:
+            StoreUnavailable: the store does not answer.
+        """
+        if self.dialect != "postgresql":
+            return None
+        with self._read() as connection:
+            setting = connection.execute(text("SELECT current_setting('transaction_read_only')")).scalar_one()
+        if setting != "on":
+            return None
+        return "it takes no writes: transaction_read_only is on (a standby, or default_transaction_read_only)"
+
     # -- ingress ----------------------------------------------------------
     def accept(
         self,

@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         problems: dict[str, Any] = {}
         try:
             store.ping()
+            read_only = store.read_only()
         except StoreUnavailable as exc:
             problems["store"] = f"does not answer: {refusal(exc)}"
         except Exception as exc:  # noqa: BLE001 - any failure of the store means not ready
@@ -162,7 +163,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             refused = store.refused_writes()  # it answers reads, but may take no webhook (a full disk)
             if refused is not None:
                 problems["store"] = refused
-            elif (short := _disk_short(store, settings)) is not None:
+            elif (short := read_only or _disk_short(store, settings)) is not None:
                 # Seen alike by every process, where a refused write is known only to the one it met.
                 problems["store"] = short
         if broken_shown:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import StoreUnavailable
+from relay.ids import random_hex
 from relay.inbound import InboundRequest
 
 from .conftest import BUILT_IN_SOURCES, MAPPINGS, SECRETS, make_settings
@@ -337,6 +338,56 @@ def test_a_store_whose_disk_cannot_hold_the_largest_webhook_is_not_ready_in_ever
         assert "MiB a webhook of RELAY_MAX_BODY_BYTES may need" in ready.get_json()["problems"]["store"]
     finally:
         app.extensions["relay"]["store"].close()
+
+
+def test_a_postgresql_that_turned_read_only_is_not_ready_in_a_process_that_never_met_a_refused_write(tmp_path, pg_url):
+    """A process that made its tables while the server took writes went on answering /readyz 200 once the
+    server became a standby (its pool reconnecting to the same host): only a process whose own write had been
+    refused said so. /readyz now asks the server, so every process says it. A role of its own, turned read-only
+    while relay runs, stands in for the failover without touching any other test's database."""
+    from sqlalchemy import create_engine, make_url, text
+
+    from relay.web import create_app
+
+    role = "relay_ro_" + random_hex(6)
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    schema = pg_url.rsplit("search_path%3D", 1)[1]
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
+    as_role = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    probe = create_engine(as_role.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        probe.connect().close()
+    except Exception:  # noqa: BLE001 - any refusal: the server wants a password for a new role
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))
+        pytest.skip("this PostgreSQL lets no new role log in without a password (CI's and scripts/test's trust it)")
+    finally:
+        probe.dispose()
+    app = create_app(make_settings(tmp_path, RELAY_DATABASE_URL=as_role))
+    store = app.extensions["relay"]["store"]
+    client = app.test_client()
+    try:
+        assert client.post(TILDA, data=b"Email=a%40example.com&tranid=1", content_type=FORM).status_code == 202
+        assert client.get("/readyz").status_code == 200
+        with admin.begin() as connection:
+            connection.execute(text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
+        store.engine.dispose()  # the pool reconnects, as it does to a host that a failover made a standby
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and store.refused_writes() is None
+        assert ready.get_json()["problems"]["store"] == (
+            "it takes no writes: transaction_read_only is on (a standby, or default_transaction_read_only)"
+        )
+        refused = client.post(TILDA, data=b"Email=b%40example.com&tranid=2", content_type=FORM)
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+    finally:
+        store.close()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
 
 
 def test_a_read_only_postgresql_is_a_503_and_not_ready_never_a_500(tmp_path, pg_url):
