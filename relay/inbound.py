@@ -117,7 +117,9 @@ def is_ping(source: Source, request: InboundRequest, payload: Any, *, unsigned_o
 
 
 def dedup_key(source: Source, request: InboundRequest, payload: Any) -> str:
-    """The provider's delivery id when it sends one, else a hash of source and body."""
+    """The provider's delivery id when it sends one, else a hash of source and body, and of the event a hook's
+    URL names: the same order's body at the orders/create and the orders/update address is two events (the
+    second must not be dropped as a repeat), while a webhook sent again goes to the address it went to."""
     for name in source.dedup_headers:
         value = request.header(name)
         if value and value.strip():
@@ -126,5 +128,6 @@ def dedup_key(source: Source, request: InboundRequest, payload: Any) -> str:
         value = search(path, payload)
         if value is not None and not isinstance(value, (dict, list)) and str(value).strip():
             return f"{source.name}:p:{str(value).strip()[:200]}"
-    digest = hashlib.sha256(source.name.encode() + b"\0" + request.body).hexdigest()
+    named = (request.header(URL_EVENT_HEADER) or "").encode() + b"\0" if source.event_query else b""
+    digest = hashlib.sha256(source.name.encode() + b"\0" + named + request.body).hexdigest()
     return f"{source.name}:b:{digest}"
