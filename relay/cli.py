@@ -10,10 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from relay.bodies import parse_body
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
+from relay.mapping.fetches import FetchRequest, fetch_texts
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
@@ -58,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--client-ip", dest="client_ip")
     preview.add_argument("--format", choices=["json", "xml"], default="json")
+    preview.add_argument(
+        "--fetched",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="the provider API's answer to a fetch the mapping makes (fetched.NAME), as a JSON file; repeatable",
+    )
 
     commands.add_parser("check", help="validate every mapping file and run its examples")
     commands.add_parser("sources", help="list sources, their hook URLs and authentication")
@@ -228,7 +237,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
             print("[]")
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
             return 0
-        translation = translate_request(source, request, context, upstream_format=args.format)
+        fetch = _fetched_from_files(args.fetched)
+        translation = translate_request(source, request, context, upstream_format=args.format, fetch=fetch)
     except RequestRejected as exc:
         print(f"relay: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
@@ -245,6 +255,34 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         calls.append({"method": call.method, "body": to_xml(body_out) if args.format == "xml" else body_out})
     print(json.dumps(calls, ensure_ascii=False, indent=2))
     return 0
+
+
+def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
+    """Preview makes no network call: what a fetch would get comes from `--fetched NAME=FILE`, and each
+    fetch it would make is said on stderr, its address without the query."""
+    files: dict[str, str] = {}
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise MappingError(f"--fetched {item!r} must be NAME=FILE")
+        files[name] = path
+
+    def fetch(request: FetchRequest) -> object:
+        path = files.get(request.name)
+        print(f"relay: fetch {request.name}: GET {request.shown}" + (f" <- {path}" if path else ""), file=sys.stderr)
+        if path is None:
+            raise MappingError(
+                f"fetch {request.name}: preview makes no network call; give the API's answer as "
+                f"--fetched {request.name}=FILE"
+            )
+        try:
+            return parse_body(Path(path).read_bytes(), "application/json")
+        except OSError as exc:
+            raise MappingError(f"--fetched {request.name}: {exc.strerror}: {path}") from None
+        except RequestRejected as exc:
+            raise MappingError(f"--fetched {request.name}: {path} is not JSON: {exc.detail}") from None
+
+    return fetch
 
 
 def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
@@ -344,7 +382,10 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"ok: {len(sources)} mapping files, {examples_run} examples")
     if unset:
-        print("unset variables (sources that need them refuse requests until they are set):")
+        print(
+            "unset variables (a source whose secret is unset refuses its requests; one whose fetch needs a "
+            "setting keeps them, and they fail as mapping until it is set and they are replayed):"
+        )
         for variable, names in sorted(unset.items()):
             print(f"  {variable}: {', '.join(sorted(set(names)))}")
     return 0
@@ -365,6 +406,9 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             how = "none"
         refs = [envrefs.parse_ref(s) for s in auth.secrets]
         missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
+        # The settings its fetches need (the API's token): unset, its webhooks are kept and fail as mapping.
+        fetch_refs = [ref for spec in source.fetches for text in fetch_texts(spec) for ref in envrefs.find_refs(text)]
+        missing += [name for name in envrefs.missing(fetch_refs, settings.env) if name not in missing]
         state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
         if auth.scheme == "none":
             state = "ready (unauthenticated)"
@@ -380,6 +424,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
                 f"  event:    named by the hook URL, ?{source.event_query}=<event>"
                 + (f" ({', '.join(named)})" if named else "")
             )
+        for spec in source.fetches:
+            print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}")
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
         if auth.signs_url and not settings.public_url:

@@ -15,7 +15,10 @@ label, so it never changes once released::
     ├── MappingError             the mapping cannot translate a payload (failed/mapping)
     ├── UpstreamError            the upstream did not take a call
     │   ├── TransientUpstreamError   retried later
-    │   └── PermanentUpstreamError   failed/rejected
+    │   ├── PermanentUpstreamError   failed/rejected
+    │   └── FetchError               the provider's API did not give a document the mapping fetches
+    │       ├── TransientFetchError      retried later
+    │       └── PermanentFetchError      failed/rejected
     └── ConfigError              settings or mapping files are wrong at start-up
 """
 
@@ -25,12 +28,15 @@ __all__ = [
     "AuthenticationFailed",
     "BodyTooLarge",
     "ConfigError",
+    "FetchError",
     "IncompleteBody",
     "MappingError",
+    "PermanentFetchError",
     "PermanentUpstreamError",
     "RelayError",
     "RequestRejected",
     "StoreUnavailable",
+    "TransientFetchError",
     "TransientUpstreamError",
     "UnknownSource",
     "Unparsable",
@@ -151,6 +157,37 @@ class TariffLimitReached(TransientUpstreamError):
 
 
 class PermanentUpstreamError(UpstreamError):
+    code = "rejected"
+
+
+class FetchError(UpstreamError):
+    """A document a mapping fetches from the provider's API (a thin webhook's order) did not come.
+
+    Not an upstream error for the worker: its rate limit and pauses are the upstream's, not the provider's.
+    `name` is the fetch's name in the mapping file, `url` its address as it may be shown (no query)."""
+
+    code = "fetch"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        name: str = "",
+        url: str = "",
+        http_status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail, http_status=http_status, body=body, retry_after=retry_after)
+        self.name = name
+        self.url = url
+
+
+class TransientFetchError(FetchError):
+    code = "transient"
+
+
+class PermanentFetchError(FetchError):
     code = "rejected"
 
 

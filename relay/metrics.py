@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 if TYPE_CHECKING:
     from relay.store import Store
 
-__all__ = ["attempt", "mapping_files_broken", "observe_ingress", "purged", "received", "render"]
+__all__ = ["attempt", "fetched", "mapping_files_broken", "observe_ingress", "purged", "received", "render"]
 
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
@@ -47,6 +47,17 @@ ATTEMPTS = Counter(
     "relay_delivery_attempts_total",
     "Upstream call attempts, by source and outcome",
     ["source", "outcome"],
+    registry=REGISTRY,
+)
+FETCHES = Counter(
+    "relay_fetches_total",
+    "Documents fetched from a provider's API for a mapping's `fetch:`, by source and outcome",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+FETCH_LATENCY = Histogram(
+    "relay_fetch_seconds",
+    "Duration of fetches from providers' APIs",
     registry=REGISTRY,
 )
 INGRESS_LATENCY = Histogram(
@@ -88,6 +99,8 @@ DECLARED = {
     "relay_delivery_attempts_total",
     "relay_ingress_seconds",
     "relay_upstream_seconds",
+    "relay_fetches_total",
+    "relay_fetch_seconds",
     "relay_purged_total",
     "relay_mapping_files_broken",
     *STORE_GAUGES,
@@ -108,6 +121,11 @@ def received(source: str, outcome: str) -> None:
 def attempt(source: str, outcome: str, seconds: float) -> None:
     _child(ATTEMPTS, source, outcome).inc()
     UPSTREAM_LATENCY.observe(seconds)
+
+
+def fetched(source: str, outcome: str, seconds: float) -> None:
+    _child(FETCHES, source, outcome).inc()
+    FETCH_LATENCY.observe(seconds)
 
 
 def purged(kind: str, count: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from relay.bodies import parse_body, read_field
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
+from relay.mapping.fetches import Fetch
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation, translate
 from relay.upstream.xmlbody import name_problems
@@ -43,7 +44,12 @@ def parse_request(request: InboundRequest, *, stored: bool = False) -> Any:
 
 
 def translate_request(
-    source: Source, request: InboundRequest, context: TranslateContext, *, upstream_format: str = "json"
+    source: Source,
+    request: InboundRequest,
+    context: TranslateContext,
+    *,
+    upstream_format: str = "json",
+    fetch: Fetch | None = None,
 ) -> Translation:
     """Parse and translate a request that was already accepted, into calls that `upstream_format` can carry.
 
@@ -61,6 +67,7 @@ def translate_request(
         headers=request.headers,
         client_ip=request.client_ip,
         context=context,
+        fetch=fetch,
     )
     if upstream_format == "xml":
         for call in translation.calls:

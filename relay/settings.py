@@ -18,7 +18,7 @@ from dotenv import dotenv_values
 
 from relay.errors import ConfigError
 
-__all__ = ["Settings", "dotenv_exported", "export_dotenv", "load_environment", "mask"]
+__all__ = ["Settings", "dotenv_exported", "export_dotenv", "load_environment", "mask", "shown_url"]
 
 SECRET_SETTINGS = {"upstream_token", "admin_token", "sentry_dsn"}
 
@@ -123,7 +123,7 @@ def _url(text: str) -> str:
     method = _METHOD_IN_PATH.search(parts.path)
     if method:
         base = urlunsplit(parts._replace(path=parts.path[: method.start()]))
-        raise ValueError(f"is the API's base address, without the method: {_shown_url(base)}")
+        raise ValueError(f"is the API's base address, without the method: {shown_url(base)}")
     return value
 
 
@@ -142,7 +142,7 @@ def _public_url(text: str) -> str:
     return value
 
 
-def _shown_url(url: str) -> str:
+def shown_url(url: str) -> str:
     """A URL as it may be printed: its password and its query (where a token, or a database's
     `?password=`, could be) replaced by ***; the rest as written (`sqlite:///var/relay.db` too)."""
     parts = urlsplit(url)
@@ -346,7 +346,7 @@ class Settings:
             except ValueError as exc:
                 shown = "***" if attribute in SECRET_SETTINGS else repr(raw)
                 if attribute in ("upstream_url", "database_url"):
-                    shown = repr(_shown_url(raw.strip()))
+                    shown = repr(shown_url(raw.strip()))
                 problems.append(f"{variable}={shown}: {exc}")
         keep, window = values.get("keep_delivered"), values.get("dedup_window")
         if keep and window and keep < window:
@@ -367,7 +367,7 @@ class Settings:
             if attribute in SECRET_SETTINGS:
                 shown[variable] = mask(value)
             elif attribute in ("upstream_url", "database_url") and value is not None:
-                shown[variable] = _shown_url(value)
+                shown[variable] = shown_url(value)
             else:
                 shown[variable] = "(unset)" if value is None else str(value)
         return shown

@@ -39,7 +39,13 @@ from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
-from relay.mapping.translate import event_of, prepare_payload, select_rule, unmatched_reason
+from relay.mapping.translate import (
+    event_of,
+    ignored_whatever_fetched,
+    prepare_payload,
+    select_rule,
+    unmatched_reason,
+)
 from relay.pipeline import parse_request, take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
@@ -378,9 +384,13 @@ def _receive(
         return _json({"status": "ping"}), 200
     prepared = prepare_payload(source, payload)
     event = event_of(source, prepared, inbound.headers)
-    rule = select_rule(source, prepared, event)
-    if rule is None or rule.ignore is not None:
-        reason = rule.ignore if rule is not None and rule.ignore else unmatched_reason(event)
+    if source.fetches:  # a rule's `when` may read what only the worker fetches
+        settled = ignored_whatever_fetched(source, event)
+        reason = settled[1] if settled is not None else None
+    else:
+        rule = select_rule(source, prepared, event)
+        reason = unmatched_reason(event) if rule is None else rule.ignore
+    if reason is not None:
         log.info("ignored", extra={"source": source.name, "event": event, "reason": reason})
         metrics.received(source.name, "ignored")
         return _json({"status": "ignored", "reason": reason}), 200

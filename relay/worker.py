@@ -20,6 +20,7 @@ from typing import Any
 
 from relay import metrics
 from relay.errors import (
+    FetchError,
     MappingError,
     PermanentUpstreamError,
     StoreUnavailable,
@@ -27,6 +28,8 @@ from relay.errors import (
     TransientUpstreamError,
     first_line,
 )
+from relay.fetch import Fetcher
+from relay.mapping.fetches import FetchRequest
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import WatchedSources
@@ -70,6 +73,7 @@ class Worker:
         self.stop_event = threading.Event()
         self.limiter = RateLimiter(settings.upstream_rate)
         self.client = UpstreamClient(settings) if settings.upstream_url else None
+        self.fetcher = Fetcher(settings)  # for the sources whose mapping fetches documents from their API
         geo = None
         if settings.geoip_db:
             from relay.geo import GeoLookup
@@ -106,6 +110,7 @@ class Worker:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.client is not None:
             self.client.close()
+        self.fetcher.close()
 
     def run_forever(self) -> None:
         self.start()
@@ -240,8 +245,12 @@ class Worker:
         source = sources.get(delivery.source)
         if source is None:
             raise MappingError(f"no mapping for source {delivery.source!r}")
+
+        def fetch(request: FetchRequest) -> Any:
+            return self.fetcher.get(delivery.source, request)
+
         return translate_request(
-            source, delivery.inbound(), self.context, upstream_format=self.settings.upstream_format
+            source, delivery.inbound(), self.context, upstream_format=self.settings.upstream_format, fetch=fetch
         )
 
     def _translate_with_latest(
@@ -286,13 +295,17 @@ class Worker:
         extra = {"delivery_id": delivery.id, "source": delivery.source}
         self._look_at_mappings()
         sources = self.sources
+        started, clock = time.time(), time.perf_counter()
         try:
-            translation = self._translate(sources, delivery)
-        except MappingError as exc:
-            settled = self._translate_with_latest(delivery, token, sources, exc)
-            if isinstance(settled, str):
-                return settled
-            translation = settled
+            try:
+                translation = self._translate(sources, delivery)
+            except MappingError as exc:
+                settled = self._translate_with_latest(delivery, token, sources, exc)
+                if isinstance(settled, str):
+                    return settled
+                translation = settled
+        except FetchError as exc:
+            return self._fetch_failed(delivery, token, exc, started, time.perf_counter() - clock)
         if translation.ignored:
             self.store.finish(
                 delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
@@ -346,6 +359,33 @@ class Worker:
         # Every call went through before (a replayed cycle that had finished): settle it.
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
+
+    def _fetch_failed(self, delivery: Delivery, token: str, error: FetchError, started: float, seconds: float) -> str:
+        """A document the mapping fetches did not come: a try in the delivery's log (the address without its
+        query, the API's answer), then retried on the schedule, or failed as `rejected` for an answer that
+        will not change by itself (a wrong token, a record deleted): fixed, a replay fetches again."""
+        attempt = Attempt(
+            started_at=started,
+            duration_ms=seconds * 1000,
+            call_index=delivery.calls_done,
+            method=f"fetch {error.name}",
+            request={"url": error.url},
+            http_status=error.http_status,
+            response=error.body or None,
+            outcome=error.code,
+            error=error.detail,
+        )
+        if error.code == "rejected":
+            return self._fail(delivery, token, "rejected", error.detail, attempt=attempt)
+        return self._retry_later(
+            delivery,
+            token,
+            error.detail,
+            attempt_no=delivery.attempts + 1,
+            attempt=attempt,
+            retry_after=error.retry_after,
+            overloaded=error.http_status == 429,
+        )
 
     def _give_back(
         self,

@@ -42,6 +42,8 @@ SECRETS = {
     "FORMSTACK_WEBHOOK_SECRET": "formstack-test-secret-7c7d",
     "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
+    "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
+    "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -106,6 +108,7 @@ BUILT_IN_SOURCES = (
     "formstack",
     "gravity_forms",
     "insales",
+    "bigcommerce",
 )
 
 

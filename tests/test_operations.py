@@ -75,6 +75,7 @@ def test_metrics_declared_bounded_and_counting(client):
         "delivered",
         "transient",
         "rejected",
+        "fetched",  # relay_fetches_total's outcome beside transient and rejected
         "+Inf",
         "deliveries",  # relay_purged_total's kinds
         "dedup_keys",

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from relay.errors import MappingError
 from relay.mapping.loader import load_sources
-from relay.mapping.translate import translate
+from relay.mapping.translate import TranslateContext, translate
 
 from .conftest import MAPPINGS
 
@@ -22,6 +22,9 @@ EVENTS = [
     "order.updated",
     "customer.created",
     "orders/destroy",
+    "store/order/created",
+    "store/customer/created",
+    "store/subscriber/created",
     None,
 ]
 
@@ -31,7 +34,7 @@ scalars = st.one_of(
     st.integers(),
     st.floats(allow_nan=True),
     st.text(max_size=20),
-    st.sampled_from(["a@example.com", "8 (912) 345-67-89", "81.2.69.142", "02.04.1990", "yes"]),
+    st.sampled_from(["a@example.com", "8 (912) 345-67-89", "81.2.69.142", "02.04.1990", "yes", "store/order/created"]),
 )
 keys = st.sampled_from(
     [
@@ -63,6 +66,12 @@ keys = st.sampled_from(
         "subscribe",
         "fields_values",
         "handle",
+        "scope",
+        "id",
+        "billing_address",
+        "is_email_opt_in",
+        "status_id",
+        "ip_address",
         "x",
     ]
 )
@@ -72,16 +81,38 @@ payloads = st.recursive(
     max_leaves=30,
 )
 
+objects = st.dictionaries(keys, payloads, max_size=6)
+# What a provider's API answers a fetch: anything, or shaped like BigCommerce's order, customer list and
+# subscriber, with anything inside.
+documents = st.one_of(
+    payloads,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "billing_address": objects,
+            "status_id": scalars,
+            "is_email_opt_in": scalars,
+            "ip_address": scalars,
+            "data": st.one_of(payloads, objects, st.lists(objects, max_size=2)),
+        },
+    ),
+)
+
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payload=payloads, event=st.sampled_from(EVENTS))
-def test_translation_fails_only_with_mapping_errors(name, payload, event):
-    """Any JSON-like payload yields a translation or a MappingError, never another exception."""
+@given(payload=payloads, event=st.sampled_from(EVENTS), document=documents)
+def test_translation_fails_only_with_mapping_errors(name, payload, event, document):
+    """Any JSON-like payload, and any document a fetch gets (BigCommerce's order), yields a translation or
+    a MappingError, never another exception."""
     # The event as Shopify and WooCommerce send it, and as relay keeps the one a hook URL names (InSales).
     headers = {"X-Shopify-Topic": event, "X-WC-Webhook-Topic": event, "X-Relay-Event": event} if event else {}
+    if SOURCES[name].fetches and event:
+        # BigCommerce names its event and record in the body; the rules then read the document fetched.
+        payload = {**(payload if isinstance(payload, dict) else {}), "scope": event, "data": {"type": "x", "id": 250}}
+    context = TranslateContext(env={"BIGCOMMERCE_STORE_HASH": "abc", "BIGCOMMERCE_API_TOKEN": "t"})
     try:
-        translate(SOURCES[name], payload, headers=headers)
+        translate(SOURCES[name], payload, headers=headers, context=context, fetch=lambda _request: document)
     except MappingError:
         pass
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["EnvRef", "find_refs", "is_ref", "parse_ref", "resolve_text"]
+__all__ = ["EnvRef", "find_refs", "is_ref", "parse_ref", "resolve_text", "text_pieces"]
 
 _WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
 _ANY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +47,11 @@ def parse_ref(text: str) -> EnvRef | None:
 
 def find_refs(text: str) -> list[EnvRef]:
     return [piece for piece in _pieces(text) if isinstance(piece, EnvRef)]
+
+
+def text_pieces(text: str) -> tuple[str | EnvRef, ...]:
+    """`text` as literal parts and references, in order."""
+    return _pieces(text)
 
 
 def broken_ref(text: str) -> bool:

@@ -9,8 +9,10 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       headers: {X-Shopify-Topic: orders/paid}
       query: {topic: orders/create}     # optional: the hook URL's parameters (`event: {query: topic}`)
       client_ip: 8.8.8.8                # optional
+      fetched: {order: order-250.json}  # optional: the API's answers to the mapping's fetches, by name
     env: {RELAY_DB_ID: "7"}             # optional, over an empty environment
     expect:
+      fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, without query
       calls: [{method: profiles/import, body: {...}}]
       # or ignored: <reason substring> | ping: true | error: <substring>
 
@@ -27,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from relay.bodies import parse_body
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest, is_ping, with_url_event
+from relay.mapping.fetches import FetchRequest
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, take_body_token, translate_request
@@ -45,6 +49,7 @@ class Example:
     env: dict[str, str]
     expect: dict[str, Any]
     query: dict[str, str] = field(default_factory=dict)
+    fetched: dict[str, Path] = field(default_factory=dict)
 
 
 def example_files(mappings_dir: str | Path, source: str | None = None) -> list[Path]:
@@ -75,6 +80,7 @@ def load_example(path: Path) -> Example:
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
         expect=data["expect"],
         query={str(k): str(v) for k, v in (request.get("query") or {}).items()},
+        fetched={str(k): path.parent / str(v) for k, v in (request.get("fetched") or {}).items()},
     )
 
 
@@ -98,12 +104,23 @@ def run_example(
         return [] if is_ping(source, request, payload) else ["expected a ping, got none"]
     if is_ping(source, request, payload):
         return ["request is treated as a ping"]
+    fetches: list[str] = []
+
+    def fetch(wanted: FetchRequest) -> Any:
+        fetches.append(wanted.shown)
+        answer = example.fetched.get(wanted.name)
+        if answer is None:
+            raise MappingError(f"fetch {wanted.name}: the example gives no answer for it (request.fetched)")
+        return parse_body(answer.read_bytes(), "application/json")
+
     try:
-        translation = translate_request(source, request, context, upstream_format=upstream_format)
+        translation = translate_request(source, request, context, upstream_format=upstream_format, fetch=fetch)
     except MappingError as exc:
         if "error" in expect and str(expect["error"]) in exc.detail:
             return []
         return [f"mapping error: {exc.detail}"]
+    if "fetches" in expect and fetches != list(expect["fetches"]):
+        return [f"fetched {fetches}, expected {list(expect['fetches'])}"]
     if "error" in expect:
         return [f"expected a mapping error containing {expect['error']!r}, got calls"]
     if "ignored" in expect:

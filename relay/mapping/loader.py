@@ -80,6 +80,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             accepted_status=loaded["accepted_status"],
             cors_origins=tuple((loaded["cors"] or {}).get("origins", ())),
             payload_schema=loaded["payload"],
+            fetches=MappingFileSchema.fetch_specs(loaded["fetch"]),
             rules=tuple(loaded["rules"]),
         ),
         [],

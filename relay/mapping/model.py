@@ -155,6 +155,21 @@ class PingSpec:
 
 
 @dataclass(frozen=True)
+class FetchSpec:
+    """A document the worker fetches from the provider's API before it translates: a thin webhook names an
+    order or a customer by id, and the rules read it as `fetched.<name>`.
+
+    `url` and the header values are templates: `{expression}` over the payload (each value percent-encoded
+    in the URL), `${NAME}` a setting, resolved only when the request is made."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    events: tuple[str, ...] = ()
+    when: str | None = None
+
+
+@dataclass(frozen=True)
 class Source:
     """One mapping file, loaded and checked."""
 
@@ -176,4 +191,5 @@ class Source:
     # Web pages whose scripts may post to the hook from the visitor's browser (CORS); "*" for any.
     cors_origins: tuple[str, ...] = ()
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
+    fetches: tuple[FetchSpec, ...] = ()
     rules: tuple[Rule, ...] = ()

@@ -24,6 +24,7 @@ from relay.mapping.expressions import expression_problem
 from relay.mapping.model import (
     SIGNED_PLACEHOLDER,
     AuthSpec,
+    FetchSpec,
     FieldSpec,
     PingSpec,
     Rule,
@@ -479,6 +480,50 @@ class CorsSchema(StrictSchema):
     )
 
 
+class Template(fields.String):
+    """A text with `{expression}` placeholders and `${NAME}` settings, checked when the file loads."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        problem = _template_problem(text)
+        if problem:
+            raise ValidationError(problem)
+        return text
+
+
+FETCH_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")  # read by the rules as `fetched.<name>`: a plain JMESPath name
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
+# A header whose name says it carries a credential must take its value from a setting, never the file.
+CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|signature", re.IGNORECASE)
+
+
+class FetchSchema(StrictSchema):
+    url = Template(required=True, validate=validate.Length(max=2000))
+    headers = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(HEADER_NAME, error="not a header name")),
+        values=Template(validate=validate.Length(max=2000)),
+        load_default=dict,
+    )
+    events = fields.List(fields.String(), load_default=list)
+    when = Expression(load_default=None)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        url = data.get("url", "")
+        if not url.lower().startswith(("https://", "http://", "${")):
+            raise ValidationError("the API's address: https://... or a ${NAME} setting that holds it", "url")
+        if "{" in url.split("://", 1)[-1].split("/", 1)[0].replace("${", ""):
+            raise ValidationError("the host comes from the file or a setting, never from the payload", "url")
+        for name, value in data.get("headers", {}).items():
+            if CREDENTIAL_HEADER.search(name) and "${" not in value:
+                raise ValidationError(
+                    f"{name} carries a credential: write it as a ${{NAME}} reference to a setting, never inline",
+                    "headers",
+                )
+            if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                raise ValidationError(f"{name} is set by relay's HTTP client", "headers")
+
+
 class EventSchema(StrictSchema):
     header = fields.String(load_default=None)
     path = Expression(load_default=None)
@@ -557,6 +602,14 @@ class MappingFileSchema(StrictSchema):
     accepted_status = fields.Integer(load_default=202, validate=validate.OneOf([200, 202]))
     cors = fields.Nested(CorsSchema, load_default=None)
     payload = fields.Nested(PayloadSchemaSchema, load_default=None)
+    # Documents fetched from the provider's API before translating, in the order written (each fetch's
+    # templates see the documents of those before it).
+    fetch = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(FETCH_NAME, error="lower-case letters, digits and _")),
+        values=fields.Nested(FetchSchema),
+        load_default=dict,
+        validate=validate.Length(max=8),
+    )
     rules = fields.List(fields.Nested(RuleSchema), required=True, validate=validate.Length(min=1))
 
     @validates_schema
@@ -569,3 +622,20 @@ class MappingFileSchema(StrictSchema):
             raise ValidationError(
                 "rules with `events` need an event: {header: ...}, {path: ...} or {query: ...}", "event"
             )
+        if data.get("event") is None and any(spec.get("events") for spec in data.get("fetch", {}).values()):
+            raise ValidationError(
+                "a fetch with `events` needs an event: {header: ...}, {path: ...} or {query: ...}", "event"
+            )
+
+    @staticmethod
+    def fetch_specs(raw: dict[str, dict[str, Any]]) -> tuple[FetchSpec, ...]:
+        return tuple(
+            FetchSpec(
+                name=name,
+                url=spec["url"],
+                headers=tuple(spec["headers"].items()),
+                events=tuple(spec["events"]),
+                when=spec["when"],
+            )
+            for name, spec in raw.items()
+        )

@@ -14,7 +14,7 @@ from typing import Any
 from relay.mapping import envrefs
 from relay.mapping.transforms import scalar_text
 
-__all__ = ["render", "template_expressions"]
+__all__ = ["render", "template_expressions", "template_pieces"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -57,6 +57,11 @@ def _parts(template: str) -> tuple[tuple[bool, str], ...]:
     if literal:
         parts.append((False, "".join(literal)))
     return tuple(parts)
+
+
+def template_pieces(template: str) -> tuple[tuple[bool, str], ...]:
+    """(is_expression, text) pieces: literal text (which may hold `${NAME}` references) and expressions."""
+    return _parts(template)
 
 
 def template_expressions(template: str) -> list[str]:

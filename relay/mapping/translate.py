@@ -20,12 +20,21 @@ from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
+from relay.mapping.fetches import Fetch, build_request, with_fetched
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
 from relay.upstream.request import UpstreamCall, request_problems
 
-__all__ = ["Translation", "TranslateContext", "event_of", "select_rule", "translate", "unmatched_reason"]
+__all__ = [
+    "Translation",
+    "TranslateContext",
+    "event_of",
+    "ignored_whatever_fetched",
+    "select_rule",
+    "translate",
+    "unmatched_reason",
+]
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,37 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
     return None
 
 
+def ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | None, str] | None:
+    """(the rule, why) when this event is ignored whatever the source's fetched documents hold; else None.
+
+    For a source that fetches, a rule's `when` may read `fetched.<name>`, which only the worker has: the
+    ingress and the worker decide by the event and by rules without `when` alone, and a rule with one is a
+    rule that may forward. So nothing a fetched document could have forwarded is answered `ignored`."""
+    for rule in source.rules:
+        if rule.events and event not in rule.events:
+            continue
+        if rule.when is None:
+            return (rule, rule.ignore) if rule.ignore is not None else None
+        if rule.ignore is None:
+            return None
+    return None, unmatched_reason(event)
+
+
+def _fetch_documents(source: Source, data: Any, event: str | None, fetch: Fetch, env: Mapping[str, str]) -> Any:
+    """The payload with the documents its fetches gave, made in the order written: each fetch's `when`
+    and templates see the documents of those before it."""
+    documents: dict[str, Any] = {}
+    view = with_fetched(data, documents)
+    for spec in source.fetches:
+        if spec.events and event not in spec.events:
+            continue
+        if spec.when and not _truthy(search(spec.when, view)):
+            continue
+        documents[spec.name] = fetch(build_request(spec, view, env))
+        view = with_fetched(data, documents)
+    return view
+
+
 def unmatched_reason(event: str | None) -> str:
     """Why a request no rule takes is ignored: the same words at ingress, in the worker and in `preview`."""
     return f"no rule forwards event {event!r}" if event else "no rule matches this payload"
@@ -99,8 +139,12 @@ def translate(
     headers: Mapping[str, str] | None = None,
     client_ip: str | None = None,
     context: TranslateContext | None = None,
+    fetch: Fetch | None = None,
 ) -> Translation:
     """Turn `payload` into the calls the mapping prescribes.
+
+    `fetch` gets the documents a source's `fetch:` section names (the worker's HTTP client, or files
+    given to `preview` and to the examples); whatever it raises (`FetchError`) goes up as it is.
 
     Raises:
         MappingError: the payload lacks what the mapping needs, or the result
@@ -117,6 +161,13 @@ def translate(
         except ValidationError as exc:
             raise MappingError(f"payload does not fit the source's schema: {_short(exc.messages)}") from None
     event = event_of(source, data, headers)
+    if source.fetches:
+        settled = ignored_whatever_fetched(source, event)
+        if settled is not None:
+            return Translation(calls=[], rule=settled[0].name if settled[0] else None, event=event, ignored=settled[1])
+        if fetch is None:
+            raise MappingError(f"source {source.name!r} fetches documents from its API, and none were given")
+        data = _fetch_documents(source, data, event, fetch, ctx.env)
     rule = select_rule(source, data, event)
     if rule is None:
         return Translation(calls=[], event=event, ignored=unmatched_reason(event))

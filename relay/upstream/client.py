@@ -21,7 +21,7 @@ from relay.settings import Settings
 from relay.upstream.request import UpstreamCall
 from relay.upstream.xmlbody import to_xml
 
-__all__ = ["MAX_ANSWER_BYTES", "RateLimiter", "UpstreamAnswer", "UpstreamClient"]
+__all__ = ["MAX_ANSWER_BYTES", "RateLimiter", "UpstreamAnswer", "UpstreamClient", "retry_after"]
 
 MAX_ANSWER_BYTES = 1024 * 1024  # the API answers a few hundred bytes; a profile export is not asked for
 
@@ -84,7 +84,7 @@ class UpstreamAnswer:
     profile_id: str | None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -187,11 +187,11 @@ class UpstreamClient:
                 f"HTTP {status}: the tariff limit is reached",
                 http_status=status,
                 body=text,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response),
             )
         if status == 429 or status == 408 or status >= 500:
             raise TransientUpstreamError(
-                f"HTTP {status}", http_status=status, body=text, retry_after=_retry_after(response)
+                f"HTTP {status}", http_status=status, body=text, retry_after=retry_after(response)
             )
         try:
             answer = json.loads(raw)

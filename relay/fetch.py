@@ -1,0 +1,123 @@
+"""The worker's HTTP client for the documents a mapping fetches from a provider's API.
+
+A GET with the mapping's headers, no redirects followed (a redirect to another host would take the
+API token along), the answer read within RELAY_UPSTREAM_TIMEOUT and MAX_DOCUMENT_BYTES. Network
+errors, timeouts, 408, 429 and 5xx are transient, and so is a 2xx whose body is not JSON (a proxy's
+page); any other answer is final (a wrong token, a record deleted since): the delivery fails as
+`rejected`, and a replay fetches again. Only the address without its query is ever shown.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from relay import __version__, metrics
+from relay.bodies import parse_body
+from relay.errors import FetchError, PermanentFetchError, RequestRejected, TransientFetchError
+from relay.mapping.fetches import FetchRequest
+from relay.settings import Settings, shown_url
+from relay.upstream.client import retry_after
+
+__all__ = ["MAX_DOCUMENT_BYTES", "Fetcher"]
+
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # an order with hundreds of lines is tens of kilobytes
+
+
+class Fetcher:
+    """One pooled client for every source's fetches, shared by the worker's threads."""
+
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.timeout = settings.upstream_timeout
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": f"relay/{__version__}", "Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, source: str, request: FetchRequest) -> Any:
+        """The document, parsed (None for an empty answer).
+
+        Raises:
+            TransientFetchError: try again later.
+            PermanentFetchError: the API refused it for good.
+        """
+        clock = time.perf_counter()
+        outcome = "transient"
+        try:
+            document = self._get(request)
+            outcome = "fetched"
+            return document
+        except PermanentFetchError:
+            outcome = "rejected"
+            raise
+        finally:
+            metrics.fetched(source, outcome, time.perf_counter() - clock)
+
+    def _get(self, request: FetchRequest) -> Any:
+        said = f"fetch {request.name}: GET {request.shown}"
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self.client.stream("GET", request.url, headers=request.headers) as response:
+                raw = self._read(response, deadline, said, request)
+        except FetchError:
+            raise
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise PermanentFetchError(f"{said}: {type(exc).__name__}", name=request.name, url=request.shown) from None
+        except httpx.TimeoutException as exc:
+            raise TransientFetchError(
+                f"{said}: timeout: {type(exc).__name__}", name=request.name, url=request.shown
+            ) from None
+        except httpx.HTTPError as exc:
+            # httpx's own words, with the address as it may be shown should they name it.
+            words = str(exc).replace(request.url, request.shown)
+            raise TransientFetchError(
+                f"{said}: network: {type(exc).__name__}: {words}"[:300], name=request.name, url=request.shown
+            ) from None
+        status = response.status_code
+        text = raw[:8000].decode("utf-8", "replace")[:2000]
+        common: dict[str, Any] = {"name": request.name, "url": request.shown, "http_status": status, "body": text}
+        if status in (408, 429) or status >= 500:
+            raise TransientFetchError(f"{said}: HTTP {status}", retry_after=retry_after(response), **common)
+        if 300 <= status < 400:
+            where = shown_url(response.headers.get("Location", ""))[:200]
+            raise PermanentFetchError(f"{said}: HTTP {status}: redirected to {where or '(nowhere)'}", **common)
+        if not 200 <= status < 300:
+            raise PermanentFetchError(f"{said}: HTTP {status}", **common)
+        if not raw.strip():
+            return None
+        try:
+            return parse_body(raw, "application/json")
+        except RequestRejected:
+            raise TransientFetchError(f"{said}: HTTP {status} with an answer that is not JSON", **common) from None
+
+    def _read(self, response: httpx.Response, deadline: float, said: str, request: FetchRequest) -> bytes:
+        """The answer's bytes within the call's time and MAX_DOCUMENT_BYTES (httpx's timeouts bound each
+        read, not the whole answer; the worker's lease assumes calls that end)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_DOCUMENT_BYTES:
+                raise PermanentFetchError(
+                    f"{said}: answer larger than {MAX_DOCUMENT_BYTES} bytes",
+                    name=request.name,
+                    url=request.shown,
+                    http_status=response.status_code,
+                )
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TransientFetchError(
+                    f"{said}: timeout: the answer was still arriving after {self.timeout:g} s",
+                    name=request.name,
+                    url=request.shown,
+                    http_status=response.status_code,
+                )
+        return b"".join(chunks)

@@ -1,0 +1,396 @@
+"""Thin webhooks: the worker fetches the record from the provider's API, then translates and delivers.
+
+BigCommerce's hooks name an order or a customer by id only. A fake of the three BigCommerce endpoints the
+built-in mapping reads (v2 order, v3 customers, v3 subscriber), served by a real HTTP server on loopback,
+answers the worker's fetches; the sandbox upstream takes the calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from relay.errors import MappingError
+from relay.mapping.fetches import build_request
+from relay.mapping.loader import load_source_file
+from relay.metrics import REGISTRY
+from relay.sandbox import Sandbox, SandboxServer, default_config
+from relay.store import Store
+from relay.web import create_app
+from relay.worker import Worker
+
+from .conftest import MAPPINGS, SECRETS, make_settings, relay_command
+
+EXAMPLES = MAPPINGS / "examples" / "bigcommerce"
+STORE_HASH = "abc123"
+API_TOKEN = SECRETS["BIGCOMMERCE_API_TOKEN"]
+HOOK_TOKEN = SECRETS["BIGCOMMERCE_WEBHOOK_TOKEN"]
+
+
+def _example(name: str) -> Any:
+    return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+
+
+class FakeBigCommerce:
+    """BigCommerce's store API for what the mapping fetches: X-Auth-Token checked (401), unknown records
+    404, a customer list filtered by `id:in`; `faults` are answered first, one a request."""
+
+    def __init__(self) -> None:
+        self.orders: dict[int, Any] = {250: _example("api-order-250.json")}
+        self.customers: dict[int, Any] = {32: _example("api-customer-32.json")["data"][0]}
+        self.subscribers: dict[int, Any] = {5: _example("api-subscriber-5.json")["data"]}
+        self.faults: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                status, headers, body = fake.answer(self.path, self.headers.get("X-Auth-Token"))
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, path: str, token: str | None) -> tuple[int, dict[str, str], bytes]:
+        if self.faults:
+            fault = self.faults.pop(0)
+            return fault.get("status", 503), fault.get("headers", {}), fault.get("body", b'{"status": 503}')
+        if token != API_TOKEN:
+            return 401, {}, b'{"status": 401, "title": "You have not provided the X-Auth-Token header"}'
+        parts = urlsplit(path)
+        prefix = f"/stores/{STORE_HASH}"
+        route = parts.path.removeprefix(prefix)
+        if not parts.path.startswith(prefix + "/"):
+            return 404, {}, b'{"status": 404, "title": "store not found"}'
+        if route.startswith("/v2/orders/"):
+            order = self.orders.get(int(route.rsplit("/", 1)[1]))
+            return (200, {}, json.dumps(order).encode()) if order else (404, {}, b'[{"status": 404}]')
+        if route == "/v3/customers":
+            wanted = {int(i) for i in parse_qs(parts.query).get("id:in", [""])[0].split(",") if i}
+            found = [customer for key, customer in self.customers.items() if key in wanted]
+            return 200, {}, json.dumps({"data": found, "meta": {"pagination": {"total": len(found)}}}).encode()
+        if route.startswith("/v3/customers/subscribers/"):
+            subscriber = self.subscribers.get(int(route.rsplit("/", 1)[1]))
+            if subscriber is None:
+                return 404, {}, b'{"status": 404, "title": "Subscriber not found"}'
+            return 200, {}, json.dumps({"data": subscriber, "meta": {}}).encode()
+        return 404, {}, b'{"status": 404}'
+
+
+@pytest.fixture
+def bigcommerce():  # type: ignore[no-untyped-def]
+    fake = FakeBigCommerce()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def sandbox():  # type: ignore[no-untyped-def]
+    server = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    yield server
+    server.stop()
+
+
+def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeBigCommerce, **env: str):  # type: ignore[no-untyped-def]
+    return make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_UPSTREAM_TIMEOUT="0.5",
+        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
+        RELAY_MAX_ATTEMPTS="4",
+        BIGCOMMERCE_API_URL=api.url,
+        BIGCOMMERCE_STORE_HASH=STORE_HASH,
+        **env,
+    )
+
+
+@pytest.fixture
+def relay(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
+    """The app's test client and a worker on one SQLite store, the worker driven by hand."""
+    settings = _settings(tmp_path, sandbox, bigcommerce)
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    yield app.test_client(), store, worker
+    worker.stop()
+    store.close()
+
+
+def post(client: Any, sample: str, **headers: str) -> Any:
+    return client.post(
+        "/hooks/bigcommerce",
+        data=(EXAMPLES / sample).read_bytes(),
+        content_type="application/json",
+        headers={"X-Relay-Token": HOOK_TOKEN, **headers},
+    )
+
+
+def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 8) -> str:
+    """Process the delivery, jumping the clock past each retry time, until it settles."""
+    for _ in range(rounds):
+        claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
+        if not claimed or worker.process(*claimed[0]) != "retrying":
+            break
+    delivery = store.get(delivery_id)
+    assert delivery is not None
+    return delivery.status
+
+
+def _fetch_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("relay_fetches_total", {"source": "bigcommerce", "outcome": outcome})
+    return value or 0.0
+
+
+def test_a_thin_order_hook_is_fetched_translated_and_delivered(relay, sandbox, bigcommerce):
+    """The hook says order 250; the worker gets it with the store's token and the upstream gets the buyer."""
+    client, store, worker = relay
+    fetched_before = _fetch_count("fetched")
+    response = post(client, "order-created.json")
+    assert response.status_code == 202, response.get_json()
+    delivery_id = response.get_json()["id"]
+    assert drain(store, worker, delivery_id) == "delivered"
+    [request] = bigcommerce.requests
+    assert request["path"] == f"/stores/{STORE_HASH}/v2/orders/250"
+    assert request["headers"]["X-Auth-Token"] == API_TOKEN
+    assert request["headers"]["Accept"] == "application/json"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "jane.doe@example.com"
+    assert profile.fields["phones"] == ["+15125550142"]
+    assert profile.fields["orders_count"] == 1
+    assert _fetch_count("fetched") == fetched_before + 1
+    # What the operator sees: the calls made from the fetched order, and no token anywhere in the row.
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.calls and delivery.calls[0]["body"]["email"] == "jane.doe@example.com"
+    assert API_TOKEN.encode() not in Path(store.engine.url.database).read_bytes()
+
+
+def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigcommerce):
+    """503, 429 with Retry-After and a 200 that is not JSON (a proxy's page) are tried again on the schedule;
+    each try is in the delivery's log with the address (no token) and the API's answer."""
+    client, store, worker = relay
+    bigcommerce.faults += [
+        {"status": 503},
+        {"status": 429, "headers": {"Retry-After": "0"}},
+        {"status": 200, "body": b"<html>maintenance</html>", "headers": {"Content-Type": "text/html"}},
+    ]
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "delivered"
+    attempts = store.attempts_of(delivery_id)
+    assert [(a["method"], a["outcome"], a["http_status"]) for a in attempts] == [
+        ("fetch order", "transient", 503),
+        ("fetch order", "transient", 429),
+        ("fetch order", "transient", 200),
+        ("profiles/import", "delivered", 200),
+    ]
+    address = f"{bigcommerce.url}/stores/{STORE_HASH}/v2/orders/250"
+    assert attempts[0]["request"] == {"url": address}
+    assert attempts[0]["error"] == f"fetch order: GET {address}: HTTP 503"
+    assert attempts[2]["error"].endswith("HTTP 200 with an answer that is not JSON")
+    assert attempts[2]["response"] == "<html>maintenance</html>"
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ("token", "HTTP 401"),
+        ("deleted", "HTTP 404"),
+        ("redirect", "HTTP 302: redirected to https://login.example.net/sso"),
+    ],
+    ids=["wrong-token", "order-gone", "redirect"],
+)
+def test_a_final_answer_fails_the_delivery_as_rejected_and_a_replay_fetches_again(
+    tmp_path, relay, sandbox, bigcommerce, change, error
+):
+    """A wrong token, a deleted order or a redirect (followed, it would take the token to another host)
+    will not change by itself: the delivery fails as rejected with the API's answer, and once fixed a
+    replay fetches again and delivers."""
+    client, store, worker = relay
+    if change == "token":
+        worker.stop()
+        worker = Worker(_settings(tmp_path, sandbox, bigcommerce, BIGCOMMERCE_API_TOKEN="revoked"), store=store)
+    elif change == "deleted":
+        order = bigcommerce.orders.pop(250)
+    else:
+        bigcommerce.faults.append({"status": 302, "headers": {"Location": "https://login.example.net/sso?t=1"}})
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "rejected"
+    assert error in (delivery.detail or "")
+    assert [r["path"] for r in bigcommerce.requests] == [f"/stores/{STORE_HASH}/v2/orders/250"]  # no redirect taken
+    if change == "token":
+        worker.stop()
+        worker = Worker(_settings(tmp_path, sandbox, bigcommerce), store=store)
+    elif change == "deleted":
+        bigcommerce.orders[250] = order
+    assert store.replay(delivery_id)
+    assert drain(store, worker, delivery_id) == "delivered"
+    worker.stop()
+
+
+def test_an_api_that_does_not_answer_is_retried_then_exhausted(relay, bigcommerce):
+    """The API gone (connection refused): retried on the schedule, then failed as exhausted, replayable."""
+    client, store, worker = relay
+    bigcommerce.stop()
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "exhausted"
+    attempts = store.attempts_of(delivery_id)
+    assert len(attempts) == 4 and {a["outcome"] for a in attempts} == {"transient"}
+    assert "network: ConnectError" in attempts[0]["error"]
+
+
+def test_an_answer_too_large_is_cut_off(relay, bigcommerce, monkeypatch):
+    client, store, worker = relay
+    monkeypatch.setattr("relay.fetch.MAX_DOCUMENT_BYTES", 1000)
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "rejected"
+    assert "answer larger than 1000 bytes" in (delivery.detail or "")
+
+
+def test_an_unset_api_token_fails_as_mapping_naming_the_setting(tmp_path, sandbox, bigcommerce):
+    settings = _settings(tmp_path, sandbox, bigcommerce, BIGCOMMERCE_API_TOKEN="")
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    try:
+        delivery_id = post(app.test_client(), "order-created.json").get_json()["id"]
+        assert drain(store, worker, delivery_id) == "failed"
+        delivery = store.get(delivery_id)
+        assert delivery is not None and delivery.reason == "mapping"
+        assert delivery.detail == "fetch order needs BIGCOMMERCE_API_TOKEN, which is not set"
+        assert bigcommerce.requests == []
+    finally:
+        worker.stop()
+        store.close()
+
+
+def test_the_ingress_ignores_only_what_no_fetched_document_could_forward(relay, bigcommerce):
+    """A cart event has no rule: 200 ignored, nothing stored or fetched. An order's rule reads the fetched
+    order (`when: fetched.order.status_id != 0 ...`), which the ingress does not have: it is stored, and the
+    worker, having fetched an incomplete order, settles it as ignored."""
+    client, store, worker = relay
+    response = post(client, "cart-abandoned.json")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ignored", "reason": "no rule forwards event 'store/cart/abandoned'"}
+    bigcommerce.orders[250] = {**bigcommerce.orders[250], "status_id": 0}
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "delivered"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "ignored" and "incomplete order" in (delivery.detail or "")
+    assert len(bigcommerce.requests) == 1
+
+
+def test_customers_and_subscribers_are_fetched_from_their_own_endpoints(relay, sandbox, bigcommerce):
+    client, store, worker = relay
+    customer = post(client, "customer-created.json").get_json()["id"]
+    subscriber = post(client, "subscriber-created.json").get_json()["id"]
+    assert drain(store, worker, customer) == "delivered"
+    assert drain(store, worker, subscriber) == "delivered"
+    assert [r["path"] for r in bigcommerce.requests] == [
+        f"/stores/{STORE_HASH}/v3/customers?id:in=32",
+        f"/stores/{STORE_HASH}/v3/customers/subscribers/5",
+    ]
+    emails = sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values())
+    assert emails == ["jane.doe@example.com", "newsletter.reader@example.com"]
+
+
+def _fetching_source(tmp_path: Path, fetch: str) -> Any:
+    path = tmp_path / "thin.yaml"
+    path.write_text(
+        "version: 1\nsource: thin\nauth: {scheme: none}\n"
+        + fetch
+        + "rules:\n  - name: r\n    match: {email: fetched.doc.email}\n    fields: {email: fetched.doc.email}\n",
+        encoding="utf-8",
+    )
+    return load_source_file(path)
+
+
+def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segment(tmp_path):
+    """A setting whose name says it is a credential is *** in the address relay keeps, logs and prints,
+    wherever it sits; a payload value is percent-encoded, so `../admin?x=1` cannot leave its segment."""
+    source, problems = _fetching_source(
+        tmp_path,
+        "fetch:\n  doc:\n    url: https://api.example.com/${SHOP_ID}/items/{id}?key=${EXAMPLE_API_KEY}&v=2\n",
+    )
+    assert problems == []
+    [spec] = source.fetches
+    env = {"SHOP_ID": "shop-7", "EXAMPLE_API_KEY": "k-secret-1"}
+    request = build_request(spec, {"id": "../admin?x=1"}, env)
+    assert request.url == "https://api.example.com/shop-7/items/..%2Fadmin%3Fx%3D1?key=k-secret-1&v=2"
+    assert request.shown == "https://api.example.com/shop-7/items/..%2Fadmin%3Fx%3D1?key=***&v=2"
+    assert "k-secret-1" not in repr(request)
+    with pytest.raises(MappingError, match=r"\{id\} is empty in this payload"):
+        build_request(spec, {"id": ""}, env)
+
+
+@pytest.mark.parametrize(
+    ("fetch", "problem"),
+    [
+        ("fetch:\n  doc:\n    url: https://api.example.com/x\n    headers: {X-Auth-Token: abc}\n", "never inline"),
+        ("fetch:\n  doc:\n    url: https://{shop}.example.com/x\n", "never from the payload"),
+        ("fetch:\n  doc:\n    url: ftp://example.com/x\n", "https://"),
+        ("fetch:\n  Doc:\n    url: https://api.example.com/x\n", "lower-case"),
+        ("fetch:\n  doc:\n    url: https://api.example.com/{a[}\n", "fetch"),
+        ("fetch:\n  doc:\n    url: https://api.example.com/x\n    headers: {Host: x}\n", "set by relay"),
+        ("fetch:\n  doc:\n    url: https://api.example.com/x\n    events: [a]\n", "needs an event"),
+    ],
+    ids=["inline-credential", "host-from-payload", "not-http", "name", "bad-expression", "host-header", "events"],
+)
+def test_a_fetch_that_could_leak_or_mislead_is_refused_when_the_file_loads(tmp_path, fetch, problem):
+    source, problems = _fetching_source(tmp_path, fetch)
+    assert source is None
+    assert any(problem in line for line in problems), problems
+
+
+def test_preview_takes_the_apis_answer_from_a_file_and_says_what_it_would_fetch(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "BIGCOMMERCE_STORE_HASH": STORE_HASH, "BIGCOMMERCE_API_TOKEN": API_TOKEN}
+    sample = str(EXAMPLES / "order-created.json")
+    done = relay_command(
+        "preview", "--source", "bigcommerce", sample, "--fetched", f"order={EXAMPLES / 'api-order-250.json'}", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    [call] = json.loads(done.stdout)
+    assert call["body"]["email"] == "jane.doe@example.com" and call["body"]["data"]["orders_count"]["value"] == 1
+    assert f"fetch order: GET https://api.bigcommerce.com/stores/{STORE_HASH}/v2/orders/250" in done.stderr
+    assert API_TOKEN not in done.stdout + done.stderr
+    missing = relay_command("preview", "--source", "bigcommerce", sample, env=env)
+    assert missing.returncode == 1
+    assert "preview makes no network call; give the API's answer as --fetched order=FILE" in missing.stderr
+
+
+def test_sources_names_what_a_source_fetches_and_the_settings_it_still_needs():
+    done = relay_command(
+        "sources", env={"PATH": "/usr/bin:/bin", "BIGCOMMERCE_WEBHOOK_TOKEN": HOOK_TOKEN, "BIGCOMMERCE_STORE_HASH": "s"}
+    )
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.split("bigcommerce\n", 1)[1].split("\n\n", 1)[0]
+    assert "status:   NOT READY: set BIGCOMMERCE_API_TOKEN" in block
+    assert "fetches:  order: GET ${BIGCOMMERCE_API_URL:-https://api.bigcommerce.com}/stores/" in block
