@@ -100,6 +100,11 @@ def _replay_check_line(check: dict[str, Any]) -> str:
     """What one delivery would do if replayed now."""
     if check["errors"]:
         return f"with the mapping files as they are now it still fails: {_one_line(check['errors'][0]['error'])}"
+    if check.get("fetch_first"):
+        return (
+            "with the mapping files as they are now it fetches its record from the provider's API first "
+            "(the address and settings check; the API's answer is not asked for)"
+        )
     return "with the mapping files as they are now " + (
         "its mapping ignores it" if check["ignored"] else "it translates"
     )
@@ -111,6 +116,11 @@ def _replay_check_lines(check: dict[str, Any], total: int) -> str:
     lines = [
         f"with the mapping files as they are now{newest}: {check['translate']:,} translate, "
         f"{check['ignored']:,} ignored by their mapping, {check['still_fail']:,} still fail"
+        + (
+            f", {check['fetch_first']:,} fetch their record from the provider's API first (not asked for here)"
+            if check.get("fetch_first")
+            else ""
+        )
     ]
     lines += [
         f"{error['count']:>8}  {error['source']}  {error['newest_id']}  {_one_line(error['error'])}"

@@ -312,6 +312,12 @@ class Worker:
             )
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
+        if not self._lease_covers(delivery, len(translation.calls) - delivery.calls_done):
+            # Slow fetches (or the batch's earlier deliveries) used the lease up: sent now, a call could
+            # still be under way when another worker claims the delivery and sends it again.
+            return self._give_back(
+                delivery, token, calls, detail="waiting: the lease ran short; the calls go out later"
+            )
         attempt_no = delivery.attempts
         last = len(translation.calls) - 1
         for index in range(delivery.calls_done, len(translation.calls)):
@@ -386,6 +392,14 @@ class Worker:
             retry_after=error.retry_after,
             overloaded=error.http_status == 429,
         )
+
+    def _lease_covers(self, delivery: Delivery, calls: int) -> bool:
+        """Whether what is left of the delivery's lease covers its calls at their full timeout; also when a
+        fresh lease would not either (nothing to gain from handing it back)."""
+        needed = calls * self.settings.upstream_timeout + 5
+        if delivery.lease_expires_at is None or needed > self.lease:
+            return True
+        return time.time() + needed <= delivery.lease_expires_at
 
     def _give_back(
         self,

@@ -44,6 +44,8 @@ SECRETS = {
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
+    "SQUARESPACE_WEBHOOK_SECRET": "5a5b5c5d5e5f60616263646566676869",
+    "SQUARESPACE_API_KEY": "squarespace-api-test-key-8a8b",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -109,6 +111,7 @@ BUILT_IN_SOURCES = (
     "gravity_forms",
     "insales",
     "bigcommerce",
+    "squarespace",
 )
 
 

@@ -683,6 +683,7 @@ def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_re
             "translate": 3,
             "ignored": 0,
             "still_fail": 1,
+            "fetch_first": 0,
             "errors": [{"source": "tilda", "error": cause, "count": 1, "newest_id": no_contact}],
         }
         assert check_replay(store, settings, {"status": "failed"}, limit=2)["checked"] == 2  # the newest two

@@ -394,3 +394,45 @@ def test_sources_names_what_a_source_fetches_and_the_settings_it_still_needs():
     block = done.stdout.split("bigcommerce\n", 1)[1].split("\n\n", 1)[0]
     assert "status:   NOT READY: set BIGCOMMERCE_API_TOKEN" in block
     assert "fetches:  order: GET ${BIGCOMMERCE_API_URL:-https://api.bigcommerce.com}/stores/" in block
+
+
+def test_a_delivery_whose_lease_ran_short_is_handed_back_before_its_calls(relay, sandbox, bigcommerce):
+    """Fetches that took long leave less lease than the calls may need: sent anyway, a call could still be
+    under way when another worker claims the delivery again and sends it twice. It goes back to the queue,
+    no try spent, and the next claim delivers it."""
+    client, store, worker = relay
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    [(delivery, token)] = store.claim(owner=worker.owner, limit=1, lease_seconds=3)
+    assert delivery.lease_expires_at is not None
+    assert worker.process(delivery, token) == "retrying"
+    held_back = store.get(delivery_id)
+    assert held_back is not None and "lease ran short" in (held_back.detail or "")
+    assert store.attempts_of(delivery_id) == [] and sandbox.sandbox.profiles == {}
+    assert drain(store, worker, delivery_id) == "delivered"
+
+
+def test_a_replays_dry_run_checks_the_fetch_but_asks_the_api_nothing(tmp_path, relay, sandbox, bigcommerce):
+    """The dry run sends nothing: a delivery whose record is fetched is counted as fetching first (its address
+    and settings checked); with the API token unset it is one that would still fail, with the setting named."""
+    from relay.replay_check import check_replay
+
+    client, store, worker = relay
+    bigcommerce.orders.pop(250)
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    asked = len(bigcommerce.requests)
+    settings = _settings(tmp_path, sandbox, bigcommerce)
+    assert check_replay(store, settings, {"status": "failed"}) == {
+        "checked": 1,
+        "translate": 0,
+        "ignored": 0,
+        "still_fail": 0,
+        "fetch_first": 1,
+        "errors": [],
+    }
+    unset = check_replay(store, _settings(tmp_path, sandbox, bigcommerce, BIGCOMMERCE_API_TOKEN=""), {})
+    assert (unset["still_fail"], unset["errors"][0]["error"]) == (
+        1,
+        "fetch order needs BIGCOMMERCE_API_TOKEN, which is not set",
+    )
+    assert len(bigcommerce.requests) == asked

@@ -265,6 +265,18 @@ def test_a_hex_written_secret_is_decoded_to_its_bytes(tmp_path, key):
         authenticate(source, body=body, headers=signed, query={}, env={"SQUARESPACE_WEBHOOK_SECRET": "not hex"})
 
 
+def test_the_built_in_squarespace_source_verifies_squarespaces_scheme():
+    """The built-in mapping: the samples' vector (key hex-decoded), and a changed body or no header refused."""
+    source = SOURCES["squarespace"]
+    body = (FIXTURES / "squarespace-order.create.json").read_bytes()
+    env = {"SQUARESPACE_WEBHOOK_SECRET": "b4c1e1f0d3a2c5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0"}
+    signed = {"Squarespace-Signature": "a1e0a3ac1a2b764628e5de5558726aa721c6225ff81b5b54c34cb99bc6df58be"}
+    authenticate(source, body=body, headers=signed, query={}, env=env)
+    for forged_body, headers in ((body + b" ", signed), (body, {})):
+        with pytest.raises(AuthenticationFailed):
+            authenticate(source, body=forged_body, headers=headers, query={}, env=env)
+
+
 @pytest.mark.parametrize(
     ("env", "headers", "url"),
     [

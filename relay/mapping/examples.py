@@ -111,7 +111,12 @@ def run_example(
         answer = example.fetched.get(wanted.name)
         if answer is None:
             raise MappingError(f"fetch {wanted.name}: the example gives no answer for it (request.fetched)")
-        return parse_body(answer.read_bytes(), "application/json")
+        try:
+            return parse_body(answer.read_bytes(), "application/json")
+        except OSError as exc:
+            raise MappingError(f"fetch {wanted.name}: the example's answer {answer.name}: {exc.strerror}") from None
+        except RequestRejected as exc:
+            raise MappingError(f"fetch {wanted.name}: the example's answer {answer.name}: {exc.detail}") from None
 
     try:
         translation = translate_request(source, request, context, upstream_format=upstream_format, fetch=fetch)
