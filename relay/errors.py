@@ -164,7 +164,7 @@ class FetchError(UpstreamError):
     """A document a mapping fetches from the provider's API (a thin webhook's order) did not come.
 
     Not an upstream error for the worker: its rate limit and pauses are the upstream's, not the provider's.
-    `name` is the fetch's name in the mapping file, `url` its address as it may be shown (no query)."""
+    `name` is the fetch's name in the mapping file, `url` its address as it may be shown (credentials as ***)."""
 
     code = "fetch"
 

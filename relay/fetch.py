@@ -4,7 +4,7 @@ A GET with the mapping's headers, no redirects followed (a redirect to another h
 API token along), the answer read within RELAY_UPSTREAM_TIMEOUT and MAX_DOCUMENT_BYTES. Network
 errors, timeouts, 408, 429 and 5xx are transient, and so is a 2xx whose body is not JSON (a proxy's
 page); any other answer is final (a wrong token, a record deleted since): the delivery fails as
-`rejected`, and a replay fetches again. Only the address without its query is ever shown.
+`rejected`, and a replay fetches again. Only `FetchRequest.shown` is ever logged or kept.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from relay.bodies import parse_body
 from relay.errors import FetchError, PermanentFetchError, RequestRejected, TransientFetchError
 from relay.mapping.fetches import FetchRequest
 from relay.settings import Settings, shown_url
-from relay.upstream.client import retry_after
+from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, read_within, retry_after
 
 __all__ = ["MAX_DOCUMENT_BYTES", "Fetcher"]
 
@@ -99,25 +99,13 @@ class Fetcher:
             raise TransientFetchError(f"{said}: HTTP {status} with an answer that is not JSON", **common) from None
 
     def _read(self, response: httpx.Response, deadline: float, said: str, request: FetchRequest) -> bytes:
-        """The answer's bytes within the call's time and MAX_DOCUMENT_BYTES (httpx's timeouts bound each
-        read, not the whole answer; the worker's lease assumes calls that end)."""
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_DOCUMENT_BYTES:
-                raise PermanentFetchError(
-                    f"{said}: answer larger than {MAX_DOCUMENT_BYTES} bytes",
-                    name=request.name,
-                    url=request.shown,
-                    http_status=response.status_code,
-                )
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise TransientFetchError(
-                    f"{said}: timeout: the answer was still arriving after {self.timeout:g} s",
-                    name=request.name,
-                    url=request.shown,
-                    http_status=response.status_code,
-                )
-        return b"".join(chunks)
+        """The answer's bytes within the call's time and MAX_DOCUMENT_BYTES (`read_within`)."""
+        common: dict[str, Any] = {"name": request.name, "url": request.shown, "http_status": response.status_code}
+        try:
+            return read_within(response, deadline=deadline, limit=MAX_DOCUMENT_BYTES)
+        except AnswerTooLarge:
+            raise PermanentFetchError(f"{said}: answer larger than {MAX_DOCUMENT_BYTES} bytes", **common) from None
+        except AnswerTooSlow:
+            raise TransientFetchError(
+                f"{said}: timeout: the answer was still arriving after {self.timeout:g} s", **common
+            ) from None

@@ -367,9 +367,10 @@ class Worker:
         return "delivered"
 
     def _fetch_failed(self, delivery: Delivery, token: str, error: FetchError, started: float, seconds: float) -> str:
-        """A document the mapping fetches did not come: a try in the delivery's log (the address without its
-        query, the API's answer), then retried on the schedule, or failed as `rejected` for an answer that
-        will not change by itself (a wrong token, a record deleted): fixed, a replay fetches again."""
+        """A document the mapping fetches did not come: a try in the delivery's log (the address, a credential's
+        setting in it as ***, and the API's answer), then retried on the schedule, or failed as `rejected` for
+        an answer that will not change by itself (a wrong token, a record deleted): fixed, a replay fetches
+        again."""
         attempt = Attempt(
             started_at=started,
             duration_ms=seconds * 1000,

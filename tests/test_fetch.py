@@ -56,12 +56,16 @@ class FakeBigCommerce:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 fake.requests.append({"path": self.path, "headers": dict(self.headers)})
                 status, headers, body = fake.answer(self.path, self.headers.get("X-Auth-Token"))
+                drip = float(headers.pop("X-Drip-Seconds", 0))
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                for at in range(0, len(body), 1 if drip else len(body) or 1):
+                    self.wfile.write(body[at : at + (1 if drip else len(body))])
+                    self.wfile.flush()
+                    time.sleep(drip)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -185,7 +189,8 @@ def test_a_thin_order_hook_is_fetched_translated_and_delivered(relay, sandbox, b
     # What the operator sees: the calls made from the fetched order, and no token anywhere in the row.
     delivery = store.get(delivery_id)
     assert delivery is not None and delivery.calls and delivery.calls[0]["body"]["email"] == "jane.doe@example.com"
-    assert API_TOKEN.encode() not in Path(store.engine.url.database).read_bytes()
+    kept = Path(store.engine.url.database).read_bytes()
+    assert API_TOKEN.encode() not in kept and HOOK_TOKEN.encode() not in kept
 
 
 def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigcommerce):
@@ -263,6 +268,18 @@ def test_an_api_that_does_not_answer_is_retried_then_exhausted(relay, bigcommerc
     attempts = store.attempts_of(delivery_id)
     assert len(attempts) == 4 and {a["outcome"] for a in attempts} == {"transient"}
     assert "network: ConnectError" in attempts[0]["error"]
+
+
+def test_an_answer_that_drips_is_cut_off_at_the_timeout_and_retried(relay, bigcommerce):
+    """httpx's timeout bounds each read, not the answer: a document sent a byte every 0.1 s would hold the
+    worker's thread for as long as it lasts. It is cut off at RELAY_UPSTREAM_TIMEOUT (0.5 s) and retried."""
+    client, store, worker = relay
+    bigcommerce.faults.append({"status": 200, "headers": {"X-Drip-Seconds": "0.1"}, "body": b'{"id": 250, "x": 1}'})
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "delivered"
+    first = store.attempts_of(delivery_id)[0]
+    assert first["outcome"] == "transient" and first["duration_ms"] < 1500
+    assert first["error"].endswith("timeout: the answer was still arriving after 0.5 s")
 
 
 def test_an_answer_too_large_is_cut_off(relay, bigcommerce, monkeypatch):

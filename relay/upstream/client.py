@@ -21,7 +21,16 @@ from relay.settings import Settings
 from relay.upstream.request import UpstreamCall
 from relay.upstream.xmlbody import to_xml
 
-__all__ = ["MAX_ANSWER_BYTES", "RateLimiter", "UpstreamAnswer", "UpstreamClient", "retry_after"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "AnswerTooLarge",
+    "AnswerTooSlow",
+    "RateLimiter",
+    "UpstreamAnswer",
+    "UpstreamClient",
+    "read_within",
+    "retry_after",
+]
 
 MAX_ANSWER_BYTES = 1024 * 1024  # the API answers a few hundred bytes; a profile export is not asked for
 
@@ -109,6 +118,36 @@ def _refusal(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: redirected to {where}; set RELAY_UPSTREAM_URL to the API's own address"
 
 
+class AnswerTooLarge(Exception):
+    pass
+
+
+class AnswerTooSlow(Exception):
+    pass
+
+
+def read_within(response: httpx.Response, *, deadline: float, limit: int) -> bytes:
+    """A streamed answer's bytes, as long as they come before `deadline` (monotonic) and within `limit`.
+
+    httpx's timeouts bound each read, not the whole answer: one that drips a byte a second never times
+    out, and the worker's lease assumes calls that end; an answer of hundreds of megabytes would sit in
+    the worker's memory.
+
+    Raises:
+        AnswerTooLarge, AnswerTooSlow
+    """
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise AnswerTooSlow
+    return b"".join(chunks)
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
         if not settings.upstream_url:
@@ -129,31 +168,22 @@ class UpstreamClient:
         self.client.close()
 
     def _read_answer(self, response: httpx.Response, deadline: float) -> bytes:
-        """The answer's bytes, as long as they come within the call's time and size.
-
-        httpx's timeouts bound each read, not the whole answer: one that drips a byte a second never
-        times out, and the worker's lease (RELAY_LEASE_SECONDS plus eight calls' timeouts) assumes calls
-        that end. An answer of hundreds of megabytes would sit in the worker's memory.
+        """The answer's bytes (`read_within`).
 
         Raises:
             TransientUpstreamError: too slow or too large; whether the upstream applied the call is not
                 known, as after any timeout.
         """
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise TransientUpstreamError(
-                    f"answer larger than {MAX_ANSWER_BYTES} bytes", http_status=response.status_code
-                )
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise TransientUpstreamError(
-                    f"timeout: the answer was still arriving after {self.timeout:g} s",
-                    http_status=response.status_code,
-                )
-        return b"".join(chunks)
+        try:
+            return read_within(response, deadline=deadline, limit=MAX_ANSWER_BYTES)
+        except AnswerTooLarge:
+            raise TransientUpstreamError(
+                f"answer larger than {MAX_ANSWER_BYTES} bytes", http_status=response.status_code
+            ) from None
+        except AnswerTooSlow:
+            raise TransientUpstreamError(
+                f"timeout: the answer was still arriving after {self.timeout:g} s", http_status=response.status_code
+            ) from None
 
     def encode(self, call: UpstreamCall) -> tuple[bytes, str]:
         body: dict[str, Any] = {"token": self.token or "", **call.body} if self.token else dict(call.body)
