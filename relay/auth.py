@@ -2,7 +2,8 @@
 
 One configurable HMAC verifier covers the signing providers (header, algorithm,
 hex or base64, prefix, what is signed: the body with the timestamp, method, URL
-or another header around it, timestamp and tolerance, how the key is written);
+or another header around it, or fields of a JSON body (Ecwid), timestamp and
+tolerance, how the key is written);
 token sources compare `?token=`, `X-Relay-Token`, a header the mapping names or
 a field of the body (Wufoo's HandshakeKey). Every comparison is
 `hmac.compare_digest`. A source whose secret is unset refuses everything, naming
@@ -16,11 +17,14 @@ import binascii
 import functools
 import hashlib
 import hmac
+import json
 import re
 import time
 from collections.abc import Mapping
+from typing import Any
 
-from relay.errors import AuthenticationFailed
+from relay.bodies import parse_body
+from relay.errors import AuthenticationFailed, RequestRejected
 from relay.inbound import header_value
 from relay.mapping import envrefs
 from relay.mapping.model import AuthSpec, Source, signed_parts
@@ -142,8 +146,34 @@ def _unescaped(url: str, characters: str) -> str:
     return _escapes(characters).sub(lambda match: chr(int(match.group()[1:], 16)), url)
 
 
+def _body_fields(body: bytes) -> dict[str, Any]:
+    """A JSON body's top-level fields, for a source that signs fields rather than the body (Ecwid)."""
+    try:
+        fields = parse_body(body, "application/json")  # with the ingress's limits: a forged body is anything
+    except RequestRejected as exc:
+        raise AuthenticationFailed(f"the fields the signature covers cannot be read: {exc.detail}") from None
+    if not isinstance(fields, dict):
+        raise AuthenticationFailed("the body is not a JSON object, so the fields the signature covers cannot be read")
+    return fields
+
+
+def _field_text(fields: dict[str, Any], name: str) -> str:
+    """A field as the sender wrote it into the signed message: text as it is, a number as JSON spells it."""
+    value = fields.get(name)
+    if value is None or isinstance(value, (dict, list)):
+        raise AuthenticationFailed(f"missing field {name}, which the signature covers")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _signed_message(
-    auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], timestamp: str | None, method: str, url: str | None
+    auth: AuthSpec,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    timestamp: str | None,
+    method: str,
+    url: str | None,
+    fields: dict[str, Any] | None,
 ) -> bytes:
     pieces: list[bytes] = []
     for literal, placeholder in signed_parts(auth.signed):
@@ -158,6 +188,8 @@ def _signed_message(
             if url is None:
                 raise AuthenticationFailed("the signature covers the URL, which relay could not tell")
             pieces.append(_unescaped(url, auth.url_unescape).encode())
+        elif placeholder.startswith("field:"):
+            pieces.append(_field_text(fields if fields is not None else _body_fields(body), placeholder[6:]).encode())
         elif placeholder:  # header:<name>
             name = placeholder.partition(":")[2]
             value = header_value(headers, name)
@@ -198,6 +230,10 @@ def _verify_hmac(
             timestamp = header_value(headers, auth.timestamp_header)
             if not timestamp:
                 raise AuthenticationFailed(f"missing timestamp header {auth.timestamp_header}")
+    fields = None
+    if auth.timestamp_body_field:
+        fields = _body_fields(body)
+        timestamp = _field_text(fields, auth.timestamp_body_field)
     if timestamp is not None and auth.tolerance is not None:
         try:
             sent = float(timestamp) / (1000 if auth.timestamp_unit == "ms" else 1)
@@ -205,7 +241,9 @@ def _verify_hmac(
             raise AuthenticationFailed("timestamp is not a number") from None
         if not abs(now - sent) <= auth.tolerance:  # NaN compares false both ways: "nan" is outside too
             raise AuthenticationFailed(f"timestamp outside the {auth.tolerance} s tolerance")
-    signed = _signed_message(auth, body=body, headers=headers, timestamp=timestamp, method=method, url=url)
+    signed = _signed_message(
+        auth, body=body, headers=headers, timestamp=timestamp, method=method, url=url, fields=fields
+    )
     algorithm = getattr(hashlib, auth.algorithm)
     for secret in secrets:
         key = _key(secret, auth.key_encoding)

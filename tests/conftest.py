@@ -46,6 +46,8 @@ SECRETS = {
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
     "SQUARESPACE_WEBHOOK_SECRET": "5a5b5c5d5e5f60616263646566676869",
     "SQUARESPACE_API_KEY": "squarespace-api-test-key-8a8b",
+    "ECWID_WEBHOOK_SECRET": "ecwid-client-secret-test-9c9d",
+    "ECWID_API_TOKEN": "secret_ecwid-api-test-token-0e0f",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -112,6 +114,7 @@ BUILT_IN_SOURCES = (
     "insales",
     "bigcommerce",
     "squarespace",
+    "ecwid",
 )
 
 

@@ -58,7 +58,8 @@ def test_good_file_loads(tmp_path):
         (("rules:", "accepted_status: 201\nrules:"), "demo.yaml:4 accepted_status: Must be one of: 200, 202."),
         (
             ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, signed: '{timestap}.{body}',"),
-            "auth.signed: signed has {timestap}; it takes {body}, {timestamp}, {method}, {url} and {header:<name>}",
+            "auth.signed: signed has {timestap}; it takes {body}, {timestamp}, {method}, {url}, {header:<name>} "
+            "and {field:<name>}",
         ),
         (
             ("rules:", "cors: {origins: ['https://www.example.com/']}\nrules:"),

@@ -25,6 +25,7 @@ EVENTS = [
     "store/order/created",
     "store/customer/created",
     "store/subscriber/created",
+    "order.create",
     None,
 ]
 
@@ -108,9 +109,19 @@ def test_translation_fails_only_with_mapping_errors(name, payload, event, docume
     # The event as Shopify and WooCommerce send it, and as relay keeps the one a hook URL names (InSales).
     headers = {"X-Shopify-Topic": event, "X-WC-Webhook-Topic": event, "X-Relay-Event": event} if event else {}
     if SOURCES[name].fetches and event:
-        # BigCommerce names its event and record in the body; the rules then read the document fetched.
-        payload = {**(payload if isinstance(payload, dict) else {}), "scope": event, "data": {"type": "x", "id": 250}}
-    context = TranslateContext(env={"BIGCOMMERCE_STORE_HASH": "abc", "BIGCOMMERCE_API_TOKEN": "t"})
+        # BigCommerce, Squarespace and Ecwid name the event and the record in the body; the rules then read
+        # the document fetched.
+        named = {"scope": event, "topic": event, "eventType": event, "entityId": 7}
+        record = {"type": "x", "id": 250, "orderId": "XJ12H"}
+        payload = {**(payload if isinstance(payload, dict) else {}), **named, "data": record}
+    settings = (
+        "BIGCOMMERCE_STORE_HASH",
+        "BIGCOMMERCE_API_TOKEN",
+        "SQUARESPACE_API_KEY",
+        "ECWID_STORE_ID",
+        "ECWID_API_TOKEN",
+    )
+    context = TranslateContext(env=dict.fromkeys(settings, "x"))
     try:
         translate(SOURCES[name], payload, headers=headers, context=context, fetch=lambda _request: document)
     except MappingError:

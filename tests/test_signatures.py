@@ -13,7 +13,7 @@ import pytest
 
 from relay.auth import authenticate
 from relay.errors import AuthenticationFailed
-from relay.mapping.loader import load_sources
+from relay.mapping.loader import load_source_file, load_sources
 
 from .conftest import FIXTURES, MAPPINGS, SECRETS, make_settings
 
@@ -401,3 +401,85 @@ def test_gravity_forms_sends_its_token_in_the_header_its_feed_adds(tmp_path):
         assert wrong.status_code == 401
     finally:
         app.extensions["relay"]["store"].close()
+
+
+def _ecwid(event_id: str, created: float, secret: str = SECRETS["ECWID_WEBHOOK_SECRET"], **data: object) -> tuple:
+    body = json.dumps(
+        {
+            "eventId": event_id,
+            "eventCreated": int(created),
+            "storeId": 1003,
+            "entityId": 7,
+            "eventType": "order.created",
+            "data": {"orderId": "XJ12H", **data},
+        }
+    ).encode()
+    signature = b64(secret, f"{int(created)}.{event_id}".encode())
+    return body, {"X-Ecwid-Webhook-Signature": signature, "Content-Type": "application/json; charset=UTF-8"}
+
+
+def test_ecwid_signs_the_events_time_and_id_not_the_body():
+    """Ecwid's signature is base64 HMAC-SHA256 of "<eventCreated>.<eventId>" from the body: a genuine one
+    passes whatever the rest of the body says; another id, an old event, no header, a body that is not a
+    JSON object or lacks the id are refused."""
+    source = SOURCES["ecwid"]
+    env = {"ECWID_WEBHOOK_SECRET": SECRETS["ECWID_WEBHOOK_SECRET"]}
+    now = time.time()
+    body, headers = _ecwid("80aece08-40e8-4145-8764-6c2f0d38678", now)
+    authenticate(source, body=body, headers=headers, query={}, env=env, now=now)
+    refused = {
+        "another id": (body.replace(b"80aece08", b"80aece09"), headers, now),
+        "another secret": (*_ecwid("e1", now, secret="not-it"), now),
+        "older than 26 hours": (*_ecwid("e2", now - 93601), now),
+        "no header": (body, {}, now),
+        "not JSON": (b"eventId=e1", headers, now),
+        "not an object": (b"[1, 2]", headers, now),
+        "nested past the parse limit": (b"[" * 100_000 + b"]" * 100_000, headers, now),
+        "no id": (body.replace(b'"eventId"', b'"eventID"'), headers, now),
+    }
+    for why, (forged, forged_headers, at) in refused.items():
+        with pytest.raises(AuthenticationFailed):
+            authenticate(source, body=forged, headers=forged_headers, query={}, env=env, now=at)
+            pytest.fail(why)
+
+
+def test_an_ecwid_signature_is_taken_once_whatever_body_comes_with_it(tmp_path):
+    """The body is not signed, so a captured signature could carry another body: relay de-duplicates by the
+    signed event id, so the second request, with another order in its body, is answered duplicate and not
+    stored; the same id signed again after 26 hours is refused outright (above)."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path))
+    client = app.test_client()
+    body, headers = _ecwid("7d1c2b3a-0000-4000-8000-000000000001", time.time())
+    first = client.post("/hooks/ecwid", data=body, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    other_order = body.replace(b'"XJ12H"', b'"ZZ999"')
+    second = client.post("/hooks/ecwid", data=other_order, headers=headers)
+    assert (second.status_code, second.get_json()["status"]) == (200, "duplicate")
+    assert second.get_json()["id"] == first.get_json()["id"]
+    app.extensions["relay"]["store"].close()
+
+
+@pytest.mark.parametrize(
+    ("auth", "dedup", "problem"),
+    [
+        ('signed: "{timestamp}.{field:eventId}", timestamp_body_field: eventCreated', "paths: [eventId]", "{body}"),
+        ('signed: "{field:eventId}", tolerance: 60', "paths: [eventId]", "{body}"),
+        (
+            'signed: "{timestamp}.{field:eventId}", timestamp_body_field: eventCreated, tolerance: 60',
+            "paths: [id]",
+            "de-duplicate by a signed field",
+        ),
+    ],
+    ids=["no-tolerance", "no-time", "no-dedup"],
+)
+def test_a_signature_over_fields_must_bind_a_time_and_an_id_taken_once(tmp_path, auth, dedup, problem):
+    (tmp_path / "fields.yaml").write_text(
+        "version: 1\nsource: fields\n"
+        f'auth: {{scheme: hmac, header: X-Sig, {auth}, secret: "${{S}}"}}\n'
+        f"dedup: {{{dedup}}}\n"
+        "rules:\n  - name: any\n    ignore: signatures only\n"
+    )
+    source, problems = load_source_file(tmp_path / "fields.yaml")
+    assert source is None and any(problem in line for line in problems), problems

@@ -22,8 +22,11 @@ __all__ = [
     "signed_parts",
 ]
 
-# What an HMAC may sign, around the raw body: `{timestamp}`, `{method}`, `{url}`, `{header:<name>}`.
-SIGNED_PLACEHOLDER = re.compile(r"\{(body|timestamp|method|url|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)\}")
+# What an HMAC may sign, around the raw body: `{timestamp}`, `{method}`, `{url}`, `{header:<name>}`, and
+# `{field:<name>}`, a top-level field of a JSON body, for a provider that signs fields rather than the body (Ecwid).
+SIGNED_PLACEHOLDER = re.compile(
+    r"\{(body|timestamp|method|url|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|field:[A-Za-z_][A-Za-z0-9_]{0,63})\}"
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,7 +112,8 @@ class AuthSpec:
     """How a source proves a request is genuine.
 
     `hmac`: a keyed digest of `signed` (a template over `{body}`, `{timestamp}`,
-    `{method}`, `{url}` and `{header:<name>}`) in `header`, keyed with the
+    `{method}`, `{url}`, `{header:<name>}` and `{field:<name>}`, a top-level
+    field of a JSON body) in `header`, keyed with the
     secret as written (`key_encoding` text) or decoded from hex or base64;
     `token`: a shared token in `?token=`, `X-Relay-Token`, the `header` named
     (after its `prefix`) or the `body_field` named (taken out of the body
@@ -129,6 +133,7 @@ class AuthSpec:
     timestamp_field: str = "t"
     signature_field: str = "v1"
     timestamp_header: str | None = None
+    timestamp_body_field: str | None = None  # the body's top-level field that holds the timestamp (Ecwid)
     timestamp_unit: str = "s"
     tolerance: int | None = None
     key_encoding: str = "text"

@@ -359,6 +359,10 @@ class AuthSchema(StrictSchema):
     timestamp_field = fields.String(load_default="t")
     signature_field = fields.String(load_default="v1")
     timestamp_header = fields.String(load_default=None)
+    timestamp_body_field = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a top-level field's name"),
+    )
     timestamp_unit = fields.String(load_default="s", validate=validate.OneOf(["s", "ms"]))
     tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
     key_encoding = fields.String(load_default=None, validate=validate.OneOf(["text", "hex", "base64"]))
@@ -380,19 +384,43 @@ class AuthSchema(StrictSchema):
         if data.get("body_field") and scheme != "token":
             raise ValidationError("body_field names a token source's token; use it with scheme: token", "body_field")
         signed = data.get("signed", "{body}")
-        if "{body}" not in signed:
-            raise ValidationError("signed must contain {body}", "signed")
+        if "{body}" not in signed and not self._signs_fields_only(data, signed):
+            raise ValidationError(
+                "signed must contain {body}; a provider that signs fields of its body instead (Ecwid) signs "
+                "{timestamp} from timestamp_body_field and a {field:<name>}, within a tolerance",
+                "signed",
+            )
         unknown = [piece for piece in re.findall(r"\{[^{}]*\}", signed) if SIGNED_PLACEHOLDER.fullmatch(piece) is None]
         if unknown:
             raise ValidationError(
-                f"signed has {', '.join(unknown)}; it takes {{body}}, {{timestamp}}, {{method}}, {{url}} "
-                "and {header:<name>}",
+                f"signed has {', '.join(unknown)}; it takes {{body}}, {{timestamp}}, {{method}}, {{url}}, "
+                "{header:<name>} and {field:<name>}",
                 "signed",
             )
         if data.get("hex_key") and data.get("key_encoding") not in (None, "hex"):
             raise ValidationError("hex_key: true says key_encoding: hex; give one of them", "hex_key")
-        if "{timestamp}" in signed and data.get("signature_format") != "fields" and not data.get("timestamp_header"):
-            raise ValidationError("a signed {timestamp} needs timestamp_header", "timestamp_header")
+        if (
+            "{timestamp}" in signed
+            and data.get("signature_format") != "fields"
+            and not (data.get("timestamp_header") or data.get("timestamp_body_field"))
+        ):
+            raise ValidationError(
+                "a signed {timestamp} needs timestamp_header or timestamp_body_field", "timestamp_header"
+            )
+        if data.get("timestamp_header") and data.get("timestamp_body_field"):
+            raise ValidationError("give timestamp_header or timestamp_body_field, not both", "timestamp_body_field")
+
+    @staticmethod
+    def _signs_fields_only(data: dict[str, Any], signed: str) -> bool:
+        """The body is not signed, only fields of it: a request with another body under a genuine signature
+        passes, so the signature must bind a time (refused once outside the tolerance) and a field that
+        names the event, which the source de-duplicates by within that time."""
+        return (
+            "{timestamp}" in signed
+            and "{field:" in signed
+            and bool(data.get("timestamp_body_field"))
+            and data.get("tolerance") is not None
+        )
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> AuthSpec:
@@ -412,6 +440,7 @@ class AuthSchema(StrictSchema):
             timestamp_field=data["timestamp_field"],
             signature_field=data["signature_field"],
             timestamp_header=data["timestamp_header"],
+            timestamp_body_field=data["timestamp_body_field"],
             timestamp_unit=data["timestamp_unit"],
             tolerance=data["tolerance"],
             key_encoding=data["key_encoding"] or ("hex" if data["hex_key"] else "text"),
@@ -622,6 +651,15 @@ class MappingFileSchema(StrictSchema):
             raise ValidationError(
                 "rules with `events` need an event: {header: ...}, {path: ...} or {query: ...}", "event"
             )
+        auth = data.get("auth")
+        if isinstance(auth, AuthSpec) and auth.scheme == "hmac" and "{body}" not in auth.signed:
+            signed_fields = set(re.findall(r"\{field:([A-Za-z0-9_]+)\}", auth.signed))
+            if not signed_fields & set(data.get("dedup", {}).get("paths", ())):
+                raise ValidationError(
+                    "the signature covers fields, not the body: de-duplicate by a signed field "
+                    f"(dedup: {{paths: [{sorted(signed_fields)[0]}]}}), so that a genuine signature is taken once",
+                    "dedup",
+                )
         if data.get("event") is None and any(spec.get("events") for spec in data.get("fetch", {}).values()):
             raise ValidationError(
                 "a fetch with `events` needs an event: {header: ...}, {path: ...} or {query: ...}", "event"
