@@ -384,7 +384,8 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
     if unset:
         print(
             "unset variables (a source whose secret is unset refuses its requests; one whose fetch needs a "
-            "setting keeps them, and they fail as mapping until it is set and they are replayed):"
+            "setting keeps them, and they fail as mapping until it is set and they are replayed, or go without "
+            "the fetch when it is optional):"
         )
         for variable, names in sorted(unset.items()):
             print(f"  {variable}: {', '.join(sorted(set(names)))}")
@@ -407,7 +408,13 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         refs = [envrefs.parse_ref(s) for s in auth.secrets]
         missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
         # The settings its fetches need (the API's token): unset, its webhooks are kept and fail as mapping.
-        fetch_refs = [ref for spec in source.fetches for text in fetch_texts(spec) for ref in envrefs.find_refs(text)]
+        fetch_refs = [
+            ref
+            for spec in source.fetches
+            if not spec.optional
+            for text in fetch_texts(spec)
+            for ref in envrefs.find_refs(text)
+        ]
         missing += [name for name in envrefs.missing(fetch_refs, settings.env) if name not in missing]
         state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
         if auth.scheme == "none":
@@ -425,7 +432,9 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
                 + (f" ({', '.join(named)})" if named else "")
             )
         for spec in source.fetches:
-            print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}")
+            unset = envrefs.missing([r for text in fetch_texts(spec) for r in envrefs.find_refs(text)], settings.env)
+            skipped = f" (optional: skipped while {', '.join(unset)} is unset)" if spec.optional and unset else ""
+            print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}{skipped}")
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
         if auth.signs_url and not settings.public_url:

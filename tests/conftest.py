@@ -48,6 +48,7 @@ SECRETS = {
     "SQUARESPACE_API_KEY": "squarespace-api-test-key-8a8b",
     "ECWID_WEBHOOK_SECRET": "ecwid-client-secret-test-9c9d",
     "ECWID_API_TOKEN": "secret_ecwid-api-test-token-0e0f",
+    "PADDLE_API_KEY": "pdl_live_apikey_test_1a1b",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }

@@ -453,3 +453,14 @@ def test_a_replays_dry_run_checks_the_fetch_but_asks_the_api_nothing(tmp_path, r
         "fetch order needs BIGCOMMERCE_API_TOKEN, which is not set",
     )
     assert len(bigcommerce.requests) == asked
+
+
+def test_an_optional_fetch_leaves_its_source_ready_and_says_it_is_skipped():
+    """Paddle's customer fetch is optional: without PADDLE_API_KEY the source is ready, its transactions are
+    ignored (the examples show both ways), and `relay sources` says the fetch is skipped."""
+    env = {"PATH": "/usr/bin:/bin", "PADDLE_WEBHOOK_SECRET": SECRETS["PADDLE_WEBHOOK_SECRET"]}
+    done = relay_command("sources", env=env)
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.split("\npaddle\n", 1)[1].split("\n\n", 1)[0]
+    assert "status:   ready" in block
+    assert "read by the rules as fetched.customer (optional: skipped while PADDLE_API_KEY is unset)" in block

@@ -22,9 +22,13 @@ from relay.mapping.templates import template_pieces
 from relay.mapping.transforms import scalar_text
 from relay.settings import shown_url
 
-__all__ = ["FETCHED", "Fetch", "FetchRequest", "build_request", "fetch_texts", "with_fetched"]
+__all__ = ["FETCHED", "Fetch", "FetchRequest", "SettingUnset", "build_request", "fetch_texts", "with_fetched"]
 
 FETCHED = "fetched"  # the payload's key under which the rules find the fetched documents
+
+
+class SettingUnset(MappingError):
+    """A setting a fetch needs (the API's token) is not set."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def _render(spec: FetchSpec, template: str, data: Any, env: Mapping[str, str], *
                     continue
                 value = piece.resolve(env)
                 if value is None:
-                    raise MappingError(f"fetch {spec.name} needs {piece.name}, which is not set")
+                    raise SettingUnset(f"fetch {spec.name} needs {piece.name}, which is not set")
                 pieces.append(value)
                 shown.append("***" if SECRET_SETTING.search(piece.name) else value)
             continue

@@ -172,6 +172,9 @@ class FetchSpec:
     headers: tuple[tuple[str, str], ...] = ()
     events: tuple[str, ...] = ()
     when: str | None = None
+    # Skipped, rather than failing the delivery, while a setting it needs is unset: the rules then find no
+    # `fetched.<name>` (Paddle's transactions are forwarded once an API key is set, and ignored before).
+    optional: bool = False
 
 
 @dataclass(frozen=True)

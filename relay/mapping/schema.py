@@ -535,6 +535,7 @@ class FetchSchema(StrictSchema):
     )
     events = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
+    optional = fields.Boolean(load_default=False)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -674,6 +675,7 @@ class MappingFileSchema(StrictSchema):
                 headers=tuple(spec["headers"].items()),
                 events=tuple(spec["events"]),
                 when=spec["when"],
+                optional=spec["optional"],
             )
             for name, spec in raw.items()
         )

@@ -20,7 +20,7 @@ from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
-from relay.mapping.fetches import Fetch, build_request, with_fetched
+from relay.mapping.fetches import Fetch, SettingUnset, build_request, with_fetched
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
@@ -110,7 +110,8 @@ def ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | 
 
 def _fetch_documents(source: Source, data: Any, event: str | None, fetch: Fetch, env: Mapping[str, str]) -> Any:
     """The payload with the documents its fetches gave, made in the order written: each fetch's `when`
-    and templates see the documents of those before it."""
+    and templates see the documents of those before it. An `optional` fetch whose setting is unset is
+    left out."""
     documents: dict[str, Any] = {}
     view = with_fetched(data, documents)
     for spec in source.fetches:
@@ -118,7 +119,13 @@ def _fetch_documents(source: Source, data: Any, event: str | None, fetch: Fetch,
             continue
         if spec.when and not _truthy(search(spec.when, view)):
             continue
-        documents[spec.name] = fetch(build_request(spec, view, env))
+        try:
+            request = build_request(spec, view, env)
+        except SettingUnset:
+            if spec.optional:
+                continue
+            raise
+        documents[spec.name] = fetch(request)
         view = with_fetched(data, documents)
     return view
 
