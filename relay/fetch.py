@@ -1,14 +1,16 @@
 """The worker's HTTP client for the documents a mapping fetches from a provider's API.
 
-A GET with the mapping's headers, no redirects followed (a redirect to another host would take the
-API token along), the answer read within RELAY_UPSTREAM_TIMEOUT and MAX_DOCUMENT_BYTES. Network
-errors, timeouts, 408, 429 and 5xx are transient, and so is a 2xx whose body is not JSON (a proxy's
-page); any other answer is final (a wrong token, a record deleted since): the delivery fails as
-`rejected`, and a replay fetches again. Only `FetchRequest.shown` is ever logged or kept.
+A GET with the mapping's headers, no redirects followed (a redirect to another host would take the API
+token along), the answer read within RELAY_UPSTREAM_TIMEOUT and MAX_DOCUMENT_BYTES. Network errors,
+timeouts, 408, 429 and 5xx are transient, and so is a 2xx whose body is not JSON (a proxy's page); after
+a 429 the source's fetches pause for its Retry-After; any other answer is final (a wrong token, a record
+deleted since): the delivery fails as `rejected`, and a replay fetches again. Only `FetchRequest.shown`
+is ever logged or kept.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -24,6 +26,8 @@ from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, read_within, re
 __all__ = ["MAX_DOCUMENT_BYTES", "Fetcher"]
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # an order with hundreds of lines is tens of kilobytes
+DEFAULT_PAUSE = 10.0  # seconds without fetches from a source's API after a 429 that gives no Retry-After
+MAX_PAUSE = 300.0
 
 
 class Fetcher:
@@ -31,6 +35,10 @@ class Fetcher:
 
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
         self.timeout = settings.upstream_timeout
+        # A provider's API that answered 429 is left alone for a while, per source: a backlog replayed
+        # after an outage would otherwise spend a try of every delivery on the same answer.
+        self.paused_until: dict[str, float] = {}
+        self.pause_lock = threading.Lock()
         self.client = httpx.Client(
             timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
@@ -58,8 +66,25 @@ class Fetcher:
         except PermanentFetchError:
             outcome = "rejected"
             raise
+        except TransientFetchError as exc:
+            if exc.http_status == 429:
+                self.pause(source, exc.retry_after)
+            raise
         finally:
             metrics.fetched(source, outcome, time.perf_counter() - clock)
+
+    def pause(self, source: str, retry_after: float | None) -> None:
+        """No fetch for `source` for the API's Retry-After (DEFAULT_PAUSE without one, MAX_PAUSE at most)."""
+        seconds = min(MAX_PAUSE, DEFAULT_PAUSE if retry_after is None else retry_after)
+        with self.pause_lock:
+            until = time.monotonic() + seconds
+            if until > self.paused_until.get(source, 0.0):
+                self.paused_until[source] = until
+
+    def paused_for(self, source: str) -> float:
+        """Seconds before `source`'s API may be asked again; 0 when it may."""
+        with self.pause_lock:
+            return max(0.0, self.paused_until.get(source, 0.0) - time.monotonic())
 
     def _get(self, request: FetchRequest) -> Any:
         said = f"fetch {request.name}: GET {request.shown}"

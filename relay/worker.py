@@ -295,6 +295,12 @@ class Worker:
         extra = {"delivery_id": delivery.id, "source": delivery.source}
         self._look_at_mappings()
         sources = self.sources
+        source = sources.get(delivery.source)
+        paused = self.fetcher.paused_for(delivery.source) if source is not None and source.fetches else 0.0
+        if paused:
+            # The provider's API answered 429: the delivery waits it out in the queue, no try spent.
+            detail = f"waiting: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s"
+            return self._give_back(delivery, token, None, due_in=paused, detail=detail)
         started, clock = time.time(), time.perf_counter()
         try:
             try:
@@ -406,7 +412,7 @@ class Worker:
         self,
         delivery: Delivery,
         token: str,
-        calls: list[dict[str, Any]],
+        calls: list[dict[str, Any]] | None,
         *,
         due_in: float = 0.0,
         detail: str | None = None,

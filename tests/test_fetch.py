@@ -464,3 +464,27 @@ def test_an_optional_fetch_leaves_its_source_ready_and_says_it_is_skipped():
     block = done.stdout.split("\npaddle\n", 1)[1].split("\n\n", 1)[0]
     assert "status:   ready" in block
     assert "read by the rules as fetched.customer (optional: skipped while PADDLE_API_KEY is unset)" in block
+
+
+def test_a_429_from_the_api_pauses_the_sources_fetches_without_spending_tries(relay, bigcommerce):
+    """After a 429 with Retry-After, the source's other deliveries wait in the queue for that long instead of
+    each spending a try on the same answer; then they are fetched and delivered."""
+    client, store, worker = relay
+    first = post(client, "order-created.json").get_json()["id"]
+    second = post(client, "customer-created.json").get_json()["id"]
+    bigcommerce.faults.append({"status": 429, "headers": {"Retry-After": "1"}})
+    claimed = dict(
+        (delivery.id, (delivery, token))
+        for delivery, token in store.claim(owner=worker.owner, limit=2, lease_seconds=30)
+    )
+    for delivery_id in (first, second):
+        assert worker.process(*claimed[delivery_id]) == "retrying"
+    assert [a["http_status"] for a in store.attempts_of(first)] == [429]
+    waiting = store.get(second)
+    assert waiting is not None and store.attempts_of(second) == []
+    assert "bigcommerce's API answered 429; fetches resume in 1 s" in (waiting.detail or "")
+    assert waiting.next_attempt_at is not None and waiting.next_attempt_at > time.time() + 0.5
+    assert len(bigcommerce.requests) == 1
+    time.sleep(1.1)
+    assert drain(store, worker, first) == "delivered"
+    assert drain(store, worker, second) == "delivered"
