@@ -366,6 +366,9 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
     assert "k-secret-1" not in repr(request)
     with pytest.raises(MappingError, match=r"\{id\} is empty in this payload"):
         build_request(spec, {"id": ""}, env)
+    for dots in (".", "..", "..."):  # httpx resolves dot segments: /items/.. would be /shop-7
+        with pytest.raises(MappingError, match="names no record"):
+            build_request(spec, {"id": dots}, env)
 
 
 @pytest.mark.parametrize(

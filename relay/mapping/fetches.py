@@ -95,6 +95,9 @@ def _render(spec: FetchSpec, template: str, data: Any, env: Mapping[str, str], *
         value = scalar_text(search(text, data))
         if not value:
             raise MappingError(f"fetch {spec.name}: {{{text}}} is empty in this payload")
+        if encode and value.strip(".") == "":
+            # `.` or `..` alone would be a dot segment, which the HTTP client resolves: `/orders/..` is `/`.
+            raise MappingError(f"fetch {spec.name}: {{{text}}} is {value!r}, which names no record")
         if encode:
             value = quote(value, safe="")  # a value is one path segment or parameter: no `/`, `?` or `#` of its own
         elif "\r" in value or "\n" in value:
