@@ -491,3 +491,81 @@ def test_a_429_from_the_api_pauses_the_sources_fetches_without_spending_tries(re
     time.sleep(1.1)
     assert drain(store, worker, first) == "delivered"
     assert drain(store, worker, second) == "delivered"
+
+
+class FakeEcwid:
+    """Ecwid's REST API for one order: `Authorization: Bearer <token>` checked (403), the store id in the path."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        order = (MAPPINGS / "examples" / "ecwid" / "api-order-XJ12H.json").read_bytes()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                if self.headers.get("Authorization") != "Bearer " + SECRETS["ECWID_API_TOKEN"]:
+                    status, body = 403, b'{"errorMessage": "Invalid token"}'
+                elif self.path == "/api/v3/1003/orders/XJ12H":
+                    status, body = 200, order
+                else:
+                    status, body = 404, b'{"errorMessage": "Order not found"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v3"
+
+
+def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(tmp_path, sandbox):
+    """The built-in Ecwid source end to end: the signature over the event's time and id, the order fetched
+    with `Authorization: Bearer <secret_ token>` from the store's address, the buyer sent upstream."""
+    import base64
+    import hashlib
+    import hmac
+
+    api = FakeEcwid()
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, ECWID_API_URL=api.url, ECWID_STORE_ID="1003")
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    try:
+        created = int(time.time())
+        body = json.dumps(
+            {
+                "eventId": "e-1",
+                "eventCreated": created,
+                "storeId": 1003,
+                "entityId": 1,
+                "eventType": "order.created",
+                "data": {"orderId": "XJ12H", "newPaymentStatus": "PAID"},
+            }
+        ).encode()
+        key = SECRETS["ECWID_WEBHOOK_SECRET"].encode()
+        signature = base64.b64encode(hmac.new(key, f"{created}.e-1".encode(), hashlib.sha256).digest()).decode()
+        response = app.test_client().post(
+            "/hooks/ecwid?eventtype=order.created",
+            data=body,
+            headers={"X-Ecwid-Webhook-Signature": signature, "Content-Type": "application/json; charset=UTF-8"},
+        )
+        assert response.status_code == 202, response.get_json()
+        assert drain(store, worker, response.get_json()["id"]) == "delivered"
+        [request] = api.requests
+        assert request["path"] == "/api/v3/1003/orders/XJ12H"
+        [profile] = sandbox.sandbox.profiles.values()
+        assert (profile.fields["email"], profile.fields["phones"]) == ("olga.smirnova@example.com", ["+79151234567"])
+    finally:
+        worker.stop()
+        store.close()
+        api.server.shutdown()
+        api.server.server_close()
