@@ -38,6 +38,21 @@ def _example(name: str) -> Any:
     return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
 
 
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A real HTTP server for `handler` on a free loopback port, serving from a thread of its own."""
+
+    class Quiet(handler):  # type: ignore[misc,valid-type]
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class FakeBigCommerce:
     """BigCommerce's store API for what the mapping fetches: X-Auth-Token checked (401), unknown records
     404, a customer list filtered by `id:in`; `faults` are answered first, one a request."""
@@ -51,8 +66,6 @@ class FakeBigCommerce:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 fake.requests.append({"path": self.path, "headers": dict(self.headers)})
                 status, headers, body = fake.answer(self.path, self.headers.get("X-Auth-Token"))
@@ -67,12 +80,7 @@ class FakeBigCommerce:
                     self.wfile.flush()
                     time.sleep(drip)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_on_loopback(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:
@@ -502,8 +510,6 @@ class FakeEcwid:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 fake.requests.append({"path": self.path, "headers": dict(self.headers)})
                 if self.headers.get("Authorization") != "Bearer " + SECRETS["ECWID_API_TOKEN"]:
@@ -518,12 +524,7 @@ class FakeEcwid:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_on_loopback(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v3"
 
 
