@@ -99,6 +99,9 @@ def authenticate(
         if not any(hmac.compare_digest(offered.encode(), s.encode()) for s in secrets):
             raise AuthenticationFailed("wrong token")
         return
+    if auth.scheme == "rsa":
+        _verify_rsa(auth, body=body, headers=headers, recipients=secrets, env=env)
+        return
     _verify_hmac(
         auth,
         body=body,
@@ -108,6 +111,50 @@ def authenticate(
         method=method,
         url=url,
     )
+
+
+def _verify_rsa(
+    auth: AuthSpec, *, body: bytes, headers: Mapping[str, str], recipients: list[str], env: Mapping[str, str]
+) -> None:
+    """Adobe I/O Events: the body names this relay's registration as its recipient, and one of the
+    RSA-SHA256 signatures verifies with the key published at the path its header names.
+
+    Raises:
+        AuthenticationFailed, KeysUnavailable (`relay.public_keys`)
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from relay.public_keys import published_keys
+
+    assert auth.recipient_field is not None and auth.keys_url is not None
+    recipient = _field_text(_body_fields(body), auth.recipient_field)
+    if not any(hmac.compare_digest(recipient.encode(), expected.encode()) for expected in recipients):
+        raise AuthenticationFailed(f"the event is for another recipient ({auth.recipient_field})")
+    base = envrefs.resolve_text(auth.keys_url, env)
+    if not base.startswith(("https://", "http://127.0.0.1:", "http://localhost:")):
+        raise AuthenticationFailed("the keys' address is not https; set it to the publisher's https:// address")
+    offered = False
+    for signature_header, path_header in auth.rsa_signatures:
+        signature, path = header_value(headers, signature_header), header_value(headers, path_header)
+        if not signature or not path:
+            continue
+        offered = True
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (ValueError, binascii.Error):
+            continue
+        key = published_keys().get(base, path.strip())
+        try:
+            key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            continue
+        return
+    if not offered:
+        names = " or ".join(f"{header} with {path}" for header, path in auth.rsa_signatures)
+        raise AuthenticationFailed(f"missing signature: {names}")
+    raise AuthenticationFailed("signature does not match")
 
 
 def _token_in_header(auth: AuthSpec, headers: Mapping[str, str]) -> str | None:

@@ -403,6 +403,11 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
                 f" or {auth.header}: {auth.prefix}<token>" if auth.header else ""
             )
             how += f" or the body field {auth.body_field}" if auth.body_field else ""
+        elif auth.scheme == "rsa":
+            how = (
+                f"RSA-SHA256 in {' or '.join(header for header, _path in auth.rsa_signatures)}, keys from "
+                f"{auth.keys_url}, the body's {auth.recipient_field} equal to the value"
+            )
         else:
             how = "none"
         refs = [envrefs.parse_ref(s) for s in auth.secrets]
@@ -431,6 +436,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
                 f"  event:    named by the hook URL, ?{source.event_query}=<event>"
                 + (f" ({', '.join(named)})" if named else "")
             )
+        if source.challenge_query:
+            print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
         for spec in source.fetches:
             unset = envrefs.missing([r for text in fetch_texts(spec) for r in envrefs.find_refs(text)], settings.env)
             skipped = f" (optional: skipped while {', '.join(unset)} is unset)" if spec.optional and unset else ""

@@ -12,6 +12,7 @@ label, so it never changes once released::
     │   ├── IncompleteBody           400 incomplete_body
     │   └── AuthenticationFailed     401 authentication_failed
     ├── StoreUnavailable         503 store_unavailable: the store did not take a webhook
+    ├── KeysUnavailable          503 keys_unavailable: a provider's public key could not be fetched
     ├── MappingError             the mapping cannot translate a payload (failed/mapping)
     ├── UpstreamError            the upstream did not take a call
     │   ├── TransientUpstreamError   retried later
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "FetchError",
     "IncompleteBody",
+    "KeysUnavailable",
     "MappingError",
     "PermanentFetchError",
     "PermanentUpstreamError",
@@ -111,6 +113,14 @@ class StoreUnavailable(RelayError):
     def reason(self) -> str:
         """The database's own words (which host, which lock), the first line: what an operator needs."""
         return first_line(self.__cause__ or self)
+
+
+class KeysUnavailable(RelayError):
+    """The public key a provider signs with (Adobe I/O Events') could not be fetched: the request may be
+    genuine, so the sender is told to send it again rather than that it is forged."""
+
+    code = "keys_unavailable"
+    status = 503
 
 
 def first_line(error: BaseException) -> str:

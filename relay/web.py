@@ -26,6 +26,7 @@ from relay.auth import authenticate, missing_secrets
 from relay.errors import (
     BodyTooLarge,
     IncompleteBody,
+    KeysUnavailable,
     RelayError,
     RequestRejected,
     StoreUnavailable,
@@ -148,6 +149,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         if req.method != "POST":
             if req.method == "OPTIONS":
                 return _preflight()
+            if req.method == "GET" and source.challenge_query and source.challenge_query in req.args:
+                return _challenge(source, req.args[source.challenge_query])
             return _error(405, "method_not_allowed", "hooks take POST")
         return _receive(req, source, settings, store, limiter)
 
@@ -319,6 +322,16 @@ def _refuse_compressed(req: Request) -> None:
         raise UnsupportedContentType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
 
 
+def _challenge(source: Source, value: str) -> tuple[Response, int]:
+    """The provider checks the hook's address before it sends anything (Adobe I/O Events): the value it
+    sent, echoed as JSON; nothing is stored or forwarded."""
+    if not value or len(value) > 500:
+        return _error(400, "unparsable", f"a challenge of 1 to 500 characters, not {len(value)}")
+    log.info("challenge answered", extra={"source": source.name})
+    metrics.received(source.name, "ping")
+    return _json({"challenge": value}), 200
+
+
 def _receive(
     req: Request, source: Source, settings: Settings, store: Store, limiter: HookLimiter
 ) -> tuple[Response, int]:
@@ -448,6 +461,13 @@ def _register_errors(app: Flask) -> None:
                 detail = "the store does not answer; try again shortly"
             response, status = _error(exc.status, exc.code, detail)
             response.headers["Retry-After"] = "5"
+            return response, status
+        elif isinstance(exc, KeysUnavailable):
+            # The provider's key server did not answer: the request may be genuine, so it is to be sent again.
+            log.warning("public key unavailable", extra={"source": name, "code": exc.code, "detail": exc.detail})
+            metrics.received(name or "unknown", exc.code)
+            response, status = _error(exc.status, exc.code, exc.detail + "; nothing was kept, send it again")
+            response.headers["Retry-After"] = "60"
             return response, status
         else:
             log.error("error", extra={"source": name, "code": exc.code, "detail": exc.detail})

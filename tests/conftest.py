@@ -116,6 +116,7 @@ BUILT_IN_SOURCES = (
     "bigcommerce",
     "squarespace",
     "ecwid",
+    "adobe_commerce",
 )
 
 

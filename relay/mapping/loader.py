@@ -79,6 +79,7 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             decode_json=tuple(loaded["decode_json"]),
             accepted_status=loaded["accepted_status"],
             cors_origins=tuple((loaded["cors"] or {}).get("origins", ())),
+            challenge_query=(loaded["challenge"] or {}).get("query"),
             payload_schema=loaded["payload"],
             fetches=MappingFileSchema.fetch_specs(loaded["fetch"]),
             rules=tuple(loaded["rules"]),

@@ -118,7 +118,9 @@ class AuthSpec:
     `token`: a shared token in `?token=`, `X-Relay-Token`, the `header` named
     (after its `prefix`) or the `body_field` named (taken out of the body
     before it is stored); `none`: nothing (only for sources that are trusted by
-    the network they sit on).
+    the network they sit on); `rsa`: RSA-SHA256 signatures of the body by keys the
+    provider publishes (Adobe I/O Events), and a field of the body that names the
+    recipient, which must equal the secret (the registration's client id).
     """
 
     scheme: str
@@ -139,6 +141,11 @@ class AuthSpec:
     key_encoding: str = "text"
     url_unescape: str = ""  # characters whose %XX escapes in the URL are decoded before signing (HubSpot)
     body_field: str | None = None  # a token source's field of the body that holds the token (Wufoo)
+    # `rsa`: (signature header, header naming the public key's path) pairs, any of which may verify; the
+    # keys are fetched from `keys_url` + that path; `recipient_field` of the body must equal the secret.
+    rsa_signatures: tuple[tuple[str, str], ...] = ()
+    keys_url: str | None = None
+    recipient_field: str | None = None
 
     @property
     def signs_url(self) -> bool:
@@ -198,6 +205,9 @@ class Source:
     accepted_status: int = 202
     # Web pages whose scripts may post to the hook from the visitor's browser (CORS); "*" for any.
     cors_origins: tuple[str, ...] = ()
+    # A GET to the hook with this query parameter is the provider checking the address (Adobe I/O Events'
+    # challenge): answered with the parameter's value, nothing stored.
+    challenge_query: str | None = None
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     fetches: tuple[FetchSpec, ...] = ()
     rules: tuple[Rule, ...] = ()

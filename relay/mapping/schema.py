@@ -45,6 +45,8 @@ from relay.upstream.contract import (
 __all__ = ["SOURCE_NAME", "MappingFileSchema"]
 
 SOURCE_NAME = re.compile(r"[a-z0-9_]{1,64}\Z")  # a source's name: its hook URL, its files, a store column of 64
+HEADER_NAME_PATTERN = r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z"
+HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
 
 
 class Expression(fields.String):
@@ -344,8 +346,22 @@ class RuleSchema(StrictSchema):
         )
 
 
+class RsaSignatureSchema(StrictSchema):
+    header = fields.String(required=True, validate=validate.Regexp(HEADER_NAME_PATTERN, error="not a header name"))
+    key_path_header = fields.String(
+        required=True, validate=validate.Regexp(HEADER_NAME_PATTERN, error="not a header name")
+    )
+
+
 class AuthSchema(StrictSchema):
-    scheme = fields.String(required=True, validate=validate.OneOf(["hmac", "token", "none"]))
+    scheme = fields.String(required=True, validate=validate.OneOf(["hmac", "token", "rsa", "none"]))
+    # rsa (Adobe I/O Events): signatures of the body by the provider's published keys, fetched from keys_url
+    rsa_signatures = fields.List(fields.Nested(RsaSignatureSchema), load_default=list)
+    keys_url = fields.String(load_default=None, validate=validate.Length(max=500))
+    recipient_field = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a top-level field's name"),
+    )
     secret = SecretRef()
     secrets = fields.List(SecretRef())
     header = fields.String()
@@ -377,10 +393,14 @@ class AuthSchema(StrictSchema):
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         scheme = data.get("scheme")
-        if scheme in ("hmac", "token") and not (data.get("secret") or data.get("secrets")):
+        if scheme in ("hmac", "token", "rsa") and not (data.get("secret") or data.get("secrets")):
             raise ValidationError(f"{scheme} needs secret: ${{NAME}} (or secrets: [...])", "secret")
         if scheme == "hmac" and not data.get("header"):
             raise ValidationError("hmac needs the header that carries the signature", "header")
+        if scheme == "rsa":
+            self._check_rsa(data)
+        elif data.get("rsa_signatures") or data.get("keys_url") or data.get("recipient_field"):
+            raise ValidationError("rsa_signatures, keys_url and recipient_field go with scheme: rsa", "scheme")
         if data.get("body_field") and scheme != "token":
             raise ValidationError("body_field names a token source's token; use it with scheme: token", "body_field")
         signed = data.get("signed", "{body}")
@@ -409,6 +429,21 @@ class AuthSchema(StrictSchema):
             )
         if data.get("timestamp_header") and data.get("timestamp_body_field"):
             raise ValidationError("give timestamp_header or timestamp_body_field, not both", "timestamp_body_field")
+
+    @staticmethod
+    def _check_rsa(data: dict[str, Any]) -> None:
+        """The keys come only from the address the file gives (https, or a setting), and the body must name
+        the recipient: the provider signs every customer's events, so a signature alone would let anyone
+        with a registration of their own send events here."""
+        if not data.get("rsa_signatures"):
+            raise ValidationError("rsa needs rsa_signatures: [{header: ..., key_path_header: ...}]", "rsa_signatures")
+        keys_url = data.get("keys_url") or ""
+        if not (keys_url.startswith("https://") or envrefs.is_ref(keys_url)):
+            raise ValidationError("the address the keys are fetched from: https://... or a ${NAME} setting", "keys_url")
+        if not data.get("recipient_field"):
+            raise ValidationError(
+                "rsa needs recipient_field, the body's field that must equal the secret", "recipient_field"
+            )
 
     @staticmethod
     def _signs_fields_only(data: dict[str, Any], signed: str) -> bool:
@@ -444,6 +479,9 @@ class AuthSchema(StrictSchema):
             timestamp_unit=data["timestamp_unit"],
             tolerance=data["tolerance"],
             key_encoding=data["key_encoding"] or ("hex" if data["hex_key"] else "text"),
+            rsa_signatures=tuple((item["header"], item["key_path_header"]) for item in data["rsa_signatures"]),
+            keys_url=data["keys_url"],
+            recipient_field=data["recipient_field"],
             url_unescape=data["url_unescape"],
             body_field=data["body_field"],
         )
@@ -521,7 +559,6 @@ class Template(fields.String):
 
 
 FETCH_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")  # read by the rules as `fetched.<name>`: a plain JMESPath name
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
 # A header whose name says it carries a credential must take its value from a setting, never the file.
 CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|signature", re.IGNORECASE)
 
@@ -552,6 +589,16 @@ class FetchSchema(StrictSchema):
                 )
             if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
                 raise ValidationError(f"{name} is set by relay's HTTP client", "headers")
+
+
+class ChallengeSchema(StrictSchema):
+    query = fields.String(
+        required=True,
+        validate=[
+            validate.Regexp(r"\A[A-Za-z0-9_.-]{1,64}\Z", error="a query parameter's name: letters, digits, _ . -"),
+            validate.NoneOf(["token"], error="`token` is the hook's secret"),
+        ],
+    )
 
 
 class EventSchema(StrictSchema):
@@ -631,6 +678,7 @@ class MappingFileSchema(StrictSchema):
     # success (Elementor shows the visitor an error, Webflow retries and may deactivate the webhook).
     accepted_status = fields.Integer(load_default=202, validate=validate.OneOf([200, 202]))
     cors = fields.Nested(CorsSchema, load_default=None)
+    challenge = fields.Nested(ChallengeSchema, load_default=None)
     payload = fields.Nested(PayloadSchemaSchema, load_default=None)
     # Documents fetched from the provider's API before translating, in the order written (each fetch's
     # templates see the documents of those before it).
