@@ -87,7 +87,9 @@ class Fetcher:
             return max(0.0, self.paused_until.get(source, 0.0) - time.monotonic())
 
     def _get(self, request: FetchRequest) -> Any:
-        said = f"fetch {request.name}: GET {request.shown}"
+        # The API's origin, not the record's address: the detail groups alike in `relay overview` for every
+        # order the API refused; the whole address is kept with the try.
+        said = f"fetch {request.name} from {_origin(request.shown)}"
         deadline = time.monotonic() + self.timeout
         try:
             with self.client.stream("GET", request.url, headers=request.headers) as response:
@@ -134,3 +136,9 @@ class Fetcher:
             raise TransientFetchError(
                 f"{said}: timeout: the answer was still arriving after {self.timeout:g} s", **common
             ) from None
+
+
+def _origin(url: str) -> str:
+    """`https://api.example.com` of an address."""
+    scheme, _sep, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"

@@ -221,7 +221,7 @@ def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigc
     ]
     address = f"{bigcommerce.url}/stores/{STORE_HASH}/v2/orders/250"
     assert attempts[0]["request"] == {"url": address}
-    assert attempts[0]["error"] == f"fetch order: GET {address}: HTTP 503"
+    assert attempts[0]["error"] == f"fetch order from {bigcommerce.url}: HTTP 503"
     assert attempts[2]["error"].endswith("HTTP 200 with an answer that is not JSON")
     assert attempts[2]["response"] == "<html>maintenance</html>"
 
@@ -570,3 +570,25 @@ def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(tm
         store.close()
         api.server.shutdown()
         api.server.server_close()
+
+
+def test_the_apis_refusals_of_different_orders_are_one_problem_in_the_overview(relay, bigcommerce):
+    """The detail names the API, not the record (the record's address is kept with the try): a hundred orders
+    the API refused are one line of `relay overview`, not a hundred."""
+    client, store, worker = relay
+    bigcommerce.orders.clear()
+    ids = []
+    for order_id in (250, 251):
+        body = json.loads((EXAMPLES / "order-created.json").read_bytes())
+        body["data"]["id"], body["created_at"] = order_id, body["created_at"] + order_id
+        response = client.post("/hooks/bigcommerce", json=body, headers={"X-Relay-Token": HOOK_TOKEN})
+        ids.append(response.get_json()["id"])
+    for delivery_id in ids:
+        assert drain(store, worker, delivery_id) == "failed"
+    [problem] = store.problems(source="bigcommerce")
+    assert (problem.count, problem.reason) == (2, "rejected")
+    assert problem.detail == f"fetch order from {bigcommerce.url}: HTTP 404"
+    assert [a["request"]["url"].rsplit("/", 1)[1] for delivery_id in ids for a in store.attempts_of(delivery_id)] == [
+        "250",
+        "251",
+    ]
