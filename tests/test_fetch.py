@@ -592,3 +592,27 @@ def test_the_apis_refusals_of_different_orders_are_one_problem_in_the_overview(r
         "250",
         "251",
     ]
+
+
+@pytest.mark.parametrize(("key", "answer"), [(None, (200, "ignored")), ("pdl_key", (202, "accepted"))])
+def test_the_ingress_ignores_what_an_optional_fetch_skipped_would_leave_ignored(tmp_path, key, answer):
+    """Paddle's customer fetch is optional: without PADDLE_API_KEY the worker would fetch nothing, so the
+    ingress decides as the worker will, over an empty `fetched`, and answers a completed transaction 200
+    ignored (nothing stored), as before fetches existed; with the key it is taken for the worker to fetch."""
+    import hashlib
+    import hmac
+
+    app = create_app(make_settings(tmp_path, PADDLE_API_KEY=key))
+    body = (MAPPINGS / "examples" / "paddle" / "transaction.completed.captured.json").read_bytes()
+    stamp = str(int(time.time()))
+    secret = SECRETS["PADDLE_WEBHOOK_SECRET"].encode()
+    signature = hmac.new(secret, stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    response = app.test_client().post(
+        "/hooks/paddle",
+        data=body,
+        headers={"Paddle-Signature": f"ts={stamp};h1={signature}", "Content-Type": "application/json"},
+    )
+    assert (response.status_code, response.get_json()["status"]) == answer
+    if key is None:
+        assert "set PADDLE_API_KEY" in response.get_json()["reason"]
+    app.extensions["relay"]["store"].close()

@@ -20,7 +20,7 @@ from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
-from relay.mapping.fetches import Fetch, SettingUnset, build_request, with_fetched
+from relay.mapping.fetches import Fetch, SettingUnset, build_request, fetch_texts, with_fetched
 from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
@@ -31,6 +31,7 @@ __all__ = [
     "TranslateContext",
     "event_of",
     "ignored_whatever_fetched",
+    "nothing_to_fetch",
     "select_rule",
     "translate",
     "unmatched_reason",
@@ -90,6 +91,26 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
             continue
         return rule
     return None
+
+
+def nothing_to_fetch(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> bool:
+    """Whether the worker would fetch nothing for this payload: no fetch applies to its event and content,
+    or each that does is `optional` and lacks a setting (Paddle's transactions without PADDLE_API_KEY). The
+    rules then see the payload with an empty `fetched`, at the ingress as in the worker."""
+    if not isinstance(data, dict):
+        return False
+    view = with_fetched(data, {})
+    for spec in source.fetches:
+        if spec.events and event not in spec.events:
+            continue
+        if spec.when and not _truthy(search(spec.when, view)):
+            continue
+        if spec.optional and envrefs.missing(
+            [ref for text in fetch_texts(spec) for ref in envrefs.find_refs(text)], env
+        ):
+            continue
+        return False
+    return True
 
 
 def ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | None, str] | None:
