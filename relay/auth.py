@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay.bodies import parse_body
-from relay.errors import AuthenticationFailed, RequestRejected
+from relay.errors import AuthenticationFailed, KeysUnavailable, RequestRejected
 from relay.inbound import header_value
 from relay.mapping import envrefs
 from relay.mapping.model import AuthSpec, Source, signed_parts
@@ -136,6 +136,7 @@ def _verify_rsa(
     if not base.startswith(("https://", "http://127.0.0.1:", "http://localhost:")):
         raise AuthenticationFailed("the keys' address is not https; set it to the publisher's https:// address")
     offered = False
+    problem: AuthenticationFailed | KeysUnavailable | None = None
     for signature_header, path_header in auth.rsa_signatures:
         signature, path = header_value(headers, signature_header), header_value(headers, path_header)
         if not signature or not path:
@@ -145,16 +146,22 @@ def _verify_rsa(
             raw = base64.b64decode(signature, validate=True)
         except (ValueError, binascii.Error):
             continue
-        key = published_keys().get(base, path.strip())
+        # Each signature on its own: during a rotation one key may be unknown or unreachable yet.
         try:
-            key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
+            published_keys().get(base, path.strip()).verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
         except InvalidSignature:
+            continue
+        except KeysUnavailable as exc:
+            problem = exc  # the request may be genuine: 503, sent again, unless another signature verifies
+            continue
+        except AuthenticationFailed as exc:
+            problem = problem or exc
             continue
         return
     if not offered:
         names = " or ".join(f"{header} with {path}" for header, path in auth.rsa_signatures)
         raise AuthenticationFailed(f"missing signature: {names}")
-    raise AuthenticationFailed("signature does not match")
+    raise problem or AuthenticationFailed("signature does not match")
 
 
 def _token_in_header(auth: AuthSpec, headers: Mapping[str, str]) -> str | None:

@@ -105,6 +105,16 @@ def test_either_signature_may_verify_during_adobes_key_rotation(keys):
     check(BODY, headers, keys)
 
 
+def test_a_new_key_not_yet_published_does_not_hide_a_signature_that_verifies(keys):
+    """During a rotation the first signature's key may not be published yet (404): the second still counts."""
+    headers = headers_for(
+        BODY,
+        **{"x-adobe-public-key1-path": "/prod/keys/pub-key-next.pem"},
+        **{"x-adobe-digital-signature-2": sign(BODY), "x-adobe-public-key2-path": KEY_PATH},
+    )
+    check(BODY, headers, keys)
+
+
 @pytest.mark.parametrize(
     ("change", "detail"),
     [
