@@ -243,7 +243,8 @@ def _signed_message(
                 raise AuthenticationFailed("the signature covers the URL, which relay could not tell")
             pieces.append(_unescaped(url, auth.url_unescape).encode())
         elif placeholder.startswith("field:"):
-            pieces.append(_field_text(fields if fields is not None else _body_fields(body), placeholder[6:]).encode())
+            assert fields is not None  # parsed by _verify_hmac for a signature that covers fields
+            pieces.append(_field_text(fields, placeholder[6:]).encode())
         elif placeholder:  # header:<name>
             name = placeholder.partition(":")[2]
             value = header_value(headers, name)
@@ -284,9 +285,9 @@ def _verify_hmac(
             timestamp = header_value(headers, auth.timestamp_header)
             if not timestamp:
                 raise AuthenticationFailed(f"missing timestamp header {auth.timestamp_header}")
-    fields = None
-    if auth.timestamp_body_field:
-        fields = _body_fields(body)
+    # Parsed once, for the timestamp and every {field:<name>} the signature covers.
+    fields = _body_fields(body) if auth.timestamp_body_field or "{field:" in auth.signed else None
+    if fields is not None and auth.timestamp_body_field:
         timestamp = _field_text(fields, auth.timestamp_body_field)
     if timestamp is not None and auth.tolerance is not None:
         try:

@@ -10,12 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from relay.bodies import parse_body
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
-from relay.mapping.fetches import FetchRequest, fetch_texts
+from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
@@ -275,12 +274,7 @@ def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
                 f"fetch {request.name}: preview makes no network call; give the API's answer as "
                 f"--fetched {request.name}=FILE"
             )
-        try:
-            return parse_body(Path(path).read_bytes(), "application/json")
-        except OSError as exc:
-            raise MappingError(f"--fetched {request.name}: {exc.strerror}: {path}") from None
-        except RequestRejected as exc:
-            raise MappingError(f"--fetched {request.name}: {path} is not JSON: {exc.detail}") from None
+        return answer_from_file(request.name, Path(path))
 
     return fetch
 
@@ -413,14 +407,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         refs = [envrefs.parse_ref(s) for s in auth.secrets]
         missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
         # The settings its fetches need (the API's token): unset, its webhooks are kept and fail as mapping.
-        fetch_refs = [
-            ref
-            for spec in source.fetches
-            if not spec.optional
-            for text in fetch_texts(spec)
-            for ref in envrefs.find_refs(text)
-        ]
-        missing += [name for name in envrefs.missing(fetch_refs, settings.env) if name not in missing]
+        needed = {name for spec in source.fetches if not spec.optional for name in unset_settings(spec, settings.env)}
+        missing += sorted(needed - set(missing))
         state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
         if auth.scheme == "none":
             state = "ready (unauthenticated)"
@@ -439,7 +427,7 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         if source.challenge_query:
             print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
         for spec in source.fetches:
-            unset = envrefs.missing([r for text in fetch_texts(spec) for r in envrefs.find_refs(text)], settings.env)
+            unset = unset_settings(spec, settings.env)
             skipped = f" (optional: skipped while {', '.join(unset)} is unset)" if spec.optional and unset else ""
             print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}{skipped}")
         if source.cors_origins:

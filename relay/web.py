@@ -37,18 +37,10 @@ from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers, with_url_event
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
-from relay.mapping.fetches import with_fetched
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
-from relay.mapping.translate import (
-    event_of,
-    ignored_whatever_fetched,
-    nothing_to_fetch,
-    prepare_payload,
-    select_rule,
-    unmatched_reason,
-)
+from relay.mapping.translate import event_of, ignored_at_ingress, prepare_payload
 from relay.pipeline import parse_request, take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
@@ -399,13 +391,7 @@ def _receive(
         return _json({"status": "ping"}), 200
     prepared = prepare_payload(source, payload)
     event = event_of(source, prepared, inbound.headers)
-    if source.fetches and not nothing_to_fetch(source, prepared, event, settings.env):
-        # A rule's `when` may read what only the worker fetches: ignored only when the event alone decides.
-        settled = ignored_whatever_fetched(source, event)
-        reason = settled[1] if settled is not None else None
-    else:
-        rule = select_rule(source, with_fetched(prepared, {}) if source.fetches else prepared, event)
-        reason = unmatched_reason(event) if rule is None else rule.ignore
+    reason = ignored_at_ingress(source, prepared, event, settings.env)
     if reason is not None:
         log.info("ignored", extra={"source": source.name, "event": event, "reason": reason})
         metrics.received(source.name, "ignored")

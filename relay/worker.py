@@ -22,6 +22,7 @@ from relay import metrics
 from relay.errors import (
     FetchError,
     MappingError,
+    PermanentFetchError,
     PermanentUpstreamError,
     StoreUnavailable,
     TariffLimitReached,
@@ -388,7 +389,7 @@ class Worker:
             outcome=error.code,
             error=error.detail,
         )
-        if error.code == "rejected":
+        if isinstance(error, PermanentFetchError):
             return self._fail(delivery, token, "rejected", error.detail, attempt=attempt)
         return self._retry_later(
             delivery,

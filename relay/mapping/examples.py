@@ -29,10 +29,9 @@ from typing import Any
 
 import yaml
 
-from relay.bodies import parse_body
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest, is_ping, with_url_event
-from relay.mapping.fetches import FetchRequest
+from relay.mapping.fetches import FetchRequest, answer_from_file
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, take_body_token, translate_request
@@ -111,12 +110,7 @@ def run_example(
         answer = example.fetched.get(wanted.name)
         if answer is None:
             raise MappingError(f"fetch {wanted.name}: the example gives no answer for it (request.fetched)")
-        try:
-            return parse_body(answer.read_bytes(), "application/json")
-        except OSError as exc:
-            raise MappingError(f"fetch {wanted.name}: the example's answer {answer.name}: {exc.strerror}") from None
-        except RequestRejected as exc:
-            raise MappingError(f"fetch {wanted.name}: the example's answer {answer.name}: {exc.detail}") from None
+        return answer_from_file(wanted.name, answer)
 
     try:
         translation = translate_request(source, request, context, upstream_format=upstream_format, fetch=fetch)

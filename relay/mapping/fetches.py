@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from relay.errors import MappingError
+from relay.bodies import parse_body
+from relay.errors import MappingError, RequestRejected
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.model import FetchSpec
@@ -22,13 +24,17 @@ from relay.mapping.templates import template_pieces
 from relay.mapping.transforms import scalar_text
 from relay.settings import shown_url
 
-__all__ = ["FETCHED", "Fetch", "FetchRequest", "SettingUnset", "build_request", "fetch_texts", "with_fetched"]
+__all__ = [
+    "FETCHED",
+    "Fetch",
+    "FetchRequest",
+    "answer_from_file",
+    "build_request",
+    "unset_settings",
+    "with_fetched",
+]
 
 FETCHED = "fetched"  # the payload's key under which the rules find the fetched documents
-
-
-class SettingUnset(MappingError):
-    """A setting a fetch needs (the API's token) is not set."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,24 @@ class FetchRequest:
 SECRET_SETTING = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CREDENTIAL|SIGNATURE|SESSION|COOKIE", re.IGNORECASE)
 
 
-def fetch_texts(spec: FetchSpec) -> list[str]:
-    """The texts of a fetch that may reference settings: its URL and its header values."""
-    return [spec.url, *(value for _name, value in spec.headers)]
+def unset_settings(spec: FetchSpec, env: Mapping[str, str]) -> list[str]:
+    """The settings a fetch references (in its URL and header values) that are unset with no default."""
+    texts = [spec.url, *(value for _name, value in spec.headers)]
+    return envrefs.missing([ref for text in texts for ref in envrefs.find_refs(text)], env)
+
+
+def answer_from_file(name: str, path: Path) -> Any:
+    """The API's answer to fetch `name` as a file gives it (`preview --fetched`, an example's `fetched`).
+
+    Raises:
+        MappingError: the file cannot be read, or is not JSON.
+    """
+    try:
+        return parse_body(path.read_bytes(), "application/json")
+    except OSError as exc:
+        raise MappingError(f"fetch {name}: the answer in {path}: {exc.strerror}") from None
+    except RequestRejected as exc:
+        raise MappingError(f"fetch {name}: the answer in {path}: {exc.detail}") from None
 
 
 def with_fetched(payload: Any, documents: Mapping[str, Any]) -> Any:
@@ -88,7 +109,7 @@ def _render(spec: FetchSpec, template: str, data: Any, env: Mapping[str, str], *
                     continue
                 value = piece.resolve(env)
                 if value is None:
-                    raise SettingUnset(f"fetch {spec.name} needs {piece.name}, which is not set")
+                    raise MappingError(f"fetch {spec.name} needs {piece.name}, which is not set")
                 pieces.append(value)
                 shown.append("***" if SECRET_SETTING.search(piece.name) else value)
             continue

@@ -47,17 +47,37 @@ __all__ = ["SOURCE_NAME", "MappingFileSchema"]
 SOURCE_NAME = re.compile(r"[a-z0-9_]{1,64}\Z")  # a source's name: its hook URL, its files, a store column of 64
 HEADER_NAME_PATTERN = r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z"
 HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+# A top-level field of a JSON body that auth reads (a signed timestamp, a recipient).
+TOP_LEVEL_FIELD = validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a top-level field's name")
 
 
-class Expression(fields.String):
-    """A JMESPath expression, checked when the file loads."""
+def _query_parameter(use: str) -> list[validate.Validator]:
+    """A parameter of the hook's URL that a mapping names; never `token`, the hook's secret."""
+    return [
+        validate.Regexp(r"\A[A-Za-z0-9_.-]{1,64}\Z", error="a query parameter's name: letters, digits, _ . -"),
+        validate.NoneOf(["token"], error=f"`token` is the hook's secret, never {use}"),
+    ]
+
+
+class CheckedText(fields.String):
+    """Text that `problem` finds nothing wrong with when the file loads."""
+
+    def problem(self, text: str) -> str | None:
+        return None
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        problem = expression_problem(text)
+        problem = self.problem(text)
         if problem:
             raise ValidationError(problem)
         return text
+
+
+class Expression(CheckedText):
+    """A JMESPath expression."""
+
+    def problem(self, text: str) -> str | None:
+        return expression_problem(text)
 
 
 class EnvOr(fields.Field[Any]):
@@ -358,10 +378,7 @@ class AuthSchema(StrictSchema):
     # rsa (Adobe I/O Events): signatures of the body by the provider's published keys, fetched from keys_url
     rsa_signatures = fields.List(fields.Nested(RsaSignatureSchema), load_default=list)
     keys_url = fields.String(load_default=None, validate=validate.Length(max=500))
-    recipient_field = fields.String(
-        load_default=None,
-        validate=validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a top-level field's name"),
-    )
+    recipient_field = fields.String(load_default=None, validate=TOP_LEVEL_FIELD)
     secret = SecretRef()
     secrets = fields.List(SecretRef())
     header = fields.String()
@@ -375,10 +392,7 @@ class AuthSchema(StrictSchema):
     timestamp_field = fields.String(load_default="t")
     signature_field = fields.String(load_default="v1")
     timestamp_header = fields.String(load_default=None)
-    timestamp_body_field = fields.String(
-        load_default=None,
-        validate=validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a top-level field's name"),
-    )
+    timestamp_body_field = fields.String(load_default=None, validate=TOP_LEVEL_FIELD)
     timestamp_unit = fields.String(load_default="s", validate=validate.OneOf(["s", "ms"]))
     tolerance = fields.Integer(load_default=None, validate=validate.Range(min=1))
     key_encoding = fields.String(load_default=None, validate=validate.OneOf(["text", "hex", "base64"]))
@@ -547,15 +561,11 @@ class CorsSchema(StrictSchema):
     )
 
 
-class Template(fields.String):
-    """A text with `{expression}` placeholders and `${NAME}` settings, checked when the file loads."""
+class Template(CheckedText):
+    """A text with `{expression}` placeholders and `${NAME}` settings."""
 
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        problem = _template_problem(text)
-        if problem:
-            raise ValidationError(problem)
-        return text
+    def problem(self, text: str) -> str | None:
+        return _template_problem(text)
 
 
 FETCH_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")  # read by the rules as `fetched.<name>`: a plain JMESPath name
@@ -592,13 +602,7 @@ class FetchSchema(StrictSchema):
 
 
 class ChallengeSchema(StrictSchema):
-    query = fields.String(
-        required=True,
-        validate=[
-            validate.Regexp(r"\A[A-Za-z0-9_.-]{1,64}\Z", error="a query parameter's name: letters, digits, _ . -"),
-            validate.NoneOf(["token"], error="`token` is the hook's secret"),
-        ],
-    )
+    query = fields.String(required=True, validate=_query_parameter("a challenge"))
 
 
 class EventSchema(StrictSchema):
@@ -606,13 +610,7 @@ class EventSchema(StrictSchema):
     path = Expression(load_default=None)
     # A parameter of the hook's URL (`?topic=orders/create`), for a provider that names no event in its
     # request but lets its owner give each event an address of its own (InSales).
-    query = fields.String(
-        load_default=None,
-        validate=[
-            validate.Regexp(r"\A[A-Za-z0-9_.-]{1,64}\Z", error="a query parameter's name: letters, digits, _ . -"),
-            validate.NoneOf(["token"], error="`token` is the hook's secret, never an event"),
-        ],
-    )
+    query = fields.String(load_default=None, validate=_query_parameter("an event"))
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:

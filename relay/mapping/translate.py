@@ -20,8 +20,8 @@ from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
-from relay.mapping.fetches import Fetch, SettingUnset, build_request, fetch_texts, with_fetched
-from relay.mapping.model import FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
+from relay.mapping.fetches import Fetch, build_request, unset_settings, with_fetched
+from relay.mapping.model import FetchSpec, FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
 from relay.upstream.request import UpstreamCall, request_problems
@@ -30,8 +30,7 @@ __all__ = [
     "Translation",
     "TranslateContext",
     "event_of",
-    "ignored_whatever_fetched",
-    "nothing_to_fetch",
+    "ignored_at_ingress",
     "select_rule",
     "translate",
     "unmatched_reason",
@@ -93,27 +92,36 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
     return None
 
 
-def nothing_to_fetch(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> bool:
-    """Whether the worker would fetch nothing for this payload: no fetch applies to its event and content,
-    or each that does is `optional` and lacks a setting (Paddle's transactions without PADDLE_API_KEY). The
-    rules then see the payload with an empty `fetched`, at the ingress as in the worker."""
+def ignored_at_ingress(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> str | None:
+    """Why the ingress answers a webhook `ignored` (nothing stored), or None when it is taken: the worker's
+    own decision (`translate`), as far as the ingress can know it without the documents the worker fetches."""
+    if source.fetches and not _nothing_to_fetch(source, data, event, env):
+        settled = _ignored_whatever_fetched(source, event)
+        return settled[1] if settled is not None else None
+    rule = select_rule(source, with_fetched(data, {}) if source.fetches else data, event)
+    return unmatched_reason(event) if rule is None else rule.ignore
+
+
+def _applies(spec: FetchSpec, view: Any, event: str | None, env: Mapping[str, str]) -> bool:
+    """Whether the worker makes this fetch for this payload: its events and `when` allow it, and, for an
+    `optional` one, every setting it needs is set."""
+    if spec.events and event not in spec.events:
+        return False
+    if spec.when and not _truthy(search(spec.when, view)):
+        return False
+    return not (spec.optional and unset_settings(spec, env))
+
+
+def _nothing_to_fetch(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> bool:
+    """Whether the worker would fetch nothing for this payload (Paddle's transactions without
+    PADDLE_API_KEY): the rules then see the payload with an empty `fetched`, at the ingress as in the worker."""
     if not isinstance(data, dict):
         return False
     view = with_fetched(data, {})
-    for spec in source.fetches:
-        if spec.events and event not in spec.events:
-            continue
-        if spec.when and not _truthy(search(spec.when, view)):
-            continue
-        if spec.optional and envrefs.missing(
-            [ref for text in fetch_texts(spec) for ref in envrefs.find_refs(text)], env
-        ):
-            continue
-        return False
-    return True
+    return not any(_applies(spec, view, event, env) for spec in source.fetches)
 
 
-def ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | None, str] | None:
+def _ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | None, str] | None:
     """(the rule, why) when this event is ignored whatever the source's fetched documents hold; else None.
 
     For a source that fetches, a rule's `when` may read `fetched.<name>`, which only the worker has: the
@@ -136,18 +144,9 @@ def _fetch_documents(source: Source, data: Any, event: str | None, fetch: Fetch,
     documents: dict[str, Any] = {}
     view = with_fetched(data, documents)
     for spec in source.fetches:
-        if spec.events and event not in spec.events:
-            continue
-        if spec.when and not _truthy(search(spec.when, view)):
-            continue
-        try:
-            request = build_request(spec, view, env)
-        except SettingUnset:
-            if spec.optional:
-                continue
-            raise
-        documents[spec.name] = fetch(request)
-        view = with_fetched(data, documents)
+        if _applies(spec, view, event, env):
+            documents[spec.name] = fetch(build_request(spec, view, env))
+            view = with_fetched(data, documents)
     return view
 
 
@@ -190,7 +189,7 @@ def translate(
             raise MappingError(f"payload does not fit the source's schema: {_short(exc.messages)}") from None
     event = event_of(source, data, headers)
     if source.fetches:
-        settled = ignored_whatever_fetched(source, event)
+        settled = _ignored_whatever_fetched(source, event)
         if settled is not None:
             return Translation(calls=[], rule=settled[0].name if settled[0] else None, event=event, ignored=settled[1])
         if fetch is None:
