@@ -8,16 +8,20 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.settings import Settings
 from relay.store import Store
 from relay.testing import free_port
 from relay.web import create_app
+from relay.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"
@@ -300,3 +304,37 @@ class TcpProxy:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A real HTTP server for `handler` on a free loopback port, serving from a thread of its own."""
+
+    class Quiet(handler):  # type: ignore[misc,valid-type]
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """The upstream's stand-in, served on loopback, taking the test upstream token."""
+    server = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+    yield server
+    server.stop()
+
+
+def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -> str:
+    """Process the delivery, jumping the clock past each retry time, until it settles; its status."""
+    for _ in range(rounds):
+        claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
+        if not claimed or worker.process(*claimed[0]) != "retrying":
+            break
+    delivery = store.get(delivery_id)
+    assert delivery is not None
+    return delivery.status

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from relay.errors import AuthenticationFailed, KeysUnavailable
 from relay.mapping.loader import load_sources
 from relay.web import create_app
 
-from .conftest import MAPPINGS, make_settings
+from .conftest import MAPPINGS, make_settings, serve_on_loopback
 
 SOURCE = load_sources(MAPPINGS)["adobe_commerce"]
 CLIENT_ID = "531f2f763b2f4c34b03001d8bf2bd4df"
@@ -40,8 +39,6 @@ class KeyServer:
         served = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 served.requests.append(self.path)
                 status, body = (200, pem) if self.path == KEY_PATH else (404, b"Not Found")
@@ -50,12 +47,7 @@ class KeyServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_on_loopback(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:

@@ -10,20 +10,12 @@ import pytest
 
 from relay.inbound import InboundRequest
 from relay.metrics import REGISTRY
-from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.store import Store
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, make_settings, relay_command
+from .conftest import MAPPINGS, SECRETS, drain, make_settings, relay_command
 
 FORM = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture
-def sandbox():  # type: ignore[no-untyped-def]
-    server = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -45,17 +37,6 @@ def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
 def accept(store: Store, body: bytes, key: str, *, source: str = "tilda", now: float | None = None) -> str:
     request = InboundRequest(source=source, body=body, content_type=FORM)
     return store.accept(request, dedup_key=key, status="queued", dedup_window=60, now=now).id
-
-
-def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -> str:
-    """Process the delivery, jumping the clock past each retry time, until it settles."""
-    for _ in range(rounds):
-        claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
-        if not claimed:
-            break
-        if worker.process(*claimed[0]) != "retrying":
-            break
-    return store.get(delivery_id).status
 
 
 @pytest.mark.parametrize(

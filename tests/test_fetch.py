@@ -8,9 +8,8 @@ answers the worker's fetches; the sandbox upstream takes the calls.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,12 +20,11 @@ from relay.errors import MappingError
 from relay.mapping.fetches import build_request
 from relay.mapping.loader import load_source_file
 from relay.metrics import REGISTRY
-from relay.sandbox import Sandbox, SandboxServer, default_config
-from relay.store import Store
+from relay.sandbox import SandboxServer
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, make_settings, relay_command
+from .conftest import MAPPINGS, SECRETS, drain, make_settings, relay_command, serve_on_loopback
 
 EXAMPLES = MAPPINGS / "examples" / "bigcommerce"
 STORE_HASH = "abc123"
@@ -36,21 +34,6 @@ HOOK_TOKEN = SECRETS["BIGCOMMERCE_WEBHOOK_TOKEN"]
 
 def _example(name: str) -> Any:
     return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
-
-
-def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    """A real HTTP server for `handler` on a free loopback port, serving from a thread of its own."""
-
-    class Quiet(handler):  # type: ignore[misc,valid-type]
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 class FakeBigCommerce:
@@ -120,13 +103,6 @@ def bigcommerce():  # type: ignore[no-untyped-def]
     fake.stop()
 
 
-@pytest.fixture
-def sandbox():  # type: ignore[no-untyped-def]
-    server = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
-    yield server
-    server.stop()
-
-
 def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeBigCommerce, **env: str):  # type: ignore[no-untyped-def]
     return make_settings(
         tmp_path,
@@ -159,17 +135,6 @@ def post(client: Any, sample: str, **headers: str) -> Any:
         content_type="application/json",
         headers={"X-Relay-Token": HOOK_TOKEN, **headers},
     )
-
-
-def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 8) -> str:
-    """Process the delivery, jumping the clock past each retry time, until it settles."""
-    for _ in range(rounds):
-        claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
-        if not claimed or worker.process(*claimed[0]) != "retrying":
-            break
-    delivery = store.get(delivery_id)
-    assert delivery is not None
-    return delivery.status
 
 
 def _fetch_count(outcome: str) -> float:
