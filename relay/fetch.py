@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -139,6 +140,6 @@ class Fetcher:
 
 
 def _origin(url: str) -> str:
-    """`https://api.example.com` of an address."""
-    scheme, _sep, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}"
+    """`https://api.example.com` of an address: its scheme, host and port, never credentials in it."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
