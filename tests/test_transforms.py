@@ -9,7 +9,9 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.mapping.transforms import TransformContext, apply_transform
+from relay.mapping.loader import load_source_file
+from relay.mapping.transforms import TransformContext, apply_transform, check_transform_arg
+from relay.mapping.translate import TranslateContext, translate
 
 CTX = TransformContext(phone_region="RU")
 
@@ -157,3 +159,95 @@ def test_numbers_that_json_cannot_carry_become_none(name, arg, raw, expected):
     4,300 digits json cannot write it at all.
     """
     assert apply_transform(name, arg, raw, CTX) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "arg", "expected"),
+    [
+        (6099, {"currency": "USD"}, 60.99),
+        ("65215", {"currency": "usd"}, 652.15),
+        (5000, {"currency": "JPY"}, 5000),
+        (5000, {"currency": " krw "}, 5000),
+        (6099, {"currency": "KWD"}, 6.099),
+        (12345, {"currency": "CLF"}, 1.2345),
+        (500, {"currency": "ISK"}, 500),
+        (500, {"currency": "isk", "exponents": {"ISK": 2}}, 5),
+        (500, {"currency": "MGA", "exponents": {"ISK": 2, "MGA": 0}}, 500),
+        ([1000, 250], {"currency": "EUR"}, [10, 2.5]),
+        (1000, {"currency": "XAU"}, None),  # gold has no minor unit
+        (1000, {"currency": "ZZZ"}, None),
+        (1000, {"currency": None}, None),
+        (1000, {"currency": ["USD"]}, None),
+        ("not a number", {"currency": "USD"}, None),
+        (None, {"currency": "USD"}, None),
+    ],
+)
+def test_minor_units_read_the_currencys_decimals(raw, arg, expected):
+    """An amount in the smallest unit becomes whole units by ISO 4217: a yen is not a cent.
+
+    An unknown currency leaves the amount out: counted as cents it could be 100 times too much.
+    """
+    assert apply_transform("minor_units", arg, raw, CTX) == expected
+
+
+@pytest.mark.parametrize(
+    ("arg", "problem"),
+    [
+        ({"currency_path": "currency"}, None),
+        ({"currency": "JPY"}, None),
+        ({"currency": "${SHOP_CURRENCY}"}, None),
+        ({"currency_path": "currency", "exponents": {"ISK": 2}}, None),
+        (None, "minor_units needs the currency"),
+        ({}, "minor_units needs the currency"),
+        ({"currency": "USD", "currency_path": "c"}, "minor_units needs the currency"),
+        ({"currency": "DOLLARS"}, "'DOLLARS' is not an ISO 4217 currency"),
+        ({"currency": "XAU"}, "'XAU' is not an ISO 4217 currency"),
+        ({"currency_path": "currency["}, "invalid expression"),
+        ({"currency_path": "c", "exponent": {"ISK": 2}}, "not exponent"),
+        ({"currency_path": "c", "exponents": {"isk": 2}}, "exponents are currency codes"),
+        ({"currency_path": "c", "exponents": {"ISK": 5}}, "exponents are currency codes"),
+        ({"currency_path": "c", "exponents": {"ISK": True}}, "exponents are currency codes"),
+        ({"currency_path": "c", "exponents": [2]}, "exponents are currency codes"),
+    ],
+)
+def test_minor_units_arguments_are_checked_when_the_file_loads(arg, problem):
+    found = check_transform_arg("minor_units", arg)
+    assert found is None if problem is None else problem in (found or ""), found
+
+
+CURRENCY_MAPPING = """version: 1
+source: shop
+auth: {scheme: token, secret: "${SHOP_TOKEN}"}
+rules:
+  - name: order
+    method: profiles/import
+    match:
+      email: {path: email, transform: email}
+    fields:
+      revenue: {op: incr, value: {path: total, transform: {minor_units: {currency_path: currency}}}}
+      phones: {path: phone, transform: [{phone: {region_path: country}}, list]}
+"""
+
+
+def _translated_fields(tmp_path, payload, env=None):
+    path = tmp_path / "shop.yaml"
+    path.write_text(CURRENCY_MAPPING)
+    source, problems = load_source_file(path)
+    assert source is not None, problems
+    result = translate(source, payload, context=TranslateContext(env=env or {}, phone_region="RU"))
+    return result.calls[0].body["data"]
+
+
+def test_a_currency_and_a_country_are_read_from_the_payload(tmp_path):
+    payload = {"email": "a@example.com", "total": 5000, "currency": "jpy", "phone": "(555) 555-5555", "country": "us"}
+    data = _translated_fields(tmp_path, payload)
+    assert data["revenue"] == {"action": "incr", "value": 5000}
+    assert data["phones"] == ["+15555555555"]
+
+
+def test_a_payloads_text_never_names_a_setting(tmp_path):
+    """A buyer's `${NAME}` in the payload is text, not a reference: no setting decides the amount or the region."""
+    payload = {"email": "a@example.com", "total": 5000, "currency": "${CUR}", "phone": "89123456789", "country": "${C}"}
+    data = _translated_fields(tmp_path, payload, env={"CUR": "JPY", "C": "US"})
+    assert "revenue" not in data  # not a currency: left out, not counted as cents
+    assert data["phones"] == ["+79123456789"]  # not a country: the default region

@@ -20,8 +20,9 @@ from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from iso4217 import Currency
 
-__all__ = ["TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg", "scalar_text"]
+__all__ = ["PATH_ARGUMENTS", "TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg", "scalar_text"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def _phone(value: Any, arg: Any, ctx: TransformContext) -> str | None:
     if not text or _LETTERS_IN_PHONE.search(text.replace("ext", "")):
         return None
     region = (arg or {}).get("region") if isinstance(arg, dict) else arg
+    if not (isinstance(region, str) and len(region) == 2 and region.isalpha()):
+        region = None  # the payload's country is missing or not a code: the default region, not a lost phone
     if isinstance(value, (int, float)) and len(text) >= 11:
         text = "+" + text  # a JSON number such as 15550000000 carries its country code
     return _e164(text, (region or ctx.phone_region).upper())
@@ -338,6 +341,29 @@ def _scale(value: Any, arg: Any, ctx: TransformContext) -> Any:
     return _plain_number(Decimal(str(number)) * Decimal(str(arg)))
 
 
+def _minor_units(value: Any, arg: Any, ctx: TransformContext) -> Any:
+    """An amount in the currency's smallest unit (cents for USD, yen for JPY, fils for KWD) in whole units."""
+    number = _number(value, None, ctx)
+    exponent = _currency_exponent(arg.get("currency"), arg.get("exponents") or {})
+    if number is None or exponent is None:
+        return None
+    return _plain_number(Decimal(str(number)).scaleb(-exponent))
+
+
+def _currency_exponent(code: Any, exponents: Mapping[str, int]) -> int | None:
+    """How many decimals the currency's minor unit has: the mapping's own word first, then ISO 4217's."""
+    if not isinstance(code, str):
+        return None
+    code = code.strip().upper()
+    if code in exponents:
+        return exponents[code]
+    try:
+        exponent: int | None = Currency(code).exponent
+    except ValueError:
+        return None  # not an ISO 4217 code: no guess, the amount is left out rather than counted 100 times over
+    return exponent
+
+
 def _prefix(value: Any, arg: Any, _ctx: TransformContext) -> Any:
     text = scalar_text(value)
     return f"{arg}{text}" if text else None
@@ -366,7 +392,11 @@ TRANSFORMS: dict[str, Transform] = {
     "list": _list,
     "unique": _unique,
     "scale": _each(_scale),
+    "minor_units": _each(_minor_units),
 }
+
+# Arguments that name a payload expression: the translator reads `<name>_path` and passes its value as `<name>`.
+PATH_ARGUMENTS: dict[str, str] = {"phone": "region_path", "minor_units": "currency_path"}
 
 
 def _arg_problem(name: str, arg: Any) -> str | None:
@@ -394,12 +424,42 @@ def _arg_problem(name: str, arg: Any) -> str | None:
         if isinstance(arg, bool) or not isinstance(arg, (int, float)):
             return "scale takes a number, e.g. {scale: 0.01} for cents"
         return None
+    if name == "minor_units":
+        return _minor_units_problem(arg)
     if name in ("split", "join", "prefix"):
         if arg is not None and not isinstance(arg, str):
             return f"{name} takes a text argument"
         return None
     if arg is not None:
         return f"{name} takes no argument"
+    return None
+
+
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+_MINOR_UNITS_USE = "minor_units needs the currency: {minor_units: {currency_path: data.currency}} or {currency: JPY}"
+
+
+def _minor_units_problem(arg: Any) -> str | None:
+    if not isinstance(arg, dict) or len({"currency", "currency_path"} & arg.keys()) != 1:
+        return _MINOR_UNITS_USE
+    unknown = arg.keys() - {"currency", "currency_path", "exponents"}
+    if unknown:
+        return f"minor_units takes currency or currency_path, and exponents; not {', '.join(sorted(unknown))}"
+    exponents = arg.get("exponents", {})
+    if not isinstance(exponents, dict) or not all(
+        isinstance(code, str) and _CURRENCY_CODE.fullmatch(code) and type(digits) is int and 0 <= digits <= 4
+        for code, digits in exponents.items()
+    ):
+        return "minor_units exponents are currency codes with their decimals, e.g. {exponents: {ISK: 2, MGA: 0}}"
+    if "currency_path" in arg:
+        from relay.mapping.expressions import expression_problem
+
+        return expression_problem(str(arg["currency_path"]))
+    currency = arg["currency"]
+    if isinstance(currency, str) and currency.startswith("${"):
+        return None
+    if _currency_exponent(currency, exponents) is None:
+        return f"minor_units: {currency!r} is not an ISO 4217 currency with a minor unit"
     return None
 
 

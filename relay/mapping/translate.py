@@ -23,7 +23,7 @@ from relay.mapping.expressions import search
 from relay.mapping.fetches import Fetch, build_request, unset_settings, with_fetched
 from relay.mapping.model import FetchSpec, FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
-from relay.mapping.transforms import TransformContext, apply_transform, scalar_text
+from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = [
@@ -232,18 +232,25 @@ class _Builder:
         else:
             value = self._literal(spec.value)
         for name, arg in spec.transforms:
-            if name == "phone" and isinstance(arg, dict) and "region_path" in arg:
-                # The country the payload names (billing country) beats the default region.
-                region = search(str(arg["region_path"]), self.payload)
-                valid = isinstance(region, str) and len(region) == 2 and region.isalpha()
-                arg = {"region": region} if valid else None
-            value = apply_transform(name, self._literal(arg), value, self.transform_ctx)
+            value = apply_transform(name, self._argument(name, arg), value, self.transform_ctx)
         if _empty(value):
             value = self._literal(spec.default)
         if _empty(value):
             return None
         # Containers are copied so a call never shares (and mutates) the payload's objects.
         return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+    def _argument(self, transform: str, arg: Any) -> Any:
+        """A transform's argument with settings filled in, and its `<name>_path` read from the payload as `<name>`.
+
+        The payload's value is never searched for `${...}`: a buyer's text cannot name a setting.
+        """
+        path_key = PATH_ARGUMENTS.get(transform)
+        if path_key is None or not isinstance(arg, dict) or path_key not in arg:
+            return self._literal(arg)
+        resolved = {key: self._literal(item) for key, item in arg.items() if key != path_key}
+        resolved[path_key.removesuffix("_path")] = search(str(arg[path_key]), self.payload)
+        return resolved
 
     def _literal(self, value: Any) -> Any:
         if isinstance(value, str):
