@@ -20,7 +20,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from relay.mapping.schema import SOURCE_NAME
 from relay.replay_check import CHECKED_OVER_HTTP, check_replay
 from relay.settings import Settings
-from relay.store import DELIVERY_ID, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
+from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = [
     "admin_blueprint",
@@ -58,14 +58,23 @@ def parse_time(text: str | None) -> float | None:
 NOT_REPLAYABLE = "only failed and held deliveries replay; those that are {status} never do"
 
 
+def replay_refusal(status: str | None) -> str | None:
+    """Why a replay filtered by `status` (`failed/rejected` included) would take nothing, or None."""
+    if status and status.partition("/")[0] not in REPLAYABLE:
+        return NOT_REPLAYABLE.format(status=status)
+    return None
+
+
 def checked_status(text: str) -> str:
-    """A delivery status, as given.
+    """A delivery status, as given: `failed`, or a failure's reason too, `failed/rejected`.
 
     Raises:
         ValueError: not one of the statuses.
     """
-    if text not in STATUSES:
-        raise ValueError(f"{text!r} is not one of {', '.join(STATUSES)}")
+    name, slash, reason = text.partition("/")
+    if name not in STATUSES or (slash and (name != "failed" or reason not in FAILURE_REASONS)):
+        failures = ", ".join(f"failed/{reason}" for reason in FAILURE_REASONS)
+        raise ValueError(f"{text[:80]!r} is not one of {', '.join(STATUSES)}, {failures}")
     return text
 
 
@@ -296,8 +305,9 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
         filters = _filters()
         if not any(filters.values()):
             abort(400, description="give at least one filter: status, source, since or until")
-        if filters["status"] and filters["status"] not in REPLAYABLE:
-            abort(400, description=NOT_REPLAYABLE.format(status=filters["status"]))
+        refusal = replay_refusal(filters["status"])
+        if refusal:
+            abort(400, description=refusal)
         if request.args.get("dry_run", "").lower() in ("1", "true", "yes"):
             found = store.replayable(**filters)
             answer: dict[str, Any] = {"would_replay": sum(found.values()), "by_status": found}

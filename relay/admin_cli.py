@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from relay.admin_api import NOT_REPLAYABLE, deliveries_overview, delivery_detail, delivery_summary, parse_time
+from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
 from relay.replay_check import check_delivery, check_replay
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
@@ -76,8 +76,9 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         if not any(filters.values()):
             print("relay: give an id, or a filter (--status, --source, --since, --until)", file=sys.stderr)
             return 1
-        if filters["status"] and filters["status"] not in REPLAYABLE:
-            print("relay: " + NOT_REPLAYABLE.format(status=filters["status"]), file=sys.stderr)
+        refusal = replay_refusal(filters["status"])
+        if refusal:
+            print("relay: " + refusal, file=sys.stderr)
             return 1
         if args.dry_run:
             found = store.replayable(**filters)

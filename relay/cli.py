@@ -104,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_filters(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--status", type=_status, help="queued, delivering, delivered, retrying, held or failed")
+    command.add_argument(
+        "--status",
+        type=_status,
+        help="queued, delivering, delivered, retrying, held or failed; failed/mapping, failed/rejected or "
+        "failed/exhausted for one reason",
+    )
     command.add_argument("--source", type=_source)
     command.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
     command.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")

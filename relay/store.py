@@ -47,6 +47,7 @@ from sqlalchemy import (
     event,
     func,
     null,
+    or_,
     select,
     text,
     union_all,
@@ -73,6 +74,7 @@ from relay.store_writes import (
 __all__ = [
     "CONTENT_TYPE_LENGTH",
     "DELIVERY_ID",
+    "FAILURE_REASONS",
     "REPLAYABLE",
     "STATUSES",
     "Attempt",
@@ -87,6 +89,7 @@ REPLAYABLE = ("failed", "held")
 REPLAY_BATCH = 200  # deliveries a replay transaction: SQLite's write lock for 18 ms at most
 DUE = ("queued", "retrying")
 PROBLEM_STATUSES = ("failed", "retrying")  # deliveries whose detail says what went wrong
+FAILURE_REASONS = ("mapping", "rejected", "exhausted")  # a filter's `failed/rejected`, as `overview` prints it
 PROBLEMS_SHOWN = 10
 T = TypeVar("T")
 # The size SQLite cuts its WAL file back to once a checkpoint has emptied it. A read that lasts (a backup
@@ -684,7 +687,11 @@ class Store:
         rare = bool(statuses) and "delivered" not in statuses
         if statuses:
             by_status = deliveries.c.status if rare else _unindexed(deliveries.c.status)
-            conditions.append(by_status.in_(statuses))
+            plain = [name for name in statuses if "/" not in name]
+            chosen = [by_status.in_(plain)] if plain else []
+            for name, _, reason in (name.partition("/") for name in statuses if "/" in name):
+                chosen.append(and_(by_status == name, deliveries.c.reason == reason))  # `failed/rejected`
+            conditions.append(or_(*chosen) if len(chosen) > 1 else chosen[0])
         if source:
             conditions.append((_unindexed(deliveries.c.source) if rare else deliveries.c.source) == source)
         # The id bounds are implied by the time bounds (ids start with the arrival's milliseconds) and let

@@ -247,6 +247,14 @@ def test_overview_says_what_went_wrong_most_common_first(tmp_path):
     assert lines[first + 4].split() == ["2", "shopify", "failed/rejected", ids[4]]
     assert lines[first + 5] == " " * 10 + ("HTTP 400, error 3: " + "bad field " * 30)[:157] + "..."
     assert len(lines) == first + 6
+    # The status column, as printed, is a filter: the problem fixed, only its deliveries are replayed.
+    env = {**ENV, "RELAY_DATABASE_URL": url}
+    rejected = relay_command("deliveries", "--status", "failed/rejected", env=env)
+    assert [line.split()[0] for line in rejected.stdout.splitlines()] == [ids[4], ids[3]]
+    counted = relay_command("replay", "--status", "failed/mapping", "--dry-run", env=env)
+    assert counted.stdout.startswith("would replay 3 deliveries: failed/mapping 3\n"), counted.stderr
+    replayed = relay_command("replay", "--status", "failed/rejected", env=env)
+    assert (replayed.returncode, replayed.stdout) == (0, "replayed 2 deliveries (held)\n"), replayed.stderr
 
 
 def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):

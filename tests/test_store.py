@@ -175,8 +175,14 @@ def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
     found = store.replayable(source=source)
     assert found == {"failed/mapping": 2, "failed/rejected": 1, "held": 1}
     assert store.replayable(source=source, status="held") == {"held": 1}
+    assert store.replayable(source=source, status="failed/mapping") == {"failed/mapping": 2}
+    assert store.replayable(source=source, status="failed/exhausted") == {}
+    rejected = store.list_deliveries(source=source, status="failed/rejected")
+    assert [d.id for d in rejected] == [queued[2]]
     assert store.get(held).status == "held" and store.get(queued[0]).status == "failed"
-    assert store.replay_matching(source=source) == sum(found.values())
+    assert store.replay_matching(source=source, status="failed/rejected") == 1  # the reason fixed: only those
+    assert store.get(queued[2]).status == "queued" and store.get(queued[0]).status == "failed"
+    assert store.replay_matching(source=source) == sum(found.values()) - 1
 
 
 def test_counts_by_source_status_and_reason(store):
@@ -672,6 +678,8 @@ def _check_admin_filters(client: Any) -> None:
         ("get", "/admin/api/deliveries?until=nan", "until 'nan' is neither an ISO 8601 time"),
         ("post", "/admin/api/replay?status=faild", "status 'faild' is not one of"),
         ("post", "/admin/api/replay?status=delivered", "only failed and held deliveries replay"),
+        ("get", "/admin/api/deliveries?status=failed/late", "status 'failed/late' is not one of"),
+        ("get", "/admin/api/deliveries?status=held/mapping", "status 'held/mapping' is not one of"),
         ("get", "/admin/api/deliveries?limit=many", "limit must be a whole number"),
         ("get", "/admin/api/deliveries?source=Tilda", "source 'Tilda' is not a source name"),
         ("get", "/admin/api/overview?source=x%00y", "source 'x\\x00y' is not a source name"),
@@ -721,6 +729,8 @@ def test_a_replay_dry_run_counts_what_the_replay_then_takes_and_changes_nothing(
     failed_only = client.post("/admin/api/replay?status=failed&dry_run=true", headers=auth).json
     assert failed_only["would_replay"] == 4
     assert failed_only["by_status"] == {"failed/mapping": 3, "failed/rejected": 1}
+    one_reason = client.post("/admin/api/replay?status=failed/rejected&dry_run=1", headers=auth).json
+    assert one_reason["would_replay"] == 1 and one_reason["by_status"] == {"failed/rejected": 1}
     assert store.counts() == before
     assert client.post("/admin/api/replay?source=tilda", headers=auth).json == {"replayed": 4}
     assert client.post("/admin/api/replay?source=tilda&dry_run=1", headers=auth).json == {
