@@ -245,8 +245,10 @@ class _Builder:
 
         The payload's value is never searched for `${...}`: a buyer's text cannot name a setting.
         """
+        if not isinstance(arg, dict):
+            return self._literal(arg) if arg is not None else None  # most transforms take no argument
         path_key = PATH_ARGUMENTS.get(transform)
-        if path_key is None or not isinstance(arg, dict) or path_key not in arg:
+        if path_key is None or path_key not in arg:
             return self._literal(arg)
         resolved = {key: self._literal(item) for key, item in arg.items() if key != path_key}
         resolved[path_key.removesuffix("_path")] = search(str(arg[path_key]), self.payload)
