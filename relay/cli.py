@@ -446,6 +446,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         for rule in source.rules:
             events = ", ".join(rule.events) if rule.events else "any event"
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
+            if rule.order is not None and rule.ignore is None:
+                what += " + market/orders/import (when its endpoint is set)"
             forwards.append(f"{rule.name}: {events} -> {what}")
         print("  rules:    " + "\n            ".join(forwards))
     return 0

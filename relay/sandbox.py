@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from relay.bodies import parse_body
 from relay.errors import RequestRejected
-from relay.upstream.contract import CHANNELS, MATCHING_MODES, SUBSCRIPTION_STATUSES
+from relay.upstream.contract import CHANNELS, MATCHING_MODES, ORDER_STATUSES, ORDERS_METHOD, SUBSCRIPTION_STATUSES
 from relay.upstream.xmlbody import to_xml
 
 __all__ = ["Sandbox", "SandboxServer", "cmd_sandbox", "default_config"]
@@ -77,8 +77,10 @@ def default_config(tokens: list[str] | None = None) -> dict[str, Any]:
         },
         "resources": {"1": {"channels": list(CHANNELS)}},
         "segments": [1, 2],
-        "tokens": {token: {"dbs": [1]} for token in (tokens or ["sandbox-token"])},
+        "tokens": {token: {"dbs": [1], "market": True} for token in (tokens or ["sandbox-token"])},
         "unknown_fields": "reject",
+        # The market module's currencies: an order in any other is refused, as the account's would be.
+        "currencies": ["USD", "EUR", "GBP", "CAD", "RUB", "JPY", "KZT"],
     }
 
 
@@ -125,6 +127,7 @@ class Sandbox:
             self.chaos: dict[str, Any] = {}
             self.tariff_exhausted = False
             self.applied = 0
+            self.orders: dict[str, dict[str, Any]] = {}  # market/orders/import, by external_id
             self.rng = random.Random(self.config.get("seed", 0))  # noqa: S311 - fault injection, not crypto
 
     # -- entry point ------------------------------------------------------
@@ -167,7 +170,7 @@ class Sandbox:
             request = self._parse(headers, body)
             want_xml = want_xml or request.get("format") == "xml"
             token = request.get("token") or _bearer(headers) or query.get("token")
-            result = self._call(method, request, token)
+            result = self._call(method, request, token, from_xml="xml" in headers.get("content-type", ""))
             self._log(method, request, "ok")
             answer = _answer(200, {"error": 0, "error_text": "Successful operation", **result}, want_xml)
             return _shaped(answer, fault)
@@ -216,8 +219,8 @@ class Sandbox:
         return dict(data)
 
     # -- the API ----------------------------------------------------------
-    def _call(self, method: str, request: dict[str, Any], token: Any) -> dict[str, Any]:
-        if method not in ("profiles/update", "profiles/import", "profiles/get"):
+    def _call(self, method: str, request: dict[str, Any], token: Any, *, from_xml: bool = False) -> dict[str, Any]:
+        if method not in ("profiles/update", "profiles/import", "profiles/get", ORDERS_METHOD):
             raise _Refused(404, f"Unknown method {method}")
         if not token:
             raise _Refused(401, "API token required")
@@ -226,6 +229,10 @@ class Sandbox:
             raise _Refused(403, "Access denied")
         if self.tariff_exhausted:
             raise _Refused(402, "Tariff limit reached")
+        if method == ORDERS_METHOD:
+            if not grant.get("market"):
+                raise _Refused(403, "Access denied: the token has no market role")
+            return self._import_orders(request, grant, from_xml)
         db_id = request.get("db_id")
         if isinstance(db_id, bool) or not isinstance(db_id, int):
             raise _Refused(400, "Incorrect request: db_id must be an integer")
@@ -267,6 +274,75 @@ class Sandbox:
             self._apply(profile, changes, request)
             self.applied += 1
             return {"profile_id": profile.id}
+
+    # -- market/orders/import ----------------------------------------------
+    def _import_orders(self, request: dict[str, Any], grant: dict[str, Any], from_xml: bool) -> dict[str, Any]:
+        """Store each order by its external_id (a repeat replaces it), tied to the profile its matching keys
+        find in the token's databases; every order is checked before any is kept."""
+        unknown = set(request) - {"token", "data", "skip_triggers", "custom_fields", "custom_line_statuses"}
+        if unknown:
+            raise _Refused(400, f"Incorrect request: unknown parameter {sorted(unknown)[0]}")
+        orders = request.get("data")
+        if isinstance(orders, dict) and from_xml:
+            orders = [orders]  # one <data> element
+        if not isinstance(orders, list) or not orders:
+            raise _Refused(400, "Incorrect request: data must be a list of orders")
+        checked = [self._order(order, n, from_xml) for n, order in enumerate(orders)]
+        with self.lock:
+            for order in checked:
+                found = [
+                    profile
+                    for db_id in grant.get("dbs", [])
+                    if str(db_id) in self.config["databases"]
+                    for profile in self._find(db_id, order["matching"], order)
+                ]
+                order["profile_id"] = found[0].id if len(found) == 1 else None
+                self.orders[order["external_id"]] = order
+        return {"error_text": ""}
+
+    def _order(self, given: Any, n: int, from_xml: bool) -> dict[str, Any]:
+        where = f"data.{n}"
+        if not isinstance(given, dict):
+            raise _Refused(400, f"Incorrect request: {where} must be an order object")
+        order: dict[str, Any] = {key: _text_of(value, from_xml) for key, value in given.items()}
+        for key in ("external_id", "endpoint", "total_price", "currency", "status"):
+            if not isinstance(order.get(key), str) or not order[key]:
+                raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
+        if order["status"] not in ORDER_STATUSES:
+            raise _Refused(400, f"Incorrect request: {where}.status must be one of {', '.join(ORDER_STATUSES)}")
+        for key in ("total_price", "delivery_cost"):
+            if key in order and not _PRICE.fullmatch(str(order[key])):
+                raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
+        if order["currency"] not in self.config.get("currencies", []):
+            raise _Refused(400, f"Incorrect request: currency {order['currency']} is not configured")
+        matching = order.setdefault("matching", "email")
+        required, one_of = MATCHING_MODES.get(matching, ((), ("?",)))
+        if matching not in MATCHING_MODES or any(order.get(key) in (None, "") for key in required):
+            raise _Refused(400, f"Incorrect request: {where}: the buyer's keys for matching {matching}")
+        if one_of and not any(order.get(key) not in (None, "") for key in one_of):
+            raise _Refused(400, f"Incorrect request: {where}: {' or '.join(one_of)} for matching {matching}")
+        lines = order.get("lines")
+        if isinstance(lines, dict) and from_xml:
+            lines = [lines]
+        if not isinstance(lines, list) or not lines:
+            raise _Refused(400, f"Incorrect request: {where}.lines must hold at least one line")
+        order["lines"] = [self._line(line, f"{where}.lines.{i}", from_xml) for i, line in enumerate(lines)]
+        return order
+
+    def _line(self, given: Any, where: str, from_xml: bool) -> dict[str, Any]:
+        if not isinstance(given, dict):
+            raise _Refused(400, f"Incorrect request: {where} must be a line object")
+        count = given.get("count")
+        line: dict[str, Any] = {k: _text_of(v, from_xml) if k != "count" else v for k, v in given.items()}
+        for key in ("external_id", "product"):
+            if not isinstance(line.get(key), str) or not line[key]:
+                raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise _Refused(400, f"Incorrect request: {where}.count must be a whole number of at least 1")
+        for key in ("base_price_per_item", "min_price_per_item", "final_price_per_item"):
+            if key in line and not (isinstance(line[key], str) and _PRICE.fullmatch(line[key])):
+                raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
+        return line
 
     def _find(self, db_id: int, matching: str, request: dict[str, Any]) -> list[Profile]:
         email = str(request.get("email", "")).strip().lower()
@@ -551,6 +627,8 @@ class Sandbox:
                 return _json(200, {"requests": self.requests, "applied": self.applied})
             if name == "profiles" and verb == "GET":
                 return _json(200, {"profiles": [self._export(p) for p in self.profiles.values()]})
+            if name == "orders" and verb == "GET":
+                return _json(200, {"orders": list(self.orders.values())})
         return _json(404, {"error": 404, "error_text": "unknown control"})
 
 
@@ -574,6 +652,17 @@ def _phone_key(value: Any) -> str:
 def _bearer(headers: dict[str, str]) -> str | None:
     value = headers.get("authorization", "")
     return value[7:].strip() if value.lower().startswith("bearer ") else None
+
+
+_PRICE = re.compile(r"\d{1,15}(\.\d{1,6})?")
+
+
+def _text_of(value: Any, from_xml: bool) -> Any:
+    """An order's scalar as the JSON API takes it: text. XML carries only text, which the parse made
+    numbers of where it could (`_coerce_xml`): those are text again; a JSON number stays one (refused)."""
+    if from_xml and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 def _coerce_xml(data: Any) -> Any:

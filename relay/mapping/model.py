@@ -83,6 +83,25 @@ class TagsSpec:
 
 
 @dataclass(frozen=True)
+class LinesSpec:
+    """An order's lines: one for each item of the list at `path`, whose expressions read that item as `@`."""
+
+    path: str
+    values: dict[str, ValueSpec]
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """A shop's order for the market module, sent after the rule's profile call (`market/orders/import`).
+
+    Sent only when `endpoint` comes out non-empty, so `${RELAY_MARKET_ENDPOINT:-}` left unset turns it off.
+    """
+
+    values: dict[str, ValueSpec]
+    lines: LinesSpec
+
+
+@dataclass(frozen=True)
 class Rule:
     """What to do with one kind of event: forward it as a call, or ignore it."""
 
@@ -105,6 +124,7 @@ class Rule:
     subscriptions: tuple[SubscriptionSpec, ...] = ()
     add_to_segments: tuple[int | str, ...] = ()
     remove_from_segments: tuple[int | str, ...] = ()
+    order: OrderSpec | None = None
 
 
 @dataclass(frozen=True)

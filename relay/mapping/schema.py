@@ -26,6 +26,8 @@ from relay.mapping.model import (
     AuthSpec,
     FetchSpec,
     FieldSpec,
+    LinesSpec,
+    OrderSpec,
     PingSpec,
     Rule,
     SubscriptionSpec,
@@ -38,8 +40,8 @@ from relay.upstream.contract import (
     CHANNELS,
     MATCHING_KEYS,
     MATCHING_MODES,
-    METHODS,
     OPERATORS,
+    PROFILE_METHODS,
 )
 
 __all__ = ["SOURCE_NAME", "MappingFileSchema"]
@@ -301,12 +303,47 @@ class TagsSchema(StrictSchema):
         return TagsSpec(field=data["field"], add=tuple(data["add"]), remove=tuple(data["remove"]))
 
 
+class LinesSchema(StrictSchema):
+    path = Expression(required=True)
+    external_id = ValueField(required=True)
+    product = ValueField(required=True)
+    count = ValueField(required=True)
+    base_price_per_item = ValueField(load_default=None)
+    min_price_per_item = ValueField(load_default=None)
+    final_price_per_item = ValueField(load_default=None)
+    status = ValueField(load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> LinesSpec:
+        path = data.pop("path")
+        return LinesSpec(path=path, values={key: spec for key, spec in data.items() if spec is not None})
+
+
+class OrderSchema(StrictSchema):
+    """market/orders/import's order: what altcraft-sources.md gives, times left out (the upstream's own)."""
+
+    external_id = ValueField(required=True)
+    endpoint = ValueField(required=True)
+    status = ValueField(required=True)
+    total_price = ValueField(required=True)
+    currency = ValueField(required=True)
+    delivery_cost = ValueField(load_default=None)
+    region = ValueField(load_default=None)
+    tags = ValueField(load_default=None)
+    lines = fields.Nested(LinesSchema, required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> OrderSpec:
+        lines = data.pop("lines")
+        return OrderSpec(values={key: spec for key, spec in data.items() if spec is not None}, lines=lines)
+
+
 class RuleSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_]+$"))
     events = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
     ignore = fields.String(load_default=None)
-    method = fields.String(load_default="profiles/import", validate=validate.OneOf(METHODS))
+    method = fields.String(load_default="profiles/import", validate=validate.OneOf(PROFILE_METHODS))
     matching = fields.String(load_default="email", validate=validate.OneOf(list(MATCHING_MODES)))
     match = fields.Dict(
         keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict
@@ -323,6 +360,7 @@ class RuleSchema(StrictSchema):
     subscriptions = fields.List(fields.Nested(SubscriptionSchema), load_default=list)
     add_to_segments = fields.List(EnvOr(int), load_default=list)
     remove_from_segments = fields.List(EnvOr(int), load_default=list)
+    order = fields.Nested(OrderSchema, load_default=None)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -363,6 +401,7 @@ class RuleSchema(StrictSchema):
             subscriptions=tuple(data["subscriptions"]),
             add_to_segments=tuple(data["add_to_segments"]),
             remove_from_segments=tuple(data["remove_from_segments"]),
+            order=data["order"],
         )
 
 

@@ -21,9 +21,10 @@ from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.fetches import Fetch, build_request, unset_settings, with_fetched
-from relay.mapping.model import FetchSpec, FieldSpec, Rule, Source, SubscriptionSpec, ValueSpec
+from relay.mapping.model import FetchSpec, FieldSpec, LinesSpec, OrderSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
+from relay.upstream.contract import ORDERS_METHOD
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = [
@@ -208,6 +209,12 @@ def translate(
     return Translation(calls=calls, rule=rule.name, event=event)
 
 
+def _order_text(value: Any) -> Any:
+    """An order's ids and prices as the market API takes them, text (`36.99`, `820982911946154508`)."""
+    text = scalar_text(value)
+    return text if text is not None else value
+
+
 def _short(messages: Any) -> str:
     return json.dumps(messages, ensure_ascii=False, sort_keys=True)[:500]
 
@@ -310,7 +317,42 @@ class _Builder:
                 follow_up["skip_triggers"] = True
             follow_up["data"] = {tags_field: {"action": "delete", "value": remove_tags}}
             calls.append(UpstreamCall("profiles/update", follow_up))
+        if rule.order is not None:
+            order = self._order(rule.order, body)
+            if order is not None:
+                orders_body: dict[str, Any] = {"data": [order]}
+                if rule.skip_triggers:
+                    orders_body["skip_triggers"] = True
+                calls.append(UpstreamCall(ORDERS_METHOD, orders_body))
         return calls
+
+    def _order(self, spec: OrderSpec, profile_body: dict[str, Any]) -> dict[str, Any] | None:
+        """The order of `market/orders/import`, for the buyer the profile call matched; None when its
+        endpoint comes out empty (the setting that names it is unset: orders are not sent)."""
+        values = {key: self.value(value) for key, value in spec.values.items()}
+        if values.get("endpoint") in (None, ""):
+            return None
+        order: dict[str, Any] = {"external_id": values.pop("external_id", None)}
+        order["matching"] = profile_body["matching"]
+        order.update({key: profile_body[key] for key in self.rule.match if key in profile_body})
+        for key, value in values.items():
+            order[key] = value if key == "tags" or value is None else _order_text(value)
+        if order["external_id"] is not None:
+            order["external_id"] = _order_text(order["external_id"])
+        items = search(spec.lines.path, self.payload)
+        if not isinstance(items, list):
+            items = [] if items is None else [items]
+        order["lines"] = [self._line(spec.lines, item) for item in items]
+        return {key: value for key, value in order.items() if value is not None}
+
+    def _line(self, spec: LinesSpec, item: Any) -> dict[str, Any]:
+        reader = _Builder(self.source, self.rule, item, self.ctx, self.client_ip)
+        line: dict[str, Any] = {}
+        for key, value_spec in spec.values.items():
+            value = reader.value(value_spec)
+            if value is not None:
+                line[key] = value if key == "count" else _order_text(value)
+        return line
 
     def _require_match(self, body: dict[str, Any]) -> None:
         from relay.upstream.contract import MATCHING_MODES

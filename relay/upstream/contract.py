@@ -8,10 +8,18 @@ __all__ = [
     "MATCHING_MODES",
     "METHODS",
     "OPERATORS",
+    "ORDERS_METHOD",
+    "ORDER_STATUSES",
+    "PROFILE_METHODS",
     "SUBSCRIPTION_STATUSES",
 ]
 
-METHODS = ("profiles/update", "profiles/import")
+PROFILE_METHODS = ("profiles/update", "profiles/import")
+# A shop's order, with its lines, for Altcraft's market module: made after a rule's profile call, when the
+# rule has an `order` section (altcraft-sources: market/orders/import).
+ORDERS_METHOD = "market/orders/import"
+METHODS = (*PROFILE_METHODS, ORDERS_METHOD)
+ORDER_STATUSES = ("new", "paid", "delivered", "canceled", "part_refunded")
 
 # mode -> (keys that must all be present, keys of which at least one must be)
 MATCHING_MODES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -22,6 +22,8 @@ from relay.upstream.contract import (
     MATCHING_MODES,
     METHODS,
     OPERATORS,
+    ORDER_STATUSES,
+    ORDERS_METHOD,
     SUBSCRIPTION_STATUSES,
 )
 
@@ -367,11 +369,69 @@ def _schema_for(schema: type[Schema], keys: frozenset[str], settled: frozenset[s
     return schema(exclude=left_out)
 
 
+_PRICE = validate.Regexp(r"^\d{1,15}(\.\d{1,6})?$", error="a price as text: digits, and a decimal point")
+
+
+class _OrderLineSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    external_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    product = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    count = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    base_price_per_item = fields.String(validate=_PRICE)
+    min_price_per_item = fields.String(validate=_PRICE)
+    final_price_per_item = fields.String(validate=_PRICE)
+    status = fields.String(validate=validate.Length(min=1, max=255))
+
+
+class _OrderSchema(Schema):
+    """One order of market/orders/import (altcraft-sources.md), with the buyer's matching keys."""
+
+    class Meta:
+        unknown = RAISE
+
+    external_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    matching = fields.String(required=True, validate=validate.OneOf(list(MATCHING_MODES)))
+    email = fields.String()
+    phone = fields.String()
+    profile_id = fields.String()
+    provider = fields.String()
+    subscription_id = fields.String()
+    field_name = fields.String()
+    field_value = fields.Raw()
+    endpoint = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+    total_price = fields.String(required=True, validate=_PRICE)
+    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$", error="an ISO 4217 code: USD"))
+    delivery_cost = fields.String(validate=_PRICE)
+    region = fields.String()
+    tags = fields.List(fields.String())
+    lines = fields.List(fields.Nested(_OrderLineSchema), required=True, validate=validate.Length(min=1))
+
+    @validates_schema
+    def _buyer(self, data: dict[str, Any], **_: Any) -> None:
+        required, one_of = MATCHING_MODES.get(data.get("matching", ""), ((), ()))
+        missing = [key for key in required if data.get(key) in (None, "")]
+        if missing or (one_of and not any(data.get(key) not in (None, "") for key in one_of)):
+            raise ValidationError(f"matching {data.get('matching')} needs {', '.join(missing) or ' or '.join(one_of)}")
+
+
+class _OrdersRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    data = fields.List(fields.Nested(_OrderSchema), required=True, validate=validate.Length(min=1))
+    skip_triggers = fields.Boolean()
+
+
 def request_problems(method: str, body: dict[str, Any]) -> list[str]:
     """Every reason `body` breaks the contract, as `key.path: message` lines."""
     problems: list[str] = []
     if method not in METHODS:
         problems.append(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    if method == ORDERS_METHOD:
+        return problems + _flatten(_OrdersRequestSchema().validate(body), ())
     if method == "profiles/import" and body.get("matching") == "profile_id":
         problems.append("matching: profile_id works only with profiles/update")
     messages = _problems(ProfileRequestSchema, body)

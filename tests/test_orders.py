@@ -1,0 +1,251 @@
+"""A shop's order and its lines to the market module (market/orders/import), after the profile call.
+
+Through the real app and worker to the sandbox upstream on loopback, which checks orders as the contract
+says (currencies it knows, prices as text, at least one line) and keeps them by their external id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from relay.errors import MappingError
+from relay.mapping.loader import load_source_file
+from relay.mapping.translate import TranslateContext, translate
+from relay.sandbox import Sandbox, default_config
+from relay.store import Store
+from relay.upstream.xmlbody import to_xml
+from relay.web import create_app
+from relay.worker import Worker
+
+from .conftest import MAPPINGS, SECRETS, drain, make_settings
+
+ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_bytes()
+
+
+def shopify_post(client, body: bytes, webhook_id: str):  # type: ignore[no-untyped-def]
+    digest = hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
+    headers = {
+        "X-Shopify-Topic": "orders/paid",
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+    }
+    return client.post("/hooks/shopify", data=body, content_type="application/json", headers=headers)
+
+
+@pytest.fixture
+def shop(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_MARKET_ENDPOINT="web-shop",
+        RELAY_RETRY_SCHEDULE="0.05,0.1",
+    )
+    app = create_app(settings)
+    store: Store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    yield app.test_client(), store, worker
+    worker.stop()
+    store.close()
+
+
+def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop, sandbox):
+    client, store, worker = shop
+    answer = shopify_post(client, ORDER, "w-1")
+    assert answer.status_code == 202, answer.json
+    assert drain(store, worker, answer.json["id"]) == "delivered"
+    fake = sandbox.sandbox
+    methods = [r["method"] for r in fake.requests]
+    assert methods == ["profiles/import", "profiles/update", "market/orders/import"]
+    (order,) = fake.orders.values()
+    (profile,) = fake.profiles.values()
+    assert order["profile_id"] == profile.id  # the profile call made the buyer first
+    assert order["external_id"] == "820982911946154508" and order["status"] == "paid"
+    assert (order["total_price"], order["currency"], order["delivery_cost"]) == ("36.99", "CAD", "10.00")
+    assert [(line["product"], line["count"], line["base_price_per_item"]) for line in order["lines"]] == [
+        ("1", 1, "1.99"),  # its SKU
+        ("43383372185812", 1, "30.00"),  # no SKU: its variant
+    ]
+    # Shopify sends the paid order again (a new webhook id, refunded lines or a retry): one order, updated.
+    again = shopify_post(client, ORDER.replace(b'"quantity":1', b'"quantity":2'), "w-2")
+    assert drain(store, worker, again.json["id"]) == "delivered"
+    assert len(fake.orders) == 1
+    assert [line["count"] for line in fake.orders["820982911946154508"]["lines"]] == [2, 2]
+
+
+def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
+    """Accounts without the market module: RELAY_MARKET_ENDPOINT unset, the profile calls alone."""
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url)
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    try:
+        answer = shopify_post(app.test_client(), ORDER, "w-1")
+        assert drain(store, worker, answer.json["id"]) == "delivered"
+    finally:
+        worker.stop()
+        store.close()
+    assert [r["method"] for r in sandbox.sandbox.requests] == ["profiles/import", "profiles/update"]
+    assert sandbox.sandbox.orders == {}
+
+
+def test_an_order_the_upstream_refuses_fails_after_the_profile_calls_and_a_replay_sends_only_it(shop, sandbox):
+    """A currency the account has not configured: the upstream's 400 fails the delivery as rejected with its
+    words; the profile calls made before it are not made again when the delivery is replayed."""
+    client, store, worker = shop
+    fake = sandbox.sandbox
+    fake.config["currencies"] = ["USD"]
+    answer = shopify_post(client, ORDER, "w-1")
+    delivery_id = answer.json["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "rejected"
+    assert "currency CAD is not configured" in (delivery.detail or "")
+    applied = fake.applied
+    fake.config["currencies"] = ["USD", "CAD"]
+    assert store.replay(delivery_id)
+    assert drain(store, worker, delivery_id) == "delivered"
+    assert fake.applied == applied  # the profile's revenue was not counted twice
+    assert list(fake.orders) == ["820982911946154508"]
+
+
+RULE = """version: 1
+source: shop
+auth: {scheme: token, secret: "${SHOP_TOKEN}"}
+rules:
+  - name: order
+    match:
+      email: {path: email, transform: email}
+    fields:
+      email: {path: email, transform: email}
+    skip_triggers: true
+    order:
+      endpoint: {value: "${MARKET:-}"}
+      external_id: {path: number, transform: string}
+      status: {path: state, transform: {map: {values: {paid: paid, refunded: canceled}, default: new}}}
+      total_price: total
+      currency: {path: currency, transform: upper}
+      tags: {path: coupons}
+      lines:
+        path: items
+        external_id: {path: sku, transform: string}
+        product: {path: sku, transform: string}
+        count: {path: qty, transform: integer}
+        final_price_per_item: price
+"""
+
+
+def load(tmp_path: Path, text: str = RULE):  # type: ignore[no-untyped-def]
+    path = tmp_path / "shop.yaml"
+    path.write_text(text)
+    return load_source_file(path)
+
+
+def order_call(tmp_path: Path, payload: dict, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    source, problems = load(tmp_path)
+    assert source is not None, problems
+    calls = translate(source, payload, context=TranslateContext(env={"MARKET": "m1", **(env or {})})).calls
+    return calls[-1]
+
+
+PAYLOAD = {
+    "email": "Anna@Example.com",
+    "number": 1001,
+    "state": "paid",
+    "total": 1250.5,
+    "currency": "rub",
+    "coupons": ["WELCOME"],
+    "items": [{"sku": 77, "qty": "2", "price": 625.25}],
+}
+
+
+def test_an_orders_values_are_text_its_counts_whole_numbers_and_triggers_follow_the_rule(tmp_path):
+    call = order_call(tmp_path, PAYLOAD)
+    assert call.method == "market/orders/import"
+    assert call.body == {
+        "skip_triggers": True,
+        "data": [
+            {
+                "external_id": "1001",
+                "matching": "email",
+                "email": "anna@example.com",
+                "endpoint": "m1",
+                "status": "paid",
+                "total_price": "1250.5",
+                "currency": "RUB",
+                "tags": ["WELCOME"],
+                "lines": [{"external_id": "77", "product": "77", "count": 2, "final_price_per_item": "625.25"}],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"items": []}, "data.0.lines: Shorter than minimum length 1"),
+        ({"items": [{"sku": 77, "qty": "none", "price": 1}]}, "data.0.lines.0.count: Missing data for required field"),
+        ({"items": [{"sku": 77, "qty": 1, "price": "free"}]}, "data.0.lines.0.final_price_per_item: a price as text"),
+        ({"total": None}, "data.0.total_price: Missing data for required field"),
+        ({"currency": "rubles"}, "data.0.currency: an ISO 4217 code"),
+        ({"number": None}, "data.0.external_id: Missing data for required field"),
+    ],
+)
+def test_an_order_the_contract_refuses_is_a_mapping_error_naming_the_key(tmp_path, change, problem):
+    with pytest.raises(MappingError) as info:
+        order_call(tmp_path, {**PAYLOAD, **change})
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (("final_price_per_item: price\n", "price: price\n"), "shop.yaml:23 rules.0.order.lines.price: unknown key"),
+        (("      lines:\n        path: items\n", "      lines:\n"), "rules.0.order.lines.path: Missing data"),
+        (("      total_price: total\n", ""), "rules.0.order.total_price: Missing data for required field"),
+        (("        path: items\n", "        path: 'items['\n"), "rules.0.order.lines.path: invalid expression"),
+    ],
+)
+def test_an_order_section_is_checked_when_the_file_loads(tmp_path, change, problem):
+    source, problems = load(tmp_path, RULE.replace(*change))
+    assert source is None and any(problem in line for line in problems), problems
+
+
+def test_the_sandbox_checks_orders_as_the_contract_says():
+    """Prices are text in JSON, the currency one the account has, a line at least; XML's text is text."""
+    fake = Sandbox(default_config(["t"]))
+    order = {
+        "external_id": "1",
+        "matching": "email",
+        "email": "a@example.com",
+        "endpoint": "web",
+        "status": "paid",
+        "total_price": "10.00",
+        "currency": "USD",
+        "lines": [{"external_id": "1", "product": "p", "count": 1, "final_price_per_item": "10.00"}],
+    }
+
+    def call(body: dict, content_type: str = "application/json") -> tuple[int, dict]:
+        raw = to_xml(body).encode() if "xml" in content_type else json.dumps(body).encode()
+        path, headers = "/api/v1.1/market/orders/import", {"content-type": content_type}
+        status, _headers, answer = fake.handle("POST", path, headers, raw)
+        return status, json.loads(answer) if "json" in content_type else {}
+
+    assert call({"token": "t", "data": [order]}) == (200, {"error": 0, "error_text": ""})
+    as_number = call({"token": "t", "data": [{**order, "total_price": 10}]})[1]["error_text"]
+    assert as_number.endswith("data.0.total_price is required, as text")
+    assert "not configured" in call({"token": "t", "data": [{**order, "currency": "XOF"}]})[1]["error_text"]
+    assert "at least one line" in call({"token": "t", "data": [{**order, "lines": []}]})[1]["error_text"]
+    assert call({"token": "t", "data": [{**order, "status": "shipped"}]})[0] == 400
+    assert call({"token": "x", "data": [order]})[0] == 403
+    fake.config["tokens"]["t"]["market"] = False
+    assert "no market role" in call({"token": "t", "data": [order]})[1]["error_text"]
+    fake.config["tokens"]["t"]["market"] = True
+    xml_order = {**order, "external_id": "2", "total_price": "12"}  # XML's "12" parses as a number: still text
+    assert call({"token": "t", "data": [xml_order]}, "application/xml")[0] == 200
+    assert fake.orders["2"]["total_price"] == "12" and fake.orders["2"]["lines"][0]["count"] == 1
