@@ -249,3 +249,24 @@ def test_the_sandbox_checks_orders_as_the_contract_says():
     xml_order = {**order, "external_id": "2", "total_price": "12"}  # XML's "12" parses as a number: still text
     assert call({"token": "t", "data": [xml_order]}, "application/xml")[0] == 200
     assert fake.orders["2"]["total_price"] == "12" and fake.orders["2"]["lines"][0]["count"] == 1
+
+
+def test_a_tilda_cart_whose_products_are_text_lines_sends_the_profile_and_no_order(tmp_path):
+    """Some Tilda setups send products as text (`Comb XL - 3x990 = 2970`): no line can be read from them, so
+    the order section's `when` leaves the order out, and the buyer's profile still goes."""
+    from relay.mapping.loader import load_sources
+
+    tilda = load_sources(MAPPINGS)["tilda"]
+    cart = {
+        "Email": "buyer@example.ru",
+        "payment": {"orderid": "1173042542", "amount": "2970", "products": ["Comb XL - 3x990 = 2970"]},
+    }
+    context = TranslateContext(env={"RELAY_MARKET_ENDPOINT": "web-shop"})
+    assert [call.method for call in translate(tilda, cart, context=context).calls] == ["profiles/import"]
+    cart["payment"]["products"] = [{"name": "Comb XL", "quantity": 3, "price": 990, "sku": "C-XL"}]
+    cart["payment"]["systranid"] = "58712"  # the payment system's transaction: paid
+    calls = translate(tilda, cart, context=context).calls
+    assert [call.method for call in calls] == ["profiles/import", "market/orders/import"]
+    order = calls[1].body["data"][0]
+    assert (order["status"], order["currency"], order["total_price"]) == ("paid", "RUB", "2970")
+    assert order["lines"] == [{"external_id": "C-XL", "product": "C-XL", "count": 3, "base_price_per_item": "990"}]

@@ -94,11 +94,13 @@ class LinesSpec:
 class OrderSpec:
     """A shop's order for the market module, sent after the rule's profile call (`market/orders/import`).
 
-    Sent only when `endpoint` comes out non-empty, so `${RELAY_MARKET_ENDPOINT:-}` left unset turns it off.
+    Sent only when `endpoint` comes out non-empty, so `${RELAY_MARKET_ENDPOINT:-}` left unset turns it off,
+    and `when` (an expression), if given, is true.
     """
 
     values: dict[str, ValueSpec]
     lines: LinesSpec
+    when: str | None = None
 
 
 @dataclass(frozen=True)

@@ -331,11 +331,13 @@ class OrderSchema(StrictSchema):
     region = ValueField(load_default=None)
     tags = ValueField(load_default=None)
     lines = fields.Nested(LinesSchema, required=True)
+    when = Expression(load_default=None)
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> OrderSpec:
-        lines = data.pop("lines")
-        return OrderSpec(values={key: spec for key, spec in data.items() if spec is not None}, lines=lines)
+        lines, when = data.pop("lines"), data.pop("when")
+        values = {key: spec for key, spec in data.items() if spec is not None}
+        return OrderSpec(values=values, lines=lines, when=when)
 
 
 class RuleSchema(StrictSchema):

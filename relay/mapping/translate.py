@@ -328,7 +328,10 @@ class _Builder:
 
     def _order(self, spec: OrderSpec, profile_body: dict[str, Any]) -> dict[str, Any] | None:
         """The order of `market/orders/import`, for the buyer the profile call matched; None when its
-        endpoint comes out empty (the setting that names it is unset: orders are not sent)."""
+        endpoint comes out empty (the setting that names it is unset: orders are not sent) or its `when` is
+        false."""
+        if spec.when is not None and not _truthy(search(spec.when, self.payload)):
+            return None
         values = {key: self.value(value) for key, value in spec.values.items()}
         if values.get("endpoint") in (None, ""):
             return None
