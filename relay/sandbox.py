@@ -167,7 +167,8 @@ class Sandbox:
         if verb != "POST":
             return _answer(405, {"error": 400, "error_text": "Only POST is allowed"}, want_xml)
         try:
-            request = self._parse(headers, body)
+            # XML's text stays text for orders, whose ids and prices the API takes as text (`30.00`).
+            request = self._parse(headers, body, typed=method != ORDERS_METHOD)
             want_xml = want_xml or request.get("format") == "xml"
             token = request.get("token") or _bearer(headers) or query.get("token")
             result = self._call(method, request, token, from_xml="xml" in headers.get("content-type", ""))
@@ -204,7 +205,7 @@ class Sandbox:
         if self.echo:
             print(json.dumps({"method": method, "outcome": outcome, "body": shown}, ensure_ascii=False), flush=True)
 
-    def _parse(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    def _parse(self, headers: dict[str, str], body: bytes, *, typed: bool = True) -> dict[str, Any]:
         content_type = headers.get("content-type", "")
         if "json" not in content_type and "xml" not in content_type:
             raise _Refused(400, "Incorrect request: Content-Type must be application/json or application/xml")
@@ -215,7 +216,7 @@ class Sandbox:
         if not isinstance(data, dict):
             raise _Refused(400, "Incorrect request: body must be an object")
         if "xml" in content_type:
-            data = _coerce_xml(data)
+            data = _coerce_xml(data) if typed else data
         return dict(data)
 
     # -- the API ----------------------------------------------------------
@@ -304,7 +305,7 @@ class Sandbox:
         where = f"data.{n}"
         if not isinstance(given, dict):
             raise _Refused(400, f"Incorrect request: {where} must be an order object")
-        order: dict[str, Any] = {key: _text_of(value, from_xml) for key, value in given.items()}
+        order: dict[str, Any] = dict(given)
         for key in ("external_id", "endpoint", "total_price", "currency", "status"):
             if not isinstance(order.get(key), str) or not order[key]:
                 raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
@@ -332,8 +333,10 @@ class Sandbox:
     def _line(self, given: Any, where: str, from_xml: bool) -> dict[str, Any]:
         if not isinstance(given, dict):
             raise _Refused(400, f"Incorrect request: {where} must be a line object")
-        count = given.get("count")
-        line: dict[str, Any] = {k: _text_of(v, from_xml) if k != "count" else v for k, v in given.items()}
+        line: dict[str, Any] = dict(given)
+        count = line.get("count")
+        if from_xml and isinstance(count, str) and count.isdigit():
+            line["count"] = count = int(count)  # XML has no numbers: a count is its digits
         for key in ("external_id", "product"):
             if not isinstance(line.get(key), str) or not line[key]:
                 raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
@@ -655,14 +658,6 @@ def _bearer(headers: dict[str, str]) -> str | None:
 
 
 _PRICE = re.compile(r"\d{1,15}(\.\d{1,6})?")
-
-
-def _text_of(value: Any, from_xml: bool) -> Any:
-    """An order's scalar as the JSON API takes it: text. XML carries only text, which the parse made
-    numbers of where it could (`_coerce_xml`): those are text again; a JSON number stays one (refused)."""
-    if from_xml and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return value
 
 
 def _coerce_xml(data: Any) -> Any:

@@ -246,9 +246,9 @@ def test_the_sandbox_checks_orders_as_the_contract_says():
     fake.config["tokens"]["t"]["market"] = False
     assert "no market role" in call({"token": "t", "data": [order]})[1]["error_text"]
     fake.config["tokens"]["t"]["market"] = True
-    xml_order = {**order, "external_id": "2", "total_price": "12"}  # XML's "12" parses as a number: still text
+    xml_order = {**order, "external_id": "2", "total_price": "12.50"}  # XML's text stays as written
     assert call({"token": "t", "data": [xml_order]}, "application/xml")[0] == 200
-    assert fake.orders["2"]["total_price"] == "12" and fake.orders["2"]["lines"][0]["count"] == 1
+    assert fake.orders["2"]["total_price"] == "12.50" and fake.orders["2"]["lines"][0]["count"] == 1
 
 
 def test_a_tilda_cart_whose_products_are_text_lines_sends_the_profile_and_no_order(tmp_path):
@@ -270,3 +270,23 @@ def test_a_tilda_cart_whose_products_are_text_lines_sends_the_profile_and_no_ord
     order = calls[1].body["data"][0]
     assert (order["status"], order["currency"], order["total_price"]) == ("paid", "RUB", "2970")
     assert order["lines"] == [{"external_id": "C-XL", "product": "C-XL", "count": 3, "base_price_per_item": "990"}]
+
+
+def test_orders_go_as_xml_when_the_upstream_takes_xml(tmp_path, sandbox):
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MARKET_ENDPOINT="web-shop", RELAY_UPSTREAM_FORMAT="xml"
+    )
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    try:
+        answer = shopify_post(app.test_client(), ORDER, "w-1")
+        assert drain(store, worker, answer.json["id"]) == "delivered"
+    finally:
+        worker.stop()
+        store.close()
+    order = sandbox.sandbox.orders["820982911946154508"]
+    assert [(line["product"], line["count"], line["base_price_per_item"]) for line in order["lines"]] == [
+        ("1", 1, "1.99"),
+        ("43383372185812", 1, "30.00"),
+    ]
