@@ -335,13 +335,11 @@ class _Builder:
         values = {key: self.value(value) for key, value in spec.values.items()}
         if values.get("endpoint") in (None, ""):
             return None
-        order: dict[str, Any] = {"external_id": values.pop("external_id", None)}
-        order["matching"] = profile_body["matching"]
+        # The buyer's keys after the order's id, as the API's examples write them.
+        order: dict[str, Any] = {"external_id": None, "matching": profile_body["matching"]}
         order.update({key: profile_body[key] for key in self.rule.match if key in profile_body})
         for key, value in values.items():
             order[key] = value if key == "tags" or value is None else _order_text(value)
-        if order["external_id"] is not None:
-            order["external_id"] = _order_text(order["external_id"])
         items = search(spec.lines.path, self.payload)
         if not isinstance(items, list):
             items = [] if items is None else [items]
