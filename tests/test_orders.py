@@ -78,9 +78,9 @@ def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop,
     assert [line["count"] for line in fake.orders["820982911946154508"]["lines"]] == [2, 2]
 
 
-def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
-    """Accounts without the market module: RELAY_MARKET_ENDPOINT unset, the profile calls alone."""
-    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url)
+def deliver_the_order(tmp_path: Path, sandbox, **env: str) -> None:  # type: ignore[no-untyped-def]
+    """Shopify's paid order through a relay with these settings, to the sandbox."""
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, **env)
     app = create_app(settings)
     store = app.extensions["relay"]["store"]
     worker = Worker(settings, store=store)
@@ -90,6 +90,11 @@ def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
     finally:
         worker.stop()
         store.close()
+
+
+def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
+    """Accounts without the market module: RELAY_MARKET_ENDPOINT unset, the profile calls alone."""
+    deliver_the_order(tmp_path, sandbox)
     assert [r["method"] for r in sandbox.sandbox.requests] == ["profiles/import", "profiles/update"]
     assert sandbox.sandbox.orders == {}
 
@@ -273,18 +278,7 @@ def test_a_tilda_cart_whose_products_are_text_lines_sends_the_profile_and_no_ord
 
 
 def test_orders_go_as_xml_when_the_upstream_takes_xml(tmp_path, sandbox):
-    settings = make_settings(
-        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MARKET_ENDPOINT="web-shop", RELAY_UPSTREAM_FORMAT="xml"
-    )
-    app = create_app(settings)
-    store = app.extensions["relay"]["store"]
-    worker = Worker(settings, store=store)
-    try:
-        answer = shopify_post(app.test_client(), ORDER, "w-1")
-        assert drain(store, worker, answer.json["id"]) == "delivered"
-    finally:
-        worker.stop()
-        store.close()
+    deliver_the_order(tmp_path, sandbox, RELAY_MARKET_ENDPOINT="web-shop", RELAY_UPSTREAM_FORMAT="xml")
     order = sandbox.sandbox.orders["820982911946154508"]
     assert [(line["product"], line["count"], line["base_price_per_item"]) for line in order["lines"]] == [
         ("1", 1, "1.99"),
