@@ -330,11 +330,10 @@ class _Builder:
         """The order of `market/orders/import`, for the buyer the profile call matched; None when its
         endpoint comes out empty (the setting that names it is unset: orders are not sent) or its `when` is
         false."""
-        if spec.when is not None and not _truthy(search(spec.when, self.payload)):
+        endpoint = self.value(spec.values["endpoint"])  # first: unset, nothing else is read
+        if endpoint in (None, "") or (spec.when is not None and not _truthy(search(spec.when, self.payload))):
             return None
-        values = {key: self.value(value) for key, value in spec.values.items()}
-        if values.get("endpoint") in (None, ""):
-            return None
+        values = {key: endpoint if key == "endpoint" else self.value(value) for key, value in spec.values.items()}
         # The buyer's keys after the order's id, as the API's examples write them.
         order: dict[str, Any] = {"external_id": None, "matching": profile_body["matching"]}
         order.update({key: profile_body[key] for key in self.rule.match if key in profile_body})
