@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ from relay.mapping import envrefs
 from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
-from relay.mapping.model import Source
+from relay.mapping.model import OrderSpec, Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, take_body_token, translate_request
 from relay.settings import Settings
@@ -101,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--config", help="JSON file with databases, resources, segments and tokens")
     sandbox.add_argument("--quiet", action="store_true", help="do not print each call")
     return parser
+
+
+def _order_state(order: OrderSpec, env: Mapping[str, str]) -> str:
+    """Whether a rule's order goes out with these settings: its endpoint, when a setting names it."""
+    endpoint = order.values["endpoint"].value
+    if not isinstance(endpoint, str) or "${" not in endpoint:
+        return ""  # read from the payload, or written in the file
+    if envrefs.resolve_text(endpoint, env):
+        return f" (endpoint {envrefs.resolve_text(endpoint, env)})"
+    names = ", ".join(ref.name for ref in envrefs.find_refs(endpoint))
+    return f" (off while {names} is unset)"
 
 
 def _add_filters(command: argparse.ArgumentParser) -> None:
@@ -447,7 +458,7 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             events = ", ".join(rule.events) if rule.events else "any event"
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
             if rule.order is not None and rule.ignore is None:
-                what += " + market/orders/import (when its endpoint is set)"
+                what += " + market/orders/import" + _order_state(rule.order, settings.env)
             forwards.append(f"{rule.name}: {events} -> {what}")
         print("  rules:    " + "\n            ".join(forwards))
     return 0

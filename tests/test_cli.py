@@ -97,6 +97,10 @@ def test_sources_lists_urls_auth_and_readiness():
     public = relay_command("sources", env={**ENV, "RELAY_PUBLIC_URL": "https://hooks.example.com/"})
     assert "  url:      https://hooks.example.com/hooks/hubspot\n" in public.stdout and "  note:" not in public.stdout
     assert "browsers:" not in result.stdout  # no built-in source is posted from a browser
+    paid = "order_paid: orders/paid -> profiles/import + market/orders/import"
+    assert f"{paid} (off while RELAY_MARKET_ENDPOINT is unset)\n" in result.stdout
+    market = relay_command("sources", env={**ENV, "RELAY_MARKET_ENDPOINT": "web-shop"})
+    assert f"{paid} (endpoint web-shop)\n" in market.stdout
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
