@@ -98,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8900)
     sandbox.add_argument("--token", action="append", default=[], help="a valid API token (repeatable)")
-    sandbox.add_argument("--config", help="JSON file with databases, resources, segments and tokens")
+    sandbox.add_argument(
+        "--config",
+        help='JSON file with databases, resources, segments, tokens ({"dbs": [1], "market": true}) and the '
+        "market module's currencies",
+    )
     sandbox.add_argument("--quiet", action="store_true", help="do not print each call")
     return parser
 
