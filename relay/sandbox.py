@@ -312,7 +312,7 @@ class Sandbox:
         if order["status"] not in ORDER_STATUSES:
             raise _Refused(400, f"Incorrect request: {where}.status must be one of {', '.join(ORDER_STATUSES)}")
         for key in ("total_price", "delivery_cost"):
-            if key in order and not _PRICE.fullmatch(str(order[key])):
+            if key in order and not (isinstance(order[key], str) and _PRICE.fullmatch(order[key])):
                 raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
         if order["currency"] not in self.config.get("currencies", []):
             raise _Refused(400, f"Incorrect request: currency {order['currency']} is not configured")

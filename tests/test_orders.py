@@ -245,6 +245,8 @@ def test_the_sandbox_checks_orders_as_the_contract_says():
     as_number = call({"token": "t", "data": [{**order, "total_price": 10}]})[1]["error_text"]
     assert as_number.endswith("data.0.total_price is required, as text")
     assert "not configured" in call({"token": "t", "data": [{**order, "currency": "XOF"}]})[1]["error_text"]
+    delivery_as_number = call({"token": "t", "data": [{**order, "delivery_cost": 5}]})[1]["error_text"]
+    assert delivery_as_number.endswith("data.0.delivery_cost must be a price as text")
     assert "at least one line" in call({"token": "t", "data": [{**order, "lines": []}]})[1]["error_text"]
     assert call({"token": "t", "data": [{**order, "status": "shipped"}]})[0] == 400
     assert call({"token": "x", "data": [order]})[0] == 403
