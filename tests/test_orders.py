@@ -286,3 +286,23 @@ def test_orders_go_as_xml_when_the_upstream_takes_xml(tmp_path, sandbox):
         ("1", 1, "1.99"),
         ("43383372185812", 1, "30.00"),
     ]
+
+
+def test_a_line_reads_what_with_adds_from_the_order(tmp_path):
+    """A line's price in minor units needs the order's currency: `with` adds it to each item, over a key of
+    the same name; an item that is not an object is left as it is (and fails the contract)."""
+    text = RULE.replace(
+        "        final_price_per_item: price\n",
+        "        with: {cur: currency, sku: number}\n"
+        "        final_price_per_item: {path: price, transform: {minor_units: {currency_path: cur}}}\n",
+    )
+    source, problems = load(tmp_path, text)
+    assert source is not None, problems
+    payload = {**PAYLOAD, "currency": "jpy", "items": [{"sku": 77, "qty": 2, "price": 625}]}
+    context = TranslateContext(env={"MARKET": "m1"})
+    (line,) = translate(source, payload, context=context).calls[-1].body["data"][0]["lines"]
+    assert line == {"external_id": "1001", "product": "1001", "count": 2, "final_price_per_item": "625"}
+    with pytest.raises(MappingError, match="data.0.lines.0.external_id"):
+        translate(source, {**payload, "items": ["a text line"]}, context=context)
+    _source, refused = load(tmp_path, text.replace("with: {cur:", "with: {'a b':"))
+    assert any("rules.0.order.lines.with" in line for line in refused), refused

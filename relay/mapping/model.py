@@ -84,10 +84,12 @@ class TagsSpec:
 
 @dataclass(frozen=True)
 class LinesSpec:
-    """An order's lines: one for each item of the list at `path`, whose expressions read that item as `@`."""
+    """An order's lines: one for each item of the list at `path`, whose expressions read that item as `@`,
+    with `shared`'s values (expressions over the whole payload, such as the order's currency) added to it."""
 
     path: str
     values: dict[str, ValueSpec]
+    shared: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

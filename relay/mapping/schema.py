@@ -312,11 +312,20 @@ class LinesSchema(StrictSchema):
     min_price_per_item = ValueField(load_default=None)
     final_price_per_item = ValueField(load_default=None)
     status = ValueField(load_default=None)
+    # Keys added to each item, read from the whole payload: a line's price in minor units needs the
+    # order's currency (`with: {currency: data.currency_code}`).
+    with_ = fields.Dict(
+        data_key="with",
+        keys=fields.String(validate=validate.Regexp(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z", error="a key's name")),
+        values=Expression(),
+        load_default=dict,
+    )
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> LinesSpec:
-        path = data.pop("path")
-        return LinesSpec(path=path, values={key: spec for key, spec in data.items() if spec is not None})
+        path, shared = data.pop("path"), data.pop("with_")
+        values = {key: spec for key, spec in data.items() if spec is not None}
+        return LinesSpec(path=path, values=values, shared=shared)
 
 
 class OrderSchema(StrictSchema):

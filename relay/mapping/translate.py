@@ -342,6 +342,9 @@ class _Builder:
         items = search(spec.lines.path, self.payload)
         if not isinstance(items, list):
             items = [] if items is None else [items]
+        shared = {key: search(expression, self.payload) for key, expression in spec.lines.shared.items()}
+        if shared:
+            items = [{**item, **shared} if isinstance(item, dict) else item for item in items]
         order["lines"] = [self._line(spec.lines, item) for item in items]
         return {key: value for key, value in order.items() if value is not None}
 
