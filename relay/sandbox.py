@@ -29,7 +29,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from relay.bodies import parse_body
 from relay.errors import RequestRejected
-from relay.upstream.contract import CHANNELS, MATCHING_MODES, ORDER_STATUSES, ORDERS_METHOD, SUBSCRIPTION_STATUSES
+from relay.upstream.contract import (
+    CHANNELS,
+    MATCHING_MODES,
+    ORDER_STATUSES,
+    ORDERS_METHOD,
+    SUBSCRIPTION_STATUSES,
+    missing_match,
+)
 from relay.upstream.xmlbody import to_xml
 
 __all__ = ["Sandbox", "SandboxServer", "cmd_sandbox", "default_config"]
@@ -283,9 +290,7 @@ class Sandbox:
         unknown = set(request) - {"token", "data", "skip_triggers", "custom_fields", "custom_line_statuses"}
         if unknown:
             raise _Refused(400, f"Incorrect request: unknown parameter {sorted(unknown)[0]}")
-        orders = request.get("data")
-        if isinstance(orders, dict) and from_xml:
-            orders = [orders]  # one <data> element
+        orders = _listed(request.get("data"), from_xml)
         if not isinstance(orders, list) or not orders:
             raise _Refused(400, "Incorrect request: data must be a list of orders")
         checked = [self._order(order, n, from_xml) for n, order in enumerate(orders)]
@@ -306,25 +311,19 @@ class Sandbox:
         if not isinstance(given, dict):
             raise _Refused(400, f"Incorrect request: {where} must be an order object")
         order: dict[str, Any] = dict(given)
-        for key in ("external_id", "endpoint", "total_price", "currency", "status"):
-            if not isinstance(order.get(key), str) or not order[key]:
-                raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
+        _require_texts(order, ("external_id", "endpoint", "total_price", "currency", "status"), where)
         if order["status"] not in ORDER_STATUSES:
             raise _Refused(400, f"Incorrect request: {where}.status must be one of {', '.join(ORDER_STATUSES)}")
-        for key in ("total_price", "delivery_cost"):
-            if key in order and not (isinstance(order[key], str) and _PRICE.fullmatch(order[key])):
-                raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
+        _check_prices(order, ("total_price", "delivery_cost"), where)
         if order["currency"] not in self.config.get("currencies", []):
             raise _Refused(400, f"Incorrect request: currency {order['currency']} is not configured")
         matching = order.setdefault("matching", "email")
-        required, one_of = MATCHING_MODES.get(matching, ((), ("?",)))
-        if matching not in MATCHING_MODES or any(order.get(key) in (None, "") for key in required):
-            raise _Refused(400, f"Incorrect request: {where}: the buyer's keys for matching {matching}")
-        if one_of and not any(order.get(key) not in (None, "") for key in one_of):
-            raise _Refused(400, f"Incorrect request: {where}: {' or '.join(one_of)} for matching {matching}")
-        lines = order.get("lines")
-        if isinstance(lines, dict) and from_xml:
-            lines = [lines]
+        if matching not in MATCHING_MODES:
+            raise _Refused(400, f"Incorrect request: {where}: unknown matching {matching!r}")
+        wanted = missing_match(matching, order)
+        if wanted is not None:
+            raise _Refused(400, f"Incorrect request: {where}: {wanted} is required for matching {matching}")
+        lines = _listed(order.get("lines"), from_xml)
         if not isinstance(lines, list) or not lines:
             raise _Refused(400, f"Incorrect request: {where}.lines must hold at least one line")
         order["lines"] = [self._line(line, f"{where}.lines.{i}", from_xml) for i, line in enumerate(lines)]
@@ -337,14 +336,10 @@ class Sandbox:
         count = line.get("count")
         if from_xml and isinstance(count, str) and count.isdigit():
             line["count"] = count = int(count)  # XML has no numbers: a count is its digits
-        for key in ("external_id", "product"):
-            if not isinstance(line.get(key), str) or not line[key]:
-                raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
+        _require_texts(line, ("external_id", "product"), where)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise _Refused(400, f"Incorrect request: {where}.count must be a whole number of at least 1")
-        for key in ("base_price_per_item", "min_price_per_item", "final_price_per_item"):
-            if key in line and not (isinstance(line[key], str) and _PRICE.fullmatch(line[key])):
-                raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
+        _check_prices(line, ("base_price_per_item", "min_price_per_item", "final_price_per_item"), where)
         return line
 
     def _find(self, db_id: int, matching: str, request: dict[str, Any]) -> list[Profile]:
@@ -658,6 +653,24 @@ def _bearer(headers: dict[str, str]) -> str | None:
 
 
 _PRICE = re.compile(r"\d{1,15}(\.\d{1,6})?")
+
+
+def _listed(value: Any, from_xml: bool) -> Any:
+    """A list an order gives: XML writes a list of one as its one element."""
+    return [value] if from_xml and isinstance(value, dict) else value
+
+
+def _require_texts(item: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise _Refused(400, f"Incorrect request: {where}.{key} is required, as text")
+
+
+def _check_prices(item: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """The prices `item` gives of `keys` are text: digits, and a decimal point."""
+    for key in keys:
+        if key in item and not (isinstance(item[key], str) and _PRICE.fullmatch(item[key])):
+            raise _Refused(400, f"Incorrect request: {where}.{key} must be a price as text")
 
 
 def _coerce_xml(data: Any) -> Any:

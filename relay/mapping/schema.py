@@ -303,6 +303,11 @@ class TagsSchema(StrictSchema):
         return TagsSpec(field=data["field"], add=tuple(data["add"]), remove=tuple(data["remove"]))
 
 
+def _given(values: dict[str, ValueSpec | None]) -> dict[str, ValueSpec]:
+    """The values a section gives, of those its schema declares (the rest load as None)."""
+    return {key: spec for key, spec in values.items() if spec is not None}
+
+
 class LinesSchema(StrictSchema):
     path = Expression(required=True)
     external_id = ValueField(required=True)
@@ -324,8 +329,7 @@ class LinesSchema(StrictSchema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> LinesSpec:
         path, shared = data.pop("path"), data.pop("with_")
-        values = {key: spec for key, spec in data.items() if spec is not None}
-        return LinesSpec(path=path, values=values, shared=shared)
+        return LinesSpec(path=path, values=_given(data), shared=shared)
 
 
 class OrderSchema(StrictSchema):
@@ -345,8 +349,7 @@ class OrderSchema(StrictSchema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> OrderSpec:
         lines, when = data.pop("lines"), data.pop("when")
-        values = {key: spec for key, spec in data.items() if spec is not None}
-        return OrderSpec(values=values, lines=lines, when=when)
+        return OrderSpec(values=_given(data), lines=lines, when=when)
 
 
 class RuleSchema(StrictSchema):

@@ -24,7 +24,7 @@ from relay.mapping.fetches import Fetch, build_request, unset_settings, with_fet
 from relay.mapping.model import FetchSpec, FieldSpec, LinesSpec, OrderSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
-from relay.upstream.contract import ORDERS_METHOD
+from relay.upstream.contract import ORDERS_METHOD, missing_match
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = [
@@ -312,7 +312,7 @@ class _Builder:
         if remove_tags:
             # One field takes one operator per call, so removals follow as an update.
             follow_up = {k: body[k] for k in body if k in ("db_id", "matching", "resource_id")}
-            follow_up.update({k: body[k] for k in rule.match if k in body})
+            follow_up.update(self._match_keys(body))
             if rule.skip_triggers:
                 follow_up["skip_triggers"] = True
             follow_up["data"] = {tags_field: {"action": "delete", "value": remove_tags}}
@@ -336,7 +336,7 @@ class _Builder:
         values = {key: endpoint if key == "endpoint" else self.value(value) for key, value in spec.values.items()}
         # The buyer's keys after the order's id, as the API's examples write them.
         order: dict[str, Any] = {"external_id": None, "matching": profile_body["matching"]}
-        order.update({key: profile_body[key] for key in self.rule.match if key in profile_body})
+        order.update(self._match_keys(profile_body))
         for key, value in values.items():
             order[key] = value if key == "tags" or value is None else _order_text(value)
         items = search(spec.lines.path, self.payload)
@@ -357,13 +357,13 @@ class _Builder:
                 line[key] = value if key == "count" else _order_text(value)
         return line
 
-    def _require_match(self, body: dict[str, Any]) -> None:
-        from relay.upstream.contract import MATCHING_MODES
+    def _match_keys(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The values the profile call matches by, for the calls that follow it (tag removal, the order)."""
+        return {key: body[key] for key in self.rule.match if key in body}
 
-        required, one_of = MATCHING_MODES[self.rule.matching]
-        missing = [key for key in required if body.get(key) in (None, "")]
-        if missing or (one_of and not any(body.get(key) not in (None, "") for key in one_of)):
-            wanted = ", ".join(missing) or " or ".join(one_of)
+    def _require_match(self, body: dict[str, Any]) -> None:
+        wanted = missing_match(self.rule.matching, body)
+        if wanted is not None:
             raise MappingError(
                 f"rule {self.rule.name!r} matches by {self.rule.matching} but the payload gives no usable {wanted}"
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 __all__ = [
     "CHANNELS",
     "CHANNEL_IDENTITY",
@@ -12,6 +15,7 @@ __all__ = [
     "ORDER_STATUSES",
     "PROFILE_METHODS",
     "SUBSCRIPTION_STATUSES",
+    "missing_match",
 ]
 
 PROFILE_METHODS = ("profiles/update", "profiles/import")
@@ -62,3 +66,15 @@ SUBSCRIPTION_STATUSES = {
     "suspended": 5,
     "invalid": 6,
 }
+
+
+def missing_match(mode: str, body: Mapping[str, Any]) -> str | None:
+    """What `body` lacks of the keys matching `mode` needs (`email`; `email or phone`), or None when it has
+    them (or the mode is unknown: the mode's own check says so)."""
+    required, one_of = MATCHING_MODES.get(mode, ((), ()))
+    missing = [key for key in required if body.get(key) in (None, "")]
+    if missing:
+        return ", ".join(missing)
+    if one_of and not any(body.get(key) not in (None, "") for key in one_of):
+        return " or ".join(one_of)
+    return None

@@ -25,6 +25,7 @@ from relay.upstream.contract import (
     ORDER_STATUSES,
     ORDERS_METHOD,
     SUBSCRIPTION_STATUSES,
+    missing_match,
 )
 
 __all__ = ["UpstreamCall", "request_problems"]
@@ -411,10 +412,9 @@ class _OrderSchema(Schema):
 
     @validates_schema
     def _buyer(self, data: dict[str, Any], **_: Any) -> None:
-        required, one_of = MATCHING_MODES.get(data.get("matching", ""), ((), ()))
-        missing = [key for key in required if data.get(key) in (None, "")]
-        if missing or (one_of and not any(data.get(key) not in (None, "") for key in one_of)):
-            raise ValidationError(f"matching {data.get('matching')} needs {', '.join(missing) or ' or '.join(one_of)}")
+        wanted = missing_match(data.get("matching", ""), data)
+        if wanted is not None:
+            raise ValidationError(f"matching {data.get('matching')} needs {wanted}")
 
 
 class _OrdersRequestSchema(Schema):
