@@ -273,6 +273,9 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         body_out = {"token": "***", **call.body}
         calls.append({"method": call.method, "body": to_xml(body_out) if args.format == "xml" else body_out})
     print(json.dumps(calls, ensure_ascii=False, indent=2))
+    if translation.order_refused:
+        print(f"relay: mapping error: {translation.order_refused} (the calls above would still go)", file=sys.stderr)
+        return 1
     return 0
 
 

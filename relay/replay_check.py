@@ -122,6 +122,8 @@ def _check_one(
         return
     if translation.ignored:
         check.ignored += 1
+    elif translation.order_refused:
+        check.failed(delivery, translation.order_refused)
     else:
         check.translate += 1
 

@@ -269,6 +269,17 @@ class Worker:
                 error = again
         return self._mapping_failed(delivery, token, latest, error)
 
+    def _order_with_latest(
+        self, delivery: Delivery, sources: dict[str, Source], translation: Translation
+    ) -> Translation:
+        """An order the files as this worker last read them refuse: translated again with the files as they
+        are this moment, as for a mapping error (`_translate_with_latest`), so a fix just saved is used."""
+        latest = self.mappings.fresh() if self.mappings is not None else sources
+        if latest is sources:
+            return translation
+        self.sources = latest
+        return self._translate(latest, delivery)
+
     def _mapping_failed(self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError) -> str:
         """Fail the delivery for its mapping; unless its source's file is there but does not load, with no
         good version to keep (an edit under way when this worker started): then it waits for the fix, as
@@ -306,6 +317,8 @@ class Worker:
         try:
             try:
                 translation = self._translate(sources, delivery)
+                if translation.order_refused:
+                    translation = self._order_with_latest(delivery, sources, translation)
             except MappingError as exc:
                 settled = self._translate_with_latest(delivery, token, sources, exc)
                 if isinstance(settled, str):
@@ -344,6 +357,8 @@ class Worker:
                 if not self._keep(delivery, partial(self.store.record_attempt, delivery.id, token, attempt)):
                     return "lost"
                 continue
+            if error is None and translation.order_refused:
+                return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls, attempt=attempt)
             if error is None:
                 self._keep(
                     delivery,
@@ -370,6 +385,8 @@ class Worker:
                 or "timeout" in error.detail,
             )
         # Every call went through before (a replayed cycle that had finished): settle it.
+        if translation.order_refused:
+            return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls)
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
         return "delivered"
 

@@ -274,3 +274,18 @@ def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):
         assert done.stderr.startswith("relay: the store at postgresql://relay:***@127.0.0.1:1/relay failed: ")
         assert "Connection refused" in done.stderr
         assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_preview_prints_the_calls_that_still_go_when_the_order_is_refused(tmp_path):
+    """An order the contract refuses does not hold back the buyer's profile: preview prints the profile
+    calls, says why the order is left out, and exits 1 as for any mapping error."""
+    order = (ROOT / "mappings" / "examples" / "shopify" / "orders-paid.json").read_text()
+    path = tmp_path / "order.json"
+    path.write_text(order.replace('"currency":"CAD"', '"currency":"dollars"', 1))
+    result = relay_command(
+        "preview", "--source", "shopify", "--header", "X-Shopify-Topic: orders/paid", str(path),
+        env={**ENV, "RELAY_MARKET_ENDPOINT": "web-shop"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert [call["method"] for call in json.loads(result.stdout)] == ["profiles/import", "profiles/update"]
+    assert "the order was not sent" in result.stderr and "data.0.currency: an ISO 4217 code" in result.stderr

@@ -17,6 +17,7 @@ import pytest
 from relay.errors import MappingError
 from relay.mapping.loader import load_source_file
 from relay.mapping.translate import TranslateContext, translate
+from relay.replay_check import check_delivery
 from relay.sandbox import Sandbox, default_config
 from relay.store import Store
 from relay.upstream.xmlbody import to_xml
@@ -119,6 +120,45 @@ def test_an_order_the_upstream_refuses_fails_after_the_profile_calls_and_a_repla
     assert list(fake.orders) == ["820982911946154508"]
 
 
+def test_an_order_the_mapping_gets_wrong_holds_back_only_itself_until_the_fix_is_replayed(tmp_path, sandbox):
+    """The buyer's profile is a lead: an order section that reads the wrong key fails the delivery as
+    `mapping` after the profile call went, and once the file is fixed a replay sends the order alone."""
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "shop.yaml").write_text(RULE.replace("currency: {path: currency,", "currency: {path: curency,"))
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_MAPPINGS_DIR=str(folder), SHOP_TOKEN="s-1", MARKET="m1"
+    )
+    app = create_app(settings)
+    store: Store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    fake = sandbox.sandbox
+    try:
+        answer = app.test_client().post("/hooks/shop?token=s-1", json=PAYLOAD)
+        assert answer.status_code == 202, answer.json
+        delivery_id = answer.json["id"]
+        assert drain(store, worker, delivery_id) == "failed"
+        delivery = store.get(delivery_id)
+        assert delivery is not None and (delivery.reason, delivery.calls_done) == ("mapping", 1)
+        assert "the order was not sent" in (delivery.detail or "")
+        assert "data.0.currency: Missing data for required field" in (delivery.detail or "")
+        assert [r["method"] for r in fake.requests] == ["profiles/import"]
+        (profile,) = fake.profiles.values()
+        assert fake.orders == {}
+        dry_run = check_delivery(delivery, settings)  # what `relay replay --dry-run` says of it
+        assert (dry_run["still_fail"], dry_run["translate"]) == (1, 0)
+        assert "data.0.currency" in dry_run["errors"][0]["error"]
+        (folder / "shop.yaml").write_text(RULE)  # the fix: the worker reads it before it fails the order
+        assert check_delivery(delivery, settings)["translate"] == 1
+        assert store.replay(delivery_id)
+        assert drain(store, worker, delivery_id) == "delivered"
+        assert [r["method"] for r in fake.requests] == ["profiles/import", "market/orders/import"]
+        assert fake.orders["1001"]["profile_id"] == profile.id and fake.orders["1001"]["currency"] == "RUB"
+    finally:
+        worker.stop()
+        store.close()
+
+
 RULE = """version: 1
 source: shop
 auth: {scheme: token, secret: "${SHOP_TOKEN}"}
@@ -151,11 +191,16 @@ def load(tmp_path: Path, text: str = RULE):  # type: ignore[no-untyped-def]
     return load_source_file(path)
 
 
-def order_call(tmp_path: Path, payload: dict, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def order_translation(tmp_path: Path, payload: dict, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     source, problems = load(tmp_path)
     assert source is not None, problems
-    calls = translate(source, payload, context=TranslateContext(env={"MARKET": "m1", **(env or {})})).calls
-    return calls[-1]
+    return translate(source, payload, context=TranslateContext(env={"MARKET": "m1", **(env or {})}))
+
+
+def order_call(tmp_path: Path, payload: dict, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    translation = order_translation(tmp_path, payload, env)
+    assert translation.order_refused is None, translation.order_refused
+    return translation.calls[-1]
 
 
 PAYLOAD = {
@@ -201,10 +246,17 @@ def test_an_orders_values_are_text_its_counts_whole_numbers_and_triggers_follow_
         ({"number": None}, "data.0.external_id: Missing data for required field"),
     ],
 )
-def test_an_order_the_contract_refuses_is_a_mapping_error_naming_the_key(tmp_path, change, problem):
-    with pytest.raises(MappingError) as info:
-        order_call(tmp_path, {**PAYLOAD, **change})
-    assert problem in str(info.value)
+def test_an_order_the_contract_refuses_is_left_out_naming_the_key_and_the_profile_call_stays(tmp_path, change, problem):
+    translation = order_translation(tmp_path, {**PAYLOAD, **change})
+    assert [call.method for call in translation.calls] == ["profiles/import"]
+    assert translation.order_refused is not None
+    assert translation.order_refused.startswith("the order was not sent: rule 'order' builds an invalid request")
+    assert problem in translation.order_refused
+
+
+def test_a_profile_the_contract_refuses_fails_the_whole_translation_order_and_all(tmp_path):
+    with pytest.raises(MappingError, match="matches by email but the payload gives no usable email"):
+        order_translation(tmp_path, {**PAYLOAD, "email": "not an address", "items": []})
 
 
 @pytest.mark.parametrize(
@@ -302,7 +354,32 @@ def test_a_line_reads_what_with_adds_from_the_order(tmp_path):
     context = TranslateContext(env={"MARKET": "m1"})
     (line,) = translate(source, payload, context=context).calls[-1].body["data"][0]["lines"]
     assert line == {"external_id": "1001", "product": "1001", "count": 2, "final_price_per_item": "625"}
-    with pytest.raises(MappingError, match="data.0.lines.0.external_id"):
-        translate(source, {**payload, "items": ["a text line"]}, context=context)
-    _source, refused = load(tmp_path, text.replace("with: {cur:", "with: {'a b':"))
-    assert any("rules.0.order.lines.with" in line for line in refused), refused
+    refused = translate(source, {**payload, "items": ["a text line"]}, context=context).order_refused
+    assert refused is not None and "data.0.lines.0.external_id" in refused
+    _source, problems = load(tmp_path, text.replace("with: {cur:", "with: {'a b':"))
+    assert any("rules.0.order.lines.with" in line for line in problems), problems
+
+
+def test_an_example_says_which_calls_still_go_when_its_order_is_refused(tmp_path):
+    """`expect: {calls, error}`: the profile calls that go, and the order's refusal; either alone does not hold."""
+    from relay.mapping.examples import load_example, run_example
+
+    source, problems = load(tmp_path)
+    assert source is not None, problems
+    (tmp_path / "examples" / "shop").mkdir(parents=True)
+    (tmp_path / "examples" / "shop" / "order.json").write_text(json.dumps({**PAYLOAD, "items": []}))
+    profile_call = order_translation(tmp_path, {**PAYLOAD, "items": []}).calls[0].to_dict()
+
+    def run(expect: dict) -> list[str]:  # type: ignore[type-arg]
+        path = tmp_path / "examples" / "shop" / "order.yaml"
+        request = {"body_file": "order.json", "content_type": "application/json"}
+        path.write_text(json.dumps({"request": request, "env": {"MARKET": "m1"}, "expect": expect}))
+        return run_example(load_example(path), source)
+
+    assert run({"calls": [profile_call], "error": "data.0.lines: Shorter than minimum length 1"}) == []
+    assert run({"error": "the order was not sent"}) == []
+    (missed,) = run({"calls": [profile_call]})
+    assert missed.startswith("mapping error: the order was not sent: rule 'order' builds an invalid request")
+    (other,) = run({"calls": [profile_call], "error": "data.0.currency"})
+    assert "data.0.lines: Shorter than minimum length 1" in other
+    assert run({"calls": [], "error": "data.0.lines"})[0].startswith("calls differ")

@@ -15,6 +15,7 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, without query
       calls: [{method: profiles/import, body: {...}}]
       # or ignored: <reason substring> | ping: true | error: <substring>
+      # (error with calls: the calls that still go when the order alone is refused)
 
 `python -m relay check` and the test suite both run them through `run_example`.
 """
@@ -120,8 +121,12 @@ def run_example(
         return [f"mapping error: {exc.detail}"]
     if "fetches" in expect and fetches != list(expect["fetches"]):
         return [f"fetched {fetches}, expected {list(expect['fetches'])}"]
-    if "error" in expect:
+    if translation.order_refused and str(expect.get("error", "\0")) not in translation.order_refused:
+        return [f"mapping error: {translation.order_refused}"]
+    if "error" in expect and not translation.order_refused:
         return [f"expected a mapping error containing {expect['error']!r}, got calls"]
+    if "error" in expect and "calls" not in expect:
+        return []
     if "ignored" in expect:
         if translation.ignored and str(expect["ignored"]) in translation.ignored:
             return []

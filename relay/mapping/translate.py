@@ -49,12 +49,18 @@ class TranslateContext:
 
 @dataclass(frozen=True)
 class Translation:
-    """The calls to make, or why there are none (`ignored`)."""
+    """The calls to make, or why there are none (`ignored`).
+
+    `order_refused` says why the rule's order was left out of `calls`: the order breaks the contract while
+    the buyer's profile calls do not. Those go, and the delivery then fails as `mapping` with this reason,
+    so a lead is not held back by its order's lines; once the mapping is fixed, a replay sends the order
+    alone (the calls made before are not made again)."""
 
     calls: list[UpstreamCall]
     rule: str | None = None
     event: str | None = None
     ignored: str | None = None
+    order_refused: str | None = None
 
 
 def prepare_payload(source: Source, payload: Any) -> Any:
@@ -201,12 +207,26 @@ def translate(
         return Translation(calls=[], event=event, ignored=unmatched_reason(event))
     if rule.ignore is not None:
         return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore)
-    calls = _Builder(source, rule, data, ctx, client_ip).build()
+    builder = _Builder(source, rule, data, ctx, client_ip)
+    calls = builder.build()
     for call in calls:
-        problems = request_problems(call.method, call.body)
-        if problems:
-            raise MappingError(f"rule {rule.name!r} builds an invalid request: " + "; ".join(problems))
-    return Translation(calls=calls, rule=rule.name, event=event)
+        _check_call(rule, call)
+    order_refused = None
+    if rule.order is not None:
+        try:
+            order = builder.order_call(rule.order, calls[0].body)
+            if order is not None:
+                _check_call(rule, order)
+                calls.append(order)
+        except MappingError as exc:
+            order_refused = f"the order was not sent: {exc.detail}"
+    return Translation(calls=calls, rule=rule.name, event=event, order_refused=order_refused)
+
+
+def _check_call(rule: Rule, call: UpstreamCall) -> None:
+    problems = request_problems(call.method, call.body)
+    if problems:
+        raise MappingError(f"rule {rule.name!r} builds an invalid request: " + "; ".join(problems))
 
 
 def _order_text(value: Any) -> Any:
@@ -317,19 +337,21 @@ class _Builder:
                 follow_up["skip_triggers"] = True
             follow_up["data"] = {tags_field: {"action": "delete", "value": remove_tags}}
             calls.append(UpstreamCall("profiles/update", follow_up))
-        if rule.order is not None:
-            order = self._order(rule.order, body)
-            if order is not None:
-                orders_body: dict[str, Any] = {"data": [order]}
-                if rule.skip_triggers:
-                    orders_body["skip_triggers"] = True
-                calls.append(UpstreamCall(ORDERS_METHOD, orders_body))
         return calls
 
+    def order_call(self, spec: OrderSpec, profile_body: dict[str, Any]) -> UpstreamCall | None:
+        """The `market/orders/import` call that follows the profile's, for the buyer it matched; None when
+        the order's endpoint comes out empty (the setting that names it is unset: orders are not sent) or
+        its `when` is false."""
+        order = self._order(spec, profile_body)
+        if order is None:
+            return None
+        body: dict[str, Any] = {"data": [order]}
+        if self.rule.skip_triggers:
+            body["skip_triggers"] = True
+        return UpstreamCall(ORDERS_METHOD, body)
+
     def _order(self, spec: OrderSpec, profile_body: dict[str, Any]) -> dict[str, Any] | None:
-        """The order of `market/orders/import`, for the buyer the profile call matched; None when its
-        endpoint comes out empty (the setting that names it is unset: orders are not sent) or its `when` is
-        false."""
         endpoint = self.value(spec.values["endpoint"])  # first: unset, nothing else is read
         if endpoint in (None, "") or (spec.when is not None and not _truthy(search(spec.when, self.payload))):
             return None
