@@ -451,7 +451,11 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
         for spec in source.fetches:
             unset = unset_settings(spec, settings.env)
-            skipped = f" (optional: skipped while {', '.join(unset)} is unset)" if spec.optional and unset else ""
+            skipped = (
+                f" (optional: skipped while {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset)"
+                if spec.optional and unset
+                else ""
+            )
             print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}{skipped}")
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")

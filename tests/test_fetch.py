@@ -19,6 +19,7 @@ import pytest
 from relay.errors import MappingError
 from relay.mapping.fetches import build_request
 from relay.mapping.loader import load_source_file
+from relay.mapping.translate import TranslateContext, translate
 from relay.metrics import REGISTRY
 from relay.sandbox import SandboxServer
 from relay.web import create_app
@@ -38,10 +39,11 @@ def _example(name: str) -> Any:
 
 class FakeBigCommerce:
     """BigCommerce's store API for what the mapping fetches: X-Auth-Token checked (401), unknown records
-    404, a customer list filtered by `id:in`; `faults` are answered first, one a request."""
+    404, an order's products, a customer list filtered by `id:in`; `faults` are answered first, one a request."""
 
     def __init__(self) -> None:
         self.orders: dict[int, Any] = {250: _example("api-order-250.json")}
+        self.products: dict[int, Any] = {250: _example("api-order-250-products.json")}
         self.customers: dict[int, Any] = {32: _example("api-customer-32.json")["data"][0]}
         self.subscribers: dict[int, Any] = {5: _example("api-subscriber-5.json")["data"]}
         self.faults: list[dict[str, Any]] = []
@@ -81,6 +83,9 @@ class FakeBigCommerce:
         route = parts.path.removeprefix(prefix)
         if not parts.path.startswith(prefix + "/"):
             return 404, {}, b'{"status": 404, "title": "store not found"}'
+        if route.startswith("/v2/orders/") and route.endswith("/products"):
+            products = self.products.get(int(route.split("/")[3]))
+            return (200, {}, json.dumps(products).encode()) if products else (404, {}, b'[{"status": 404}]')
         if route.startswith("/v2/orders/"):
             order = self.orders.get(int(route.rsplit("/", 1)[1]))
             return (200, {}, json.dumps(order).encode()) if order else (404, {}, b'[{"status": 404}]')
@@ -164,6 +169,37 @@ def test_a_thin_order_hook_is_fetched_translated_and_delivered(relay, sandbox, b
     assert delivery is not None and delivery.calls and delivery.calls[0]["body"]["email"] == "jane.doe@example.com"
     kept = Path(store.engine.url.database).read_bytes()
     assert API_TOKEN.encode() not in kept and HOOK_TOKEN.encode() not in kept
+
+
+def test_with_the_market_module_on_the_orders_products_are_fetched_and_the_order_follows_the_profile(
+    tmp_path, sandbox, bigcommerce
+):
+    """RELAY_MARKET_ENDPOINT set: a second fetch gets the order's products, and the order with its lines goes
+    to market/orders/import for the buyer the profile call made (without the setting, the test above makes
+    one fetch and no order)."""
+    settings = _settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop")
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    try:
+        response = post(app.test_client(), "order-created.json")
+        assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    finally:
+        worker.stop()
+        store.close()
+    assert [r["path"] for r in bigcommerce.requests] == [
+        f"/stores/{STORE_HASH}/v2/orders/250",
+        f"/stores/{STORE_HASH}/v2/orders/250/products?limit=250",
+    ]
+    assert bigcommerce.requests[1]["headers"]["X-Auth-Token"] == API_TOKEN
+    [profile] = sandbox.sandbox.profiles.values()
+    order = sandbox.sandbox.orders["250"]
+    assert order["profile_id"] == profile.id
+    assert (order["status"], order["total_price"], order["currency"]) == ("paid", "225.0000", "USD")
+    assert [(line["product"], line["count"], line["final_price_per_item"]) for line in order["lines"]] == [
+        ("OTL", 1, "109.0000"),
+        ("65", 1, "116.0000"),  # no SKU: its variant
+    ]
 
 
 def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigcommerce):
@@ -354,8 +390,20 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
         ("fetch:\n  doc:\n    url: https://api.example.com/{a[}\n", "fetch"),
         ("fetch:\n  doc:\n    url: https://api.example.com/x\n    headers: {Host: x}\n", "set by relay"),
         ("fetch:\n  doc:\n    url: https://api.example.com/x\n    events: [a]\n", "needs an event"),
+        ("fetch:\n  doc:\n    url: https://api.example.com/x\n    needs: [MARKET]\n", "give optional: true"),
+        ("fetch:\n  doc:\n    url: https://x.example\n    optional: true\n    needs: [A-B]\n", "a setting's name"),
     ],
-    ids=["inline-credential", "host-from-payload", "not-http", "name", "bad-expression", "host-header", "events"],
+    ids=[
+        "inline-credential",
+        "host-from-payload",
+        "not-http",
+        "name",
+        "bad-expression",
+        "host-header",
+        "events",
+        "needs-not-optional",
+        "needs-a-name",
+    ],
 )
 def test_a_fetch_that_could_leak_or_mislead_is_refused_when_the_file_loads(tmp_path, fetch, problem):
     source, problems = _fetching_source(tmp_path, fetch)
@@ -440,6 +488,31 @@ def test_an_optional_fetch_leaves_its_source_ready_and_says_it_is_skipped():
     block = done.stdout.split("\npaddle\n", 1)[1].split("\n\n", 1)[0]
     assert "status:   ready" in block
     assert "read by the rules as fetched.customer (optional: skipped while PADDLE_API_KEY is unset)" in block
+
+
+def test_an_optional_fetch_that_needs_a_setting_is_made_only_while_it_is_set_and_not_empty(tmp_path):
+    """`needs`: a setting the fetch does not put in its request (the one that turns orders on), unset or
+    empty, skips it as an unset credential does."""
+    source, problems = _fetching_source(
+        tmp_path,
+        "fetch:\n  doc:\n    url: https://api.example.com/{id}\n    optional: true\n    needs: [MARKET]\n"
+        "  lines:\n    url: https://api.example.com/{id}/lines\n    optional: true\n    needs: [MARKET]\n"
+        "    when: fetched.doc.email\n",
+    )
+    assert problems == [], problems
+    fetched: list[str] = []
+
+    def fetch(request: Any) -> Any:
+        fetched.append(request.url)
+        return {"email": "a@example.com"}
+
+    for env in ({}, {"MARKET": ""}):
+        with pytest.raises(MappingError, match="no usable email"):  # the rule finds no fetched.doc
+            translate(source, {"id": 7}, context=TranslateContext(env=env), fetch=fetch)
+        assert fetched == [], env
+    translation = translate(source, {"id": 7}, context=TranslateContext(env={"MARKET": "m1"}), fetch=fetch)
+    assert fetched == ["https://api.example.com/7", "https://api.example.com/7/lines"]
+    assert translation.calls[0].body["email"] == "a@example.com"
 
 
 def test_a_429_from_the_api_pauses_the_sources_fetches_without_spending_tries(relay, bigcommerce):

@@ -56,9 +56,11 @@ SECRET_SETTING = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CREDENTIAL|SIGNATURE|SE
 
 
 def unset_settings(spec: FetchSpec, env: Mapping[str, str]) -> list[str]:
-    """The settings a fetch references (in its URL and header values) that are unset with no default."""
+    """The settings a fetch references (in its URL and header values) that are unset with no default, and
+    those it `needs` that are unset or empty."""
     texts = [spec.url, *(value for _name, value in spec.headers)]
-    return envrefs.missing([ref for text in texts for ref in envrefs.find_refs(text)], env)
+    missing = envrefs.missing([ref for text in texts for ref in envrefs.find_refs(text)], env)
+    return sorted({*missing, *(name for name in spec.needs if not env.get(name))}) if spec.needs else missing
 
 
 def answer_from_file(name: str, path: Path) -> Any:

@@ -206,6 +206,9 @@ class FetchSpec:
     # Skipped, rather than failing the delivery, while a setting it needs is unset: the rules then find no
     # `fetched.<name>` (Paddle's transactions are forwarded once an API key is set, and ignored before).
     optional: bool = False
+    # Settings it needs besides those its address and headers name: a fetch only an order reads needs the
+    # setting that turns orders on (RELAY_MARKET_ENDPOINT), and is not made while that is unset or empty.
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

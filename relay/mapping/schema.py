@@ -621,6 +621,7 @@ class Template(CheckedText):
         return _template_problem(text)
 
 
+SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")  # an environment variable's name, as ${NAME} takes it
 FETCH_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")  # read by the rules as `fetched.<name>`: a plain JMESPath name
 # A header whose name says it carries a credential must take its value from a setting, never the file.
 CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|password|cookie|signature", re.IGNORECASE)
@@ -636,9 +637,15 @@ class FetchSchema(StrictSchema):
     events = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
     optional = fields.Boolean(load_default=False)
+    needs = fields.List(
+        fields.String(validate=validate.Regexp(SETTING_NAME, error="a setting's name, such as RELAY_MARKET_ENDPOINT")),
+        load_default=list,
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("needs") and not data.get("optional"):
+            raise ValidationError("a fetch that needs settings is optional: give optional: true", "needs")
         url = data.get("url", "")
         if not url.lower().startswith(("https://", "http://", "${")):
             raise ValidationError("the API's address: https://... or a ${NAME} setting that holds it", "url")
@@ -775,6 +782,7 @@ class MappingFileSchema(StrictSchema):
                 events=tuple(spec["events"]),
                 when=spec["when"],
                 optional=spec["optional"],
+                needs=tuple(spec["needs"]),
             )
             for name, spec in raw.items()
         )
