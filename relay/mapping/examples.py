@@ -12,7 +12,7 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       fetched: {order: order-250.json}  # optional: the API's answers to the mapping's fetches, by name
     env: {RELAY_DB_ID: "7"}             # optional, over an empty environment
     expect:
-      fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, without query
+      fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, as relay shows them
       calls: [{method: profiles/import, body: {...}}]
       # or ignored: <reason substring> | ping: true | error: <substring>
       # (error with calls: the calls that still go when the order alone is refused)
