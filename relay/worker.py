@@ -254,15 +254,21 @@ class Worker:
             source, delivery.inbound(), self.context, upstream_format=self.settings.upstream_format, fetch=fetch
         )
 
+    def _latest(self, sources: dict[str, Source]) -> dict[str, Source]:
+        """The mapping files as they are this moment, kept as this worker's from now on when they changed."""
+        latest = self.mappings.fresh() if self.mappings is not None else sources
+        if latest is not sources:
+            self.sources = latest
+        return latest
+
     def _translate_with_latest(
         self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError
     ) -> Translation | str:
         """Before a delivery fails for its mapping, the files as they are this moment: a source just added,
         or a fix the web server already serves, would otherwise fail the webhooks it takes in the seconds
         before this worker looks by itself. The translation, or the status the delivery was settled with."""
-        latest = self.mappings.fresh() if self.mappings is not None else sources
+        latest = self._latest(sources)
         if latest is not sources:
-            self.sources = latest
             try:
                 return self._translate(latest, delivery)
             except MappingError as again:
@@ -274,11 +280,8 @@ class Worker:
     ) -> Translation:
         """An order the files as this worker last read them refuse: translated again with the files as they
         are this moment, as for a mapping error (`_translate_with_latest`), so a fix just saved is used."""
-        latest = self.mappings.fresh() if self.mappings is not None else sources
-        if latest is sources:
-            return translation
-        self.sources = latest
-        return self._translate(latest, delivery)
+        latest = self._latest(sources)
+        return translation if latest is sources else self._translate(latest, delivery)
 
     def _mapping_failed(self, delivery: Delivery, token: str, sources: dict[str, Source], error: MappingError) -> str:
         """Fail the delivery for its mapping; unless its source's file is there but does not load, with no

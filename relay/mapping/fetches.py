@@ -60,7 +60,7 @@ def unset_settings(spec: FetchSpec, env: Mapping[str, str]) -> list[str]:
     those it `needs` that are unset or empty."""
     texts = [spec.url, *(value for _name, value in spec.headers)]
     missing = envrefs.missing([ref for text in texts for ref in envrefs.find_refs(text)], env)
-    return sorted({*missing, *(name for name in spec.needs if not env.get(name))}) if spec.needs else missing
+    return sorted({*missing, *(name for name in spec.needs if not env.get(name))})
 
 
 def answer_from_file(name: str, path: Path) -> Any:
