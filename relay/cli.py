@@ -429,11 +429,14 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             how = "none"
         refs = [envrefs.parse_ref(s) for s in auth.secrets]
         missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
-        # The settings its fetches need (the API's token): unset, its webhooks are kept and fail as mapping.
-        needed = {name for spec in source.fetches if not spec.optional for name in unset_settings(spec, settings.env)}
+        # The settings the rules' fetches need (the API's token): unset, its webhooks are kept and fail as
+        # mapping. One only an order reads holds back the order alone, and is said on its own line.
+        needed = {
+            name for spec in source.rule_fetches if not spec.optional for name in unset_settings(spec, settings.env)
+        }
         missing += sorted(needed - set(missing))
         state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
-        if auth.scheme == "none":
+        if auth.scheme == "none" and not missing:
             state = "ready (unauthenticated)"
         print(f"{name}")
         if source.description:
@@ -451,12 +454,14 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
         for spec in source.fetches:
             unset = unset_settings(spec, settings.env)
-            skipped = (
-                f" (optional: skipped while {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset)"
-                if spec.optional and unset
-                else ""
-            )
-            print(f"  fetches:  {spec.name}: GET {spec.url}, read by the rules as fetched.{spec.name}{skipped}")
+            unset_words = f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset"
+            skipped = f" (optional: skipped while {unset_words})" if spec.optional and unset else ""
+            own = [name for name in unset if name not in missing]  # those that hold back the whole source are said
+            if spec.order_only and own and not spec.optional:
+                own_words = f"{', '.join(own)} {'is' if len(own) == 1 else 'are'} unset"
+                skipped = f" (while {own_words}, the profile goes and the order fails as mapping)"
+            reader = "the order section" if spec.order_only else "the rules"
+            print(f"  fetches:  {spec.name}: GET {spec.url}, read by {reader} as fetched.{spec.name}{skipped}")
         if source.cors_origins:
             print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
         if auth.signs_url and not settings.public_url:

@@ -26,6 +26,7 @@ from relay.errors import (
     PermanentUpstreamError,
     StoreUnavailable,
     TariffLimitReached,
+    TransientFetchError,
     TransientUpstreamError,
     first_line,
 )
@@ -248,6 +249,15 @@ class Worker:
             raise MappingError(f"no mapping for source {delivery.source!r}")
 
         def fetch(request: FetchRequest) -> Any:
+            paused = self.fetcher.paused_for(delivery.source)
+            if paused:
+                # Met only by a fetch made after the others (one only the order reads): the API said 429.
+                raise TransientFetchError(
+                    f"fetch {request.name}: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s",
+                    name=request.name,
+                    url=request.shown,
+                    retry_after=paused,
+                )
             return self.fetcher.get(delivery.source, request)
 
         return translate_request(
@@ -311,7 +321,7 @@ class Worker:
         self._look_at_mappings()
         sources = self.sources
         source = sources.get(delivery.source)
-        paused = self.fetcher.paused_for(delivery.source) if source is not None and source.fetches else 0.0
+        paused = self.fetcher.paused_for(delivery.source) if source is not None and source.rule_fetches else 0.0
         if paused:
             # The provider's API answered 429: the delivery waits it out in the queue, no try spent.
             detail = f"waiting: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s"
@@ -329,6 +339,7 @@ class Worker:
                 translation = settled
         except FetchError as exc:
             return self._fetch_failed(delivery, token, exc, started, time.perf_counter() - clock)
+        translated_in = time.perf_counter() - clock
         if translation.ignored:
             self.store.finish(
                 delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
@@ -360,6 +371,9 @@ class Worker:
                 if not self._keep(delivery, partial(self.store.record_attempt, delivery.id, token, attempt)):
                     return "lost"
                 continue
+            if error is None and translation.order_held:
+                held = self._fetch_attempt(translation.order_held, started, translated_in, call_index=index + 1)
+                return self._hold_order(delivery, token, translation.order_held, calls, attempt, held, attempt_no)
             if error is None and translation.order_refused:
                 return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls, attempt=attempt)
             if error is None:
@@ -388,6 +402,9 @@ class Worker:
                 or "timeout" in error.detail,
             )
         # Every call went through before (a replayed cycle that had finished): settle it.
+        if translation.order_held:
+            held = self._fetch_attempt(translation.order_held, started, translated_in, call_index=len(calls))
+            return self._hold_order(delivery, token, translation.order_held, calls, None, held, attempt_no)
         if translation.order_refused:
             return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls)
         self.store.finish(delivery.id, token, status="delivered", calls=calls)
@@ -398,17 +415,7 @@ class Worker:
         setting in it as ***, and the API's answer), then retried on the schedule, or failed as `rejected` for
         an answer that will not change by itself (a wrong token, a record deleted): fixed, a replay fetches
         again."""
-        attempt = Attempt(
-            started_at=started,
-            duration_ms=seconds * 1000,
-            call_index=delivery.calls_done,
-            method=f"fetch {error.name}",
-            request={"url": error.url},
-            http_status=error.http_status,
-            response=error.body or None,
-            outcome=error.code,
-            error=error.detail,
-        )
+        attempt = self._fetch_attempt(error, started, seconds, call_index=delivery.calls_done)
         if isinstance(error, PermanentFetchError):
             return self._fail(delivery, token, "rejected", error.detail, attempt=attempt)
         return self._retry_later(
@@ -417,6 +424,51 @@ class Worker:
             error.detail,
             attempt_no=delivery.attempts + 1,
             attempt=attempt,
+            retry_after=error.retry_after,
+            overloaded=error.http_status == 429,
+        )
+
+    @staticmethod
+    def _fetch_attempt(error: FetchError, started: float, seconds: float, *, call_index: int) -> Attempt:
+        """A fetch that failed, as a try in the delivery's log: its address (a credential's setting as ***)
+        and the API's answer."""
+        return Attempt(
+            started_at=started,
+            duration_ms=seconds * 1000,
+            call_index=call_index,
+            method=f"fetch {error.name}",
+            request={"url": error.url},
+            http_status=error.http_status,
+            response=error.body or None,
+            outcome=error.code,
+            error=error.detail,
+        )
+
+    def _hold_order(
+        self,
+        delivery: Delivery,
+        token: str,
+        error: FetchError,
+        calls: list[dict[str, Any]],
+        sent: Attempt | None,
+        held: Attempt,
+        attempt_no: int,
+    ) -> str:
+        """The profile calls went (`sent`, the last of them, kept first), and a document only the order
+        reads did not come (`held`, its try): retried on the schedule for the order alone, or failed as
+        `rejected` for an answer that will not change by itself, replayable once fixed."""
+        if sent is not None and not self._keep(delivery, partial(self.store.record_attempt, delivery.id, token, sent)):
+            return "lost"
+        detail = f"the order was not sent: {error.detail}"
+        if isinstance(error, PermanentFetchError):
+            return self._fail(delivery, token, "rejected", detail, calls=calls, attempt=held)
+        return self._retry_later(
+            delivery,
+            token,
+            detail,
+            attempt_no=attempt_no + 1,
+            attempt=held,
+            calls=calls,
             retry_after=error.retry_after,
             overloaded=error.http_status == 429,
         )

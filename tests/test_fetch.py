@@ -47,6 +47,7 @@ class FakeBigCommerce:
         self.customers: dict[int, Any] = {32: _example("api-customer-32.json")["data"][0]}
         self.subscribers: dict[int, Any] = {5: _example("api-subscriber-5.json")["data"]}
         self.faults: list[dict[str, Any]] = []
+        self.product_faults: list[dict[str, Any]] = []  # answered first to the products' requests alone
         self.requests: list[dict[str, Any]] = []
         fake = self
 
@@ -84,6 +85,9 @@ class FakeBigCommerce:
         if not parts.path.startswith(prefix + "/"):
             return 404, {}, b'{"status": 404, "title": "store not found"}'
         if route.startswith("/v2/orders/") and route.endswith("/products"):
+            if self.product_faults:
+                fault = self.product_faults.pop(0)
+                return fault.get("status", 503), fault.get("headers", {}), fault.get("body", b'{"status": 503}')
             products = self.products.get(int(route.split("/")[3]))
             return (200, {}, json.dumps(products).encode()) if products else (404, {}, b'[{"status": 404}]')
         if route.startswith("/v2/orders/"):
@@ -200,6 +204,64 @@ def test_with_the_market_module_on_the_orders_products_are_fetched_and_the_order
         ("OTL", 1, "109.0000"),
         ("65", 1, "116.0000"),  # no SKU: its variant
     ]
+
+
+@pytest.fixture
+def market(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
+    """As `relay`, with the market module on."""
+    settings = _settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop")
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    yield app.test_client(), store, worker
+    worker.stop()
+    store.close()
+
+
+def test_products_that_do_not_come_hold_back_the_order_alone_until_a_retry_brings_them(market, sandbox, bigcommerce):
+    """The order's lines are fetched for the order alone: the API failing there (503, then a 429 that pauses
+    the source's fetches) sends the buyer's profile at once, and the retries fetch the products again and
+    send the order only, the profile's order count applied once."""
+    client, store, worker = market
+    bigcommerce.product_faults += [{"status": 503}, {"status": 429, "headers": {"Retry-After": "0"}}]
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    claimed = store.claim(owner=worker.owner, limit=1, lease_seconds=30)
+    assert worker.process(*claimed[0]) == "retrying"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1 and sandbox.sandbox.orders == {}
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.calls_done == 1
+    assert delivery.detail == f"the order was not sent: fetch products from {bigcommerce.url}: HTTP 503"
+    assert drain(store, worker, delivery_id) == "delivered"
+    assert profile.fields["orders_count"] == 1
+    assert sandbox.sandbox.orders["250"]["profile_id"] == profile.id
+    assert [(a["method"], a["outcome"], a["http_status"]) for a in store.attempts_of(delivery_id)] == [
+        ("profiles/import", "delivered", 200),
+        ("fetch products", "transient", 503),
+        ("fetch products", "transient", 429),
+        ("market/orders/import", "delivered", 200),
+    ]
+    products = f"/stores/{STORE_HASH}/v2/orders/250/products?limit=250"
+    assert [r["path"] for r in bigcommerce.requests].count(products) == 3
+
+
+def test_products_the_api_refuses_fail_the_order_alone_as_rejected_and_a_replay_sends_it(market, sandbox, bigcommerce):
+    """A final answer for the products (404) fails the delivery as rejected after the profile went, naming
+    the fetch; once the API has them, a replay fetches again and sends the order without the profile call."""
+    client, store, worker = market
+    products = bigcommerce.products.pop(250)
+    delivery_id = post(client, "order-created.json").get_json()["id"]
+    assert drain(store, worker, delivery_id) == "failed"
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.reason == "rejected" and delivery.calls_done == 1
+    assert delivery.detail == f"the order was not sent: fetch products from {bigcommerce.url}: HTTP 404"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1 and sandbox.sandbox.orders == {}
+    bigcommerce.products[250] = products
+    assert store.replay(delivery_id)
+    assert drain(store, worker, delivery_id) == "delivered"
+    assert profile.fields["orders_count"] == 1
+    assert [line["product"] for line in sandbox.sandbox.orders["250"]["lines"]] == ["OTL", "65"]
 
 
 def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigcommerce):
@@ -392,6 +454,7 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
         ("fetch:\n  doc:\n    url: https://api.example.com/x\n    events: [a]\n", "needs an event"),
         ("fetch:\n  doc:\n    url: https://api.example.com/x\n    needs: [MARKET]\n", "give optional: true"),
         ("fetch:\n  doc:\n    url: https://x.example\n    optional: true\n    needs: [A-B]\n", "a setting's name"),
+        ("fetch:\n  doc:\n    url: https://x.example\n    order_only: true\n", "no rule has an order section"),
     ],
     ids=[
         "inline-credential",
@@ -403,6 +466,7 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
         "events",
         "needs-not-optional",
         "needs-a-name",
+        "order-only-without-order",
     ],
 )
 def test_a_fetch_that_could_leak_or_mislead_is_refused_when_the_file_loads(tmp_path, fetch, problem):
@@ -490,9 +554,42 @@ def test_an_optional_fetch_leaves_its_source_ready_and_says_it_is_skipped():
     assert "read by the rules as fetched.customer (optional: skipped while PADDLE_API_KEY is unset)" in block
 
 
+def test_sources_says_which_fetches_only_the_order_reads(tmp_path):
+    """Stripe's line items are read by its order section alone: the source is ready without the key, and the
+    line says so. A fetch for the order alone whose own setting is unset says what that does to the order;
+    one whose settings the source's other fetches need too is said once, in its status."""
+    (tmp_path / "shop.yaml").write_text(
+        "version: 1\nsource: shop\nauth: {scheme: none}\n"
+        "fetch:\n  order:\n    url: https://api.example.com/o/{id}?k=${SHOP_API_TOKEN}\n"
+        "  lines:\n    order_only: true\n    url: https://api.example.com/o/{id}/lines?k=${SHOP_LINES_TOKEN}\n"
+        "rules:\n  - name: r\n    match: {email: fetched.order.email}\n    fields: {email: fetched.order.email}\n"
+        "    order:\n      endpoint: {value: m}\n      external_id: id\n      status: {value: paid}\n"
+        "      total_price: fetched.order.total\n      currency: {value: USD}\n"
+        "      lines: {path: fetched.lines, external_id: id, product: sku, count: n}\n",
+        encoding="utf-8",
+    )
+    blocks: dict[str, str] = {}
+    for mappings, secret in ((None, "STRIPE_WEBHOOK_SECRET"), (tmp_path, None)):
+        env = {"PATH": "/usr/bin:/bin", **({"RELAY_MAPPINGS_DIR": str(mappings)} if mappings else {})}
+        done = relay_command("sources", env={**env, **({secret: SECRETS[secret]} if secret else {})})
+        assert done.returncode == 0, done.stderr
+        name = "stripe" if secret else "shop"
+        blocks[name] = done.stdout.split(f"{name}\n", 1)[1].split("\n\n", 1)[0]
+    assert "status:   ready" in blocks["stripe"]
+    assert (
+        "/line_items?limit=100, read by the order section as fetched.line_items "
+        "(optional: skipped while STRIPE_API_KEY is unset)" in blocks["stripe"]
+    )
+    assert "status:   NOT READY: set SHOP_API_TOKEN\n" in blocks["shop"]
+    assert (
+        "read by the order section as fetched.lines (while SHOP_LINES_TOKEN is unset, the profile goes and the "
+        "order fails as mapping)" in blocks["shop"]
+    )
+
+
 def test_an_optional_fetch_that_needs_a_setting_is_made_only_while_it_is_set_and_not_empty(tmp_path):
-    """`needs`: a setting the fetch does not put in its request (the one that turns orders on), unset or
-    empty, skips it as an unset credential does."""
+    """`needs`: a setting the fetch does not put in its request, unset or empty, skips it as an unset
+    credential does."""
     source, problems = _fetching_source(
         tmp_path,
         "fetch:\n  doc:\n    url: https://api.example.com/{id}\n    optional: true\n    needs: [MARKET]\n"

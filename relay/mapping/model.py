@@ -206,9 +206,11 @@ class FetchSpec:
     # Skipped, rather than failing the delivery, while a setting it needs is unset: the rules then find no
     # `fetched.<name>` (Paddle's transactions are forwarded once an API key is set, and ignored before).
     optional: bool = False
-    # Settings it needs besides those its address and headers name: a fetch only an order reads needs the
-    # setting that turns orders on (RELAY_MARKET_ENDPOINT), and is not made while that is unset or empty.
+    # Settings it needs besides those its address and headers name, not made while one is unset or empty.
     needs: tuple[str, ...] = ()
+    # Read by the rule's order section alone (an order's lines): made after the profile calls are built, only
+    # when the rule sends an order, and its failure holds back the order, not the buyer's profile.
+    order_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,3 +240,13 @@ class Source:
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     fetches: tuple[FetchSpec, ...] = ()
     rules: tuple[Rule, ...] = ()
+
+    @property
+    def rule_fetches(self) -> tuple[FetchSpec, ...]:
+        """The fetches made before a rule is chosen: what the rules and the profile calls read."""
+        return tuple(spec for spec in self.fetches if not spec.order_only)
+
+    @property
+    def order_fetches(self) -> tuple[FetchSpec, ...]:
+        """The fetches only an order section reads (`FetchSpec.order_only`)."""
+        return tuple(spec for spec in self.fetches if spec.order_only)

@@ -641,6 +641,8 @@ class FetchSchema(StrictSchema):
         fields.String(validate=validate.Regexp(SETTING_NAME, error="a setting's name, such as RELAY_MARKET_ENDPOINT")),
         load_default=list,
     )
+    # Read by the rule's order section alone: its failure holds back the order, not the profile calls.
+    order_only = fields.Boolean(load_default=False)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -767,6 +769,11 @@ class MappingFileSchema(StrictSchema):
                     f"(dedup: {{paths: [{sorted(signed_fields)[0]}]}}), so that a genuine signature is taken once",
                     "dedup",
                 )
+        order_only = sorted(name for name, spec in data.get("fetch", {}).items() if spec.get("order_only"))
+        if order_only and not any(rule.order is not None for rule in data.get("rules", [])):
+            raise ValidationError(
+                f"fetch {order_only[0]} is order_only, and no rule has an order section to read it", "fetch"
+            )
         if data.get("event") is None and any(spec.get("events") for spec in data.get("fetch", {}).values()):
             raise ValidationError(
                 "a fetch with `events` needs an event: {header: ...}, {path: ...} or {query: ...}", "event"
@@ -783,6 +790,7 @@ class MappingFileSchema(StrictSchema):
                 when=spec["when"],
                 optional=spec["optional"],
                 needs=tuple(spec["needs"]),
+                order_only=spec["order_only"],
             )
             for name, spec in raw.items()
         )

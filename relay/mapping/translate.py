@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import ValidationError
 
-from relay.errors import MappingError
+from relay.errors import FetchError, MappingError
 from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
-from relay.mapping.fetches import Fetch, build_request, unset_settings, with_fetched
+from relay.mapping.fetches import FETCHED, Fetch, build_request, unset_settings, with_fetched
 from relay.mapping.model import FetchSpec, FieldSpec, LinesSpec, OrderSpec, Rule, Source, SubscriptionSpec, ValueSpec
 from relay.mapping.templates import render
 from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
@@ -54,13 +54,17 @@ class Translation:
     `order_refused` says why the rule's order was left out of `calls`: the order breaks the contract while
     the buyer's profile calls do not. Those go, and the delivery then fails as `mapping` with this reason,
     so a lead is not held back by its order's lines; once the mapping is fixed, a replay sends the order
-    alone (the calls made before are not made again)."""
+    alone (the calls made before are not made again).
+
+    `order_held` is the same for a document only the order reads (an `order_only` fetch) that did not come:
+    the profile calls go, and the delivery is retried (or fails as `rejected`) for the order alone."""
 
     calls: list[UpstreamCall]
     rule: str | None = None
     event: str | None = None
     ignored: str | None = None
     order_refused: str | None = None
+    order_held: FetchError | None = None
 
 
 def prepare_payload(source: Source, payload: Any) -> Any:
@@ -102,10 +106,10 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
 def ignored_at_ingress(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> str | None:
     """Why the ingress answers a webhook `ignored` (nothing stored), or None when it is taken: the worker's
     own decision (`translate`), as far as the ingress can know it without the documents the worker fetches."""
-    if source.fetches and not _nothing_to_fetch(source, data, event, env):
+    if source.rule_fetches and not _nothing_to_fetch(source, data, event, env):
         settled = _ignored_whatever_fetched(source, event)
         return settled[1] if settled is not None else None
-    rule = select_rule(source, with_fetched(data, {}) if source.fetches else data, event)
+    rule = select_rule(source, with_fetched(data, {}) if source.rule_fetches else data, event)
     return unmatched_reason(event) if rule is None else rule.ignore
 
 
@@ -125,7 +129,7 @@ def _nothing_to_fetch(source: Source, data: Any, event: str | None, env: Mapping
     if not isinstance(data, dict):
         return False
     view = with_fetched(data, {})
-    return not any(_applies(spec, view, event, env) for spec in source.fetches)
+    return not any(_applies(spec, view, event, env) for spec in source.rule_fetches)
 
 
 def _ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule | None, str] | None:
@@ -144,16 +148,23 @@ def _ignored_whatever_fetched(source: Source, event: str | None) -> tuple[Rule |
     return None, unmatched_reason(event)
 
 
-def _fetch_documents(source: Source, data: Any, event: str | None, fetch: Fetch, env: Mapping[str, str]) -> Any:
-    """The payload with the documents its fetches gave, made in the order written: each fetch's `when`
+def _fetch_documents(
+    specs: tuple[FetchSpec, ...],
+    data: Any,
+    documents: Mapping[str, Any],
+    event: str | None,
+    fetch: Fetch,
+    env: Mapping[str, str],
+) -> Any:
+    """The payload with `documents` and those `specs` give, made in the order written: each fetch's `when`
     and templates see the documents of those before it. An `optional` fetch whose setting is unset is
     left out."""
-    documents: dict[str, Any] = {}
-    view = with_fetched(data, documents)
-    for spec in source.fetches:
+    fetched = dict(documents)
+    view = with_fetched(data, fetched)
+    for spec in specs:
         if _applies(spec, view, event, env):
-            documents[spec.name] = fetch(build_request(spec, view, env))
-            view = with_fetched(data, documents)
+            fetched[spec.name] = fetch(build_request(spec, view, env))
+            view = with_fetched(data, fetched)
     return view
 
 
@@ -195,13 +206,14 @@ def translate(
         except ValidationError as exc:
             raise MappingError(f"payload does not fit the source's schema: {_short(exc.messages)}") from None
     event = event_of(source, data, headers)
-    if source.fetches:
+    payload_itself = data
+    if source.rule_fetches:
         settled = _ignored_whatever_fetched(source, event)
         if settled is not None:
             return Translation(calls=[], rule=settled[0].name if settled[0] else None, event=event, ignored=settled[1])
         if fetch is None:
             raise MappingError(f"source {source.name!r} fetches documents from its API, and none were given")
-        data = _fetch_documents(source, data, event, fetch, ctx.env)
+        data = _fetch_documents(source.rule_fetches, data, {}, event, fetch, ctx.env)
     rule = select_rule(source, data, event)
     if rule is None:
         return Translation(calls=[], event=event, ignored=unmatched_reason(event))
@@ -211,16 +223,28 @@ def translate(
     calls = builder.build()
     for call in calls:
         _check_call(rule, call)
-    order_refused = None
+    order_refused = order_held = None
     if rule.order is not None:
+
+        def order_view() -> Any:
+            """The payload as the order section reads it, with the documents only it reads: fetched once the
+            order is known to go, after the profile calls are built, so those never read them and stay the
+            same whether they came or not."""
+            if fetch is None:
+                raise MappingError(f"source {source.name!r} fetches documents from its API, and none were given")
+            documents = data.get(FETCHED, {}) if source.rule_fetches else {}
+            return _fetch_documents(source.order_fetches, payload_itself, documents, event, fetch, ctx.env)
+
         try:
-            order = builder.order_call(rule.order, calls[0].body)
+            order = builder.order_call(rule.order, calls[0].body, fetched=order_view if source.order_fetches else None)
             if order is not None:
                 _check_call(rule, order)
                 calls.append(order)
+        except FetchError as exc:
+            order_held = exc
         except MappingError as exc:
             order_refused = f"the order was not sent: {exc.detail}"
-    return Translation(calls=calls, rule=rule.name, event=event, order_refused=order_refused)
+    return Translation(calls=calls, rule=rule.name, event=event, order_refused=order_refused, order_held=order_held)
 
 
 def _check_call(rule: Rule, call: UpstreamCall) -> None:
@@ -339,11 +363,23 @@ class _Builder:
             calls.append(UpstreamCall("profiles/update", follow_up))
         return calls
 
-    def order_call(self, spec: OrderSpec, profile_body: dict[str, Any]) -> UpstreamCall | None:
+    def order_call(
+        self, spec: OrderSpec, profile_body: dict[str, Any], *, fetched: Callable[[], Any] | None = None
+    ) -> UpstreamCall | None:
         """The `market/orders/import` call that follows the profile's, for the buyer it matched; None when
         the order's endpoint comes out empty (the setting that names it is unset: orders are not sent) or
-        its `when` is false."""
-        order = self._order(spec, profile_body)
+        its `when` is false. `fetched` gives the payload with the documents only the order reads, and is
+        called only once the endpoint is known.
+
+        Raises:
+            FetchError: a document only the order reads did not come.
+            MappingError: the order cannot be built, or a document fetched for it.
+        """
+        endpoint = self.value(spec.values["endpoint"])  # first: unset, nothing else is read or fetched
+        if endpoint in (None, ""):
+            return None
+        reader = self if fetched is None else _Builder(self.source, self.rule, fetched(), self.ctx, self.client_ip)
+        order = reader._order(spec, profile_body, endpoint)
         if order is None:
             return None
         body: dict[str, Any] = {"data": [order]}
@@ -351,9 +387,8 @@ class _Builder:
             body["skip_triggers"] = True
         return UpstreamCall(ORDERS_METHOD, body)
 
-    def _order(self, spec: OrderSpec, profile_body: dict[str, Any]) -> dict[str, Any] | None:
-        endpoint = self.value(spec.values["endpoint"])  # first: unset, nothing else is read
-        if endpoint in (None, "") or (spec.when is not None and not _truthy(search(spec.when, self.payload))):
+    def _order(self, spec: OrderSpec, profile_body: dict[str, Any], endpoint: Any) -> dict[str, Any] | None:
+        if spec.when is not None and not _truthy(search(spec.when, self.payload)):
             return None
         values = {key: endpoint if key == "endpoint" else self.value(value) for key, value in spec.values.items()}
         # The buyer's keys after the order's id, as the API's examples write them.

@@ -1,0 +1,220 @@
+"""Stripe Checkout's orders: the session's lines fetched for the order alone.
+
+Stripe's `checkout.session.completed` carries the buyer and the totals, not the lines. With the market
+module on and an API key set, the worker fetches the lines from a fake of Stripe's line-items endpoint,
+served by a real HTTP server on loopback, after the profile calls are built; whatever that API does, the
+buyer's profile goes to the sandbox upstream, and the order follows once the lines come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from relay.sandbox import SandboxServer
+from relay.web import create_app
+from relay.worker import Worker
+
+from .conftest import MAPPINGS, SECRETS, drain, make_settings, serve_on_loopback
+
+EXAMPLES = MAPPINGS / "examples" / "stripe"
+CHECKOUT = (EXAMPLES / "checkout.session.completed.jpy.json").read_bytes()
+SESSION = json.loads(CHECKOUT)["data"]["object"]["id"]
+API_KEY = "rk_test_51Relay0linesOnly9f2c"
+
+
+class FakeStripe:
+    """Stripe's `GET /v1/checkout/sessions/{id}/line_items`: the Bearer key checked (401), an unknown
+    session 404, Stripe's error shape; `faults` are answered first, one a request."""
+
+    def __init__(self) -> None:
+        self.line_items = {SESSION: json.loads((EXAMPLES / "api-line-items-jpy.json").read_text(encoding="utf-8"))}
+        self.faults: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                status, headers, body = fake.answer(self.path, self.headers.get("Authorization"))
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = serve_on_loopback(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
+        if self.faults:
+            fault = self.faults.pop(0)
+            return fault["status"], fault.get("headers", {}), b'{"error": {"type": "api_error"}}'
+        if authorization != f"Bearer {API_KEY}":
+            return 401, {}, b'{"error": {"message": "Invalid API Key provided", "type": "invalid_request_error"}}'
+        parts = urlsplit(path)
+        session = parts.path.removeprefix("/v1/checkout/sessions/").removesuffix("/line_items")
+        if session not in self.line_items:
+            return 404, {}, b'{"error": {"code": "resource_missing", "type": "invalid_request_error"}}'
+        return 200, {}, json.dumps(self.line_items[session]).encode()
+
+
+@pytest.fixture
+def stripe_api():  # type: ignore[no-untyped-def]
+    fake = FakeStripe()
+    yield fake
+    fake.stop()
+
+
+def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeStripe, **env: str):  # type: ignore[no-untyped-def]
+    return make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_UPSTREAM_TIMEOUT="0.5",
+        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
+        RELAY_MAX_ATTEMPTS="5",
+        STRIPE_API_URL=api.url,
+        **env,
+    )
+
+
+class Shop:
+    """The app and a worker on one SQLite store, the worker driven by hand."""
+
+    def __init__(self, settings: Any) -> None:
+        self.app = create_app(settings)
+        self.store = self.app.extensions["relay"]["store"]
+        self.worker = Worker(settings, store=self.store)
+
+    def post_checkout(self) -> str:
+        stamp = str(int(time.time()))
+        signature = hmac.new(
+            SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + CHECKOUT, hashlib.sha256
+        ).hexdigest()
+        response = self.app.test_client().post(
+            "/hooks/stripe",
+            data=CHECKOUT,
+            content_type="application/json; charset=utf-8",
+            headers={"Stripe-Signature": f"t={stamp},v1={signature}"},
+        )
+        assert response.status_code == 202, response.get_json()
+        return str(response.get_json()["id"])
+
+    def process_once(self) -> str:
+        claimed = self.store.claim(owner=self.worker.owner, limit=1, lease_seconds=30, now=time.time() + 3600)
+        return str(self.worker.process(*claimed[0]))
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def shop(tmp_path, sandbox, stripe_api):  # type: ignore[no-untyped-def]
+    made = Shop(_settings(tmp_path, sandbox, stripe_api, RELAY_MARKET_ENDPOINT="web-shop", STRIPE_API_KEY=API_KEY))
+    yield made
+    made.close()
+
+
+def _methods(sandbox: SandboxServer) -> list[str]:
+    return [request["method"] for request in sandbox.sandbox.requests]
+
+
+def test_a_completed_checkout_sends_the_profile_then_the_order_with_its_fetched_lines(shop, sandbox, stripe_api):
+    delivery_id = shop.post_checkout()
+    assert drain(shop.store, shop.worker, delivery_id) == "delivered"
+    [request] = stripe_api.requests
+    assert request["path"] == f"/v1/checkout/sessions/{SESSION}/line_items?limit=100"
+    assert request["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    assert _methods(sandbox) == ["profiles/import", "profiles/update", "market/orders/import"]
+    [profile] = sandbox.sandbox.profiles.values()
+    order = sandbox.sandbox.orders[SESSION]
+    assert order["profile_id"] == profile.id
+    assert (order["status"], order["total_price"], order["currency"]) == ("paid", "4950", "JPY")
+    assert [(line["product"], line["count"], line["base_price_per_item"]) for line in order["lines"]] == [
+        ("prod_NSPDQ6F1cBzZ3m", 1, "3000"),
+        ("prod_NSPEk2Wc8uVtL1", 2, "750"),
+    ]
+    kept = Path(shop.store.engine.url.database).read_bytes()
+    assert API_KEY.encode() not in kept
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"RELAY_MARKET_ENDPOINT": "web-shop"}, {"STRIPE_API_KEY": API_KEY}],
+    ids=["no-api-key", "no-market-endpoint"],
+)
+def test_stripes_api_is_asked_only_for_an_order_that_goes(tmp_path, sandbox, stripe_api, env):
+    """Without the key the fetch is skipped (optional) and no order goes; without the market endpoint no
+    order goes, so the lines are not fetched at all: a store that sends no orders pays no API call."""
+    shop = Shop(_settings(tmp_path, sandbox, stripe_api, **env))
+    try:
+        assert drain(shop.store, shop.worker, shop.post_checkout()) == "delivered"
+    finally:
+        shop.close()
+    assert stripe_api.requests == []
+    assert _methods(sandbox) == ["profiles/import", "profiles/update"]
+    assert sandbox.sandbox.orders == {}
+
+
+def test_a_429_from_stripe_holds_back_the_order_not_the_profile(shop, sandbox, stripe_api):
+    """Stripe's rate limit: the profile calls go at once; while the source's fetches are paused for the
+    Retry-After a retry does not ask the API again (a try in the log says so); then the order goes alone."""
+    stripe_api.faults.append({"status": 429, "headers": {"Retry-After": "30"}})
+    delivery_id = shop.post_checkout()
+    assert shop.process_once() == "retrying"
+    assert _methods(sandbox) == ["profiles/import", "profiles/update"]
+    delivery = shop.store.get(delivery_id)
+    assert delivery is not None and delivery.calls_done == 2
+    assert delivery.detail == f"the order was not sent: fetch line_items from {stripe_api.url}: HTTP 429"
+    assert shop.process_once() == "retrying"  # still paused: Stripe is not asked
+    assert len(stripe_api.requests) == 1
+    assert "stripe's API answered 429; fetches resume in" in (shop.store.get(delivery_id).detail or "")
+    shop.worker.fetcher.paused_until.clear()  # the Retry-After has passed
+    assert drain(shop.store, shop.worker, delivery_id) == "delivered"
+    assert _methods(sandbox) == ["profiles/import", "profiles/update", "market/orders/import"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1 and profile.fields["revenue"] == 4950
+    assert [a["method"] for a in shop.store.attempts_of(delivery_id)] == [
+        "profiles/import",
+        "profiles/update",
+        "fetch line_items",
+        "fetch line_items",
+        "market/orders/import",
+    ]
+
+
+def test_a_key_stripe_refuses_fails_the_order_alone_and_a_replay_with_the_right_key_sends_it(
+    tmp_path, sandbox, stripe_api
+):
+    settings = _settings(tmp_path, sandbox, stripe_api, RELAY_MARKET_ENDPOINT="web-shop", STRIPE_API_KEY="rk_revoked")
+    shop = Shop(settings)
+    try:
+        delivery_id = shop.post_checkout()
+        assert drain(shop.store, shop.worker, delivery_id) == "failed"
+        delivery = shop.store.get(delivery_id)
+        assert delivery is not None and (delivery.reason, delivery.calls_done) == ("rejected", 2)
+        assert delivery.detail == f"the order was not sent: fetch line_items from {stripe_api.url}: HTTP 401"
+        assert _methods(sandbox) == ["profiles/import", "profiles/update"]
+        shop.worker.stop()
+        fixed = _settings(tmp_path, sandbox, stripe_api, RELAY_MARKET_ENDPOINT="web-shop", STRIPE_API_KEY=API_KEY)
+        shop.worker = Worker(fixed, store=shop.store)
+        assert shop.store.replay(delivery_id)
+        assert drain(shop.store, shop.worker, delivery_id) == "delivered"
+    finally:
+        shop.close()
+    assert _methods(sandbox) == ["profiles/import", "profiles/update", "market/orders/import"]
+    assert SESSION in sandbox.sandbox.orders
