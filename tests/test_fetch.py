@@ -382,7 +382,7 @@ def test_an_unset_api_token_fails_as_mapping_naming_the_setting(tmp_path, sandbo
 
 def test_the_ingress_ignores_only_what_no_fetched_document_could_forward(relay, bigcommerce):
     """A cart event has no rule: 200 ignored, nothing stored or fetched. An order's rule reads the fetched
-    order (`when: fetched.order.status_id != 0 ...`), which the ingress does not have: it is stored, and the
+    order (`when: ... fetched.order.status_id`), which the ingress does not have: it is stored, and the
     worker, having fetched an incomplete order, settles it as ignored."""
     client, store, worker = relay
     response = post(client, "cart-abandoned.json")
@@ -392,8 +392,38 @@ def test_the_ingress_ignores_only_what_no_fetched_document_could_forward(relay, 
     delivery_id = post(client, "order-created.json").get_json()["id"]
     assert drain(store, worker, delivery_id) == "delivered"
     delivery = store.get(delivery_id)
-    assert delivery is not None and delivery.reason == "ignored" and "incomplete order" in (delivery.detail or "")
+    assert delivery is not None and delivery.reason == "ignored" and "incomplete (status 0" in (delivery.detail or "")
     assert len(bigcommerce.requests) == 1
+
+
+def test_an_incomplete_order_is_counted_once_when_its_status_leaves_0(relay, sandbox, bigcommerce):
+    """BigCommerce sends store/order/created for an order whose payment has not gone through (status 0):
+    ignored then. Its status leaving 0 is the order: fetched, counted once. A later status change is answered
+    `ignored` at once, with no fetch; an incomplete order cancelled instead of paid is not counted."""
+    client, store, worker = relay
+    paid = bigcommerce.orders[250]
+    bigcommerce.orders[250] = {**paid, "status_id": 0, "status": "Incomplete"}
+    assert drain(store, worker, post(client, "order-created.json").get_json()["id"]) == "delivered"
+    assert sandbox.sandbox.profiles == {}
+    bigcommerce.orders[250] = paid
+    response = post(client, "order-status-updated.json")
+    assert response.status_code == 202, response.get_json()
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1
+    asked = len(bigcommerce.requests)
+    response = post(client, "order-status-shipped.json")
+    assert response.status_code == 200
+    assert "a status change of an order counted when it was created" in response.get_json()["reason"]
+    assert len(bigcommerce.requests) == asked and profile.fields["orders_count"] == 1
+    bigcommerce.orders[250] = {**paid, "status_id": 5, "status": "Cancelled"}
+    body = (EXAMPLES / "order-status-updated.json").read_bytes().replace(b'"new_status_id": 11', b'"new_status_id": 5')
+    response = client.post(
+        "/hooks/bigcommerce", data=body, content_type="application/json", headers={"X-Relay-Token": HOOK_TOKEN}
+    )
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    assert store.get(response.get_json()["id"]).reason == "ignored"
+    assert profile.fields["orders_count"] == 1
 
 
 def test_customers_and_subscribers_are_fetched_from_their_own_endpoints(relay, sandbox, bigcommerce):
