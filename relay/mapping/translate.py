@@ -189,7 +189,9 @@ def translate(
     """Turn `payload` into the calls the mapping prescribes.
 
     `fetch` gets the documents a source's `fetch:` section names (the worker's HTTP client, or files
-    given to `preview` and to the examples); whatever it raises (`FetchError`) goes up as it is.
+    given to `preview` and to the examples); whatever it raises (`FetchError`) goes up as it is, but for
+    a fetch only the order reads: its `FetchError` is kept as `order_held`, its `MappingError` as
+    `order_refused`.
 
     Raises:
         MappingError: the payload lacks what the mapping needs, or the result
