@@ -176,6 +176,17 @@ def relay_command(*args: str, env: dict[str, str], stdin: str | None = None) -> 
     )
 
 
+def quick_retry_settings(tmp_path: Path, sandbox: SandboxServer, **env: str) -> Settings:
+    """Settings for a worker driven by hand against the sandbox: short timeouts, retries due at once."""
+    return make_settings(
+        tmp_path,
+        RELAY_UPSTREAM_URL=sandbox.api_url,
+        RELAY_UPSTREAM_TIMEOUT="0.5",
+        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
+        **env,
+    )
+
+
 def make_settings(tmp_path: Path, **env: str) -> Settings:
     base = {
         "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
@@ -319,6 +330,22 @@ def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPSer
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class LoopbackFake:
+    """A fake of a provider's API, served by a real HTTP server on loopback: `serve` starts it, `url` is its
+    address (with `path` after the port), `stop` ends it."""
+
+    server: ThreadingHTTPServer
+    url: str
+
+    def serve(self, handler: type[BaseHTTPRequestHandler], path: str = "") -> None:
+        self.server = serve_on_loopback(handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from relay.errors import AuthenticationFailed, KeysUnavailable
 from relay.mapping.loader import load_sources
 from relay.web import create_app
 
-from .conftest import MAPPINGS, make_settings, serve_on_loopback
+from .conftest import MAPPINGS, LoopbackFake, make_settings
 
 SOURCE = load_sources(MAPPINGS)["adobe_commerce"]
 CLIENT_ID = "531f2f763b2f4c34b03001d8bf2bd4df"
@@ -30,7 +30,7 @@ KEY_PATH = "/prod/keys/pub-key-voy5XEbWmT.pem"
 BODY = (MAPPINGS / "examples" / "adobe_commerce" / "customer-save.json").read_bytes()
 
 
-class KeyServer:
+class KeyServer(LoopbackFake):
     """Serves the public key at KEY_PATH (404 elsewhere) and counts the requests."""
 
     def __init__(self) -> None:
@@ -47,12 +47,7 @@ class KeyServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = serve_on_loopback(Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture

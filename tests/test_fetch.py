@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from relay.sandbox import SandboxServer
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, drain, make_settings, relay_command, serve_on_loopback
+from .conftest import MAPPINGS, SECRETS, LoopbackFake, drain, make_settings, quick_retry_settings, relay_command
 
 EXAMPLES = MAPPINGS / "examples" / "bigcommerce"
 STORE_HASH = "abc123"
@@ -37,7 +38,7 @@ def _example(name: str) -> Any:
     return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
 
 
-class FakeBigCommerce:
+class FakeBigCommerce(LoopbackFake):
     """BigCommerce's store API for what the mapping fetches: X-Auth-Token checked (401), unknown records
     404, an order's products, a customer list filtered by `id:in`; `faults` are answered first, one a request."""
 
@@ -66,12 +67,7 @@ class FakeBigCommerce:
                     self.wfile.flush()
                     time.sleep(drip)
 
-        self.server = serve_on_loopback(Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
     def answer(self, path: str, token: str | None) -> tuple[int, dict[str, str], bytes]:
         if self.faults:
@@ -113,28 +109,30 @@ def bigcommerce():  # type: ignore[no-untyped-def]
 
 
 def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeBigCommerce, **env: str):  # type: ignore[no-untyped-def]
-    return make_settings(
-        tmp_path,
-        RELAY_UPSTREAM_URL=sandbox.api_url,
-        RELAY_UPSTREAM_TIMEOUT="0.5",
-        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
-        RELAY_MAX_ATTEMPTS="4",
-        BIGCOMMERCE_API_URL=api.url,
-        BIGCOMMERCE_STORE_HASH=STORE_HASH,
-        **env,
+    return quick_retry_settings(
+        tmp_path, sandbox, RELAY_MAX_ATTEMPTS="4", BIGCOMMERCE_API_URL=api.url, BIGCOMMERCE_STORE_HASH=STORE_HASH, **env
     )
 
 
-@pytest.fixture
-def relay(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
+def _app_and_worker(settings: Any) -> Iterator[tuple[Any, Any, Worker]]:
     """The app's test client and a worker on one SQLite store, the worker driven by hand."""
-    settings = _settings(tmp_path, sandbox, bigcommerce)
     app = create_app(settings)
     store = app.extensions["relay"]["store"]
     worker = Worker(settings, store=store)
     yield app.test_client(), store, worker
     worker.stop()
     store.close()
+
+
+@pytest.fixture
+def relay(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
+    yield from _app_and_worker(_settings(tmp_path, sandbox, bigcommerce))
+
+
+@pytest.fixture
+def market(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
+    """As `relay`, with the market module on."""
+    yield from _app_and_worker(_settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop"))
 
 
 def post(client: Any, sample: str, **headers: str) -> Any:
@@ -176,21 +174,14 @@ def test_a_thin_order_hook_is_fetched_translated_and_delivered(relay, sandbox, b
 
 
 def test_with_the_market_module_on_the_orders_products_are_fetched_and_the_order_follows_the_profile(
-    tmp_path, sandbox, bigcommerce
+    market, sandbox, bigcommerce
 ):
     """RELAY_MARKET_ENDPOINT set: a second fetch gets the order's products, and the order with its lines goes
     to market/orders/import for the buyer the profile call made (without the setting, the test above makes
     one fetch and no order)."""
-    settings = _settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop")
-    app = create_app(settings)
-    store = app.extensions["relay"]["store"]
-    worker = Worker(settings, store=store)
-    try:
-        response = post(app.test_client(), "order-created.json")
-        assert drain(store, worker, response.get_json()["id"]) == "delivered"
-    finally:
-        worker.stop()
-        store.close()
+    client, store, worker = market
+    response = post(client, "order-created.json")
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
     assert [r["path"] for r in bigcommerce.requests] == [
         f"/stores/{STORE_HASH}/v2/orders/250",
         f"/stores/{STORE_HASH}/v2/orders/250/products?limit=250",
@@ -204,18 +195,6 @@ def test_with_the_market_module_on_the_orders_products_are_fetched_and_the_order
         ("OTL", 1, "109.0000"),
         ("65", 1, "116.0000"),  # no SKU: its variant
     ]
-
-
-@pytest.fixture
-def market(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
-    """As `relay`, with the market module on."""
-    settings = _settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop")
-    app = create_app(settings)
-    store = app.extensions["relay"]["store"]
-    worker = Worker(settings, store=store)
-    yield app.test_client(), store, worker
-    worker.stop()
-    store.close()
 
 
 def test_products_that_do_not_come_hold_back_the_order_alone_until_a_retry_brings_them(market, sandbox, bigcommerce):
@@ -666,7 +645,7 @@ def test_a_429_from_the_api_pauses_the_sources_fetches_without_spending_tries(re
     assert drain(store, worker, second) == "delivered"
 
 
-class FakeEcwid:
+class FakeEcwid(LoopbackFake):
     """Ecwid's REST API for one order: `Authorization: Bearer <token>` checked (403), the store id in the path."""
 
     def __init__(self) -> None:
@@ -689,8 +668,7 @@ class FakeEcwid:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = serve_on_loopback(Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v3"
+        self.serve(Handler, "/api/v3")
 
 
 def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(tmp_path, sandbox):

@@ -23,7 +23,7 @@ from relay.sandbox import SandboxServer
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, drain, make_settings, serve_on_loopback
+from .conftest import MAPPINGS, SECRETS, LoopbackFake, drain, quick_retry_settings
 
 EXAMPLES = MAPPINGS / "examples" / "stripe"
 CHECKOUT = (EXAMPLES / "checkout.session.completed.jpy.json").read_bytes()
@@ -31,7 +31,7 @@ SESSION = json.loads(CHECKOUT)["data"]["object"]["id"]
 API_KEY = "rk_test_51Relay0linesOnly9f2c"
 
 
-class FakeStripe:
+class FakeStripe(LoopbackFake):
     """Stripe's `GET /v1/checkout/sessions/{id}/line_items`: the Bearer key checked (401), an unknown
     session 404, Stripe's error shape; `faults` are answered first, one a request."""
 
@@ -52,12 +52,7 @@ class FakeStripe:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = serve_on_loopback(Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
         if self.faults:
@@ -80,15 +75,7 @@ def stripe_api():  # type: ignore[no-untyped-def]
 
 
 def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeStripe, **env: str):  # type: ignore[no-untyped-def]
-    return make_settings(
-        tmp_path,
-        RELAY_UPSTREAM_URL=sandbox.api_url,
-        RELAY_UPSTREAM_TIMEOUT="0.5",
-        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
-        RELAY_MAX_ATTEMPTS="5",
-        STRIPE_API_URL=api.url,
-        **env,
-    )
+    return quick_retry_settings(tmp_path, sandbox, RELAY_MAX_ATTEMPTS="5", STRIPE_API_URL=api.url, **env)
 
 
 class Shop:
