@@ -101,6 +101,30 @@ def test_every_problem_of_every_file_is_reported(tmp_path):
     assert "demo.yaml:1 version" in text and "other.yaml:5 rules.0.name" in text
 
 
+def test_a_rule_may_take_another_rules_keys_with_a_yaml_merge(tmp_path):
+    """`<<: *anchor` gives the anchored rule's keys that the rule does not give itself; a problem in a merged
+    key is reported at the rule that merges it, with the anchor's line; `<<` of anything but a mapping is
+    refused."""
+    text = GOOD.replace("  - name: lead", "  - &lead\n    name: lead").rstrip("\n") + (
+        "\n  - <<: *lead\n    name: lead_again\n    events: [again]\nevent: {header: X-Event}\n"
+    )
+    source, problems = load_source_file(write(tmp_path, text))
+    assert problems == [] and source is not None
+    first, again = source.rules
+    assert (again.name, again.events, again.match, again.fields) == (
+        "lead_again",
+        ("again",),
+        first.match,
+        first.fields,
+    )
+    broken = text.replace("transform: email}", "transform: emale}")
+    _source, problems = load_source_file(write(tmp_path, broken))
+    assert [Path(problem.split(" ", 1)[0]).name for problem in problems] == ["demo.yaml:8", "demo.yaml:8"], problems
+    assert "rules.1.match.email" in problems[1], problems
+    _source, problems = load_source_file(write(tmp_path, text.replace("<<: *lead", "<<: lead")))
+    assert problems and "<< merges a mapping" in problems[0], problems
+
+
 def test_unsafe_yaml_is_refused(tmp_path):
     """Python tags are refused by the safe loader."""
     _source, problems = load_source_file(write(tmp_path, GOOD + "x: !!python/object/apply:os.system ['true']\n"))

@@ -86,14 +86,14 @@ class Shop:
         self.store = self.app.extensions["relay"]["store"]
         self.worker = Worker(settings, store=self.store)
 
-    def post_checkout(self) -> str:
+    def post_checkout(self, body: bytes = CHECKOUT) -> str:
         stamp = str(int(time.time()))
         signature = hmac.new(
-            SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + CHECKOUT, hashlib.sha256
+            SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + body, hashlib.sha256
         ).hexdigest()
         response = self.app.test_client().post(
             "/hooks/stripe",
-            data=CHECKOUT,
+            data=body,
             content_type="application/json; charset=utf-8",
             headers={"Stripe-Signature": f"t={stamp},v1={signature}"},
         )
@@ -205,3 +205,37 @@ def test_a_key_stripe_refuses_fails_the_order_alone_and_a_replay_with_the_right_
         shop.close()
     assert _methods(sandbox) == ["profiles/import", "profiles/update", "market/orders/import"]
     assert SESSION in sandbox.sandbox.orders
+
+
+def _event(kind: str, payment_status: str) -> bytes:
+    """The checkout sample as Stripe sends it for a session paid by a delayed method: `kind` of event, the
+    session's payment status, an event id of its own."""
+    event = json.loads(CHECKOUT)
+    event["id"] = f"evt_{kind}_{payment_status}"
+    event["type"] = f"checkout.session.{kind}"
+    event["data"]["object"]["payment_status"] = payment_status
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize(("outcome", "status"), [("succeeded", "paid"), ("failed", "canceled")])
+def test_a_delayed_payment_sends_the_buyer_at_once_and_counts_the_order_only_once_paid(
+    shop, sandbox, stripe_api, outcome, status
+):
+    """A bank debit: the session completes unpaid, and the buyer goes at once, tagged awaiting_payment, with
+    the order as new and nothing counted; days later the payment succeeds (counted, the order paid) or fails
+    (tagged payment_failed, the order canceled, nothing counted)."""
+    assert drain(shop.store, shop.worker, shop.post_checkout(_event("completed", "unpaid"))) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert "orders_count" not in profile.fields and "awaiting_payment" in profile.fields["tags"]
+    assert sandbox.sandbox.orders[SESSION]["status"] == "new"
+    payment_status = "paid" if outcome == "succeeded" else "unpaid"
+    body = _event(f"async_payment_{outcome}", payment_status)
+    assert drain(shop.store, shop.worker, shop.post_checkout(body)) == "delivered"
+    assert sandbox.sandbox.orders[SESSION]["status"] == status
+    assert "awaiting_payment" not in profile.fields["tags"]
+    if outcome == "succeeded":
+        assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 4950)
+        assert "order_paid" in profile.fields["tags"]
+    else:
+        assert "orders_count" not in profile.fields and "payment_failed" in profile.fields["tags"]
+    assert len(stripe_api.requests) == 2

@@ -15,6 +15,7 @@ import yaml
 __all__ = ["LineTable", "load_with_lines"]
 
 LineTable = dict[tuple[str, ...], int]
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def load_with_lines(text: str) -> tuple[Any, LineTable]:
@@ -41,15 +42,36 @@ def _build(node: yaml.Node, path: tuple[str, ...], lines: LineTable) -> Any:
         )
     if isinstance(node, yaml.MappingNode):
         data: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                _merge(value_node, path, lines, merged)
+                continue
             key = _scalar(key_node)
             child = (*path, str(key))
             lines[child] = key_node.start_mark.line + 1
             data[key] = _build(value_node, child, lines)
-        return data
+        return {**{key: value for key, value in merged.items() if key not in data}, **data} if merged else data
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, str(i)), lines) for i, item in enumerate(node.value)]
     return _scalar(node)
+
+
+def _merge(node: yaml.Node, path: tuple[str, ...], lines: LineTable, merged: dict[Any, Any]) -> None:
+    """YAML's merge key: `<<: *rule` (or a list of anchors) gives the keys of those mappings that the mapping
+    does not give itself, the first anchor's first; a merged key's line is its anchor's."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "<< merges a mapping (<<: *anchor) or a list of them", source.start_mark
+            )
+        scratch: LineTable = {}
+        for key, value in _build(source, path, scratch).items():
+            if key not in merged:
+                merged[key] = value
+        for at, line in scratch.items():
+            lines.setdefault(at, line)
 
 
 def _scalar(node: yaml.Node) -> Any:
