@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,6 +186,17 @@ def quick_retry_settings(tmp_path: Path, sandbox: SandboxServer, **env: str) -> 
         RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
         **env,
     )
+
+
+def hand_driven(settings: Settings) -> Iterator[tuple[Any, Store, Worker]]:
+    """The app's test client and a worker on one store, the worker driven by hand (`drain`); for a fixture
+    to `yield from`."""
+    app = create_app(settings)
+    store = app.extensions["relay"]["store"]
+    worker = Worker(settings, store=store)
+    yield app.test_client(), store, worker
+    worker.stop()
+    store.close()
 
 
 def make_settings(tmp_path: Path, **env: str) -> Settings:

@@ -14,20 +14,20 @@ import json
 
 import pytest
 
-from relay.web import create_app
-from relay.worker import Worker
-
-from .conftest import MAPPINGS, SECRETS, drain, quick_retry_settings
+from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings
 
 EXAMPLES = MAPPINGS / "examples" / "shopify"
 
 
 @pytest.fixture
-def shop(tmp_path, sandbox):  # type: ignore[no-untyped-def]
-    app = create_app(quick_retry_settings(tmp_path, sandbox, RELAY_MAX_ATTEMPTS="3"))
-    store = app.extensions["relay"]["store"]
-    worker = Worker(app.extensions["relay"]["settings"], store=store)
-    client = app.test_client()
+def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    yield from hand_driven(quick_retry_settings(tmp_path, sandbox, RELAY_MAX_ATTEMPTS="3"))
+
+
+@pytest.fixture
+def shop(relay):  # type: ignore[no-untyped-def]
+    """Post one signed Shopify webhook and deliver it: its final status, or the answer's (`ignored`)."""
+    client, store, worker = relay
 
     def deliver(topic: str, payload: dict) -> str:  # type: ignore[type-arg]
         body = json.dumps(payload).encode()
@@ -47,9 +47,7 @@ def shop(tmp_path, sandbox):  # type: ignore[no-untyped-def]
             return str(response.get_json()["status"])
         return drain(store, worker, response.get_json()["id"])
 
-    yield deliver
-    worker.stop()
-    store.close()
+    return deliver
 
 
 def _subscriptions(sandbox, channel: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -13,20 +13,14 @@ from relay.metrics import REGISTRY
 from relay.store import Store
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, drain, make_settings, relay_command
+from .conftest import MAPPINGS, SECRETS, drain, make_settings, quick_retry_settings, relay_command
 
 FORM = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture
 def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
-    settings = make_settings(
-        tmp_path,
-        RELAY_UPSTREAM_URL=sandbox.api_url,
-        RELAY_UPSTREAM_TIMEOUT="0.5",
-        RELAY_RETRY_SCHEDULE="0.05,0.1,0.2",
-        RELAY_MAX_ATTEMPTS="6",
-    )
+    settings = quick_retry_settings(tmp_path, sandbox, RELAY_MAX_ATTEMPTS="6")
     store = Store(settings.database_url)
     worker = Worker(settings, store=store)
     yield store, worker

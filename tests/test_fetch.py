@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,16 @@ from relay.sandbox import SandboxServer
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, LoopbackFake, drain, make_settings, quick_retry_settings, relay_command
+from .conftest import (
+    MAPPINGS,
+    SECRETS,
+    LoopbackFake,
+    drain,
+    hand_driven,
+    make_settings,
+    quick_retry_settings,
+    relay_command,
+)
 
 EXAMPLES = MAPPINGS / "examples" / "bigcommerce"
 STORE_HASH = "abc123"
@@ -114,25 +122,15 @@ def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeBigCommerce, **en
     )
 
 
-def _app_and_worker(settings: Any) -> Iterator[tuple[Any, Any, Worker]]:
-    """The app's test client and a worker on one SQLite store, the worker driven by hand."""
-    app = create_app(settings)
-    store = app.extensions["relay"]["store"]
-    worker = Worker(settings, store=store)
-    yield app.test_client(), store, worker
-    worker.stop()
-    store.close()
-
-
 @pytest.fixture
 def relay(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
-    yield from _app_and_worker(_settings(tmp_path, sandbox, bigcommerce))
+    yield from hand_driven(_settings(tmp_path, sandbox, bigcommerce))
 
 
 @pytest.fixture
 def market(tmp_path, sandbox, bigcommerce):  # type: ignore[no-untyped-def]
     """As `relay`, with the market module on."""
-    yield from _app_and_worker(_settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop"))
+    yield from hand_driven(_settings(tmp_path, sandbox, bigcommerce, RELAY_MARKET_ENDPOINT="web-shop"))
 
 
 def post(client: Any, sample: str, **headers: str) -> Any:

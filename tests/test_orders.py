@@ -24,7 +24,7 @@ from relay.upstream.xmlbody import to_xml
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, drain, make_settings
+from .conftest import MAPPINGS, SECRETS, drain, hand_driven, make_settings
 
 ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_bytes()
 
@@ -47,12 +47,7 @@ def shop(tmp_path, sandbox):  # type: ignore[no-untyped-def]
         RELAY_MARKET_ENDPOINT="web-shop",
         RELAY_RETRY_SCHEDULE="0.05,0.1",
     )
-    app = create_app(settings)
-    store: Store = app.extensions["relay"]["store"]
-    worker = Worker(settings, store=store)
-    yield app.test_client(), store, worker
-    worker.stop()
-    store.close()
+    yield from hand_driven(settings)
 
 
 def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop, sandbox):
