@@ -62,7 +62,7 @@ def cmd_replay(args: Any, settings: Settings) -> int:
                 if delivery is not None and taken:
                     said = (
                         f"would replay {args.id}: {status_and_reason(delivery.status, delivery.reason)}\n"
-                        + _replay_check_line(check_delivery(delivery, settings))
+                        + _replay_check_line(check_delivery(delivery, settings, store))
                     )
             else:
                 taken = store.replay(args.id, to_status=status)

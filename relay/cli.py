@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=FILE",
         help="the provider API's answer to a fetch the mapping makes (fetched.NAME), as a JSON file; repeatable",
     )
+    preview.add_argument(
+        "--once-taken",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a rule's once key an earlier delivery took (the rule is passed over); repeatable. With --delivery "
+        "the store says which are taken",
+    )
 
     commands.add_parser("check", help="validate every mapping file and run its examples")
     commands.add_parser("sources", help="list sources, their hook URLs and authentication")
@@ -257,17 +265,28 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
             return 0
         fetch = _fetched_from_files(args.fetched)
-        translation = translate_request(source, request, context, upstream_format=args.format, fetch=fetch)
+        holder = _once_holder(args, settings, source.name)
+        translation = translate_request(
+            source, request, context, upstream_format=args.format, fetch=fetch, once_holder=holder
+        )
     except RequestRejected as exc:
         print(f"relay: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
     except MappingError as exc:
         print(f"relay: mapping error: {exc.detail}", file=sys.stderr)
         return 1
+    for passed in translation.passed_over:
+        print(f"relay: {passed}", file=sys.stderr)
     if translation.ignored:
         print("[]")
         print(f"relay: ignored: {translation.ignored}", file=sys.stderr)
         return 0
+    if translation.once_key is not None:
+        print(
+            f"relay: rule {translation.rule!r} applies once per key: {translation.once_key!r} (the worker takes it "
+            "for this delivery before the calls go; a later delivery with the same key passes the rule over)",
+            file=sys.stderr,
+        )
     calls = []
     for call in translation.calls:
         body_out = {"token": "***", **call.body}
@@ -327,6 +346,27 @@ def _request_from_file(args: argparse.Namespace, source: Source) -> InboundReque
         headers=with_url_event(source, headers, query),  # as the ingress keeps them
         client_ip=args.client_ip,
     )
+
+
+def _once_holder(args: argparse.Namespace, settings: Settings, source: str) -> Callable[[str], str | None]:
+    """Who took a rule's once key: the keys given with --once-taken, and for a stored delivery the store
+    (another delivery than this one)."""
+    taken = set(args.once_taken)
+
+    def holder(key: str) -> str | None:
+        if key in taken:
+            return "an earlier delivery (--once-taken)"
+        if not args.delivery:
+            return None
+        from relay.store import Store
+
+        store = Store(settings.database_url)
+        try:
+            return store.once_taken_by(source, args.delivery, key)
+        finally:
+            store.close()
+
+    return holder
 
 
 def _stored_request(delivery_id: str, settings: Settings) -> InboundRequest | None:
@@ -475,6 +515,9 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
             if rule.order is not None and rule.ignore is None:
                 what += " + market/orders/import" + _order_state(rule.order, settings.env)
+            if rule.once is not None:
+                key = rule.once.template or rule.once.path or rule.once.value
+                what += f", once per {key!r}"
             forwards.append(f"{rule.name}: {events} -> {what}")
         print("  rules:    " + "\n            ".join(forwards))
     return 0

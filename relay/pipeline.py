@@ -14,7 +14,7 @@ from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
 from relay.mapping.fetches import Fetch
 from relay.mapping.model import Source
-from relay.mapping.translate import TranslateContext, Translation, translate
+from relay.mapping.translate import OnceHolder, TranslateContext, Translation, translate
 from relay.upstream.xmlbody import name_problems
 
 __all__ = ["parse_request", "take_body_token", "translate_request"]
@@ -50,6 +50,7 @@ def translate_request(
     *,
     upstream_format: str = "json",
     fetch: Fetch | None = None,
+    once_holder: OnceHolder | None = None,
 ) -> Translation:
     """Parse and translate a request that was already accepted, into calls that `upstream_format` can carry.
 
@@ -68,6 +69,7 @@ def translate_request(
         client_ip=request.client_ip,
         context=context,
         fetch=fetch,
+        once_holder=once_holder,
     )
     if upstream_format == "xml":
         for call in translation.calls:

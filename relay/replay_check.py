@@ -9,6 +9,7 @@ and nothing is changed. The visitor's location is not looked up: it adds fields,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,19 +73,19 @@ def check_replay(
     while check.checked < limit:
         page = store.list_deliveries(limit=min(_PAGE, limit - check.checked), before=before, replayable=True, **filters)
         for delivery in page:
-            _check_one(check, delivery, sources, broken, context, settings.upstream_format)
+            _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
         if len(page) < _PAGE:
             break
         before = page[-1].id
     return check.to_dict()
 
 
-def check_delivery(delivery: Delivery, settings: Settings) -> dict[str, Any]:
+def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:
     """What one delivery would do if replayed now (`check_replay`'s answer for it alone)."""
     sources, broken = load_sources_leniently(settings.mappings_dir)
     check = ReplayCheck()
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
-    _check_one(check, delivery, sources, broken, context, settings.upstream_format)
+    _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
     return check.to_dict()
 
 
@@ -95,6 +96,7 @@ def _check_one(
     broken: dict[str, list[str]],
     context: TranslateContext,
     upstream_format: str,
+    store: Store,
 ) -> None:
     check.checked += 1
     source = sources.get(delivery.source)
@@ -109,7 +111,12 @@ def _check_one(
         return
     try:
         translation = translate_request(
-            source, delivery.inbound(), context, upstream_format=upstream_format, fetch=_not_fetched
+            source,
+            delivery.inbound(),
+            context,
+            upstream_format=upstream_format,
+            fetch=_not_fetched,
+            once_holder=functools.partial(store.once_taken_by, delivery.source, delivery.id),
         )
     except _FetchNotChecked:
         check.fetch_first += 1

@@ -59,6 +59,7 @@ from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from relay.errors import StoreUnavailable
 from relay.ids import random_hex
 from relay.inbound import InboundRequest
+from relay.mapping.model import ONCE_KEY_LENGTH
 from relay.store_writes import (
     BUSY_TIMEOUT_SECONDS,
     DELIVERY_COLUMNS,
@@ -69,6 +70,7 @@ from relay.store_writes import (
     claim_due,
     record_try,
     settle,
+    take_once,
 )
 
 __all__ = [
@@ -164,6 +166,21 @@ dedup_keys = Table(
     Column("expires_at", Float, nullable=False),
     sqlite_with_rowid=False,  # one B-tree (the key) instead of a table plus its key index
 )
+
+
+# The keys a rule's `once` took (`order 5 paid`), by source: a later delivery of the same order passes the
+# rule over. They outlive the deliveries that took them (RELAY_KEEP_DELIVERED), since an order's hooks may
+# come months apart, and go after ONCE_KEEP_SECONDS; one row an order, written once.
+once_keys = Table(
+    "once_keys",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("key", String(ONCE_KEY_LENGTH), primary_key=True),
+    Column("delivery_id", String(32), nullable=False),
+    Column("taken_at", Float, nullable=False),
+    Index("ix_once_keys_taken", "taken_at"),
+)
+ONCE_KEEP_SECONDS = 400 * 24 * 3600
 
 
 def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, Any]:
@@ -798,6 +815,21 @@ class Store:
             ).scalar()
 
     # -- the worker's side ------------------------------------------------
+    def once_taken_by(self, source: str, delivery_id: str, key: str) -> str | None:
+        """Which other delivery took a rule's `once` key of this source, in words (`delivery 0190...`); None
+        when none did (or this one did). Looked up, not taken: see take_once."""
+        with self._read() as connection:
+            holder = connection.execute(
+                select(once_keys.c.delivery_id).where(once_keys.c.source == source, once_keys.c.key == key)
+            ).scalar()
+        return None if holder in (None, delivery_id) else f"delivery {holder}"
+
+    def take_once(self, source: str, key: str, delivery_id: str, now: float | None = None) -> str:
+        """Take a rule's `once` key for a delivery; the delivery that holds it (this one, unless another
+        took it first). Two workers taking one key at once: one of them gets it."""
+        row = {"source": source, "key": key, "id": delivery_id, "now": time.time() if now is None else now}
+        return self._write(functools.partial(take_once, row=row))
+
     def claim(
         self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None
     ) -> list[tuple[Delivery, str]]:
@@ -955,7 +987,7 @@ class Store:
         purge takes the rest).
         """
         now = time.time() if now is None else now
-        purged = {"deliveries": 0, "dedup_keys": 0}
+        purged = {"deliveries": 0, "dedup_keys": 0, "once_keys": 0}
         after = ""  # ids of the batches before: failed and held ones among them stay, and are not read again
         while True:
             with self._tx() as tx:
@@ -982,6 +1014,10 @@ class Store:
             if len(ids) < batch or (stop is not None and stop.is_set()):
                 break
         purged["dedup_keys"] = self._purge_keys(now, key_window, stop)
+        with self._tx() as tx:  # few rows (one an order), found by their index
+            purged["once_keys"] = int(
+                tx.execute(delete(once_keys).where(once_keys.c.taken_at < now - ONCE_KEEP_SECONDS)).rowcount
+            )
         return purged
 
     def _purge_keys(self, now: float, window: int, stop: threading.Event | None) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "claim_due",
     "record_try",
     "settle",
+    "take_once",
 ]
 
 T = TypeVar("T")
@@ -216,6 +217,23 @@ def settle(ex: Executor, outcome: Mapping[str, Any], attempt: Mapping[str, Any] 
     if attempt is not None:
         ex.rowcount(_INSERT_ATTEMPT, attempt)
     return True
+
+
+_TAKE_ONCE = (
+    'INSERT INTO once_keys (source, "key", delivery_id, taken_at) VALUES (:source, :key, :id, :now) '
+    'ON CONFLICT (source, "key") DO NOTHING RETURNING delivery_id'
+)
+_ONCE_HOLDER = 'SELECT delivery_id FROM once_keys WHERE source = :source AND "key" = :key'
+
+
+def take_once(ex: Executor, row: Mapping[str, Any]) -> str:
+    """Take a rule's `once` key for a delivery, or find who has it: the holder's delivery id.
+
+    `row` holds source, key, id and now. On PostgreSQL a take racing another waits for it to commit, then
+    finds its row."""
+    if ex.rows(_TAKE_ONCE, row):
+        return str(row["id"])
+    return str(ex.rows(_ONCE_HOLDER, row)[0][0])
 
 
 # -- SQLite's single writer -------------------------------------------------

@@ -181,6 +181,11 @@ class Worker:
                     continue
                 try:
                     self.process(delivery, token)
+                except StoreUnavailable as exc:  # nothing can be kept now: its lease brings the delivery back
+                    log.warning(
+                        "store unavailable; the delivery waits for its lease",
+                        extra={"delivery_id": delivery.id, "error": exc.reason[:200]},
+                    )
                 except Exception as exc:  # noqa: BLE001 - a bug: kept as retrying (below), else the lease
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery.id})
                     report_delivery_error(exc, source=delivery.source, delivery_id=delivery.id)
@@ -260,9 +265,20 @@ class Worker:
                 )
             return self.fetcher.get(delivery.source, request)
 
-        return translate_request(
-            source, delivery.inbound(), self.context, upstream_format=self.settings.upstream_format, fetch=fetch
-        )
+        for _ in range(len(source.rules)):
+            translation = translate_request(
+                source,
+                delivery.inbound(),
+                self.context,
+                upstream_format=self.settings.upstream_format,
+                fetch=fetch,
+                once_holder=partial(self.store.once_taken_by, delivery.source, delivery.id),
+            )
+            key = translation.once_key
+            if key is None or self.store.take_once(delivery.source, key, delivery.id) == delivery.id:
+                return translation
+            # Another delivery took the key between the look and the take: translated again, it is passed over.
+        raise MappingError(f"the once keys of source {delivery.source!r} changed hands while it was translated")
 
     def _latest(self, sources: dict[str, Source]) -> dict[str, Source]:
         """The mapping files as they are this moment, kept as this worker's from now on when they changed."""
@@ -340,10 +356,10 @@ class Worker:
         except FetchError as exc:
             return self._fetch_failed(delivery, token, exc, started, time.perf_counter() - clock)
         translated_in = time.perf_counter() - clock
+        passed = translation.passed_note
         if translation.ignored:
-            self.store.finish(
-                delivery.id, token, status="delivered", reason="ignored", detail=translation.ignored, calls=[]
-            )
+            detail = translation.ignored if passed is None else f"{translation.ignored} ({passed})"
+            self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=detail, calls=[])
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
         if not self._lease_covers(delivery, len(translation.calls) - delivery.calls_done):
@@ -379,7 +395,15 @@ class Worker:
             if error is None:
                 self._keep(
                     delivery,
-                    partial(self.store.finish, delivery.id, token, status="delivered", calls=calls, attempt=attempt),
+                    partial(
+                        self.store.finish,
+                        delivery.id,
+                        token,
+                        status="delivered",
+                        detail=passed,
+                        calls=calls,
+                        attempt=attempt,
+                    ),
                 )
                 log.info("delivered", extra=extra)
                 return "delivered"
@@ -407,7 +431,7 @@ class Worker:
             return self._hold_order(delivery, token, translation.order_held, calls, None, held, attempt_no)
         if translation.order_refused:
             return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls)
-        self.store.finish(delivery.id, token, status="delivered", calls=calls)
+        self.store.finish(delivery.id, token, status="delivered", detail=passed, calls=calls)
         return "delivered"
 
     def _fetch_failed(self, delivery: Delivery, token: str, error: FetchError, started: float, seconds: float) -> str:

@@ -403,6 +403,25 @@ def test_an_incomplete_order_is_counted_once_when_its_status_leaves_0(relay, san
     assert profile.fields["orders_count"] == 1
 
 
+def test_an_order_both_of_whose_hooks_find_it_complete_is_counted_once(relay, sandbox, bigcommerce):
+    """The created hook waited in relay's queue until after the payment went through: it and the status
+    change both read a complete order. The first counts it and takes the rule's once key; the second is
+    ignored, its detail naming the delivery that counted the order."""
+    client, store, worker = relay
+    created = post(client, "order-created.json").get_json()["id"]
+    updated = post(client, "order-status-updated.json").get_json()["id"]
+    assert drain(store, worker, created) == "delivered"
+    assert drain(store, worker, updated) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1
+    second = store.get(updated)
+    assert second is not None and second.reason == "ignored"
+    assert second.detail is not None and second.detail.endswith(
+        f"(rule 'order_created' passed over: its once key 'order 250 counted' was taken by delivery {created})"
+    )
+    assert [r["path"] for r in bigcommerce.requests].count(f"/stores/{STORE_HASH}/v2/orders/250") == 2
+
+
 def test_customers_and_subscribers_are_fetched_from_their_own_endpoints(relay, sandbox, bigcommerce):
     client, store, worker = relay
     customer = post(client, "customer-created.json").get_json()["id"]

@@ -140,11 +140,11 @@ def test_an_order_the_mapping_gets_wrong_holds_back_only_itself_until_the_fix_is
         assert [r["method"] for r in fake.requests] == ["profiles/import"]
         (profile,) = fake.profiles.values()
         assert fake.orders == {}
-        dry_run = check_delivery(delivery, settings)  # what `relay replay --dry-run` says of it
+        dry_run = check_delivery(delivery, settings, store)  # what `relay replay --dry-run` says of it
         assert (dry_run["still_fail"], dry_run["translate"]) == (1, 0)
         assert "data.0.currency" in dry_run["errors"][0]["error"]
         (folder / "shop.yaml").write_text(RULE)  # the fix: the worker reads it before it fails the order
-        assert check_delivery(delivery, settings)["translate"] == 1
+        assert check_delivery(delivery, settings, store)["translate"] == 1
         assert store.replay(delivery_id)
         assert drain(store, worker, delivery_id) == "delivered"
         assert [r["method"] for r in fake.requests] == ["profiles/import", "market/orders/import"]

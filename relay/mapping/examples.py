@@ -11,8 +11,10 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       client_ip: 8.8.8.8                # optional
       fetched: {order: order-250.json}  # optional: the API's answers to the mapping's fetches, by name
     env: {RELAY_DB_ID: "7"}             # optional, over an empty environment
+    once_taken: [order 250 paid]        # optional: rules' once keys an earlier delivery took
     expect:
       fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, as relay shows them
+      once: order 250 paid              # optional: the once key the chosen rule takes (none: `once: null`)
       calls: [{method: profiles/import, body: {...}}]
       # or ignored: <reason substring> | ping: true | error: <substring>
       # (error with calls: the calls that still go when the order alone is refused)
@@ -50,6 +52,7 @@ class Example:
     expect: dict[str, Any]
     query: dict[str, str] = field(default_factory=dict)
     fetched: dict[str, Path] = field(default_factory=dict)
+    once_taken: frozenset[str] = frozenset()
 
 
 def example_files(mappings_dir: str | Path, source: str | None = None) -> list[Path]:
@@ -81,6 +84,7 @@ def load_example(path: Path) -> Example:
         expect=data["expect"],
         query={str(k): str(v) for k, v in (request.get("query") or {}).items()},
         fetched={str(k): path.parent / str(v) for k, v in (request.get("fetched") or {}).items()},
+        once_taken=frozenset(str(key) for key in data.get("once_taken") or ()),
     )
 
 
@@ -114,13 +118,22 @@ def run_example(
         return answer_from_file(wanted.name, answer)
 
     try:
-        translation = translate_request(source, request, context, upstream_format=upstream_format, fetch=fetch)
+        translation = translate_request(
+            source,
+            request,
+            context,
+            upstream_format=upstream_format,
+            fetch=fetch,
+            once_holder=lambda key: "an earlier delivery (once_taken)" if key in example.once_taken else None,
+        )
     except MappingError as exc:
         if "error" in expect and str(expect["error"]) in exc.detail:
             return []
         return [f"mapping error: {exc.detail}"]
     if "fetches" in expect and fetches != list(expect["fetches"]):
         return [f"fetched {fetches}, expected {list(expect['fetches'])}"]
+    if "once" in expect and translation.once_key != expect["once"]:
+        return [f"once key {translation.once_key!r}, expected {expect['once']!r}"]
     if translation.order_refused and str(expect.get("error", "\0")) not in translation.order_refused:
         return [f"mapping error: {translation.order_refused}"]
     if "error" in expect and not translation.order_refused:

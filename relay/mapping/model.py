@@ -10,6 +10,7 @@ from typing import Any
 from marshmallow import Schema
 
 __all__ = [
+    "ONCE_KEY_LENGTH",
     "SIGNED_PLACEHOLDER",
     "AuthSpec",
     "FieldSpec",
@@ -105,6 +106,10 @@ class OrderSpec:
     when: str | None = None
 
 
+# The longest key a rule's `once` may give (the store's column): an order's id and a word or two.
+ONCE_KEY_LENGTH = 200
+
+
 @dataclass(frozen=True)
 class Rule:
     """What to do with one kind of event: forward it as a call, or ignore it."""
@@ -129,6 +134,9 @@ class Rule:
     add_to_segments: tuple[int | str, ...] = ()
     remove_from_segments: tuple[int | str, ...] = ()
     order: OrderSpec | None = None
+    # The rule applies once per key (`order {id} paid`): a later delivery that gives a key an earlier one took
+    # passes it over for the rules after it, so an order is counted once whichever of its hooks says it first.
+    once: ValueSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -375,10 +375,13 @@ class RuleSchema(StrictSchema):
     add_to_segments = fields.List(EnvOr(int), load_default=list)
     remove_from_segments = fields.List(EnvOr(int), load_default=list)
     order = fields.Nested(OrderSchema, load_default=None)
+    once = TagField(load_default=None)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("ignore") is not None:
+            if data.get("once") is not None:
+                raise ValidationError("once is for a rule that forwards, not one that ignores", "once")
             return
         mode = data.get("matching", "email")
         if mode not in MATCHING_MODES:
@@ -416,6 +419,7 @@ class RuleSchema(StrictSchema):
             add_to_segments=tuple(data["add_to_segments"]),
             remove_from_segments=tuple(data["remove_from_segments"]),
             order=data["order"],
+            once=data["once"],
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +21,25 @@ from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
 from relay.mapping.expressions import search
 from relay.mapping.fetches import FETCHED, Fetch, build_request, unset_settings, with_fetched
-from relay.mapping.model import FetchSpec, FieldSpec, LinesSpec, OrderSpec, Rule, Source, SubscriptionSpec, ValueSpec
+from relay.mapping.model import (
+    ONCE_KEY_LENGTH,
+    FetchSpec,
+    FieldSpec,
+    LinesSpec,
+    OrderSpec,
+    Rule,
+    Source,
+    SubscriptionSpec,
+    ValueSpec,
+)
 from relay.mapping.templates import render
 from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
 from relay.upstream.contract import ORDERS_METHOD, missing_match
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = [
+    "OnceHolder",
+    "PassedOver",
     "Translation",
     "TranslateContext",
     "event_of",
@@ -47,6 +59,23 @@ class TranslateContext:
     geo: GeoLookup | None = None
 
 
+# Who took a rule's `once` key, in words (`delivery 0190...`), when another delivery did: the worker reads
+# its store, `preview` and the examples a list of keys given to them.
+OnceHolder = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class PassedOver:
+    """A rule with `once` that this payload matched, passed over for the rules after it: `holder` took its key."""
+
+    rule: str
+    key: str
+    holder: str
+
+    def __str__(self) -> str:
+        return f"rule {self.rule!r} passed over: its once key {self.key!r} was taken by {self.holder}"
+
+
 @dataclass(frozen=True)
 class Translation:
     """The calls to make, or why there are none (`ignored`).
@@ -57,7 +86,10 @@ class Translation:
     alone (the calls made before are not made again).
 
     `order_held` is the same for a document only the order reads (an `order_only` fetch) that did not come:
-    the profile calls go, and the delivery is retried (or fails as `rejected`) for the order alone."""
+    the profile calls go, and the delivery is retried (or fails as `rejected`) for the order alone.
+
+    `once_key` is the key of the rule's `once`, which the worker takes for this delivery before its calls go;
+    `passed_over` the rules with `once` whose key another delivery had taken."""
 
     calls: list[UpstreamCall]
     rule: str | None = None
@@ -65,6 +97,13 @@ class Translation:
     ignored: str | None = None
     order_refused: str | None = None
     order_held: FetchError | None = None
+    once_key: str | None = None
+    passed_over: tuple[PassedOver, ...] = ()
+
+    @property
+    def passed_note(self) -> str | None:
+        """The rules passed over, in words, for the delivery's detail; None when there were none."""
+        return "; ".join(map(str, self.passed_over)) or None
 
 
 def prepare_payload(source: Source, payload: Any) -> Any:
@@ -93,14 +132,20 @@ def event_of(source: Source, payload: Any, headers: Mapping[str, str]) -> str | 
     return None
 
 
-def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
+def matching_rules(source: Source, payload: Any, event: str | None) -> Iterator[Rule]:
+    """The rules whose events and `when` take this payload, in the order written."""
     for rule in source.rules:
         if rule.events and event not in rule.events:
             continue
         if rule.when and not _truthy(search(rule.when, payload)):
             continue
-        return rule
-    return None
+        yield rule
+
+
+def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
+    """The first rule that takes this payload (the ingress's view: a rule with `once` may still be passed
+    over in the worker)."""
+    return next(matching_rules(source, payload, event), None)
 
 
 def ignored_at_ingress(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> str | None:
@@ -185,13 +230,15 @@ def translate(
     client_ip: str | None = None,
     context: TranslateContext | None = None,
     fetch: Fetch | None = None,
+    once_holder: OnceHolder | None = None,
 ) -> Translation:
     """Turn `payload` into the calls the mapping prescribes.
 
     `fetch` gets the documents a source's `fetch:` section names (the worker's HTTP client, or files
     given to `preview` and to the examples); whatever it raises (`FetchError`) goes up as it is, but for
     a fetch only the order reads: its `FetchError` is kept as `order_held`, its `MappingError` as
-    `order_refused`.
+    `order_refused`. `once_holder` says which other delivery took a rule's `once` key; such a rule is
+    passed over for the next that takes the payload. Without it every key is free.
 
     Raises:
         MappingError: the payload lacks what the mapping needs, or the result
@@ -216,12 +263,30 @@ def translate(
         if fetch is None:
             raise MappingError(f"source {source.name!r} fetches documents from its API, and none were given")
         data = _fetch_documents(source.rule_fetches, data, {}, event, fetch, ctx.env)
-    rule = select_rule(source, data, event)
-    if rule is None:
-        return Translation(calls=[], event=event, ignored=unmatched_reason(event))
-    if rule.ignore is not None:
-        return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore)
-    builder = _Builder(source, rule, data, ctx, client_ip)
+    passed: list[PassedOver] = []
+    for rule in matching_rules(source, data, event):
+        if rule.ignore is not None:
+            return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore, passed_over=tuple(passed))
+        builder = _Builder(source, rule, data, ctx, client_ip)
+        once_key = builder.once_key()
+        holder = once_holder(once_key) if once_key is not None and once_holder is not None else None
+        if once_key is not None and holder is not None:
+            passed.append(PassedOver(rule.name, once_key, holder))
+            continue
+        return _forward(builder, payload_itself, event, fetch, once_key, tuple(passed))
+    return Translation(calls=[], event=event, ignored=unmatched_reason(event), passed_over=tuple(passed))
+
+
+def _forward(
+    builder: _Builder,
+    payload_itself: Any,
+    event: str | None,
+    fetch: Fetch | None,
+    once_key: str | None,
+    passed: tuple[PassedOver, ...],
+) -> Translation:
+    """The calls of the rule `builder` builds, the order's included unless it is refused or held."""
+    source, rule, data, ctx = builder.source, builder.rule, builder.payload, builder.ctx
     calls = builder.build()
     for call in calls:
         _check_call(rule, call)
@@ -246,7 +311,15 @@ def translate(
             order_held = exc
         except MappingError as exc:
             order_refused = f"the order was not sent: {exc.detail}"
-    return Translation(calls=calls, rule=rule.name, event=event, order_refused=order_refused, order_held=order_held)
+    return Translation(
+        calls=calls,
+        rule=rule.name,
+        event=event,
+        order_refused=order_refused,
+        order_held=order_held,
+        once_key=once_key,
+        passed_over=passed,
+    )
 
 
 def _check_call(rule: Rule, call: UpstreamCall) -> None:
@@ -325,6 +398,24 @@ class _Builder:
 
     def name(self, text: str) -> str:
         return envrefs.resolve_text(text, self.ctx.env)
+
+    def once_key(self) -> str | None:
+        """The key of the rule's `once` for this payload; None for a rule without one.
+
+        Raises:
+            MappingError: the payload gives no key, or one too long to be a key.
+        """
+        if self.rule.once is None:
+            return None
+        key = scalar_text(self.value(self.rule.once))
+        if not key:
+            raise MappingError(f"rule {self.rule.name!r} applies once per key, and this payload gives none")
+        if len(key) > ONCE_KEY_LENGTH:
+            raise MappingError(
+                f"rule {self.rule.name!r} applies once per key, and this payload's is longer than "
+                f"{ONCE_KEY_LENGTH} characters"
+            )
+        return key
 
     # -- the call ---------------------------------------------------------
     def build(self) -> list[UpstreamCall]:
