@@ -667,7 +667,7 @@ class FakeEcwid(LoopbackFake):
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        order = (MAPPINGS / "examples" / "ecwid" / "api-order-XJ12H.json").read_bytes()
+        self.order = json.loads((MAPPINGS / "examples" / "ecwid" / "api-order-XJ12H.json").read_bytes())
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -676,7 +676,7 @@ class FakeEcwid(LoopbackFake):
                 if self.headers.get("Authorization") != "Bearer " + SECRETS["ECWID_API_TOKEN"]:
                     status, body = 403, b'{"errorMessage": "Invalid token"}'
                 elif self.path == "/api/v3/1003/orders/XJ12H":
-                    status, body = 200, order
+                    status, body = 200, json.dumps(fake.order).encode()
                 else:
                     status, body = 404, b'{"errorMessage": "Order not found"}'
                 self.send_response(status)
@@ -688,48 +688,96 @@ class FakeEcwid(LoopbackFake):
         self.serve(Handler, "/api/v3")
 
 
-def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(tmp_path, sandbox):
-    """The built-in Ecwid source end to end: the signature over the event's time and id, the order fetched
-    with `Authorization: Bearer <secret_ token>` from the store's address, the buyer sent upstream."""
+def _ecwid_hook(client: Any, event_id: str, event_type: str, data: dict[str, Any]) -> Any:
+    """Post one Ecwid event as Ecwid signs it: its time and id, with the app's client secret."""
     import base64
     import hashlib
     import hmac
 
+    created = int(time.time())
+    body = json.dumps(
+        {
+            "eventId": event_id,
+            "eventCreated": created,
+            "storeId": 1003,
+            "entityId": 103878161,
+            "eventType": event_type,
+            "data": {"orderId": "XJ12H", **data},
+        }
+    ).encode()
+    key = SECRETS["ECWID_WEBHOOK_SECRET"].encode()
+    signature = base64.b64encode(hmac.new(key, f"{created}.{event_id}".encode(), hashlib.sha256).digest()).decode()
+    return client.post(
+        f"/hooks/ecwid?eventtype={event_type}",
+        data=body,
+        headers={"X-Ecwid-Webhook-Signature": signature, "Content-Type": "application/json; charset=UTF-8"},
+    )
+
+
+@pytest.fixture
+def ecwid(tmp_path, sandbox):  # type: ignore[no-untyped-def]
     api = FakeEcwid()
     settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, ECWID_API_URL=api.url, ECWID_STORE_ID="1003")
     app = create_app(settings)
     store = app.extensions["relay"]["store"]
     worker = Worker(settings, store=store)
     try:
-        created = int(time.time())
-        body = json.dumps(
-            {
-                "eventId": "e-1",
-                "eventCreated": created,
-                "storeId": 1003,
-                "entityId": 1,
-                "eventType": "order.created",
-                "data": {"orderId": "XJ12H", "newPaymentStatus": "PAID"},
-            }
-        ).encode()
-        key = SECRETS["ECWID_WEBHOOK_SECRET"].encode()
-        signature = base64.b64encode(hmac.new(key, f"{created}.e-1".encode(), hashlib.sha256).digest()).decode()
-        response = app.test_client().post(
-            "/hooks/ecwid?eventtype=order.created",
-            data=body,
-            headers={"X-Ecwid-Webhook-Signature": signature, "Content-Type": "application/json; charset=UTF-8"},
-        )
-        assert response.status_code == 202, response.get_json()
-        assert drain(store, worker, response.get_json()["id"]) == "delivered"
-        [request] = api.requests
-        assert request["path"] == "/api/v3/1003/orders/XJ12H"
-        [profile] = sandbox.sandbox.profiles.values()
-        assert (profile.fields["email"], profile.fields["phones"]) == ("olga.smirnova@example.com", ["+79151234567"])
+        yield app.test_client(), store, worker, api
     finally:
         worker.stop()
         store.close()
-        api.server.shutdown()
-        api.server.server_close()
+        api.stop()
+
+
+def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(ecwid, sandbox):
+    """The built-in Ecwid source end to end: the signature over the event's time and id, the order fetched
+    with `Authorization: Bearer <secret_ token>` from the store's address, the buyer sent upstream."""
+    client, store, worker, api = ecwid
+    response = _ecwid_hook(client, "e-1", "order.created", {"newPaymentStatus": "PAID"})
+    assert response.status_code == 202, response.get_json()
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    [request] = api.requests
+    assert request["path"] == "/api/v3/1003/orders/XJ12H"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert (profile.fields["email"], profile.fields["phones"]) == ("olga.smirnova@example.com", ["+79151234567"])
+    assert profile.fields["orders_count"] == 1
+
+
+def test_an_ecwid_order_awaiting_payment_is_counted_once_when_its_payment_comes(ecwid, sandbox):
+    """Cash on delivery: the order is created awaiting payment (the buyer goes, nothing counted); a change
+    that is not its payment is answered `ignored` with no fetch; the update that says it was paid counts it;
+    a second hook that finds it paid (the created hook, late) updates the buyer without counting it again."""
+    client, store, worker, api = ecwid
+    api.order["paymentStatus"] = "AWAITING_PAYMENT"
+    created = _ecwid_hook(client, "e-1", "order.created", {"newPaymentStatus": "AWAITING_PAYMENT"})
+    assert drain(store, worker, created.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert "orders_count" not in profile.fields and profile.fields["tags"] == ["ecwid", "order_created"]
+    shipped = {"oldPaymentStatus": "AWAITING_PAYMENT", "newPaymentStatus": "AWAITING_PAYMENT"}
+    answer = _ecwid_hook(client, "e-2", "order.updated", {**shipped, "newFulfillmentStatus": "SHIPPED"})
+    assert answer.status_code == 200 and answer.get_json()["status"] == "ignored"
+    assert len(api.requests) == 1
+    api.order["paymentStatus"] = "PAID"
+    paid = _ecwid_hook(
+        client, "e-3", "order.updated", {"oldPaymentStatus": "AWAITING_PAYMENT", "newPaymentStatus": "PAID"}
+    )
+    assert paid.status_code == 202, paid.get_json()
+    assert drain(store, worker, paid.get_json()["id"]) == "delivered"
+    assert profile.fields["orders_count"] == 1 and "order_paid" in profile.fields["tags"]
+    late = _ecwid_hook(client, "e-4", "order.created", {"newPaymentStatus": "PAID"})
+    assert drain(store, worker, late.get_json()["id"]) == "delivered"
+    kept = store.get(late.get_json()["id"])
+    assert (
+        kept is not None
+        and kept.calls is not None
+        and kept.calls[0]["body"]["data"]["tags"]["value"]
+        == [
+            "ecwid",
+            "order_created",
+        ]
+    )
+    assert (kept.detail or "").startswith("rule 'order_paid' passed over")
+    assert profile.fields["orders_count"] == 1 and len(api.requests) == 3
 
 
 def test_the_apis_refusals_of_different_orders_are_one_problem_in_the_overview(relay, bigcommerce):
