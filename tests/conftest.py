@@ -54,6 +54,7 @@ SECRETS = {
     "ECWID_WEBHOOK_SECRET": "ecwid-client-secret-test-9c9d",
     "ECWID_API_TOKEN": "secret_ecwid-api-test-token-0e0f",
     "PADDLE_API_KEY": "pdl_live_apikey_test_1a1b",
+    "LEMON_SQUEEZY_WEBHOOK_SECRET": "lemon-test-secret-4c4d",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -122,6 +123,7 @@ BUILT_IN_SOURCES = (
     "squarespace",
     "ecwid",
     "adobe_commerce",
+    "lemon_squeezy",
 )
 
 
