@@ -170,7 +170,7 @@ dedup_keys = Table(
 
 # The keys a rule's `once` took (`order 5 paid`), by source: a later delivery of the same order passes the
 # rule over. They outlive the deliveries that took them (RELAY_KEEP_DELIVERED), since an order's hooks may
-# come months apart, and go after ONCE_KEEP_SECONDS; one row an order, written once.
+# come months apart, and go after ONCE_KEEP_SECONDS (or RELAY_KEEP_DELIVERED, if longer); one row an order.
 once_keys = Table(
     "once_keys",
     metadata,
@@ -1014,10 +1014,10 @@ class Store:
             if len(ids) < batch or (stop is not None and stop.is_set()):
                 break
         purged["dedup_keys"] = self._purge_keys(now, key_window, stop)
+        # Kept as long as the deliveries at least: a delivery replayed must find the key it took.
+        taken_before = min(received_before, now - ONCE_KEEP_SECONDS)
         with self._tx() as tx:  # few rows (one an order), found by their index
-            purged["once_keys"] = int(
-                tx.execute(delete(once_keys).where(once_keys.c.taken_at < now - ONCE_KEEP_SECONDS)).rowcount
-            )
+            purged["once_keys"] = int(tx.execute(delete(once_keys).where(once_keys.c.taken_at < taken_before)).rowcount)
         return purged
 
     def _purge_keys(self, now: float, window: int, stop: threading.Event | None) -> int:

@@ -73,7 +73,9 @@ def test_a_key_is_taken_once_its_holder_keeps_it_and_it_goes_after_its_time(stor
     assert store.once_taken_by("shop", "d2", "order 5 paid") == "delivery d1"
     assert store.take_once("other_shop", "order 5 paid", "d3", now=1000.0) == "d3"  # keys are per source
     assert store.take_once("shop", "order 6 paid", "d4", now=1000.0 + ONCE_KEEP_SECONDS) == "d4"
-    purged = store.purge(received_before=0.0, now=1001.0 + ONCE_KEEP_SECONDS)
+    later = 1001.0 + ONCE_KEEP_SECONDS
+    assert store.purge(received_before=500.0, now=later)["once_keys"] == 0  # kept while deliveries are kept
+    purged = store.purge(received_before=later, now=later)
     assert purged["once_keys"] == 2  # order 5 of both sources; order 6 was taken a second later
     assert store.take_once("shop", "order 5 paid", "d2") == "d2"
     assert store.take_once("shop", "order 6 paid", "d2") == "d4"

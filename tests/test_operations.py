@@ -79,6 +79,7 @@ def test_metrics_declared_bounded_and_counting(client):
         "+Inf",
         "deliveries",  # relay_purged_total's kinds
         "dedup_keys",
+        "once_keys",
     }
     allowed = set(load_sources(MAPPINGS)) | set(TEST_ONLY_SOURCES) | {"unknown"} | codes | outcomes | set(STATUSES)
     for match in SAMPLE.finditer(text):
