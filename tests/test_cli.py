@@ -98,9 +98,10 @@ def test_sources_lists_urls_auth_and_readiness():
     assert "  url:      https://hooks.example.com/hooks/hubspot\n" in public.stdout and "  note:" not in public.stdout
     assert "browsers:" not in result.stdout  # no built-in source is posted from a browser
     paid = "order_paid: orders/paid -> profiles/import + market/orders/import"
-    assert f"{paid} (off while RELAY_MARKET_ENDPOINT is unset)\n" in result.stdout
+    once = ", once per 'order {id} paid'"
+    assert f"{paid} (off while RELAY_MARKET_ENDPOINT is unset){once}\n" in result.stdout
     market = relay_command("sources", env={**ENV, "RELAY_MARKET_ENDPOINT": "web-shop"})
-    assert f"{paid} (endpoint web-shop)\n" in market.stdout
+    assert f"{paid} (endpoint web-shop){once}\n" in market.stdout
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):

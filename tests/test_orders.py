@@ -67,11 +67,14 @@ def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop,
         ("1", 1, "1.99"),  # its SKU
         ("43383372185812", 1, "30.00"),  # no SKU: its variant
     ]
-    # Shopify sends the paid order again (a new webhook id, refunded lines or a retry): one order, updated.
+    assert profile.fields["revenue"] == 36.99
+    # Shopify says the order is paid again (a new webhook id: an edited order): one order, updated, and its
+    # revenue not added twice (order_paid's once key; order_paid_again sends the order alone).
     again = shopify_post(client, ORDER.replace(b'"quantity":1', b'"quantity":2'), "w-2")
     assert drain(store, worker, again.json["id"]) == "delivered"
     assert len(fake.orders) == 1
     assert [line["count"] for line in fake.orders["820982911946154508"]["lines"]] == [2, 2]
+    assert profile.fields["revenue"] == 36.99
 
 
 def deliver_the_order(tmp_path: Path, sandbox, **env: str) -> None:  # type: ignore[no-untyped-def]
