@@ -28,7 +28,16 @@ from prometheus_client.core import GaugeMetricFamily
 if TYPE_CHECKING:
     from relay.store import Store
 
-__all__ = ["attempt", "fetched", "mapping_files_broken", "observe_ingress", "purged", "received", "render"]
+__all__ = [
+    "attempt",
+    "fetched",
+    "mapping_files_broken",
+    "observe_ingress",
+    "passed_over",
+    "purged",
+    "received",
+    "render",
+]
 
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
@@ -72,9 +81,15 @@ UPSTREAM_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+PASSED_OVER = Counter(
+    "relay_rules_passed_over_total",
+    "Delivered webhooks that passed a rule with `once` over (an earlier delivery took its key), by source and rule",
+    ["source", "rule"],
+    registry=REGISTRY,
+)
 PURGED = Counter(
     "relay_purged_total",
-    "Rows deleted by the retention purge: delivered deliveries past RELAY_KEEP_DELIVERED, expired dedup keys",
+    "Rows deleted by the retention purge: delivered deliveries past RELAY_KEEP_DELIVERED, expired dedup and once keys",
     ["kind"],
     registry=REGISTRY,
 )
@@ -102,6 +117,7 @@ DECLARED = {
     "relay_fetches_total",
     "relay_fetch_seconds",
     "relay_purged_total",
+    "relay_rules_passed_over_total",
     "relay_mapping_files_broken",
     *STORE_GAUGES,
 }
@@ -126,6 +142,10 @@ def attempt(source: str, outcome: str, seconds: float) -> None:
 def fetched(source: str, outcome: str, seconds: float) -> None:
     _child(FETCHES, source, outcome).inc()
     FETCH_LATENCY.observe(seconds)
+
+
+def passed_over(source: str, rule: str) -> None:
+    PASSED_OVER.labels(source=source, rule=rule).inc()
 
 
 def purged(kind: str, count: int) -> None:

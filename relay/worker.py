@@ -360,6 +360,7 @@ class Worker:
         if translation.ignored:
             detail = translation.ignored if passed is None else f"{translation.ignored} ({passed})"
             self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=detail, calls=[])
+            self._count_passed_over(delivery, translation)
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
         if not self._lease_covers(delivery, len(translation.calls) - delivery.calls_done):
@@ -405,6 +406,7 @@ class Worker:
                         attempt=attempt,
                     ),
                 )
+                self._count_passed_over(delivery, translation)
                 log.info("delivered", extra=extra)
                 return "delivered"
             if isinstance(error, PermanentUpstreamError):
@@ -432,7 +434,15 @@ class Worker:
         if translation.order_refused:
             return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls)
         self.store.finish(delivery.id, token, status="delivered", detail=passed, calls=calls)
+        self._count_passed_over(delivery, translation)
         return "delivered"
+
+    @staticmethod
+    def _count_passed_over(delivery: Delivery, translation: Translation) -> None:
+        """A delivered webhook's rules passed over, in `relay_rules_passed_over_total`: a `once` key that
+        many orders share by mistake (`order {status}`) shows there before anyone misses the counts."""
+        for passed in translation.passed_over:
+            metrics.passed_over(delivery.source, passed.rule)
 
     def _fetch_failed(self, delivery: Delivery, token: str, error: FetchError, started: float, seconds: float) -> str:
         """A document the mapping fetches did not come: a try in the delivery's log (the address, a credential's

@@ -184,6 +184,12 @@ def woo(relay):  # type: ignore[no-untyped-def]
     return deliver
 
 
+def _passed_over_count(source: str, rule: str) -> float:
+    from relay.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("relay_rules_passed_over_total", {"source": source, "rule": rule}) or 0.0
+
+
 def test_an_order_created_unpaid_is_counted_once_when_paid_and_not_again_when_completed(woo, relay, sandbox):
     client, store, worker = relay
     order = json.loads((WOO / "order.created.json").read_text(encoding="utf-8"))
@@ -195,8 +201,10 @@ def test_an_order_created_unpaid_is_counted_once_when_paid_and_not_again_when_co
     assert status == "delivered"
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 29.35)
     assert "order_paid" in profile.fields["tags"]
+    passed_before = _passed_over_count("woocommerce", "order_paid")
     completed_id, status = woo("order.updated", {**order, "status": "completed"})
     assert status == "delivered"
+    assert _passed_over_count("woocommerce", "order_paid") == passed_before + 1
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 29.35)
     assert "order_completed" in profile.fields["tags"]
     completed = store.get(completed_id)

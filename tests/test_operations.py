@@ -81,7 +81,9 @@ def test_metrics_declared_bounded_and_counting(client):
         "dedup_keys",
         "once_keys",
     }
-    allowed = set(load_sources(MAPPINGS)) | set(TEST_ONLY_SOURCES) | {"unknown"} | codes | outcomes | set(STATUSES)
+    sources = load_sources(MAPPINGS)
+    rules = {rule.name for source in sources.values() for rule in source.rules}  # relay_rules_passed_over_total
+    allowed = set(sources) | set(TEST_ONLY_SOURCES) | {"unknown"} | codes | outcomes | set(STATUSES) | rules
     for match in SAMPLE.finditer(text):
         name = match.group("name")
         assert any(name.startswith(d.removesuffix("_total")) for d in DECLARED), name
