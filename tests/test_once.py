@@ -23,6 +23,8 @@ from relay.mapping.loader import load_source_file
 from relay.mapping.model import Source
 from relay.mapping.translate import translate
 from relay.store import ONCE_KEEP_SECONDS, Store
+from relay.web import create_app
+from relay.worker import Worker
 
 from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings, relay_command
 
@@ -219,6 +221,64 @@ def test_an_order_created_unpaid_is_counted_once_when_paid_and_not_again_when_co
     # Another order of the same buyer, paid at checkout, is counted.
     assert woo("order.created", {**order, "id": 728, "total": "10.00"})[1] == "delivered"
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (2, 39.35)
+
+
+def _signed_woo(client: Any, topic: str, payload: dict[str, Any]) -> str:
+    body = json.dumps(payload).encode()
+    digest = hmac.new(SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
+    response = client.post(
+        "/hooks/woocommerce",
+        data=body,
+        content_type="application/json",
+        headers={
+            "X-WC-Webhook-Topic": topic,
+            "X-WC-Webhook-Delivery-ID": hashlib.sha256(topic.encode() + body).hexdigest()[:16],
+            "X-WC-Webhook-Signature": base64.b64encode(digest).decode(),
+        },
+    )
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def _process_together(start: threading.Barrier, worker: Worker, claim: Any, settled: list[str]) -> None:
+    start.wait()
+    settled.append(worker.process(*claim))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_workers_given_two_paid_hooks_of_one_order_at_once_count_it_once(kind, tmp_path, sandbox, request):
+    """The created and the updated hook of an order paid at checkout, each claimed by its own worker and
+    processed at the same moment, five orders over: whichever way the two interleave (one sees the other's key,
+    or both look before either takes and the loser translates again), each order is counted once."""
+    env = {"RELAY_DATABASE_URL": request.getfixturevalue("pg_url")} if kind == "postgres" else {}
+    app = create_app(quick_retry_settings(tmp_path, sandbox, **env))
+    store = app.extensions["relay"]["store"]
+    workers = [Worker(app.extensions["relay"]["settings"], store=store) for _ in range(2)]
+    order = json.loads((WOO / "order.created.json").read_text(encoding="utf-8"))
+    try:
+        for number in range(5):
+            paid = {**order, "id": 900 + number}
+            ids = [_signed_woo(app.test_client(), topic, paid) for topic in ("order.created", "order.updated")]
+            claims = [store.claim(owner=w.owner, limit=1, lease_seconds=30)[0] for w in workers]
+            start = threading.Barrier(2, timeout=10)
+            settled: list[str] = []
+            threads = [
+                threading.Thread(target=_process_together, args=(start, worker, claim, settled))
+                for worker, claim in zip(workers, claims, strict=True)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert settled == ["delivered", "delivered"]
+            details = [store.get(delivery_id).detail or "" for delivery_id in ids]  # type: ignore[union-attr]
+            assert sorted(bool(detail) for detail in details) == [False, True], details
+        [profile] = sandbox.sandbox.profiles.values()
+        assert profile.fields["orders_count"] == 5
+    finally:
+        for worker in workers:
+            worker.stop()
+        store.close()
 
 
 def test_a_retry_of_the_delivery_that_took_the_key_still_counts(woo, relay, sandbox):
