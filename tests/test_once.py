@@ -161,26 +161,31 @@ def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
     yield from hand_driven(quick_retry_settings(tmp_path, sandbox, RELAY_MAX_ATTEMPTS="3"))
 
 
+def _signed_woo(client: Any, topic: str, payload: dict[str, Any]) -> str:
+    """Post one WooCommerce webhook as WooCommerce signs it; the delivery's id."""
+    body = json.dumps(payload).encode()
+    digest = hmac.new(SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
+    response = client.post(
+        "/hooks/woocommerce",
+        data=body,
+        content_type="application/json",
+        headers={
+            "X-WC-Webhook-Topic": topic,
+            "X-WC-Webhook-Delivery-ID": hashlib.sha256(topic.encode() + body).hexdigest()[:16],
+            "X-WC-Webhook-Signature": base64.b64encode(digest).decode(),
+        },
+    )
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])
+
+
 @pytest.fixture
 def woo(relay):  # type: ignore[no-untyped-def]
     """Post one signed WooCommerce webhook and deliver it: its delivery id and final status."""
     client, store, worker = relay
 
     def deliver(topic: str, payload: dict[str, Any]) -> tuple[str, str]:
-        body = json.dumps(payload).encode()
-        digest = hmac.new(SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
-        response = client.post(
-            "/hooks/woocommerce",
-            data=body,
-            content_type="application/json",
-            headers={
-                "X-WC-Webhook-Topic": topic,
-                "X-WC-Webhook-Delivery-ID": hashlib.sha256(body).hexdigest()[:16],
-                "X-WC-Webhook-Signature": base64.b64encode(digest).decode(),
-            },
-        )
-        assert response.status_code == 202, response.get_json()
-        delivery_id = response.get_json()["id"]
+        delivery_id = _signed_woo(client, topic, payload)
         return delivery_id, drain(store, worker, delivery_id)
 
     return deliver
@@ -221,23 +226,6 @@ def test_an_order_created_unpaid_is_counted_once_when_paid_and_not_again_when_co
     # Another order of the same buyer, paid at checkout, is counted.
     assert woo("order.created", {**order, "id": 728, "total": "10.00"})[1] == "delivered"
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (2, 39.35)
-
-
-def _signed_woo(client: Any, topic: str, payload: dict[str, Any]) -> str:
-    body = json.dumps(payload).encode()
-    digest = hmac.new(SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
-    response = client.post(
-        "/hooks/woocommerce",
-        data=body,
-        content_type="application/json",
-        headers={
-            "X-WC-Webhook-Topic": topic,
-            "X-WC-Webhook-Delivery-ID": hashlib.sha256(topic.encode() + body).hexdigest()[:16],
-            "X-WC-Webhook-Signature": base64.b64encode(digest).decode(),
-        },
-    )
-    assert response.status_code == 202, response.get_json()
-    return str(response.get_json()["id"])
 
 
 def _process_together(start: threading.Barrier, worker: Worker, claim: Any, settled: list[str]) -> None:
