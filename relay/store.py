@@ -179,6 +179,7 @@ once_keys = Table(
     Column("delivery_id", String(32), nullable=False),
     Column("taken_at", Float, nullable=False),
     Index("ix_once_keys_taken", "taken_at"),
+    Index("ix_once_keys_delivery", "delivery_id"),
 )
 ONCE_KEEP_SECONDS = 400 * 24 * 3600
 
@@ -829,6 +830,22 @@ class Store:
         took it first). Two workers taking one key at once: one of them gets it."""
         row = {"source": source, "key": key, "id": delivery_id, "now": time.time() if now is None else now}
         return self._write(functools.partial(take_once, row=row))
+
+    def release_once(self, delivery_id: str) -> int:
+        """Give back the once keys of a delivery that failed before the upstream took any of its calls, so that
+        a later hook of the same order uses the rule (and a replay of this one, should it come first); how
+        many. A delivery that failed after some of its calls went keeps its keys: those calls counted."""
+        with self._tx() as tx:
+            failed_before_any_call = (
+                select(deliveries.c.id)
+                .where(deliveries.c.id == delivery_id, deliveries.c.status == "failed", deliveries.c.calls_done == 0)
+                .exists()
+            )
+            return int(
+                tx.execute(
+                    delete(once_keys).where(once_keys.c.delivery_id == delivery_id, failed_before_any_call)
+                ).rowcount
+            )
 
     def claim(
         self, *, owner: str, limit: int, lease_seconds: float, now: float | None = None

@@ -298,3 +298,40 @@ def test_preview_says_the_key_and_what_a_later_hook_would_do(tmp_path):
     listed = relay_command("sources", env={**env, "WOOCOMMERCE_WEBHOOK_SECRET": "x"})
     assert "order_paid: order.updated -> profiles/import" in listed.stdout
     assert "once per 'order {id} paid'" in listed.stdout
+
+
+def test_a_delivery_refused_before_any_call_gives_its_key_back_and_a_replay_does_not_count_twice(woo, relay, sandbox):
+    """The upstream refuses the order's first call for good (a field its database lacks): nothing was counted,
+    so the key goes back, and the order's next paid hook counts it once the field is there; a replay of the
+    refused one afterwards passes the rule over."""
+    client, store, worker = relay
+    order = json.loads((WOO / "order.created.json").read_text(encoding="utf-8"))
+    tags = sandbox.sandbox.config["databases"]["1"]["fields"].pop("tags")
+    refused_id, status = woo("order.created", order)
+    assert status == "failed" and store.get(refused_id).reason == "rejected"  # type: ignore[union-attr]
+    assert store.once_taken_by("woocommerce", "someone else", "order 727 paid") is None
+    sandbox.sandbox.config["databases"]["1"]["fields"]["tags"] = tags
+    paid_id, status = woo("order.updated", order)
+    assert status == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1
+    assert store.replay(refused_id)
+    assert drain(store, worker, refused_id) == "delivered"
+    assert profile.fields["orders_count"] == 1
+    assert f"was taken by delivery {paid_id}" in (store.get(refused_id).detail or "")  # type: ignore[union-attr]
+
+
+def test_a_delivery_that_failed_after_its_counting_call_keeps_its_key(woo, relay, sandbox):
+    """The profile call went (the order counted), then the tag removal that follows it was refused for good:
+    the key stays with the failed delivery, and the order's next paid hook does not count it again."""
+    client, store, worker = relay
+    order = json.loads((WOO / "order.created.json").read_text(encoding="utf-8"))
+    sandbox.sandbox.faults.extend([{}, {"status": 400, "body": "refused"}])  # the first call goes, not the second
+    failed_id, status = woo("order.created", order)
+    failed = store.get(failed_id)
+    assert status == "failed" and failed is not None and (failed.reason, failed.calls_done) == ("rejected", 1)
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1
+    assert woo("order.updated", order)[1] == "delivered"
+    assert profile.fields["orders_count"] == 1
+    assert store.once_taken_by("woocommerce", "someone else", "order 727 paid") == f"delivery {failed_id}"
