@@ -584,10 +584,14 @@ class Worker:
             f"delivery failed: {reason}",
             extra={"delivery_id": delivery.id, "source": delivery.source, "detail": detail},
         )
-        try:
-            self.store.release_once(delivery.id)
-        except StoreUnavailable:  # kept: a replay of this delivery still uses the rule
-            log.warning("store unavailable; the failed delivery's once keys stay", extra={"delivery_id": delivery.id})
+        source = self.sources.get(delivery.source)
+        if source is None or any(rule.once is not None for rule in source.rules):
+            try:
+                self.store.release_once(delivery.id)
+            except StoreUnavailable:  # kept: a replay of this delivery still uses the rule
+                log.warning(
+                    "store unavailable; the failed delivery's once keys stay", extra={"delivery_id": delivery.id}
+                )
         report_delivery_failure(
             f"delivery failed: {reason}", source=delivery.source, delivery_id=delivery.id, reason=reason
         )
