@@ -449,6 +449,10 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _are_unset(names: list[str]) -> str:
+    return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} unset"
+
+
 def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
     sources = load_sources(settings.mappings_dir)
     for name, source in sorted(sources.items()):
@@ -494,12 +498,10 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
         for spec in source.fetches:
             unset = unset_settings(spec, settings.env)
-            unset_words = f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} unset"
-            skipped = f" (optional: skipped while {unset_words})" if spec.optional and unset else ""
+            skipped = f" (optional: skipped while {_are_unset(unset)})" if spec.optional and unset else ""
             own = [name for name in unset if name not in missing]  # those that hold back the whole source are said
             if spec.order_only and own and not spec.optional:
-                own_words = f"{', '.join(own)} {'is' if len(own) == 1 else 'are'} unset"
-                skipped = f" (while {own_words}, the profile goes and the order fails as mapping)"
+                skipped = f" (while {_are_unset(own)}, the profile goes and the order fails as mapping)"
             reader = "the order section" if spec.order_only else "the rules"
             print(f"  fetches:  {spec.name}: GET {spec.url}, read by {reader} as fetched.{spec.name}{skipped}")
         if source.cors_origins:

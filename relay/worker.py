@@ -333,7 +333,6 @@ class Worker:
 
     def process(self, delivery: Delivery, token: str) -> str:
         """Deliver one claimed delivery; returns the status it was settled with."""
-        extra = {"delivery_id": delivery.id, "source": delivery.source}
         self._look_at_mappings()
         sources = self.sources
         source = sources.get(delivery.source)
@@ -356,8 +355,8 @@ class Worker:
         except FetchError as exc:
             return self._fetch_failed(delivery, token, exc, started, time.perf_counter() - clock)
         translated_in = time.perf_counter() - clock
-        passed = translation.passed_note
         if translation.ignored:
+            passed = translation.passed_note
             detail = translation.ignored if passed is None else f"{translation.ignored} ({passed})"
             self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=detail, calls=[])
             self._count_passed_over(delivery, translation)
@@ -388,27 +387,8 @@ class Worker:
                 if not self._keep(delivery, partial(self.store.record_attempt, delivery.id, token, attempt)):
                     return "lost"
                 continue
-            if error is None and translation.order_held:
-                held = self._fetch_attempt(translation.order_held, started, translated_in, call_index=index + 1)
-                return self._hold_order(delivery, token, translation.order_held, calls, attempt, held, attempt_no)
-            if error is None and translation.order_refused:
-                return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls, attempt=attempt)
             if error is None:
-                self._keep(
-                    delivery,
-                    partial(
-                        self.store.finish,
-                        delivery.id,
-                        token,
-                        status="delivered",
-                        detail=passed,
-                        calls=calls,
-                        attempt=attempt,
-                    ),
-                )
-                self._count_passed_over(delivery, translation)
-                log.info("delivered", extra=extra)
-                return "delivered"
+                return self._all_sent(delivery, token, translation, calls, attempt, attempt_no, started, translated_in)
             if isinstance(error, PermanentUpstreamError):
                 return self._fail(delivery, token, "rejected", error.detail, calls=calls, attempt=attempt)
             if error.http_status == 429 and error.retry_after:
@@ -428,13 +408,38 @@ class Worker:
                 or "timeout" in error.detail,
             )
         # Every call went through before (a replayed cycle that had finished): settle it.
+        return self._all_sent(delivery, token, translation, calls, None, attempt_no, started, translated_in)
+
+    def _all_sent(
+        self,
+        delivery: Delivery,
+        token: str,
+        translation: Translation,
+        calls: list[dict[str, Any]],
+        last: Attempt | None,
+        attempt_no: int,
+        started: float,
+        translated_in: float,
+    ) -> str:
+        """Every call the translation made went through (`last`, the try of the last one, or None when they
+        all went in an earlier cycle): delivered, unless its order was held back or refused."""
         if translation.order_held:
             held = self._fetch_attempt(translation.order_held, started, translated_in, call_index=len(calls))
-            return self._hold_order(delivery, token, translation.order_held, calls, None, held, attempt_no)
+            return self._hold_order(delivery, token, translation.order_held, calls, last, held, attempt_no)
         if translation.order_refused:
-            return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls)
-        self.store.finish(delivery.id, token, status="delivered", detail=passed, calls=calls)
+            return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls, attempt=last)
+        finish = partial(
+            self.store.finish,
+            delivery.id,
+            token,
+            status="delivered",
+            detail=translation.passed_note,
+            calls=calls,
+            attempt=last,
+        )
+        self._keep(delivery, finish)
         self._count_passed_over(delivery, translation)
+        log.info("delivered", extra={"delivery_id": delivery.id, "source": delivery.source})
         return "delivered"
 
     @staticmethod
