@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import socket
 import subprocess
@@ -177,6 +181,31 @@ def relay_command(*args: str, env: dict[str, str], stdin: str | None = None) -> 
         env=env,
         timeout=60,
     )
+
+
+def post_signed(
+    client: Any,
+    source: str,
+    payload: Any,
+    *,
+    secret: str,
+    header: str,
+    headers: dict[str, str],
+    hex_digest: bool = False,
+) -> Any:
+    """Post `payload` as JSON to /hooks/<source>, signed as shops sign a body: HMAC-SHA256 with `secret`, in
+    base64 (Shopify, WooCommerce) or hex (Lemon Squeezy) in `header`, beside the provider's other `headers`."""
+    body = json.dumps(payload).encode()
+    digest = hmac.new(secret.encode(), body, hashlib.sha256)
+    signature = digest.hexdigest() if hex_digest else base64.b64encode(digest.digest()).decode()
+    return client.post(
+        f"/hooks/{source}", data=body, content_type="application/json", headers={**headers, header: signature}
+    )
+
+
+def body_digest(payload: Any) -> str:
+    """The SHA-256 of `payload` as post_signed sends it: a delivery id a provider would give that body."""
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
 def quick_retry_settings(tmp_path: Path, sandbox: SandboxServer, **env: str) -> Settings:

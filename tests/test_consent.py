@@ -7,14 +7,11 @@ an SMS opt-in finds the same profile by its phone.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 
 import pytest
 
-from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings
+from .conftest import MAPPINGS, SECRETS, body_digest, drain, hand_driven, post_signed, quick_retry_settings
 
 EXAMPLES = MAPPINGS / "examples" / "shopify"
 
@@ -30,17 +27,13 @@ def shop(relay):  # type: ignore[no-untyped-def]
     client, store, worker = relay
 
     def deliver(topic: str, payload: dict) -> str:  # type: ignore[type-arg]
-        body = json.dumps(payload).encode()
-        digest = hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
-        response = client.post(
-            "/hooks/shopify",
-            data=body,
-            content_type="application/json",
-            headers={
-                "X-Shopify-Topic": topic,
-                "X-Shopify-Webhook-Id": f"{topic}-{len(body)}-{hashlib.sha256(body).hexdigest()[:8]}",
-                "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
-            },
+        response = post_signed(
+            client,
+            "shopify",
+            payload,
+            secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+            header="X-Shopify-Hmac-Sha256",
+            headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": f"{topic}-{body_digest(payload)[:16]}"},
         )
         assert response.status_code in (200, 202), response.get_json()
         if response.status_code == 200:

@@ -7,14 +7,12 @@ status kept as one tag while it changes; a refund cancelling the market order.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
 
-from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings
+from .conftest import MAPPINGS, SECRETS, drain, hand_driven, post_signed, quick_retry_settings
 
 EXAMPLES = MAPPINGS / "examples" / "lemon_squeezy"
 
@@ -29,13 +27,9 @@ def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
 
 
 def _post(client: Any, payload: dict[str, Any], *, secret: str = SECRETS["LEMON_SQUEEZY_WEBHOOK_SECRET"]) -> Any:
-    body = json.dumps(payload).encode()
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return client.post(
-        "/hooks/lemon_squeezy",
-        data=body,
-        content_type="application/json",
-        headers={"X-Event-Name": payload["meta"]["event_name"], "X-Signature": signature},
+    headers = {"X-Event-Name": payload["meta"]["event_name"]}
+    return post_signed(
+        client, "lemon_squeezy", payload, secret=secret, header="X-Signature", headers=headers, hex_digest=True
     )
 
 

@@ -8,9 +8,6 @@ find it complete.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import threading
 from pathlib import Path
@@ -26,7 +23,16 @@ from relay.store import ONCE_KEEP_SECONDS, Store
 from relay.web import create_app
 from relay.worker import Worker
 
-from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings, relay_command
+from .conftest import (
+    MAPPINGS,
+    SECRETS,
+    body_digest,
+    drain,
+    hand_driven,
+    post_signed,
+    quick_retry_settings,
+    relay_command,
+)
 
 WOO = MAPPINGS / "examples" / "woocommerce"
 
@@ -163,17 +169,13 @@ def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
 
 def _signed_woo(client: Any, topic: str, payload: dict[str, Any]) -> str:
     """Post one WooCommerce webhook as WooCommerce signs it; the delivery's id."""
-    body = json.dumps(payload).encode()
-    digest = hmac.new(SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
-    response = client.post(
-        "/hooks/woocommerce",
-        data=body,
-        content_type="application/json",
-        headers={
-            "X-WC-Webhook-Topic": topic,
-            "X-WC-Webhook-Delivery-ID": hashlib.sha256(topic.encode() + body).hexdigest()[:16],
-            "X-WC-Webhook-Signature": base64.b64encode(digest).decode(),
-        },
+    response = post_signed(
+        client,
+        "woocommerce",
+        payload,
+        secret=SECRETS["WOOCOMMERCE_WEBHOOK_SECRET"],
+        header="X-WC-Webhook-Signature",
+        headers={"X-WC-Webhook-Topic": topic, "X-WC-Webhook-Delivery-ID": f"{topic}-{body_digest(payload)[:16]}"},
     )
     assert response.status_code == 202, response.get_json()
     return str(response.get_json()["id"])
