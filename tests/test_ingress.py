@@ -924,10 +924,11 @@ def test_rails_xml_reads_as_its_json_twin(document):
 
 def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(tmp_path):
     """InSales sends XML unless its webhook was registered as JSON, and names its topic only in the address it
-    was registered with (`&topic=orders/create`): a new order is counted, an update is not, a deletion is
-    ignored, a product list is ignored, and the same body sent again is a duplicate (no delivery id is sent;
-    the body's hash is the key). The topic is kept with the request for the worker as X-Relay-Event, a header
-    no sender can set."""
+    was registered with (`&topic=orders/create`): an order is counted once, at the first hook that says it is
+    paid (a new order paid on delivery is not; its later update after the paid one is not counted again), a
+    deletion is ignored, a product list is ignored, and the same body sent again is a duplicate (no delivery id
+    is sent; the body's hash is the key). The topic is kept with the request for the worker as X-Relay-Event, a
+    header no sender can set."""
     from relay.sandbox import Sandbox, SandboxServer, default_config
     from relay.store import Store
     from relay.web import create_app
@@ -960,6 +961,9 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
         assert customer.status_code == 202, customer.get_json()
         again = client.post(hook + "&topic=orders/update", data=xml, content_type="application/xml; charset=utf-8")
         assert (again.status_code, again.get_json()) == (200, {"status": "duplicate", "id": as_xml.get_json()["id"]})
+        shipped = xml.replace(b"<fulfillment-status>accepted<", b"<fulfillment-status>delivered<")
+        delivered = client.post(hook + "&topic=orders/update", data=shipped, content_type="application/xml")
+        assert delivered.status_code == 202, delivered.get_json()
         products = client.post(hook, data=b'[{"id": 1, "title": "Mug"}]', content_type="application/json")
         # No topic in its URL, and no rule's shape: the same words as the worker and `preview` give.
         assert (products.status_code, products.get_json()) == (
@@ -976,8 +980,10 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
                 for answer in (as_json, as_xml, customer)
             ]
             assert [headers.get("x-relay-event") for headers in kept] == ["orders/create", "orders/update", None]
-            claimed = store.claim(owner="t", limit=5, lease_seconds=30)
+            claimed = store.claim(owner="t", limit=4, lease_seconds=30)
             assert [worker.process(delivery, token) for delivery, token in claimed] == ["delivered"] * 4
+            (later,) = store.claim(owner="t", limit=5, lease_seconds=30)  # after the paid update: in order
+            assert worker.process(*later) == "delivered"
         finally:
             worker.stop()
             store.close()
@@ -988,7 +994,9 @@ def test_an_insales_order_is_delivered_alike_from_json_and_from_its_default_xml(
         assert set(profiles) == {"ivan.petrov@example.com", "+79167654321", "olga.kuznetsova@example.com"}
         buyer, phone_only = profiles["ivan.petrov@example.com"], profiles["+79167654321"]
         assert (buyer.fields["_bdate"], [s["status"] for s in buyer.subscriptions]) == ("1990-03-14", ["subscribed"])
-        assert (buyer.fields["orders_count"], "orders_count" in phone_only.fields) == (1, False)
+        assert "orders_count" not in buyer.fields and "revenue" not in buyer.fields  # paid on delivery, not yet
+        assert (phone_only.fields["orders_count"], phone_only.fields["revenue"]) == (1, 3480)
+        assert "order_delivered" in phone_only.fields["tags"]
         # <subscribe type="boolean">false</subscribe> subscribes nobody.
         assert (phone_only.fields["_fname"], phone_only.subscriptions) == ("Мария", [])
         assert "payment_paid" in phone_only.fields["tags"]
