@@ -29,10 +29,10 @@ from .conftest import MAPPINGS, SECRETS, drain, hand_driven, make_settings
 ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_bytes()
 
 
-def shopify_post(client, body: bytes, webhook_id: str):  # type: ignore[no-untyped-def]
+def shopify_post(client, body: bytes, webhook_id: str, topic: str = "orders/paid"):  # type: ignore[no-untyped-def]
     digest = hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
     headers = {
-        "X-Shopify-Topic": "orders/paid",
+        "X-Shopify-Topic": topic,
         "X-Shopify-Webhook-Id": webhook_id,
         "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
     }
@@ -51,7 +51,14 @@ def shop(tmp_path, sandbox):  # type: ignore[no-untyped-def]
 
 
 def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop, sandbox):
+    """The order is counted (orders_count, revenue) at orders/paid alone, once: not at orders/create, which
+    comes first, nor when Shopify says it is paid again."""
     client, store, worker = shop
+    created = shopify_post(client, ORDER, "w-0", topic="orders/create")
+    assert drain(store, worker, created.json["id"]) == "delivered"
+    (profile,) = sandbox.sandbox.profiles.values()
+    assert "orders_count" not in profile.fields and "revenue" not in profile.fields
+    sandbox.sandbox.requests.clear()
     answer = shopify_post(client, ORDER, "w-1")
     assert answer.status_code == 202, answer.json
     assert drain(store, worker, answer.json["id"]) == "delivered"
@@ -67,14 +74,14 @@ def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop,
         ("1", 1, "1.99"),  # its SKU
         ("43383372185812", 1, "30.00"),  # no SKU: its variant
     ]
-    assert profile.fields["revenue"] == 36.99
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
     # Shopify says the order is paid again (a new webhook id: an edited order): one order, updated, and its
     # revenue not added twice (order_paid's once key; order_paid_again sends the order alone).
     again = shopify_post(client, ORDER.replace(b'"quantity":1', b'"quantity":2'), "w-2")
     assert drain(store, worker, again.json["id"]) == "delivered"
     assert len(fake.orders) == 1
     assert [line["count"] for line in fake.orders["820982911946154508"]["lines"]] == [2, 2]
-    assert profile.fields["revenue"] == 36.99
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
 
 
 def deliver_the_order(tmp_path: Path, sandbox, **env: str) -> None:  # type: ignore[no-untyped-def]
