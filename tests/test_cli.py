@@ -281,7 +281,7 @@ def test_unreadable_file_and_unreachable_store_are_one_line(tmp_path):
 def test_preview_prints_the_calls_that_still_go_when_the_order_is_refused(tmp_path):
     """An order the contract refuses does not hold back the buyer's profile: preview prints the profile
     calls, says why the order is left out, and exits 1 as for any mapping error."""
-    order = (ROOT / "mappings" / "examples" / "shopify" / "orders-paid.json").read_text()
+    order = (ROOT / "mappings" / "examples" / "shopify" / "orders-paid-live.json").read_text()
     path = tmp_path / "order.json"
     path.write_text(order.replace('"currency":"CAD"', '"currency":"dollars"', 1))
     result = relay_command(

@@ -26,7 +26,7 @@ from relay.worker import Worker
 
 from .conftest import MAPPINGS, SECRETS, drain, hand_driven, make_settings
 
-ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_bytes()
+ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid-live.json").read_bytes()
 
 
 def shopify_post(client, body: bytes, webhook_id: str, topic: str = "orders/paid"):  # type: ignore[no-untyped-def]
@@ -96,6 +96,23 @@ def deliver_the_order(tmp_path: Path, sandbox, **env: str) -> None:  # type: ign
     finally:
         worker.stop()
         store.close()
+
+
+def test_a_test_order_reaches_the_profile_uncounted_and_takes_no_once_key(shop, sandbox):
+    """Shopify's test orders (`"test": true`) show a shop's setup working without counting anything: the
+    profile is tagged test_order, no order goes to the market module, and the live order of the same id that
+    follows is still counted."""
+    client, store, worker = shop
+    test_order = ORDER.replace(b'"test":false', b'"test":true', 1)
+    assert test_order != ORDER
+    answer = shopify_post(client, test_order, "w-test")
+    assert drain(store, worker, answer.json["id"]) == "delivered"
+    (profile,) = sandbox.sandbox.profiles.values()
+    assert "test_order" in profile.fields["tags"] and "orders_count" not in profile.fields
+    assert sandbox.sandbox.orders == {}
+    live = shopify_post(client, ORDER, "w-live")
+    assert drain(store, worker, live.json["id"]) == "delivered"
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
 
 
 def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
