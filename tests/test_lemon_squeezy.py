@@ -75,6 +75,19 @@ def test_a_paid_order_is_counted_in_dollars_and_a_refund_cancels_its_market_orde
     assert profile.fields["orders_count"] == 1 and "order_pending" in profile.fields["tags"]
 
 
+def test_test_mode_orders_and_renewals_reach_the_profile_uncounted(deliver, sandbox):
+    """A test-mode webhook (meta.test_mode true) may share the live one's URL and secret: its order and renewal
+    update the buyer, tagged test_order, and count nothing; no order goes to the market module."""
+    order, renewal = _sample("order_created.json"), _sample("subscription_payment_success.json")
+    for sample in (order, renewal):
+        sample["meta"]["test_mode"] = True
+    assert [deliver(order), deliver(renewal)] == ["delivered", "delivered"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert "test_order" in profile.fields["tags"]
+    assert "orders_count" not in profile.fields and "revenue" not in profile.fields
+    assert sandbox.sandbox.orders == {}
+
+
 def test_a_subscriptions_status_is_one_tag_that_follows_it(deliver, sandbox):
     assert deliver(_sample("subscription_created.json")) == "delivered"
     [profile] = sandbox.sandbox.profiles.values()
