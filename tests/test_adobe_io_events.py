@@ -20,7 +20,7 @@ from relay.errors import AuthenticationFailed, KeysUnavailable
 from relay.mapping.loader import load_sources
 from relay.web import create_app
 
-from .conftest import MAPPINGS, LoopbackFake, make_settings
+from .conftest import MAPPINGS, LoopbackFake, drain, hand_driven, make_settings, quick_retry_settings
 
 SOURCE = load_sources(MAPPINGS)["adobe_commerce"]
 CLIENT_ID = "531f2f763b2f4c34b03001d8bf2bd4df"
@@ -167,3 +167,28 @@ def test_the_hook_answers_adobes_challenge_and_takes_a_signed_event(tmp_path, ke
     stored: Any = app.extensions["relay"]["store"].list_deliveries(limit=5)
     assert len(stored) == 1
     app.extensions["relay"]["store"].close()
+
+
+def test_a_paid_order_saved_again_and_again_is_counted_once(tmp_path, keys, sandbox):
+    """Adobe Commerce saves an order at every change: the first save that finds it paid (processing) counts it
+    with its total; its next save (complete) and one of an order still pending payment count nothing."""
+    settings = quick_retry_settings(
+        tmp_path, sandbox, ADOBE_COMMERCE_CLIENT_ID=CLIENT_ID, ADOBE_IO_EVENTS_KEYS_URL=keys.url
+    )
+    order = json.loads((MAPPINGS / "examples" / "adobe_commerce" / "order-save.json").read_bytes())
+
+    def saved(event_id: str, state: str, entity_id: str = "1057") -> bytes:
+        order["event_id"] = order["id"] = event_id
+        order["data"]["value"].update(state=state, status=state, entity_id=entity_id)
+        return json.dumps(order).encode()
+
+    for client, store, worker in hand_driven(settings):
+        outcomes = []
+        for body in (saved("e-1", "processing"), saved("e-2", "complete"), saved("e-3", "pending_payment", "1058")):
+            answer = client.post("/hooks/adobe_commerce", data=body, headers=headers_for(body))
+            assert answer.status_code == 202, answer.get_json()
+            outcomes.append(drain(store, worker, answer.get_json()["id"]))
+        assert outcomes == ["delivered"] * 3
+    [profile] = sandbox.sandbox.profiles.values()
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 129.9)
+    assert {"order_paid", "order_complete", "order_pending_payment"} <= set(profile.fields["tags"])
