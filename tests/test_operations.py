@@ -850,19 +850,15 @@ def test_the_readme_lists_every_setting_with_its_default():
     assert wrong == {}
 
 
-def test_the_alert_rules_name_only_what_relay_exports():
-    """ops/prometheus-alerts.yml is a Prometheus rule file whose every metric is one relay declares, and
-    whose every outcome and status label value is one relay emits: an alert on a renamed metric or a
-    misspelt outcome would never fire, silently."""
+def _check_promql(where: str, expr: str) -> None:
+    """`expr` is PromQL that Prometheus would load, naming only metrics relay declares and, for outcome and
+    status labels, only values relay emits: a query on a renamed metric or a misspelt outcome shows nothing,
+    silently."""
     import promql_parser
-    import yaml
 
     from relay import errors, metrics
     from relay.store import STATUSES
 
-    rules = yaml.safe_load((ROOT / "ops" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
-    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
-    assert len(alerts) >= 6
     webhook_outcomes = {"accepted", "duplicate", "ping", "ignored", "rate_limited", "mapping_unavailable"} | {
         value.code
         for value in vars(errors).values()
@@ -871,18 +867,53 @@ def test_the_alert_rules_name_only_what_relay_exports():
     emitted = {
         "relay_webhooks_received_total": {"outcome": webhook_outcomes},
         "relay_delivery_attempts_total": {"outcome": {"delivered", "transient", "tariff_limit", "rejected"}},
+        "relay_fetches_total": {"outcome": {"fetched", "transient", "rejected"}},
         "relay_deliveries": {"status": set(STATUSES)},
     }
+    promql_parser.parse(expr)  # raises ValueError on PromQL that Prometheus would refuse
+    names = re.findall(r"(relay_[a-z_]+)(?:\{([^}]*)\})?", expr)
+    assert names, (where, expr)
+    for name, labels in names:
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert base in metrics.DECLARED, (where, name)
+        for label, values in re.findall(r'(\w+)!?=~?"([^"]*)"', labels):
+            allowed = emitted.get(base, {}).get(label)
+            assert allowed is not None and set(values.split("|")) <= allowed, (where, label, values)
+
+
+def test_the_alert_rules_name_only_what_relay_exports():
+    """ops/prometheus-alerts.yml is a Prometheus rule file whose every expression names what relay exports."""
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "ops" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len(alerts) >= 6
     for alert in alerts:
         assert alert["alert"] and alert["annotations"]["summary"], alert
-        expr = alert["expr"]
-        promql_parser.parse(expr)  # raises ValueError on PromQL that Prometheus would refuse to load
-        for name, labels in re.findall(r"(relay_[a-z_]+)(?:\{([^}]*)\})?", expr):
-            base = re.sub(r"_(bucket|sum|count)$", "", name)
-            assert base in metrics.DECLARED, (alert["alert"], name)
-            for label, values in re.findall(r'(\w+)=~?"([^"]*)"', labels):
-                allowed = emitted.get(base, {}).get(label)
-                assert allowed is not None and set(values.split("|")) <= allowed, (alert["alert"], label, values)
+        _check_promql(alert["alert"], alert["expr"])
+
+
+def test_the_grafana_dashboard_shows_only_what_relay_exports():
+    """ops/grafana-dashboard.json imports into Grafana (a datasource picked at import, panels that do not
+    overlap) and each panel's queries name what relay exports; every metric relay declares is on it."""
+    from relay import metrics
+
+    dashboard = json.loads((ROOT / "ops" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert [variable["type"] for variable in dashboard["templating"]["list"]] == ["datasource"]
+    cells: set[tuple[int, int]] = set()
+    shown: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["datasource"]["uid"] == "${datasource}", panel
+        x, y, w, h = (panel["gridPos"][key] for key in "xywh")
+        assert x + w <= 24, panel["title"]
+        area = {(column, row) for column in range(x, x + w) for row in range(y, y + h)}
+        assert not area & cells, panel["title"]
+        cells |= area
+        for target in panel["targets"]:
+            _check_promql(panel["title"], target["expr"])
+            names = re.findall(r"relay_[a-z_]+", target["expr"])
+            shown |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+    assert shown == metrics.DECLARED
 
 
 def _mappings_with_tally_broken(tmp_path: Path) -> Path:
