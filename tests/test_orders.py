@@ -115,6 +115,26 @@ def test_a_test_order_reaches_the_profile_uncounted_and_takes_no_once_key(shop, 
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
 
 
+def test_a_paid_orders_fulfilment_and_cancellation_update_its_market_order_and_count_nothing(shop, sandbox):
+    """orders/fulfilled and orders/cancelled move the market module's order of the same id (delivered, then
+    canceled); the profile is tagged, and its count and revenue stay as orders/paid left them."""
+    client, store, worker = shop
+    examples = MAPPINGS / "examples" / "shopify"
+    statuses = []
+    for topic, body in (
+        ("orders/paid", ORDER),
+        ("orders/fulfilled", (examples / "orders-fulfilled.json").read_bytes()),
+        ("orders/cancelled", (examples / "orders-cancelled.json").read_bytes()),
+    ):
+        answer = shopify_post(client, body, f"w-{topic}", topic=topic)
+        assert drain(store, worker, answer.json["id"]) == "delivered"
+        statuses.append(sandbox.sandbox.orders["820982911946154508"]["status"])
+    assert statuses == ["paid", "delivered", "canceled"]
+    (profile,) = sandbox.sandbox.profiles.values()
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
+    assert {"order_paid", "order_fulfilled", "order_cancelled"} <= set(profile.fields["tags"])
+
+
 def test_without_a_market_endpoint_no_order_is_sent(tmp_path, sandbox):
     """Accounts without the market module: RELAY_MARKET_ENDPOINT unset, the profile calls alone."""
     deliver_the_order(tmp_path, sandbox)
