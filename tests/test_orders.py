@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -425,3 +426,32 @@ def test_an_example_says_which_calls_still_go_when_its_order_is_refused(tmp_path
     (other,) = run({"calls": [profile_call], "error": "data.0.currency"})
     assert "data.0.lines: Shorter than minimum length 1" in other
     assert run({"calls": [], "error": "data.0.lines"})[0].startswith("calls differ")
+
+
+def _webflow_post(client, payload: dict) -> object:  # type: ignore[no-untyped-def]
+    """Post `payload` signed as Webflow signs: hex HMAC-SHA256 of '<ms timestamp>:<body>'."""
+    body = json.dumps(payload)
+    stamp = str(int(time.time() * 1000))
+    digest = hmac.new(SECRETS["WEBFLOW_WEBHOOK_SECRET"].encode(), f"{stamp}:{body}".encode(), hashlib.sha256)
+    headers = {"x-webflow-timestamp": stamp, "x-webflow-signature": digest.hexdigest()}
+    return client.post("/hooks/webflow", data=body, content_type="application/json", headers=headers)
+
+
+def test_a_webflow_order_is_counted_once_and_its_changes_reach_its_market_order(shop, sandbox):
+    """A Webflow order's webhooks share its orderId: the new order counts (once, even when it comes again in
+    another body), and its change to fulfilled moves the market order to delivered without counting."""
+    client, store, worker = shop
+    examples = MAPPINGS / "examples" / "webflow"
+    new_order = json.loads((examples / "ecomm_new_order.json").read_text(encoding="utf-8"))
+    fulfilled = json.loads((examples / "ecomm_order_changed.json").read_text(encoding="utf-8"))
+    again = {**new_order, "payload": {**new_order["payload"], "comment": "sent again"}}
+    outcomes = []
+    for payload in (new_order, fulfilled, again):
+        answer = _webflow_post(client, payload)
+        assert answer.status_code == 200 and answer.json["status"] == "accepted", answer.json
+        outcomes.append(drain(store, worker, answer.json["id"]))
+    assert outcomes == ["delivered"] * 3
+    (profile,) = sandbox.sandbox.profiles.values()
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 60.99)
+    assert "order_fulfilled" in profile.fields["tags"]
+    assert sandbox.sandbox.orders["dfa-3f1"]["status"] == "delivered"
