@@ -195,6 +195,24 @@ def test_with_the_market_module_on_the_orders_products_are_fetched_and_the_order
     ]
 
 
+def test_with_the_market_module_on_a_counted_orders_status_changes_follow_it_there(market, sandbox, bigcommerce):
+    """A counted order's later status change (Awaiting Fulfillment to Completed) is fetched, order and
+    products, and moves the market module's order to delivered; the profile's count stays at one."""
+    client, store, worker = market
+    assert drain(store, worker, post(client, "order-created.json").get_json()["id"]) == "delivered"
+    bigcommerce.orders[250] = {**bigcommerce.orders[250], "status_id": 10, "status": "Completed"}
+    body = (EXAMPLES / "order-status-shipped.json").read_bytes().replace(b'"new_status_id": 2', b'"new_status_id": 10')
+    response = client.post(
+        "/hooks/bigcommerce", data=body, content_type="application/json", headers={"X-Relay-Token": HOOK_TOKEN}
+    )
+    assert response.status_code == 202, response.get_json()
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    assert len(bigcommerce.requests) == 4  # the order and its products, twice
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 1
+    assert sandbox.sandbox.orders["250"]["status"] == "delivered"
+
+
 def test_products_that_do_not_come_hold_back_the_order_alone_until_a_retry_brings_them(market, sandbox, bigcommerce):
     """The order's lines are fetched for the order alone: the API failing there (503, then a 429 that pauses
     the source's fetches) sends the buyer's profile at once, and the retries fetch the products again and
