@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -240,3 +241,32 @@ def test_references_resolve_as_the_pattern_reads_them(text):
     expected = envrefs._ANY.sub(lambda m: envrefs.EnvRef(m.group(1), m.group(2)).resolve(env) or "", text)
     assert envrefs.resolve_text(text, env) == expected
     assert envrefs.resolve_text(text, env) == expected  # from the cache
+
+
+def test_the_readmes_shop_table_names_events_the_mappings_take():
+    """Each event the README's shop table tells an operator to subscribe to is one its mapping has a rule or a
+    fetch for (`subscription_*` stands for several; Adobe's are written without their `com.adobe.commerce.`
+    prefix): a renamed or dropped event would have shops send webhooks that relay only ignores."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Shops: what to subscribe", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and not line.startswith("| -")]
+    sources = load_sources(ROOT / "mappings")
+    names = {"Stripe Checkout": "stripe", "Lemon Squeezy": "lemon_squeezy", "Adobe Commerce": "adobe_commerce"}
+    # Taken by rules that name no event and tell the payloads apart by their shape, as InSales' addresses
+    # registered without a topic name none.
+    by_shape = {("insales", "orders/update"), ("insales", "client/create")}
+    checked = 0
+    for row in rows[1:]:
+        shop, subscribe = row[0].removeprefix("| ").strip(), row[1]
+        source = sources[names.get(shop, shop.lower())]
+        events = {event for rule in source.rules for event in rule.events}
+        events |= {event for spec in source.fetches for event in spec.events}
+        for written in re.findall(r"`([^`]+)`", re.sub(r"\([^)]*\)", "", subscribe)):  # not what is in brackets
+            if "/" not in written and "." not in written and "_" not in written or (source.name, written) in by_shape:
+                continue  # `update` after `checkouts/create`/
+            assert any(fnmatch.fnmatch(event, written) or event.endswith("." + written) for event in events), (
+                shop,
+                written,
+            )
+            checked += 1
+    assert checked >= 25
