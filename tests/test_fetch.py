@@ -736,8 +736,20 @@ def _ecwid_hook(client: Any, event_id: str, event_type: str, data: dict[str, Any
 
 @pytest.fixture
 def ecwid(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    yield from _ecwid_relay(tmp_path, sandbox)
+
+
+@pytest.fixture
+def ecwid_market(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    """As `ecwid`, with the market module on and the store's currency set."""
+    yield from _ecwid_relay(tmp_path, sandbox, RELAY_MARKET_ENDPOINT="web-shop", ECWID_CURRENCY="RUB")
+
+
+def _ecwid_relay(tmp_path: Path, sandbox: Any, **env: str) -> Any:
     api = FakeEcwid()
-    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, ECWID_API_URL=api.url, ECWID_STORE_ID="1003")
+    settings = make_settings(
+        tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, ECWID_API_URL=api.url, ECWID_STORE_ID="1003", **env
+    )
     app = create_app(settings)
     store = app.extensions["relay"]["store"]
     worker = Worker(settings, store=store)
@@ -761,6 +773,24 @@ def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(ec
     [profile] = sandbox.sandbox.profiles.values()
     assert (profile.fields["email"], profile.fields["phones"]) == ("olga.smirnova@example.com", ["+79151234567"])
     assert profile.fields["orders_count"] == 1
+
+
+def test_an_ecwid_orders_items_reach_the_market_module_in_the_stores_currency(ecwid_market, sandbox):
+    """Ecwid's order names no currency: with RELAY_MARKET_ENDPOINT set, the paid order goes to the market
+    module in ECWID_CURRENCY, after the buyer's profile."""
+    client, store, worker, _api = ecwid_market
+    sandbox.sandbox.config["currencies"] = ["RUB"]
+    response = _ecwid_hook(client, "e-1", "order.created", {"newPaymentStatus": "PAID"})
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    order = sandbox.sandbox.orders["XJ12H"]
+    assert (order["profile_id"], order["status"], order["currency"], order["total_price"]) == (
+        profile.id,
+        "paid",
+        "RUB",
+        "55.5",
+    )
+    assert [(line["product"], line["count"]) for line in order["lines"]] == [("MUG-01", 2)]
 
 
 def test_an_ecwid_order_awaiting_payment_is_counted_once_when_its_payment_comes(ecwid, sandbox):

@@ -483,6 +483,7 @@ class _Builder:
     def _order(self, spec: OrderSpec, profile_body: dict[str, Any], endpoint: Any) -> dict[str, Any] | None:
         if spec.when is not None and not _truthy(search(spec.when, self.payload)):
             return None
+        self._require_settings(spec)
         values = {key: endpoint if key == "endpoint" else self.value(value) for key, value in spec.values.items()}
         # The buyer's keys after the order's id, as the API's examples write them.
         order: dict[str, Any] = {"external_id": None, "matching": profile_body["matching"]}
@@ -497,6 +498,19 @@ class _Builder:
             items = [{**item, **shared} if isinstance(item, dict) else item for item in items]
         order["lines"] = [self._line(spec.lines, item) for item in items]
         return {key: value for key, value in order.items() if value is not None}
+
+    def _require_settings(self, spec: OrderSpec) -> None:
+        """Name the setting an order's value is written as (`currency: {value: "${ECWID_CURRENCY}"}`) when it is
+        unset, rather than let the contract say the value is missing.
+
+        Raises:
+            MappingError: such a setting is unset (or empty) and has no default.
+        """
+        for key, value in spec.values.items():
+            if isinstance(value.value, str) and "${" in value.value:
+                unset = [ref.name for ref in envrefs.find_refs(value.value) if ref.resolve(self.ctx.env) in (None, "")]
+                if unset:
+                    raise MappingError(f"the order's {key} is the setting {', '.join(unset)}, which is unset")
 
     def _line(self, spec: LinesSpec, item: Any) -> dict[str, Any]:
         reader = _Builder(self.source, self.rule, item, self.ctx, self.client_ip)
