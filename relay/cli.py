@@ -120,10 +120,21 @@ def _order_state(order: OrderSpec, env: Mapping[str, str]) -> str:
     endpoint = order.values["endpoint"].value
     if not isinstance(endpoint, str) or "${" not in endpoint:
         return ""  # read from the payload, or written in the file
-    if envrefs.resolve_text(endpoint, env):
-        return f" (endpoint {envrefs.resolve_text(endpoint, env)})"
-    names = ", ".join(ref.name for ref in envrefs.find_refs(endpoint))
-    return f" (off while {names} is unset)"
+    if not envrefs.resolve_text(endpoint, env):
+        names = ", ".join(ref.name for ref in envrefs.find_refs(endpoint))
+        return f" (off while {names} is unset)"
+    # The other values it takes from settings (Ecwid's currency): each unset one holds every order back.
+    unset = sorted(
+        {
+            ref.name
+            for key, spec in order.values.items()
+            if key != "endpoint" and isinstance(spec.value, str)
+            for ref in envrefs.find_refs(spec.value)
+            if ref.resolve(env) in (None, "")
+        }
+    )
+    held = f"; held back while {', '.join(unset)} is unset" if unset else ""
+    return f" (endpoint {envrefs.resolve_text(endpoint, env)}{held})"
 
 
 def _add_filters(command: argparse.ArgumentParser) -> None:

@@ -103,6 +103,9 @@ def test_sources_lists_urls_auth_and_readiness():
     assert f"{paid} (off while RELAY_MARKET_ENDPOINT is unset){once}\n" in result.stdout
     market = relay_command("sources", env={**ENV, "RELAY_MARKET_ENDPOINT": "web-shop"})
     assert f"{paid} (endpoint web-shop){once}\n" in market.stdout
+    # Ecwid's orders name no currency: while its setting is unset, every order is held back, which it says.
+    ecwid = "order_paid: order.created, order.updated -> profiles/import + market/orders/import (endpoint web-shop"
+    assert f"{ecwid}; held back while ECWID_CURRENCY is unset)" in market.stdout
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
