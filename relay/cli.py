@@ -17,7 +17,7 @@ from relay.mapping.examples import example_files, load_example, run_example
 from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import OrderSpec, Source
-from relay.mapping.translate import TranslateContext
+from relay.mapping.translate import TranslateContext, unset_order_settings
 from relay.pipeline import parse_request, take_body_token, translate_request
 from relay.settings import Settings
 from relay.upstream.xmlbody import to_xml
@@ -123,16 +123,7 @@ def _order_state(order: OrderSpec, env: Mapping[str, str]) -> str:
     if not envrefs.resolve_text(endpoint, env):
         names = ", ".join(ref.name for ref in envrefs.find_refs(endpoint))
         return f" (off while {names} is unset)"
-    # The other values it takes from settings (Ecwid's currency): each unset one holds every order back.
-    unset = sorted(
-        {
-            ref.name
-            for key, spec in order.values.items()
-            if key != "endpoint" and isinstance(spec.value, str)
-            for ref in envrefs.find_refs(spec.value)
-            if ref.resolve(env) in (None, "")
-        }
-    )
+    unset = sorted({name for names in unset_order_settings(order, env).values() for name in names})
     held = f"; held back while {', '.join(unset)} is unset" if unset else ""
     return f" (endpoint {envrefs.resolve_text(endpoint, env)}{held})"
 

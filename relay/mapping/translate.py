@@ -47,6 +47,7 @@ __all__ = [
     "select_rule",
     "translate",
     "unmatched_reason",
+    "unset_order_settings",
 ]
 
 
@@ -146,6 +147,18 @@ def select_rule(source: Source, payload: Any, event: str | None) -> Rule | None:
     """The first rule that takes this payload (the ingress's view: a rule with `once` may still be passed
     over in the worker)."""
     return next(matching_rules(source, payload, event), None)
+
+
+def unset_order_settings(spec: OrderSpec, env: Mapping[str, str]) -> dict[str, list[str]]:
+    """The settings an order's values are written as that are unset or empty, by value (Ecwid's currency):
+    each holds every order back. The endpoint is not among them: unset, it turns the orders off."""
+    unset: dict[str, list[str]] = {}
+    for key, value in spec.values.items():
+        if key != "endpoint" and isinstance(value.value, str) and "${" in value.value:
+            names = [ref.name for ref in envrefs.find_refs(value.value) if ref.resolve(env) in (None, "")]
+            if names:
+                unset[key] = names
+    return unset
 
 
 def ignored_at_ingress(source: Source, data: Any, event: str | None, env: Mapping[str, str]) -> str | None:
@@ -506,11 +519,10 @@ class _Builder:
         Raises:
             MappingError: such a setting is unset (or empty) and has no default.
         """
-        for key, value in spec.values.items():
-            if isinstance(value.value, str) and "${" in value.value:
-                unset = [ref.name for ref in envrefs.find_refs(value.value) if ref.resolve(self.ctx.env) in (None, "")]
-                if unset:
-                    raise MappingError(f"the order's {key} is the setting {', '.join(unset)}, which is unset")
+        unset = unset_order_settings(spec, self.ctx.env)
+        if unset:
+            key, names = next(iter(unset.items()))
+            raise MappingError(f"the order's {key} is the setting {', '.join(names)}, which is unset")
 
     def _line(self, spec: LinesSpec, item: Any) -> dict[str, Any]:
         reader = _Builder(self.source, self.rule, item, self.ctx, self.client_ip)
