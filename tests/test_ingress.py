@@ -21,6 +21,7 @@ from relay.ids import random_hex
 from relay.inbound import InboundRequest
 
 from .conftest import BUILT_IN_SOURCES, MAPPINGS, SECRETS, make_settings
+from .test_signatures import webflow as webflow_headers
 
 TILDA = "/hooks/tilda?token=" + SECRETS["TILDA_WEBHOOK_TOKEN"]
 FORM = "application/x-www-form-urlencoded"
@@ -808,9 +809,7 @@ def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook
     )
     assert (elementor.status_code, elementor.get_json()["status"]) == (200, "accepted")
     body = json.dumps({"triggerType": "form_submission", "payload": {"id": "w1", "data": {"email": "w@example.com"}}})
-    stamp = str(int(time.time() * 1000))
-    digest = hmac.new(SECRETS["WEBFLOW_WEBHOOK_SECRET"].encode(), f"{stamp}:{body}".encode(), hashlib.sha256)
-    signed = {"x-webflow-timestamp": stamp, "x-webflow-signature": digest.hexdigest()}
+    signed = webflow_headers(SECRETS["WEBFLOW_WEBHOOK_SECRET"], body.encode(), time.time())
     webflow = client.post("/hooks/webflow", data=body, content_type="application/json", headers=signed)
     assert (webflow.status_code, webflow.get_json()["status"]) == (200, "accepted")
     store = app.extensions["relay"]["store"]

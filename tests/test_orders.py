@@ -26,6 +26,7 @@ from relay.web import create_app
 from relay.worker import Worker
 
 from .conftest import MAPPINGS, SECRETS, drain, hand_driven, make_settings
+from .test_signatures import webflow as webflow_headers
 
 ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid-live.json").read_bytes()
 
@@ -429,11 +430,9 @@ def test_an_example_says_which_calls_still_go_when_its_order_is_refused(tmp_path
 
 
 def _webflow_post(client, payload: dict) -> object:  # type: ignore[no-untyped-def]
-    """Post `payload` signed as Webflow signs: hex HMAC-SHA256 of '<ms timestamp>:<body>'."""
-    body = json.dumps(payload)
-    stamp = str(int(time.time() * 1000))
-    digest = hmac.new(SECRETS["WEBFLOW_WEBHOOK_SECRET"].encode(), f"{stamp}:{body}".encode(), hashlib.sha256)
-    headers = {"x-webflow-timestamp": stamp, "x-webflow-signature": digest.hexdigest()}
+    """Post `payload` signed as Webflow signs it."""
+    body = json.dumps(payload).encode()
+    headers = webflow_headers(SECRETS["WEBFLOW_WEBHOOK_SECRET"], body, time.time())
     return client.post("/hooks/webflow", data=body, content_type="application/json", headers=headers)
 
 
