@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import ConfigError
+from relay.errors import ConfigError, MappingError
 from relay.mapping.loader import load_source_file, load_sources
+from relay.mapping.translate import TranslateContext, translate
 
 from .conftest import BUILT_IN_SOURCES, ROOT, relay_command
 
@@ -56,6 +57,16 @@ def test_good_file_loads(tmp_path):
             ("email: {path: email, transform: email}", "phone: {path: phone}"),
             "rules.0.match: matching 'email' needs match keys: email",
         ),
+        (
+            ("    match:", "    matching: [email, phone]\n    match:"),
+            "rules.0.match: matching 'phone' needs match keys: phone",
+        ),
+        (("    match:", "    matching: [email, emale]\n    match:"), "rules.0.matching: unknown matching mode 'emale'"),
+        (
+            ("    match:", "    matching: [email, email]\n    match:"),
+            "rules.0.matching: a matching mode is listed twice",
+        ),
+        (("    match:", "    matching: []\n    match:"), "rules.0.matching: a matching mode, or a list of them"),
         (("rules:", "accepted_status: 201\nrules:"), "demo.yaml:4 accepted_status: Must be one of: 200, 202."),
         (
             ("auth: {scheme: token,", "auth: {scheme: hmac, header: X-Sig, signed: '{timestap}.{body}',"),
@@ -90,6 +101,28 @@ def test_problems_name_file_line_and_key(tmp_path, change, expected):
     """Each kind of mistake is reported with the file, line and key path."""
     _source, problems = load_source_file(write(tmp_path, GOOD.replace(*change)))
     assert any(expected in problem for problem in problems), problems
+
+
+def test_a_rule_of_several_matching_modes_matches_by_the_first_the_payload_gives_keys_for(tmp_path):
+    """`matching: [email, phone]`: by e-mail with the e-mail alone (a phone beside it could find a second
+    profile), by phone when there is no usable e-mail, and a mapping error naming both when neither."""
+    text = GOOD.replace(
+        "    match:\n", "    matching: [email, phone]\n    match:\n      phone: {path: phone, transform: phone}\n"
+    )
+    source, problems = load_source_file(write(tmp_path, text))
+    assert source is not None, problems
+
+    def keys(payload: dict) -> dict:
+        body = translate(source, payload, context=TranslateContext(phone_region="RU")).calls[0].body
+        return {key: body[key] for key in ("matching", "email", "phone") if key in body}
+
+    assert keys({"email": "A@Example.com", "phone": "89123456789"}) == {"matching": "email", "email": "a@example.com"}
+    assert keys({"email": "not an address", "phone": "89123456789"}) == {"matching": "phone", "phone": "+79123456789"}
+    assert keys({"phone": "89123456789"}) == {"matching": "phone", "phone": "+79123456789"}
+    with pytest.raises(
+        MappingError, match="rule 'lead' matches by email or phone but the payload gives no usable email or phone"
+    ):
+        translate(source, {"phone": "12"})
 
 
 def test_every_problem_of_every_file_is_reported(tmp_path):

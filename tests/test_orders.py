@@ -86,6 +86,34 @@ def test_a_paid_order_reaches_the_market_module_tied_to_the_buyers_profile(shop,
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 36.99)
 
 
+def test_a_buyer_with_a_phone_and_no_email_is_found_by_phone_and_a_buyer_with_both_by_email(shop, sandbox):
+    """Shopify's checkout takes a mobile number instead of an e-mail. Such an order creates the profile by
+    phone, subscribes it to SMS when the box was ticked, and is counted there, its market order tied to it.
+    A later order with an e-mail and a phone matches by the e-mail alone: the phone, already on that first
+    profile, does not make the upstream find two profiles and refuse the update."""
+    client, store, worker = shop
+    phone_only = (MAPPINGS / "examples" / "shopify" / "orders-phone-only.json").read_bytes()
+    for topic in ("orders/create", "orders/paid"):
+        answer = shopify_post(client, phone_only, f"w-phone-{topic}", topic=topic)
+        assert drain(store, worker, answer.json["id"]) == "delivered"
+    fake = sandbox.sandbox
+    (by_phone,) = fake.profiles.values()
+    assert by_phone.fields["phones"] == ["+16135550142"] and "email" not in by_phone.fields
+    assert [(s["channel"], s["phone"], s["status"]) for s in by_phone.subscriptions] == [
+        ("sms", "+16135550142", "subscribed")
+    ]
+    assert (by_phone.fields["orders_count"], by_phone.fields["revenue"]) == (1, 36.99)
+    assert fake.orders["820982911946154508"]["profile_id"] == by_phone.id
+
+    second = json.loads(phone_only)
+    second.update(id=820982911946154509, email="jon@example.com", phone="+16135550142")
+    answer = shopify_post(client, json.dumps(second).encode(), "w-both")
+    assert drain(store, worker, answer.json["id"]) == "delivered"
+    by_email = next(p for p in fake.profiles.values() if p.fields.get("email") == "jon@example.com")
+    assert by_email.id != by_phone.id and by_email.fields["orders_count"] == 1
+    assert by_phone.fields["orders_count"] == 1
+
+
 def deliver_the_order(tmp_path: Path, sandbox, **env: str) -> None:  # type: ignore[no-untyped-def]
     """Shopify's paid order through a relay with these settings, to the sandbox."""
     settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, **env)

@@ -119,7 +119,7 @@ class Rule:
     when: str | None = None
     ignore: str | None = None
     method: str = "profiles/import"
-    matching: str = "email"
+    matching: tuple[str, ...] = ("email",)  # in order of preference: the first the payload gives keys for
     match: dict[str, ValueSpec] = field(default_factory=dict)
     db_id: int | str = "${RELAY_DB_ID:-1}"
     resource_id: int | str | None = None

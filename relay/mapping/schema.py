@@ -107,6 +107,22 @@ class EnvOr(fields.Field[Any]):
         return value
 
 
+class MatchingModes(fields.Field[Any]):
+    """A matching mode, or a list of them in order of preference: `[email, phone]` matches by e-mail, or by
+    phone when the payload gives no usable e-mail."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        modes = value if isinstance(value, list) else [value]
+        if not modes or not all(isinstance(mode, str) for mode in modes):
+            raise ValidationError("a matching mode, or a list of them in order of preference")
+        unknown = [mode for mode in modes if mode not in MATCHING_MODES]
+        if unknown:
+            raise ValidationError(f"unknown matching mode {unknown[0]!r}; one of {', '.join(MATCHING_MODES)}")
+        if len(set(modes)) != len(modes):
+            raise ValidationError("a matching mode is listed twice")
+        return tuple(modes)
+
+
 class SecretRef(fields.String):
     """A secret is always a reference to a setting, never the secret itself."""
 
@@ -358,7 +374,7 @@ class RuleSchema(StrictSchema):
     when = Expression(load_default=None)
     ignore = fields.String(load_default=None)
     method = fields.String(load_default="profiles/import", validate=validate.OneOf(PROFILE_METHODS))
-    matching = fields.String(load_default="email", validate=validate.OneOf(list(MATCHING_MODES)))
+    matching = MatchingModes(load_default=("email",))
     match = fields.Dict(
         keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict
     )
@@ -383,18 +399,16 @@ class RuleSchema(StrictSchema):
             if data.get("once") is not None:
                 raise ValidationError("once is for a rule that forwards, not one that ignores", "once")
             return
-        mode = data.get("matching", "email")
-        if mode not in MATCHING_MODES:
-            return
-        required, one_of = MATCHING_MODES[mode]
         match = data.get("match", {})
-        missing = [key for key in required if key not in match]
-        if missing:
-            raise ValidationError(f"matching {mode!r} needs match keys: {', '.join(missing)}", "match")
-        if one_of and not any(key in match for key in one_of):
-            raise ValidationError(f"matching {mode!r} needs match key {' or '.join(one_of)}", "match")
-        if mode == "profile_id" and data.get("method") == "profiles/import":
-            raise ValidationError("matching profile_id works only with profiles/update", "method")
+        for mode in data.get("matching", ("email",)):
+            required, one_of = MATCHING_MODES[mode]
+            missing = [key for key in required if key not in match]
+            if missing:
+                raise ValidationError(f"matching {mode!r} needs match keys: {', '.join(missing)}", "match")
+            if one_of and not any(key in match for key in one_of):
+                raise ValidationError(f"matching {mode!r} needs match key {' or '.join(one_of)}", "match")
+            if mode == "profile_id" and data.get("method") == "profiles/import":
+                raise ValidationError("matching profile_id works only with profiles/update", "method")
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> Rule:

@@ -34,7 +34,7 @@ from relay.mapping.model import (
 )
 from relay.mapping.templates import render
 from relay.mapping.transforms import PATH_ARGUMENTS, TransformContext, apply_transform, scalar_text
-from relay.upstream.contract import ORDERS_METHOD, missing_match
+from relay.upstream.contract import MATCHING_MODES, ORDERS_METHOD, missing_match
 from relay.upstream.request import UpstreamCall, request_problems
 
 __all__ = [
@@ -433,15 +433,8 @@ class _Builder:
     # -- the call ---------------------------------------------------------
     def build(self) -> list[UpstreamCall]:
         rule = self.rule
-        body: dict[str, Any] = {
-            "db_id": self.integer(rule.db_id, "db_id"),
-            "matching": rule.matching,
-        }
-        for key, spec in rule.match.items():
-            value = self.value(spec)
-            if value is not None:
-                body[key] = scalar_text(value) if key != "field_value" else value
-        self._require_match(body)
+        body: dict[str, Any] = {"db_id": self.integer(rule.db_id, "db_id")}
+        body.update(self._matching())
         if rule.resource_id is not None:
             body["resource_id"] = self.integer(rule.resource_id, "resource_id")
         data = self._fields()
@@ -537,12 +530,34 @@ class _Builder:
         """The values the profile call matches by, for the calls that follow it (tag removal, the order)."""
         return {key: body[key] for key in self.rule.match if key in body}
 
-    def _require_match(self, body: dict[str, Any]) -> None:
-        wanted = missing_match(self.rule.matching, body)
-        if wanted is not None:
-            raise MappingError(
-                f"rule {self.rule.name!r} matches by {self.rule.matching} but the payload gives no usable {wanted}"
-            )
+    def _matching(self) -> dict[str, Any]:
+        """`matching` and its keys: the rule's first mode whose keys the payload gives. A rule of one mode sends
+        every match value it has; one of several sends the chosen mode's alone (an e-mail match with a phone
+        beside it could find a second profile by the phone).
+
+        Raises:
+            MappingError: the payload gives no usable value for any of the rule's modes.
+        """
+        given: dict[str, Any] = {}
+        for key, spec in self.rule.match.items():
+            value = self.value(spec)
+            if value is not None:
+                given[key] = scalar_text(value) if key != "field_value" else value
+        modes = self.rule.matching
+        wanted: list[str] = []
+        for mode in modes:
+            lacking = missing_match(mode, given)
+            if lacking is None:
+                if len(modes) > 1:
+                    required, one_of = MATCHING_MODES[mode]
+                    given = {key: given[key] for key in given if key in required or key in one_of}
+                return {"matching": mode, **given}
+            if lacking not in wanted:
+                wanted.append(lacking)
+        raise MappingError(
+            f"rule {self.rule.name!r} matches by {' or '.join(modes)} but the payload gives no usable "
+            f"{' or '.join(wanted)}"
+        )
 
     def _fields(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
