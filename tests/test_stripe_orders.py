@@ -239,3 +239,30 @@ def test_a_delayed_payment_sends_the_buyer_at_once_and_counts_the_order_only_onc
     else:
         assert "orders_count" not in profile.fields and "payment_failed" in profile.fields["tags"]
     assert len(stripe_api.requests) == 2
+
+
+def test_an_expired_session_tags_an_abandoned_cart_with_its_recovery_link_and_a_paid_one_takes_the_tag_off(
+    tmp_path, sandbox, stripe_api
+):
+    """checkout.session.expired: the buyer who typed an e-mail is tagged abandoned_checkout, subscribed (they
+    agreed to promotional e-mails), and the session's recovery link lands in the field
+    STRIPE_RECOVERY_URL_FIELD names; when they come back and pay, the tag comes off and the order counts."""
+    sandbox.sandbox.config["databases"]["1"]["fields"]["cart_recovery_url"] = {"type": "string"}
+    shop = Shop(_settings(tmp_path, sandbox, stripe_api, STRIPE_RECOVERY_URL_FIELD="cart_recovery_url"))
+    try:
+        expired = json.loads((EXAMPLES / "checkout.session.expired.json").read_bytes())
+        assert drain(shop.store, shop.worker, shop.post_checkout(json.dumps(expired).encode())) == "delivered"
+        [profile] = sandbox.sandbox.profiles.values()
+        assert profile.fields["email"] == "ana.lima@example.com"
+        assert profile.fields["cart_recovery_url"] == expired["data"]["object"]["after_expiration"]["recovery"]["url"]
+        assert "abandoned_checkout" in profile.fields["tags"] and "orders_count" not in profile.fields
+        assert [(s["channel"], s["status"]) for s in profile.subscriptions] == [("email", "subscribed")]
+
+        paid = json.loads(json.dumps(expired))
+        paid["id"], paid["type"] = "evt_1QpaidRelay0000000000001", "checkout.session.completed"
+        paid["data"]["object"].update(id="cs_live_recovered", status="complete", payment_status="paid")
+        assert drain(shop.store, shop.worker, shop.post_checkout(json.dumps(paid).encode())) == "delivered"
+        assert "abandoned_checkout" not in profile.fields["tags"]
+        assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 49.0)
+    finally:
+        shop.close()
