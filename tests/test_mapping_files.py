@@ -303,3 +303,17 @@ def test_the_readmes_shop_table_names_events_the_mappings_take():
             )
             checked += 1
     assert checked >= 25
+
+
+def test_every_setting_a_built_in_mapping_reads_is_named_in_the_readme():
+    """An operator learns from the README which settings the built-in mappings read (`RELAY_REVENUE_FIELD`,
+    `ECWID_CURRENCY`...). Two kinds are given there as patterns rather than by name: each source's
+    `<SOURCE>_WEBHOOK_SECRET` or `_TOKEN`, and the `<SOURCE>_API_URL` a test or a provider's sandbox points
+    a fetch at."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unnamed = set()
+    for path in sorted((ROOT / "mappings").glob("*.yaml")):
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text(encoding="utf-8")):
+            if re.fullmatch(r"[A-Z0-9_]+_(WEBHOOK_SECRET|WEBHOOK_TOKEN|API_URL)", name) is None and name not in readme:
+                unnamed.add(f"{path.name}: {name}")
+    assert not unnamed, sorted(unnamed)

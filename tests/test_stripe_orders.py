@@ -246,9 +246,9 @@ def test_an_expired_session_tags_an_abandoned_cart_with_its_recovery_link_and_a_
 ):
     """checkout.session.expired: the buyer who typed an e-mail is tagged abandoned_checkout, subscribed (they
     agreed to promotional e-mails), and the session's recovery link lands in the field
-    STRIPE_RECOVERY_URL_FIELD names; when they come back and pay, the tag comes off and the order counts."""
+    RELAY_RECOVERY_URL_FIELD names; when they come back and pay, the tag comes off and the order counts."""
     sandbox.sandbox.config["databases"]["1"]["fields"]["cart_recovery_url"] = {"type": "string"}
-    shop = Shop(_settings(tmp_path, sandbox, stripe_api, STRIPE_RECOVERY_URL_FIELD="cart_recovery_url"))
+    shop = Shop(_settings(tmp_path, sandbox, stripe_api, RELAY_RECOVERY_URL_FIELD="cart_recovery_url"))
     try:
         expired = json.loads((EXAMPLES / "checkout.session.expired.json").read_bytes())
         assert drain(shop.store, shop.worker, shop.post_checkout(json.dumps(expired).encode())) == "delivered"

@@ -564,7 +564,7 @@ class _Builder:
         for raw_name, spec in self.rule.fields.items():
             name = self.name(raw_name)
             if not name:
-                continue  # named by a setting left empty (`${STRIPE_RECOVERY_URL_FIELD:-}`): an optional field
+                continue  # named by a setting left empty (`${RELAY_RECOVERY_URL_FIELD:-}`): an optional field
             written = self._field(spec)
             if written is not None:
                 data[name] = written
