@@ -517,6 +517,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         for rule in source.rules:
             events = ", ".join(rule.events) if rule.events else "any event"
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
+            if rule.ignore is None and len(rule.matching) > 1:
+                what += f" (by {', else '.join(rule.matching)})"
             if rule.order is not None and rule.ignore is None:
                 what += " + market/orders/import" + _order_state(rule.order, settings.env)
             if rule.once is not None:

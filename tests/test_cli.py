@@ -98,7 +98,7 @@ def test_sources_lists_urls_auth_and_readiness():
     public = relay_command("sources", env={**ENV, "RELAY_PUBLIC_URL": "https://hooks.example.com/"})
     assert "  url:      https://hooks.example.com/hooks/hubspot\n" in public.stdout and "  note:" not in public.stdout
     assert "browsers:" not in result.stdout  # no built-in source is posted from a browser
-    paid = "order_paid: orders/paid -> profiles/import + market/orders/import"
+    paid = "order_paid: orders/paid -> profiles/import (by email, else phone) + market/orders/import"
     once = ", once per 'order {id} paid'"
     assert f"{paid} (off while RELAY_MARKET_ENDPOINT is unset){once}\n" in result.stdout
     market = relay_command("sources", env={**ENV, "RELAY_MARKET_ENDPOINT": "web-shop"})
@@ -106,6 +106,9 @@ def test_sources_lists_urls_auth_and_readiness():
     # Ecwid's orders name no currency: while its setting is unset, every order is held back, which it says.
     ecwid = "order_paid: order.created, order.updated -> profiles/import + market/orders/import (endpoint web-shop"
     assert f"{ecwid}; held back while ECWID_CURRENCY is unset)" in market.stdout
+    assert "\n            checkout: checkouts/create, checkouts/update -> profiles/import (by email, else phone)\n" in (
+        result.stdout
+    )
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
