@@ -852,16 +852,18 @@ def test_the_apis_refusals_of_different_orders_are_one_problem_in_the_overview(r
     ]
 
 
+@pytest.mark.parametrize("event", ["transaction.completed.captured.json", "subscription.canceled.json"])
 @pytest.mark.parametrize(("key", "answer"), [(None, (200, "ignored")), ("pdl_key", (202, "accepted"))])
-def test_the_ingress_ignores_what_an_optional_fetch_skipped_would_leave_ignored(tmp_path, key, answer):
+def test_the_ingress_ignores_what_an_optional_fetch_skipped_would_leave_ignored(tmp_path, key, answer, event):
     """Paddle's customer fetch is optional: without PADDLE_API_KEY the worker would fetch nothing, so the
-    ingress decides as the worker will, over an empty `fetched`, and answers a completed transaction 200
-    ignored (nothing stored), as before fetches existed; with the key it is taken for the worker to fetch."""
+    ingress decides as the worker will, over an empty `fetched`, and answers a completed transaction or a
+    subscription's change 200 ignored (nothing stored), as before fetches existed; with the key it is taken
+    for the worker to fetch."""
     import hashlib
     import hmac
 
     app = create_app(make_settings(tmp_path, PADDLE_API_KEY=key))
-    body = (MAPPINGS / "examples" / "paddle" / "transaction.completed.captured.json").read_bytes()
+    body = (MAPPINGS / "examples" / "paddle" / event).read_bytes()
     stamp = str(int(time.time()))
     secret = SECRETS["PADDLE_WEBHOOK_SECRET"].encode()
     signature = hmac.new(secret, stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
