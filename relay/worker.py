@@ -52,6 +52,14 @@ TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff li
 GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
+class _FetchesPaused(Exception):
+    """A fetch the rules read is due while the provider's API is paused after a 429 (`seconds` more)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"fetches paused for {seconds:.0f} s")
+        self.seconds = seconds
+
+
 class Worker:
     """A pool of threads that deliver what the store has due."""
 
@@ -253,10 +261,14 @@ class Worker:
         if source is None:
             raise MappingError(f"no mapping for source {delivery.source!r}")
 
+        order_only = {spec.name for spec in source.order_fetches}
+
         def fetch(request: FetchRequest) -> Any:
             paused = self.fetcher.paused_for(delivery.source)
+            if paused and request.name not in order_only:
+                raise _FetchesPaused(paused)
             if paused:
-                # Met only by a fetch made after the others (one only the order reads): the API said 429.
+                # A fetch only the order reads, made after the profile calls were built: they go, the order waits.
                 raise TransientFetchError(
                     f"fetch {request.name}: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s",
                     name=request.name,
@@ -335,12 +347,6 @@ class Worker:
         """Deliver one claimed delivery; returns the status it was settled with."""
         self._look_at_mappings()
         sources = self.sources
-        source = sources.get(delivery.source)
-        paused = self.fetcher.paused_for(delivery.source) if source is not None and source.rule_fetches else 0.0
-        if paused:
-            # The provider's API answered 429: the delivery waits it out in the queue, no try spent.
-            detail = f"waiting: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s"
-            return self._give_back(delivery, token, None, due_in=paused, detail=detail)
         started, clock = time.time(), time.perf_counter()
         try:
             try:
@@ -354,6 +360,11 @@ class Worker:
                 translation = settled
         except FetchError as exc:
             return self._fetch_failed(delivery, token, exc, started, time.perf_counter() - clock)
+        except _FetchesPaused as pause:
+            # The provider's API answered 429 and this delivery's rules read a fetch: it waits the pause out in
+            # the queue, no try spent. A delivery whose event fetches nothing before its calls is not held.
+            detail = f"waiting: {delivery.source}'s API answered 429; fetches resume in {pause.seconds:.0f} s"
+            return self._give_back(delivery, token, None, due_in=pause.seconds, detail=detail)
         translated_in = time.perf_counter() - clock
         if translation.ignored:
             passed = translation.passed_note

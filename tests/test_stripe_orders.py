@@ -32,11 +32,14 @@ API_KEY = "rk_test_51Relay0linesOnly9f2c"
 
 
 class FakeStripe(LoopbackFake):
-    """Stripe's `GET /v1/checkout/sessions/{id}/line_items`: the Bearer key checked (401), an unknown
-    session 404, Stripe's error shape; `faults` are answered first, one a request."""
+    """Stripe's `GET /v1/checkout/sessions/{id}/line_items` and `GET /v1/customers/{id}`: the Bearer key
+    checked (401), an unknown session or customer 404, Stripe's error shape; `faults` are answered first, one
+    a request."""
 
     def __init__(self) -> None:
         self.line_items = {SESSION: json.loads((EXAMPLES / "api-line-items-jpy.json").read_text(encoding="utf-8"))}
+        customer = json.loads((EXAMPLES / "api-customer-cus_RelayExample0001.json").read_text(encoding="utf-8"))
+        self.customers = {customer["id"]: customer}
         self.faults: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         fake = self
@@ -61,6 +64,11 @@ class FakeStripe(LoopbackFake):
         if authorization != f"Bearer {API_KEY}":
             return 401, {}, b'{"error": {"message": "Invalid API Key provided", "type": "invalid_request_error"}}'
         parts = urlsplit(path)
+        if parts.path.startswith("/v1/customers/"):
+            customer = self.customers.get(parts.path.removeprefix("/v1/customers/"))
+            if customer is None:
+                return 404, {}, b'{"error": {"code": "resource_missing", "type": "invalid_request_error"}}'
+            return 200, {}, json.dumps(customer).encode()
         session = parts.path.removeprefix("/v1/checkout/sessions/").removesuffix("/line_items")
         if session not in self.line_items:
             return 404, {}, b'{"error": {"code": "resource_missing", "type": "invalid_request_error"}}'
@@ -182,6 +190,32 @@ def test_a_429_from_stripe_holds_back_the_order_not_the_profile(shop, sandbox, s
         "fetch line_items",
         "market/orders/import",
     ]
+
+
+def test_while_stripes_api_is_paused_a_subscription_waits_without_a_try_and_a_checkout_still_goes(
+    shop, sandbox, stripe_api
+):
+    """After a 429, a subscription's event, whose rules read the fetched customer, waits the pause out in the
+    queue with no try spent; a checkout, whose profile calls fetch nothing, still goes (its order waits).
+    Once the pause is over the customer is fetched and tagged with the subscription's status."""
+    stripe_api.faults.append({"status": 429, "headers": {"Retry-After": "30"}})
+    checkout = shop.post_checkout()
+    assert shop.process_once() == "retrying"  # the profile calls went; the order's lines met the 429
+    body = (EXAMPLES / "customer.subscription.deleted.json").read_bytes()
+    subscription = shop.post_checkout(body)
+    asked = len(stripe_api.requests)
+    claimed = shop.store.claim(owner=shop.worker.owner, limit=2, lease_seconds=30, now=time.time() + 3600)
+    outcomes = {delivery.id: shop.worker.process(delivery, token) for delivery, token in claimed}
+    assert outcomes == {checkout: "retrying", subscription: "retrying"}
+    waiting = shop.store.get(subscription)
+    assert waiting is not None and waiting.attempts == 0 and shop.store.attempts_of(subscription) == []
+    assert "waiting: stripe's API answered 429; fetches resume in" in (waiting.detail or "")
+    assert len(stripe_api.requests) == asked  # Stripe was not asked during the pause
+    shop.worker.fetcher.paused_until.clear()
+    assert drain(shop.store, shop.worker, checkout) == "delivered"  # the order, after its lines came
+    assert drain(shop.store, shop.worker, subscription) == "delivered"
+    tagged = next(p for p in sandbox.sandbox.profiles.values() if p.fields.get("email") == "claire.martin@example.com")
+    assert {"subscriber", "subscription_cancelled"} <= set(tagged.fields["tags"])
 
 
 def test_a_key_stripe_refuses_fails_the_order_alone_and_a_replay_with_the_right_key_sends_it(
