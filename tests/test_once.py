@@ -230,6 +230,34 @@ def test_an_order_created_unpaid_is_counted_once_when_paid_and_not_again_when_co
     assert (profile.fields["orders_count"], profile.fields["revenue"]) == (2, 39.35)
 
 
+def test_a_subscriptions_renewal_orders_add_revenue_alone_and_its_status_is_one_tag(woo, relay, sandbox):
+    """WooCommerce Subscriptions: the first order is the purchase (counted); a renewal order, paid, adds its
+    total to revenue alone, once whichever hook says it is paid; the subscription's status is one tag,
+    replaced as it changes."""
+    client, store, worker = relay
+    order = json.loads((WOO / "order.created.json").read_text(encoding="utf-8"))
+    assert woo("order.created", order)[1] == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    renewal = json.loads((WOO / "order.created.renewal.json").read_text(encoding="utf-8"))
+    assert woo("order.created", renewal)[1] == "delivered"
+    assert woo("order.updated", {**renewal, "status": "completed"})[1] == "delivered"
+    assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 58.7)
+    assert "renewal_paid" in profile.fields["tags"]
+    subscription = json.loads((WOO / "subscription.updated.json").read_text(encoding="utf-8"))
+    statuses = []
+    for day, status in enumerate(("active", "on-hold", "active", "pending-cancel", "expired"), start=1):
+        changed = {**subscription, "status": status, "date_modified": f"2026-12-{day:02d}T09:00:00"}
+        assert woo("subscription.updated", changed)[1] == "delivered"
+        statuses.append(sorted(tag for tag in profile.fields["tags"] if tag.startswith("subscription_")))
+    assert statuses == [
+        ["subscription_active"],
+        ["subscription_past_due"],
+        ["subscription_active"],
+        ["subscription_cancelled"],
+        ["subscription_expired"],
+    ]
+
+
 def _process_together(start: threading.Barrier, worker: Worker, claim: Any, settled: list[str]) -> None:
     start.wait()
     settled.append(worker.process(*claim))
