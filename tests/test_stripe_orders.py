@@ -94,17 +94,22 @@ class Shop:
         self.store = self.app.extensions["relay"]["store"]
         self.worker = Worker(settings, store=self.store)
 
-    def post_checkout(self, body: bytes = CHECKOUT) -> str:
+    def post(self, body: bytes) -> Any:
+        """Post one event as Stripe signs it; the answer."""
         stamp = str(int(time.time()))
         signature = hmac.new(
             SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + body, hashlib.sha256
         ).hexdigest()
-        response = self.app.test_client().post(
+        return self.app.test_client().post(
             "/hooks/stripe",
             data=body,
             content_type="application/json; charset=utf-8",
             headers={"Stripe-Signature": f"t={stamp},v1={signature}"},
         )
+
+    def post_checkout(self, body: bytes = CHECKOUT) -> str:
+        """Post one event that is taken; its delivery's id."""
+        response = self.post(body)
         assert response.status_code == 202, response.get_json()
         return str(response.get_json()["id"])
 
@@ -300,3 +305,22 @@ def test_an_expired_session_tags_an_abandoned_cart_with_its_recovery_link_and_a_
         assert (profile.fields["orders_count"], profile.fields["revenue"]) == (1, 49.0)
     finally:
         shop.close()
+
+
+def test_a_subscriptions_renewal_invoices_add_to_revenue_and_its_first_invoice_is_not_counted_again(shop, sandbox):
+    """invoice.paid: the first invoice of a subscription is its checkout's (counted there) and is answered
+    ignored; each renewal adds what was paid to revenue, no order counted; a test-mode renewal adds nothing."""
+    renewal = json.loads((EXAMPLES / "invoice.paid.renewal.json").read_bytes())
+    first = json.loads(json.dumps(renewal))
+    first["id"], first["data"]["object"]["billing_reason"] = "evt_first", "subscription_create"
+    second = json.loads(json.dumps(renewal))
+    second["id"], second["data"]["object"]["id"] = "evt_second", "in_second"
+    test_mode = {**second, "id": "evt_test", "livemode": False}
+    for event in (first, test_mode):
+        answer = shop.post(json.dumps(event).encode())
+        assert (answer.status_code, answer.get_json()["status"]) == (200, "ignored")
+    for event in (renewal, second):
+        assert drain(shop.store, shop.worker, shop.post_checkout(json.dumps(event).encode())) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["revenue"] == 38 and "orders_count" not in profile.fields
+    assert "renewal_paid" in profile.fields["tags"]
