@@ -317,3 +317,27 @@ def test_every_setting_a_built_in_mapping_reads_is_named_in_the_readme():
             if re.fullmatch(r"[A-Z0-9_]+_(WEBHOOK_SECRET|WEBHOOK_TOKEN|API_URL)", name) is None and name not in readme:
                 unnamed.add(f"{path.name}: {name}")
     assert not unnamed, sorted(unnamed)
+
+
+def test_every_subscription_status_rule_replaces_the_readmes_status_tags():
+    """A subscription's status is one tag from the README's list, named alike by every source (Stripe, Paddle,
+    Lemon Squeezy, WooCommerce Subscriptions): each rule that tags a status removes the whole list, so a
+    change from one source replaces the tag another set."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("`subscriber` with one of ", 1)[1].split(" (", 1)[0]
+    statuses = set(re.findall(r"`(subscription_[a-z_]+)`", listed))
+    assert len(statuses) == 7, statuses
+    rules = [
+        (source.name, rule)
+        for source in load_sources(ROOT / "mappings").values()
+        for rule in source.rules
+        if rule.tags is not None and any("subscription_" in str(spec) for spec in rule.tags.add)
+    ]
+    assert {name for name, _rule in rules} == {"stripe", "paddle", "lemon_squeezy", "woocommerce"}
+    for name, rule in rules:
+        removed = {spec.template or spec.value or spec.path for spec in rule.tags.remove}
+        assert removed == statuses, (name, rule.name, removed ^ statuses)
+        for spec in rule.tags.add:  # a status read through a table gives only the listed tags
+            for transform, arg in spec.transforms:
+                if transform == "map":
+                    assert set(arg["values"].values()) <= statuses, (name, rule.name)
