@@ -519,6 +519,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
             if rule.ignore is None and len(rule.matching) > 1:
                 what += f" (by {', else '.join(rule.matching)})"
+            for setting in _optional_fields_off(rule.fields, settings.env) if rule.ignore is None else []:
+                what += f" (the field {setting} names: left out while unset)"
             if rule.order is not None and rule.ignore is None:
                 what += " + market/orders/import" + _order_state(rule.order, settings.env)
             if rule.once is not None:
@@ -527,6 +529,16 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
             forwards.append(f"{rule.name}: {events} -> {what}")
         print("  rules:    " + "\n            ".join(forwards))
     return 0
+
+
+def _optional_fields_off(fields: Mapping[str, object], env: Mapping[str, str]) -> list[str]:
+    """The settings that name a rule's optional fields (`${RELAY_RECOVERY_URL_FIELD:-}`) and are unset."""
+    off = []
+    for name in fields:
+        ref = envrefs.parse_ref(name)
+        if ref is not None and ref.default == "" and not ref.resolve(env):
+            off.append(ref.name)
+    return off
 
 
 def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]

@@ -106,9 +106,10 @@ def test_sources_lists_urls_auth_and_readiness():
     # Ecwid's orders name no currency: while its setting is unset, every order is held back, which it says.
     ecwid = "order_paid: order.created, order.updated -> profiles/import + market/orders/import (endpoint web-shop"
     assert f"{ecwid}; held back while ECWID_CURRENCY is unset)" in market.stdout
-    assert "\n            checkout: checkouts/create, checkouts/update -> profiles/import (by email, else phone)\n" in (
-        result.stdout
-    )
+    checkout = "\n            checkout: checkouts/create, checkouts/update -> profiles/import (by email, else phone)"
+    assert f"{checkout} (the field RELAY_RECOVERY_URL_FIELD names: left out while unset)\n" in result.stdout
+    named = relay_command("sources", env={**ENV, "RELAY_RECOVERY_URL_FIELD": "cart_url"})
+    assert f"{checkout}\n" in named.stdout
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
