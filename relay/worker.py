@@ -265,9 +265,9 @@ class Worker:
 
         def fetch(request: FetchRequest) -> Any:
             paused = self.fetcher.paused_for(delivery.source)
-            if paused and request.name not in order_only:
-                raise _FetchesPaused(paused)
             if paused:
+                if request.name not in order_only:
+                    raise _FetchesPaused(paused)
                 # A fetch only the order reads, made after the profile calls were built: they go, the order waits.
                 raise TransientFetchError(
                     f"fetch {request.name}: {delivery.source}'s API answered 429; fetches resume in {paused:.0f} s",

@@ -35,6 +35,7 @@ from .conftest import (
     quick_retry_settings,
     relay_command,
 )
+from .test_signatures import paddle as paddle_headers
 
 EXAMPLES = MAPPINGS / "examples" / "bigcommerce"
 STORE_HASH = "abc123"
@@ -859,19 +860,10 @@ def test_the_ingress_ignores_what_an_optional_fetch_skipped_would_leave_ignored(
     ingress decides as the worker will, over an empty `fetched`, and answers a completed transaction or a
     subscription's change 200 ignored (nothing stored), as before fetches existed; with the key it is taken
     for the worker to fetch."""
-    import hashlib
-    import hmac
-
     app = create_app(make_settings(tmp_path, PADDLE_API_KEY=key))
     body = (MAPPINGS / "examples" / "paddle" / event).read_bytes()
-    stamp = str(int(time.time()))
-    secret = SECRETS["PADDLE_WEBHOOK_SECRET"].encode()
-    signature = hmac.new(secret, stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    response = app.test_client().post(
-        "/hooks/paddle",
-        data=body,
-        headers={"Paddle-Signature": f"ts={stamp};h1={signature}", "Content-Type": "application/json"},
-    )
+    signed = paddle_headers(SECRETS["PADDLE_WEBHOOK_SECRET"], body, time.time())
+    response = app.test_client().post("/hooks/paddle", data=body, content_type="application/json", headers=signed)
     assert (response.status_code, response.get_json()["status"]) == answer
     if key is None:
         assert "set PADDLE_API_KEY" in response.get_json()["reason"]

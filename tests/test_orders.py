@@ -6,9 +6,6 @@ says (currencies it knows, prices as text, at least one line) and keeps them by 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from pathlib import Path
@@ -26,17 +23,17 @@ from relay.web import create_app
 from relay.worker import Worker
 
 from .conftest import MAPPINGS, SECRETS, drain, hand_driven, make_settings
+from .test_signatures import shopify as shopify_headers
 from .test_signatures import webflow as webflow_headers
 
 ORDER = (MAPPINGS / "examples" / "shopify" / "orders-paid-live.json").read_bytes()
 
 
 def shopify_post(client, body: bytes, webhook_id: str, topic: str = "orders/paid"):  # type: ignore[no-untyped-def]
-    digest = hmac.new(SECRETS["SHOPIFY_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).digest()
     headers = {
         "X-Shopify-Topic": topic,
         "X-Shopify-Webhook-Id": webhook_id,
-        "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+        **shopify_headers(SECRETS["SHOPIFY_WEBHOOK_SECRET"], body, time.time()),
     }
     return client.post("/hooks/shopify", data=body, content_type="application/json", headers=headers)
 

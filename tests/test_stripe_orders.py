@@ -8,8 +8,6 @@ buyer's profile goes to the sandbox upstream, and the order follows once the lin
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from http.server import BaseHTTPRequestHandler
@@ -24,6 +22,7 @@ from relay.web import create_app
 from relay.worker import Worker
 
 from .conftest import MAPPINGS, SECRETS, LoopbackFake, drain, quick_retry_settings
+from .test_signatures import stripe as stripe_headers
 
 EXAMPLES = MAPPINGS / "examples" / "stripe"
 CHECKOUT = (EXAMPLES / "checkout.session.completed.jpy.json").read_bytes()
@@ -96,15 +95,11 @@ class Shop:
 
     def post(self, body: bytes) -> Any:
         """Post one event as Stripe signs it; the answer."""
-        stamp = str(int(time.time()))
-        signature = hmac.new(
-            SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), stamp.encode() + b"." + body, hashlib.sha256
-        ).hexdigest()
         return self.app.test_client().post(
             "/hooks/stripe",
             data=body,
             content_type="application/json; charset=utf-8",
-            headers={"Stripe-Signature": f"t={stamp},v1={signature}"},
+            headers=stripe_headers(SECRETS["STRIPE_WEBHOOK_SECRET"], body, time.time()),
         )
 
     def post_checkout(self, body: bytes = CHECKOUT) -> str:
