@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
+from relay.contacts import Contact, find_deliveries, forget, parse_contact
 from relay.mapping.schema import SOURCE_NAME
 from relay.replay_check import CHECKED_OVER_HTTP, check_replay
 from relay.settings import Settings
@@ -263,7 +264,12 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             before = checked_id(request.args["before"]) if request.args.get("before") else None
         except ValueError as exc:
             abort(400, description=f"before {exc}")
-        found = store.list_deliveries(limit=limit, before=before, **_filters())
+        filters = _filters()
+        if request.args.get("contact"):
+            contact = _contact(request.args["contact"])
+            found = find_deliveries(store, contact, limit=limit, before=before, **filters)
+        else:
+            found = store.list_deliveries(limit=limit, before=before, **filters)
         return jsonify(
             {
                 "deliveries": [delivery_summary(d) for d in found],
@@ -317,5 +323,22 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
         status = "queued" if settings.upstream_url else "held"
         count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202
+
+    @bp.post("/forget")
+    def forget_contact() -> tuple[Response, int]:
+        asked = request.get_json(silent=True)
+        if not isinstance(asked, dict) or not isinstance(asked.get("contact"), str):
+            abort(400, description='send {"contact": "<e-mail address or phone number>"} as JSON')
+        contact = _contact(asked["contact"])
+        if asked.get("dry_run"):
+            found = forget(store, contact, dry_run=True)
+            return jsonify({"would_forget": len(found.ids), "ids": found.ids}), 200
+        return jsonify(forget(store, contact).to_dict()), 200
+
+    def _contact(text: str) -> Contact:
+        try:
+            return parse_contact(text, settings.phone_region)
+        except ValueError as exc:
+            abort(400, description=f"contact {exc}")
 
     return bp

@@ -1,5 +1,5 @@
-"""`python -m relay deliveries`, `overview` and `replay`: the admin API's list, show, overview and replay
-from the shell."""
+"""`python -m relay deliveries`, `overview`, `replay` and `forget`: the admin API's list, show, overview,
+replay and forget from the shell."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import time
 from typing import Any
 
 from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
+from relay.contacts import Contact, find_deliveries, forget, parse_contact
 from relay.replay_check import check_delivery, check_replay
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
 
-__all__ = ["cmd_deliveries", "cmd_overview", "cmd_replay"]
+__all__ = ["cmd_deliveries", "cmd_forget", "cmd_overview", "cmd_replay"]
 
 PROBLEM_DETAIL_SHOWN = 160  # characters of a problem's detail in `relay overview`; --json has all of it
 
@@ -33,7 +34,13 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 return 1
             print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
             return 0
-        page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
+        if args.contact:
+            contact = _contact(args.contact, settings)
+            if contact is None:
+                return 1
+            page = find_deliveries(store, contact, limit=args.limit, before=args.before, **_filters(args))
+        else:
+            page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
         for delivery in page:
             row = delivery_summary(delivery)
             if args.json:
@@ -91,6 +98,40 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_forget(args: Any, settings: Settings) -> int:
+    contact = _contact(args.contact, settings)
+    if contact is None:
+        return 1
+    store = Store(settings.database_url)
+    try:
+        found = forget(store, contact, dry_run=args.dry_run)
+    finally:
+        store.close()
+    for delivery_id in found.ids:
+        print(delivery_id)
+    if args.dry_run:
+        print(f"would forget {_deliveries(len(found.ids))} naming {contact.value}", file=sys.stderr)
+        return 0
+    print(f"forgot {_deliveries(len(found.ids))} naming {contact.value}, with their attempts", file=sys.stderr)
+    if found.being_delivered:
+        print(
+            f"relay: {_deliveries(len(found.being_delivered))} being sent now, left: "
+            + ", ".join(found.being_delivered)
+            + "; run the same command again once sent",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _contact(text: str, settings: Settings) -> Contact | None:
+    try:
+        return parse_contact(text, settings.phone_region)
+    except ValueError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return None
 
 
 def _deliveries(count: int) -> str:

@@ -1,4 +1,5 @@
-"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, overview, replay, sandbox."""
+"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, overview, replay, forget,
+sandbox."""
 
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument(
         "--before", metavar="ID", type=_delivery_id, help="the page after this delivery (newest first)"
     )
+    deliveries.add_argument(
+        "--contact",
+        metavar="EMAIL_OR_PHONE",
+        help="only deliveries that name this person (their calls, or the payload of one not translated)",
+    )
     deliveries.add_argument("--json", action="store_true", help="one JSON object a line (the admin API's), for scripts")
 
     overview = commands.add_parser("overview", help="deliveries at a glance: by status, reason and source")
@@ -101,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count what the filter would replay, by status and reason; change nothing",
     )
+
+    forget = commands.add_parser(
+        "forget", help="delete every stored delivery that names a person (an erasure request), with its attempts"
+    )
+    forget.add_argument("contact", metavar="EMAIL_OR_PHONE")
+    forget.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
 
     sandbox = commands.add_parser("sandbox", help="a local stand-in for the upstream API")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -559,5 +571,6 @@ _COMMANDS = {
     "deliveries": _lazy("relay.admin_cli", "cmd_deliveries"),
     "replay": _lazy("relay.admin_cli", "cmd_replay"),
     "overview": _lazy("relay.admin_cli", "cmd_overview"),
+    "forget": _lazy("relay.admin_cli", "cmd_forget"),
     "sandbox": _lazy("relay.sandbox", "cmd_sandbox"),
 }

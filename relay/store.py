@@ -722,12 +722,23 @@ class Store:
         return conditions
 
     def list_deliveries(
-        self, *, limit: int = 50, before: str | None = None, replayable: bool = False, **filters: Any
+        self,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        replayable: bool = False,
+        naming: str | None = None,
+        **filters: Any,
     ) -> list[Delivery]:
-        """Newest first; `replayable`: only those a replay with these filters would take."""
+        """Newest first; `replayable`: only those a replay with these filters would take; `naming`: only
+        those whose calls' text contains it (any case), or that have no calls (relay/contacts.py reads
+        each one's values)."""
         conditions = self._filters(**filters)
         if replayable:
             conditions = list(_replayable(*conditions))
+        if naming is not None:
+            calls = deliveries.c.calls
+            conditions.append(or_(calls.icontains(naming, autoescape=True), calls.is_(None), calls == "[]"))
         if before:
             conditions.append(deliveries.c.id < before)
         # The page's ids first, then its rows: sorting whole rows would carry every body along (5,000
@@ -736,6 +747,21 @@ class Store:
         query = select(deliveries).where(deliveries.c.id.in_(page.scalar_subquery())).order_by(deliveries.c.id.desc())
         with self._read() as connection:
             return [Delivery.from_row(row) for row in connection.execute(query)]
+
+    def delete_deliveries(self, delivery_ids: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Delete these deliveries with their attempts, except those a worker holds now (`delivering`):
+        (the ids deleted, the ids left for that)."""
+        with self._tx() as tx:
+            # Locked (PostgreSQL) so that no worker claims one between the two deletes; SQLite's write
+            # transaction holds every writer off already.
+            found = tx.execute(
+                select(deliveries.c.id, deliveries.c.status).where(deliveries.c.id.in_(delivery_ids)).with_for_update()
+            ).all()
+            deleted = {delivery_id for delivery_id, status in found if status != "delivering"}
+            if deleted:
+                tx.execute(delete(attempts).where(attempts.c.delivery_id.in_(deleted)))
+                tx.execute(delete(deliveries).where(deliveries.c.id.in_(deleted)))
+        return deleted, {delivery_id for delivery_id, _ in found} - deleted
 
     def counts(self) -> dict[str, int]:
         with self._read() as connection:

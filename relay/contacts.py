@@ -1,0 +1,143 @@
+"""A person's deliveries, found by their e-mail address or phone number, and forgotten on request.
+
+An operator asked "did Ivan's form arrive?" looks for ivan@example.com; one asked to erase a person
+(GDPR's article 17, 152-FZ) deletes every stored request that names them. A delivery names a contact
+when its translated calls hold it (the match keys and fields a mapping wrote: e-mails lower-cased,
+phones in E.164, so that `IVAN@example.com` and `8 (912) 345-67-89` find them), or, for one without
+calls (not yet translated, failed for its mapping, or ignored by it), when its stored payload holds
+it, each value read as a mapping would read it.
+
+The store narrows the search (the calls' text must contain the address, or there are no calls); each
+delivery it finds is then checked here, value by value, so a longer address that contains this one
+is not taken for it. A forgotten delivery goes with its attempts; its de-duplication key stays, so a
+provider sending the same webhook again is answered `duplicate` and nothing of it is stored again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.errors import RequestRejected
+from relay.mapping.transforms import TransformContext, apply_transform
+from relay.pipeline import parse_request
+from relay.store import Delivery, Store
+
+__all__ = ["Contact", "Forgotten", "find_deliveries", "forget", "names_contact", "parse_contact"]
+
+log = logging.getLogger("relay.contacts")
+
+_PAGE = 500
+_DELETE_BATCH = 500
+_NOT_DIGITS = re.compile(r"\D")
+_TAIL_DIGITS = 7  # a phone's last digits, looked for before a value is parsed as a phone
+
+
+@dataclass(frozen=True)
+class Contact:
+    """An e-mail address (lower-cased, as the `email` transform writes it) or a phone number (E.164)."""
+
+    kind: str  # "email" or "phone"
+    value: str
+    phone_region: str
+
+    @property
+    def needle(self) -> str:
+        """What the calls' stored text contains when they name this contact (the store's first look)."""
+        return self.value if self.kind == "email" else self.value.lstrip("+")
+
+
+def parse_contact(text: str, phone_region: str) -> Contact:
+    """The contact an operator typed. Raises ValueError saying what is expected."""
+    context = TransformContext(phone_region=phone_region)
+    written = text.strip()
+    if "@" in written:
+        email = apply_transform("email", None, written, context)
+        if not email:
+            raise ValueError(f"{written!r} is not an e-mail address")
+        return Contact("email", email, phone_region)
+    phone = apply_transform("phone", None, written, context) if written else None
+    if not phone:
+        raise ValueError(
+            f"{written!r} is neither an e-mail address nor a phone number "
+            f"(national numbers are read in RELAY_PHONE_REGION, {phone_region})"
+        )
+    return Contact("phone", phone, phone_region)
+
+
+def names_contact(data: Any, contact: Contact) -> bool:
+    """Whether any value in `data` (nested lists and objects) is this contact."""
+    if isinstance(data, dict):
+        return any(names_contact(value, contact) for value in data.values())
+    if isinstance(data, list):
+        return any(names_contact(value, contact) for value in data)
+    if contact.kind == "email":
+        return isinstance(data, str) and "@" in data and _read_as(contact, "email", data) == contact.value
+    if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+        return False
+    if contact.value[-_TAIL_DIGITS:] not in _NOT_DIGITS.sub("", str(data)):
+        return False  # most values: no parse
+    return _read_as(contact, "phone", data) == contact.value
+
+
+def _read_as(contact: Contact, transform: str, value: Any) -> str | None:
+    read = apply_transform(transform, None, value, TransformContext(phone_region=contact.phone_region))
+    return read if isinstance(read, str) else None
+
+
+def delivery_names(delivery: Delivery, contact: Contact) -> bool:
+    """Whether this delivery's calls name the contact, or, when it has none, its stored payload."""
+    if delivery.calls:
+        return names_contact(delivery.calls, contact)
+    try:
+        payload = parse_request(delivery.inbound(), stored=True)
+    except RequestRejected:
+        return False  # a body that no longer parses: no value of it can be read
+    return names_contact(payload, contact)
+
+
+def find_deliveries(
+    store: Store, contact: Contact, *, limit: int, before: str | None = None, **filters: Any
+) -> list[Delivery]:
+    """The newest `limit` deliveries (before `before`, matching `filters`) that name the contact."""
+    found: list[Delivery] = []
+    while len(found) < limit:
+        page = store.list_deliveries(limit=_PAGE, before=before, naming=contact.needle, **filters)
+        found += [delivery for delivery in page if delivery_names(delivery, contact)]
+        if len(page) < _PAGE:
+            break
+        before = page[-1].id
+    return found[:limit]
+
+
+@dataclass
+class Forgotten:
+    """What `forget` deleted, and what it left because a worker was sending it at that moment."""
+
+    ids: list[str] = field(default_factory=list)
+    being_delivered: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"forgotten": len(self.ids), "ids": self.ids, "being_delivered": self.being_delivered}
+
+
+def forget(store: Store, contact: Contact, *, dry_run: bool = False) -> Forgotten:
+    """Delete every delivery that names the contact, with its attempts; `dry_run`: only say which.
+
+    A delivery a worker holds (`delivering`) is left, and named: forgetting again once it is sent
+    takes it too.
+    """
+    ids = [delivery.id for delivery in find_deliveries(store, contact, limit=2**31)]
+    if dry_run:
+        return Forgotten(ids=ids)
+    result = Forgotten()
+    for start in range(0, len(ids), _DELETE_BATCH):
+        batch = ids[start : start + _DELETE_BATCH]
+        deleted, left = store.delete_deliveries(batch)
+        result.ids += [delivery_id for delivery_id in batch if delivery_id in deleted]
+        result.being_delivered += [delivery_id for delivery_id in batch if delivery_id in left]
+    # The contact itself is not logged: the line records that an erasure happened, not whose.
+    log.info("deliveries forgotten", extra={"count": len(result.ids), "being_delivered": len(result.being_delivered)})
+    return result
