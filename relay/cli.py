@@ -528,12 +528,16 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         forwards = []
         for rule in source.rules:
             events = ", ".join(rule.events) if rule.events else "any event"
-            what = f"ignored ({rule.ignore})" if rule.ignore is not None else rule.method
-            if rule.ignore is None and len(rule.matching) > 1:
+            what = rule.method
+            if rule.ignore is not None:
+                what = f"ignored ({rule.ignore})"
+            elif rule.keep is not None:
+                what = f"kept unsent, to replay ({rule.keep})"
+            if rule.forwards and len(rule.matching) > 1:
                 what += f" (by {', else '.join(rule.matching)})"
-            for setting in _optional_fields_off(rule.fields, settings.env) if rule.ignore is None else []:
+            for setting in _optional_fields_off(rule.fields, settings.env) if rule.forwards else []:
                 what += f" (the field {setting} names: left out while unset)"
-            if rule.order is not None and rule.ignore is None:
+            if rule.order is not None and rule.forwards:
                 what += " + market/orders/import" + _order_state(rule.order, settings.env)
             if rule.once is not None:
                 key = rule.once.template or rule.once.path or rule.once.value

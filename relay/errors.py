@@ -135,6 +135,11 @@ class MappingError(RelayError):
     status = 422
 
 
+class KeptByMapping(MappingError):
+    """A rule with `keep` took the webhook: it is kept unsent, failed for its mapping with the rule's reason,
+    until a replay finds a rule that forwards it. Deliberate, so not reported as an error."""
+
+
 class UpstreamError(RelayError):
     """The upstream did not accept a call."""
 

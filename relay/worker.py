@@ -21,6 +21,7 @@ from typing import Any
 from relay import metrics
 from relay.errors import (
     FetchError,
+    KeptByMapping,
     MappingError,
     PermanentFetchError,
     PermanentUpstreamError,
@@ -327,7 +328,7 @@ class Worker:
         the web server answers that source 503, with waits that grow to 10 minutes, until RELAY_MAX_AGE."""
         problems = self.mappings.broken.get(delivery.source) if self.mappings is not None else None
         if not problems or delivery.source in sources:
-            return self._fail(delivery, token, "mapping", error.detail)
+            return self._fail(delivery, token, "mapping", error.detail, kept=isinstance(error, KeptByMapping))
         detail = f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
         now = time.time()
         when = now + min(max(5.0, (now - delivery.cycle_started_at) / 4), 600.0)
@@ -581,8 +582,10 @@ class Worker:
         *,
         calls: list[dict[str, Any]] | None = None,
         attempt: Attempt | None = None,
+        kept: bool = False,
     ) -> str:
-        """Keep the delivery as failed with its reason, log it and tell Sentry."""
+        """Keep the delivery as failed with its reason, log it and tell Sentry; one a rule with `keep` took
+        (`kept`) is logged at info level and not reported: its mapping meant it."""
         self._keep(
             delivery,
             partial(
@@ -596,8 +599,9 @@ class Worker:
                 attempt=attempt,
             ),
         )
-        log.warning(
-            f"delivery failed: {reason}",
+        log.log(
+            logging.INFO if kept else logging.WARNING,
+            "delivery kept unsent by its mapping" if kept else f"delivery failed: {reason}",
             extra={"delivery_id": delivery.id, "source": delivery.source, "detail": detail},
         )
         source = self.sources.get(delivery.source)
@@ -608,9 +612,10 @@ class Worker:
                 log.warning(
                     "store unavailable; the failed delivery's once keys stay", extra={"delivery_id": delivery.id}
                 )
-        report_delivery_failure(
-            f"delivery failed: {reason}", source=delivery.source, delivery_id=delivery.id, reason=reason
-        )
+        if not kept:
+            report_delivery_failure(
+                f"delivery failed: {reason}", source=delivery.source, delivery_id=delivery.id, reason=reason
+            )
         return "failed"
 
     def _send(

@@ -112,12 +112,14 @@ ONCE_KEY_LENGTH = 200
 
 @dataclass(frozen=True)
 class Rule:
-    """What to do with one kind of event: forward it as a call, or ignore it."""
+    """What to do with one kind of event: forward it as a call, ignore it, or keep it unsent (`keep`: stored,
+    failed for its mapping with the reason, to replay once a rule forwards it)."""
 
     name: str
     events: tuple[str, ...] = ()
     when: str | None = None
     ignore: str | None = None
+    keep: str | None = None
     method: str = "profiles/import"
     matching: tuple[str, ...] = ("email",)  # in order of preference: the first the payload gives keys for
     match: dict[str, ValueSpec] = field(default_factory=dict)
@@ -137,6 +139,11 @@ class Rule:
     # The rule applies once per key (`order {id} paid`): a later delivery that gives a key an earlier one took
     # passes it over for the rules after it, so an order is counted once whichever of its hooks says it first.
     once: ValueSpec | None = None
+
+    @property
+    def forwards(self) -> bool:
+        """Whether the rule makes calls (neither `ignore` nor `keep`)."""
+        return self.ignore is None and self.keep is None
 
 
 @dataclass(frozen=True)

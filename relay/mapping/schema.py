@@ -373,6 +373,7 @@ class RuleSchema(StrictSchema):
     events = fields.List(fields.String(), load_default=list)
     when = Expression(load_default=None)
     ignore = fields.String(load_default=None)
+    keep = fields.String(load_default=None)
     method = fields.String(load_default="profiles/import", validate=validate.OneOf(PROFILE_METHODS))
     matching = MatchingModes(load_default=("email",))
     match = fields.Dict(
@@ -395,10 +396,13 @@ class RuleSchema(StrictSchema):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("ignore") is not None:
-            if data.get("once") is not None:
-                raise ValidationError("once is for a rule that forwards, not one that ignores", "once")
-            return
+        if data.get("ignore") is not None and data.get("keep") is not None:
+            raise ValidationError("a rule either ignores or keeps what it takes, not both", "keep")
+        for unsent in ("ignore", "keep"):
+            if data.get(unsent) is not None:
+                if data.get("once") is not None:
+                    raise ValidationError(f"once is for a rule that forwards, not one with {unsent}", "once")
+                return
         match = data.get("match", {})
         for mode in data.get("matching", ("email",)):
             required, one_of = MATCHING_MODES[mode]
@@ -417,6 +421,7 @@ class RuleSchema(StrictSchema):
             events=tuple(data["events"]),
             when=data["when"],
             ignore=data["ignore"],
+            keep=data["keep"],
             method=data["method"],
             matching=data["matching"],
             match=data["match"],

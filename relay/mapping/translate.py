@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from relay.errors import FetchError, MappingError
+from relay.errors import FetchError, KeptByMapping, MappingError
 from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
@@ -280,6 +280,8 @@ def translate(
     for rule in matching_rules(source, data, event):
         if rule.ignore is not None:
             return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore, passed_over=tuple(passed))
+        if rule.keep is not None:
+            raise KeptByMapping(f"kept by rule {rule.name!r}: {rule.keep}")
         builder = _Builder(source, rule, data, ctx, client_ip)
         once_key = builder.once_key()
         holder = once_holder(once_key) if once_key is not None and once_holder is not None else None
