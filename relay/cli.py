@@ -14,7 +14,7 @@ from typing import TypeVar
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
-from relay.mapping.examples import example_files, load_example, run_example
+from relay.mapping.examples import example_files, load_example, run_example, save_example
 from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import OrderSpec, Source
@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a rule's once key an earlier delivery took (the rule is passed over); repeatable. With --delivery "
         "the store says which are taken",
     )
+    preview.add_argument(
+        "--save-example",
+        metavar="NAME",
+        help="also write the request as the source's example mappings/examples/<source>/NAME.yaml, expecting "
+        "what relay does with it now (with the settings its mapping reads, secrets written not-shown)",
+    )
+    preview.add_argument("--description", help="the saved example's description")
 
     commands.add_parser("check", help="validate every mapping file and run its examples")
     commands.add_parser("sources", help="list sources, their hook URLs and authentication")
@@ -274,6 +281,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if stored is None:  # as relay would keep it: without a token the body carries
             request = take_body_token(source, request)[1]
+        if args.save_example and not _save_example(args, settings, source, request):
+            return 1
         if stored is None and is_ping(source, request, parse_request(request)):
             print("[]")
             print("relay: a test ping: answered 200 and not forwarded", file=sys.stderr)
@@ -310,6 +319,55 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         print(f"relay: mapping error: {translation.order_refused} (the calls above would still go)", file=sys.stderr)
         return 1
     return 0
+
+
+def _save_example(args: argparse.Namespace, settings: Settings, source: Source, request: InboundRequest) -> bool:
+    """`--save-example NAME`: the request written as an example of its source, expecting what relay does with
+    it now over the mapping's defaults; False (said on stderr) when it cannot be."""
+    name = args.save_example.removesuffix(".yaml")
+    if not name or Path(name).name != name or name.startswith("."):
+        print(f"relay: --save-example {args.save_example!r} must be a file name, without a folder", file=sys.stderr)
+        return False
+    path = Path(settings.mappings_dir) / "examples" / source.name / f"{name}.yaml"
+    given = {
+        fetch: file for fetch, sep, file in (item.partition("=") for item in args.fetched) if sep and fetch and file
+    }
+    described = args.description or (
+        f"delivery {args.delivery}, saved by relay preview" if args.delivery else f"{args.file}, saved by relay preview"
+    )
+    try:
+        expect = save_example(
+            path,
+            source,
+            request,
+            description=described,
+            env=_example_env(settings, source.name),
+            fetched={fetch: Path(file) for fetch, file in given.items()},
+            once_taken=frozenset(args.once_taken),
+        )
+    except ValueError as exc:
+        print(f"relay: the example was not saved: {exc}", file=sys.stderr)
+        return False
+    outcome = next(key for key in ("calls", "ignored", "ping", "error") if key in expect)
+    said = f"{len(expect['calls'])} call(s)" if outcome == "calls" else outcome
+    print(f"relay: saved {path} (expecting {said})", file=sys.stderr)
+    return True
+
+
+_SECRET_LIKE = ("TOKEN", "SECRET", "KEY", "PASSWORD")
+
+
+def _example_env(settings: Settings, source: str) -> dict[str, str]:
+    """The settings the source's mapping reads that are set now, for a saved example to run with: a secret's
+    value is written `not-shown` (no call carries one), the phone region when it is not the default."""
+    env: dict[str, str] = {}
+    for ref in referenced_variables(settings.mappings_dir).get(source, []):
+        value = settings.env.get(ref.name)
+        if value:
+            env[ref.name] = "not-shown" if any(word in ref.name for word in _SECRET_LIKE) else value
+    if settings.phone_region != "RU":
+        env["RELAY_PHONE_REGION"] = settings.phone_region
+    return env
 
 
 def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:

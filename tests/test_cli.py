@@ -298,3 +298,104 @@ def test_preview_prints_the_calls_that_still_go_when_the_order_is_refused(tmp_pa
     assert result.returncode == 1
     assert [call["method"] for call in json.loads(result.stdout)] == ["profiles/import", "profiles/update"]
     assert "the order was not sent" in result.stderr and "data.0.currency: an ISO 4217 code" in result.stderr
+
+
+def _mappings_copy(tmp_path, *sources: str):  # type: ignore[no-untyped-def]
+    """These built-in mapping files, without their examples, in a folder of the test's own."""
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    for source in sources:
+        (folder / f"{source}.yaml").write_bytes((ROOT / "mappings" / f"{source}.yaml").read_bytes())
+    return folder
+
+
+def _example(path):  # type: ignore[no-untyped-def]
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_preview_saves_the_request_as_an_example_that_check_then_runs(tmp_path):
+    """--save-example writes the request as relay keeps it (the hook URL's event as `query`, a body that is not
+    UTF-8 in a file beside it, the API's answers copied, the settings the mapping reads with secrets not
+    shown) and the calls relay makes now: `check` finds the example holds."""
+    folder = _mappings_copy(tmp_path, "insales", "tilda", "bigcommerce")
+    env = {**ENV, "RELAY_MAPPINGS_DIR": str(folder)}
+    shop_env = {
+        **env,
+        "BIGCOMMERCE_STORE_HASH": "abc123",
+        "BIGCOMMERCE_API_TOKEN": "bc-api-token-not-in-files",
+        "RELAY_PHONE_REGION": "US",
+    }
+    examples = ROOT / "mappings" / "examples"
+    insales = [
+        "preview",
+        "--source",
+        "insales",
+        "--query",
+        "topic=orders/create",
+        str(examples / "insales" / "orders-create-paid.json"),
+        "--save-example",
+        "paid-order",
+    ]
+    saved = relay_command(*insales, env=env)
+    assert saved.returncode == 0, saved.stderr
+    assert "saved" in saved.stderr and "paid-order.yaml (expecting 1 call(s))" in saved.stderr
+    form = "Name=Иван&Email=ivan%40example.com&tranid=1%3A2&formid=form1".encode("cp1251")  # not UTF-8
+    cp1251 = tmp_path / "form.txt"
+    cp1251.write_bytes(form)
+    tilda = relay_command(
+        "preview",
+        "--source",
+        "tilda",
+        "--content-type",
+        "application/x-www-form-urlencoded; charset=windows-1251",
+        str(cp1251),
+        "--save-example",
+        "windows-1251.yaml",
+        "--description",
+        "a form in windows-1251",
+        env=env,
+    )
+    assert tilda.returncode == 0, tilda.stderr
+    bigcommerce = relay_command(
+        "preview",
+        "--source",
+        "bigcommerce",
+        "--header",
+        "Content-Type: application/json",
+        str(examples / "bigcommerce" / "customer-created.json"),
+        "--fetched",
+        f"customer={examples / 'bigcommerce' / 'api-customer-32.json'}",
+        "--save-example",
+        "customer",
+        env=shop_env,
+    )
+    assert bigcommerce.returncode == 0, bigcommerce.stderr
+
+    import yaml
+
+    paid = yaml.safe_load((folder / "examples" / "insales" / "paid-order.yaml").read_text(encoding="utf-8"))
+    assert paid["request"]["query"] == {"topic": "orders/create"} and "X-Relay-Event" not in paid["request"].get(
+        "headers", {}
+    )
+    # What relay does with these requests is what their hand-written examples say.
+    assert paid["expect"] == _example(examples / "insales" / "orders-create-paid.yaml")["expect"]
+    windows = yaml.safe_load((folder / "examples" / "tilda" / "windows-1251.yaml").read_text(encoding="utf-8"))
+    assert windows["description"] == "a form in windows-1251"
+    assert (folder / "examples" / "tilda" / windows["request"]["body_file"]).read_bytes() == form
+    assert windows["expect"]["calls"][0]["body"]["data"]["_fname"] == "Иван"
+    customer_text = (folder / "examples" / "bigcommerce" / "customer.yaml").read_text(encoding="utf-8")
+    assert "bc-api-token-not-in-files" not in customer_text
+    customer = yaml.safe_load(customer_text)
+    assert customer["env"]["BIGCOMMERCE_API_TOKEN"] == "not-shown" and customer["env"]["RELAY_PHONE_REGION"] == "US"
+    assert customer["expect"] == _example(examples / "bigcommerce" / "customer-created.yaml")["expect"]
+    assert (folder / "examples" / "bigcommerce" / customer["request"]["fetched"]["customer"]).is_file()
+
+    checked = relay_command("check", env={"PATH": ENV["PATH"], "RELAY_MAPPINGS_DIR": str(folder)})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "3 examples" in checked.stdout
+    again = relay_command(*insales, env=env)
+    assert again.returncode == 1 and "paid-order.yaml exists; give another name, or remove it first" in again.stderr
+    elsewhere = relay_command(*insales[:-1], "../paid", env=env)
+    assert elsewhere.returncode == 1 and "must be a file name, without a folder" in elsewhere.stderr

@@ -3,7 +3,8 @@
 The capture of a new source through the real app and worker to the sandbox upstream on loopback: its first
 mapping file has only its authentication and a `keep` rule, so the provider's first real webhooks are stored
 and wait as failed for their mapping, quietly (an info line, no Sentry report); the rule that maps them is
-written from what was kept, and a replay sends them.
+written from what was kept, the kept request saved as the source's first example (`preview --delivery
+--save-example`), and a replay sends them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sentry_sdk
+import yaml
 
 from relay.mapping.loader import load_source_file
 
@@ -83,6 +85,15 @@ def test_a_new_source_is_captured_unsent_then_mapped_and_replayed(landing, sandb
     assert sandbox.sandbox.profiles == {}
 
     (folder / "landing.yaml").write_text(MAPPED, encoding="utf-8")
+    # The kept request becomes the source's first example, expecting what the new rule makes of it.
+    env = {"RELAY_DATABASE_URL": worker.settings.database_url, "RELAY_MAPPINGS_DIR": str(folder)}
+    saved = relay_command("preview", "--delivery", delivery_id, "--save-example", "first-signup", env=env)
+    assert saved.returncode == 0, saved.stderr
+    example = yaml.safe_load((folder / "examples" / "landing" / "first-signup.yaml").read_text(encoding="utf-8"))
+    assert json.loads(example["request"]["body"]) == body
+    assert example["expect"]["calls"][0]["body"]["email"] == "ana@example.com"
+    checked = relay_command("check", env=env)
+    assert checked.returncode == 0 and "ok: 1 mapping files, 1 examples" in checked.stdout, checked.stderr
     assert client.post(f"/admin/api/deliveries/{delivery_id}/replay", headers=ADMIN).status_code == 202
     assert drain(store, worker, delivery_id) == "delivered"
     [profile] = sandbox.sandbox.profiles.values()

@@ -33,13 +33,13 @@ from typing import Any
 import yaml
 
 from relay.errors import MappingError, RequestRejected
-from relay.inbound import InboundRequest, is_ping, with_url_event
+from relay.inbound import URL_EVENT_HEADER, InboundRequest, is_ping, with_url_event
 from relay.mapping.fetches import FetchRequest, answer_from_file
 from relay.mapping.model import Source
-from relay.mapping.translate import TranslateContext
+from relay.mapping.translate import TranslateContext, Translation
 from relay.pipeline import parse_request, take_body_token, translate_request
 
-__all__ = ["Example", "example_files", "load_example", "run_example"]
+__all__ = ["Example", "Observed", "example_files", "load_example", "observe_example", "run_example", "save_example"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,42 @@ def load_example(path: Path) -> Example:
     )
 
 
-def run_example(
+@dataclass
+class Observed:
+    """What relay does with an example's request: a ping, a request that does not parse, a mapping error,
+    or a translation (calls or ignored), with the addresses it fetched."""
+
+    ping: bool = False
+    unparsable: str | None = None
+    error: str | None = None
+    translation: Translation | None = None
+    fetches: list[str] = field(default_factory=list)
+
+    def expectation(self) -> dict[str, Any]:
+        """The `expect` an example of this request holds: what `run_example` then finds."""
+        if self.unparsable is not None:
+            raise ValueError(f"the request does not parse: {self.unparsable}")
+        if self.ping:
+            return {"ping": True}
+        if self.error is not None:
+            return {"error": self.error}
+        assert self.translation is not None
+        expect: dict[str, Any] = {"fetches": self.fetches} if self.fetches else {}
+        if self.translation.ignored:
+            return {**expect, "ignored": self.translation.ignored}
+        if self.translation.once_key is not None:
+            expect["once"] = self.translation.once_key
+        if self.translation.order_refused:
+            expect["error"] = self.translation.order_refused
+        expect["calls"] = [call.to_dict() for call in self.translation.calls]
+        return expect
+
+
+def observe_example(
     example: Example, source: Source, *, phone_region: str = "RU", upstream_format: str = "json"
-) -> list[str]:
-    """Run one example; the list of differences is empty when it holds. With `upstream_format="xml"` an
-    example whose calls XML cannot carry (a field named `Lead Source`) fails, as its deliveries would."""
+) -> Observed:
+    """Run an example's request through relay as the worker would (over the example's environment)."""
     context = TranslateContext(env=example.env, phone_region=example.env.get("RELAY_PHONE_REGION", phone_region))
-    expect = example.expect
     try:
         # The request as relay keeps it: the URL's event among its headers, a token in the body taken out.
         received = dataclasses.replace(
@@ -103,22 +132,20 @@ def run_example(
         request = take_body_token(source, received)[1]
         payload = parse_request(request)
     except RequestRejected as exc:
-        return [f"request does not parse: {exc.detail}"]
-    if expect.get("ping"):
-        return [] if is_ping(source, request, payload) else ["expected a ping, got none"]
+        return Observed(unparsable=exc.detail)
     if is_ping(source, request, payload):
-        return ["request is treated as a ping"]
-    fetches: list[str] = []
+        return Observed(ping=True)
+    observed = Observed()
 
     def fetch(wanted: FetchRequest) -> Any:
-        fetches.append(wanted.shown)
+        observed.fetches.append(wanted.shown)
         answer = example.fetched.get(wanted.name)
         if answer is None:
             raise MappingError(f"fetch {wanted.name}: the example gives no answer for it (request.fetched)")
         return answer_from_file(wanted.name, answer)
 
     try:
-        translation = translate_request(
+        observed.translation = translate_request(
             source,
             request,
             context,
@@ -127,9 +154,30 @@ def run_example(
             once_holder=lambda key: "an earlier delivery (once_taken)" if key in example.once_taken else None,
         )
     except MappingError as exc:
-        if "error" in expect and str(expect["error"]) in exc.detail:
+        observed.error = exc.detail
+    return observed
+
+
+def run_example(
+    example: Example, source: Source, *, phone_region: str = "RU", upstream_format: str = "json"
+) -> list[str]:
+    """Run one example; the list of differences is empty when it holds. With `upstream_format="xml"` an
+    example whose calls XML cannot carry (a field named `Lead Source`) fails, as its deliveries would."""
+    expect = example.expect
+    observed = observe_example(example, source, phone_region=phone_region, upstream_format=upstream_format)
+    if observed.unparsable is not None:
+        return [f"request does not parse: {observed.unparsable}"]
+    if expect.get("ping"):
+        return [] if observed.ping else ["expected a ping, got none"]
+    if observed.ping:
+        return ["request is treated as a ping"]
+    if observed.error is not None:
+        if "error" in expect and str(expect["error"]) in observed.error:
             return []
-        return [f"mapping error: {exc.detail}"]
+        return [f"mapping error: {observed.error}"]
+    translation = observed.translation
+    assert translation is not None
+    fetches = observed.fetches
     if "fetches" in expect and fetches != list(expect["fetches"]):
         return [f"fetched {fetches}, expected {list(expect['fetches'])}"]
     if "once" in expect and translation.once_key != expect["once"]:
@@ -155,3 +203,81 @@ def run_example(
             + json.dumps(got, ensure_ascii=False, sort_keys=True)
         ]
     return []
+
+
+def save_example(
+    path: Path,
+    source: Source,
+    request: InboundRequest,
+    *,
+    description: str,
+    env: dict[str, str] | None = None,
+    fetched: dict[str, Path] | None = None,
+    once_taken: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Write an example of `request` as relay keeps it (a token in the body already out, the URL's event
+    among its headers) to `path`, expecting what relay does with it now over `env` (written in it), as
+    `relay check` will run it; the `expect` written. The files a fetch reads are copied beside it.
+
+    Raises:
+        ValueError: the request does not parse, or `path` exists.
+    """
+    if path.exists():
+        raise ValueError(f"{path} exists; give another name, or remove it first")
+    headers = {name: value for name, value in request.headers.items() if name.lower() != URL_EVENT_HEADER.lower()}
+    query = {}
+    event = request.header(URL_EVENT_HEADER)
+    if event is not None and source.event_query is not None:
+        query[source.event_query] = event
+    written: dict[str, Any] = {"content_type": request.content_type}
+    if headers:
+        written["headers"] = headers
+    if query:
+        written["query"] = query
+    if request.client_ip:
+        written["client_ip"] = request.client_ip
+    copies = {name: path.with_name(f"{path.stem}.{name}{Path(file).suffix}") for name, file in (fetched or {}).items()}
+    if copies:
+        written["fetched"] = {name: copy.name for name, copy in copies.items()}
+    try:
+        written["body"] = request.body.decode("utf-8")
+        body_file = None
+    except UnicodeDecodeError:  # a form in windows-1251: the bytes as they came, in a file beside it
+        body_file = path.with_suffix(".body")
+        written["body_file"] = body_file.name
+    example = Example(
+        path=path,
+        source=source.name,
+        description=description,
+        request=dataclasses.replace(request, headers=headers),
+        env=dict(env or {}),
+        expect={},
+        query=query,
+        fetched={name: Path(file) for name, file in (fetched or {}).items()},
+        once_taken=once_taken,
+    )
+    expect = observe_example(example, source)
+    document: dict[str, Any] = {"description": description, "request": written}
+    if env:
+        document["env"] = dict(env)
+    if once_taken:
+        document["once_taken"] = sorted(once_taken)
+    document["expect"] = expect.expectation()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name, copy in copies.items():
+        copy.write_bytes(Path((fetched or {})[name]).read_bytes())
+    if body_file is not None:
+        body_file.write_bytes(request.body)
+    path.write_text(yaml.dump(document, Dumper=_ExampleDumper, sort_keys=False, allow_unicode=True, width=120))
+    return dict(document["expect"])
+
+
+class _ExampleDumper(yaml.SafeDumper):
+    """YAML as the hand-written examples read: a body of several lines as a literal block."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_ExampleDumper.add_representer(str, _text)
