@@ -14,7 +14,7 @@ from typing import TypeVar
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
-from relay.mapping.examples import example_files, load_example, run_example, save_example
+from relay.mapping.examples import check_example, example_files, load_example, save_example
 from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import OrderSpec, Source
@@ -484,6 +484,7 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
         if source is not None:
             sources[source.name] = source
     examples_run = 0
+    reached: dict[str, set[str | None]] = {}  # by source, the rules its examples reached
     for name, source in sorted(sources.items()):
         paths = example_files(settings.mappings_dir, name)
         if not paths:
@@ -495,8 +496,9 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 problems.append(f"{path}:1 example cannot be read: {exc}")
                 continue
-            differences = run_example(example, source, upstream_format=settings.upstream_format)
+            differences, observed = check_example(example, source, upstream_format=settings.upstream_format)
             problems.extend(f"{path}:1 {difference}" for difference in differences)
+            reached.setdefault(name, set()).add(observed.rule)
     for path in example_files(settings.mappings_dir):
         if path.parent.name not in sources and path.parent.name not in {p.stem for p in files}:
             problems.append(f"{path}:1 example for unknown source {path.parent.name!r}")
@@ -510,6 +512,17 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
             print("  " + problem, file=sys.stderr)
         return 1
     print(f"ok: {len(sources)} mapping files, {examples_run} examples")
+    unproven = [
+        f"  {source.file} rules.{index} ({rule.name})"
+        for name, source in sorted(sources.items())
+        for index, rule in enumerate(source.rules)
+        if rule.name not in reached.get(name, set())
+    ]
+    if unproven:
+        print(
+            "rules no example reaches (a request it takes, saved with `relay preview ... --save-example NAME`, "
+            "proves it):\n" + "\n".join(unproven)
+        )
     if unset:
         print(
             "unset variables (a source whose secret is unset refuses its requests; one whose fetch needs a "

@@ -133,6 +133,7 @@ class MappingError(RelayError):
 
     code = "mapping"
     status = 422
+    rule: str | None = None  # the rule that was building the calls, when one was chosen
 
 
 class KeptByMapping(MappingError):

@@ -174,10 +174,47 @@ def test_check_command_exits_1_listing_problems(tmp_path):
 
 
 def test_check_passes_on_the_built_in_mappings():
-    """The shipped mappings and all their examples pass check."""
+    """The shipped mappings and all their examples pass check, and every rule is reached by an example."""
     result = relay_command("check", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert f"{len(BUILT_IN_SOURCES)} mapping files" in result.stdout
+    assert "rules no example reaches" not in result.stdout
+
+
+def test_check_names_the_rules_no_example_reaches(tmp_path):
+    """A rule no example takes is named, without failing check: the examples prove the rules they reach,
+    whether they forward (an example saved by `preview --save-example`), ignore or fail."""
+    write(
+        tmp_path,
+        """version: 1
+source: demo
+auth: {scheme: token, secret: "${DEMO_TOKEN}"}
+event: {path: topic}
+rules:
+  - name: lead
+    events: [lead]
+    match: {email: {path: email, transform: email}}
+  - name: never_sent
+    events: [other]
+    ignore: nothing to do
+  - name: failing
+    events: [broken]
+    match: {email: {path: missing, transform: email}}
+""",
+    )
+    env = {"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)}
+    lead = tmp_path / "lead.json"
+    lead.write_text('{"topic": "lead", "email": "Ana@Example.com"}', encoding="utf-8")
+    saved = relay_command("preview", "--source", "demo", str(lead), "--save-example", "lead", env=env)
+    assert saved.returncode == 0, saved.stderr
+    broken = 'request: {body: \'{"topic": "broken"}\', content_type: application/json}\nexpect: {error: no usable}\n'
+    (tmp_path / "examples" / "demo" / "broken.yaml").write_text(broken, encoding="utf-8")
+    result = relay_command("check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "ok: 1 mapping files, 2 examples" in result.stdout
+    notes = result.stdout.split("rules no example reaches", 1)[1]
+    assert "demo.yaml rules.1 (never_sent)" in notes
+    assert "(lead)" not in notes and "(failing)" not in notes
 
 
 GUIDE = ROOT / "mappings" / "README.md"

@@ -39,7 +39,16 @@ from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation
 from relay.pipeline import parse_request, take_body_token, translate_request
 
-__all__ = ["Example", "Observed", "example_files", "load_example", "observe_example", "run_example", "save_example"]
+__all__ = [
+    "Example",
+    "Observed",
+    "check_example",
+    "example_files",
+    "load_example",
+    "observe_example",
+    "run_example",
+    "save_example",
+]
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Observed:
     error: str | None = None
     translation: Translation | None = None
     fetches: list[str] = field(default_factory=list)
+    rule: str | None = None  # the rule that took the request (translated it, ignored it, or failed on it)
 
     def expectation(self) -> dict[str, Any]:
         """The `expect` an example of this request holds: what `run_example` then finds."""
@@ -154,7 +164,9 @@ def observe_example(
             once_holder=lambda key: "an earlier delivery (once_taken)" if key in example.once_taken else None,
         )
     except MappingError as exc:
-        observed.error = exc.detail
+        observed.error, observed.rule = exc.detail, exc.rule
+        return observed
+    observed.rule = observed.translation.rule
     return observed
 
 
@@ -163,8 +175,18 @@ def run_example(
 ) -> list[str]:
     """Run one example; the list of differences is empty when it holds. With `upstream_format="xml"` an
     example whose calls XML cannot carry (a field named `Lead Source`) fails, as its deliveries would."""
-    expect = example.expect
+    return check_example(example, source, phone_region=phone_region, upstream_format=upstream_format)[0]
+
+
+def check_example(
+    example: Example, source: Source, *, phone_region: str = "RU", upstream_format: str = "json"
+) -> tuple[list[str], Observed]:
+    """`run_example`'s differences, and what relay did with the example's request."""
     observed = observe_example(example, source, phone_region=phone_region, upstream_format=upstream_format)
+    return _differences(example.expect, observed), observed
+
+
+def _differences(expect: dict[str, Any], observed: Observed) -> list[str]:
     if observed.unparsable is not None:
         return [f"request does not parse: {observed.unparsable}"]
     if expect.get("ping"):

@@ -280,15 +280,19 @@ def translate(
     for rule in matching_rules(source, data, event):
         if rule.ignore is not None:
             return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore, passed_over=tuple(passed))
-        if rule.keep is not None:
-            raise KeptByMapping(f"kept by rule {rule.name!r}: {rule.keep}")
-        builder = _Builder(source, rule, data, ctx, client_ip)
-        once_key = builder.once_key()
-        holder = once_holder(once_key) if once_key is not None and once_holder is not None else None
-        if once_key is not None and holder is not None:
-            passed.append(PassedOver(rule.name, once_key, holder))
-            continue
-        return _forward(builder, payload_itself, event, fetch, once_key, tuple(passed))
+        try:
+            if rule.keep is not None:
+                raise KeptByMapping(f"kept by rule {rule.name!r}: {rule.keep}")
+            builder = _Builder(source, rule, data, ctx, client_ip)
+            once_key = builder.once_key()
+            holder = once_holder(once_key) if once_key is not None and once_holder is not None else None
+            if once_key is not None and holder is not None:
+                passed.append(PassedOver(rule.name, once_key, holder))
+                continue
+            return _forward(builder, payload_itself, event, fetch, once_key, tuple(passed))
+        except MappingError as exc:
+            exc.rule = exc.rule or rule.name
+            raise
     return Translation(calls=[], event=event, ignored=unmatched_reason(event), passed_over=tuple(passed))
 
 
