@@ -12,7 +12,7 @@ from relay.admin_api import deliveries_overview, delivery_detail, delivery_summa
 from relay.contacts import Contact, find_deliveries, forget, parse_contact
 from relay.replay_check import check_delivery, check_replay
 from relay.settings import Settings
-from relay.store import REPLAYABLE, STATUSES, Store, status_and_reason
+from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = ["cmd_deliveries", "cmd_forget", "cmd_overview", "cmd_replay"]
 
@@ -34,6 +34,11 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 return 1
             print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
             return 0
+        if args.follow:
+            if args.contact or args.status or args.since or args.until or args.before:
+                print("relay: --follow takes --source alone (and --json)", file=sys.stderr)
+                return 1
+            return _follow(store, args.source, as_json=args.json)
         if args.contact:
             contact = _contact(args.contact, settings)
             if contact is None:
@@ -42,19 +47,71 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
         else:
             page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
         for delivery in page:
-            row = delivery_summary(delivery)
-            if args.json:
-                print(json.dumps(row, ensure_ascii=False))
-                continue
-            print(
-                f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
-                f"{row['reason'] or '':<9} attempts={row['attempts']}  {_one_line(row['detail'])}"
-            )
+            _print_delivery(delivery, as_json=args.json)
         if len(page) == args.limit:  # on stderr: stdout stays one delivery a line, for scripts
             print(f"relay: there may be more: the same command with --before {page[-1].id}", file=sys.stderr)
         return 0
     finally:
         store.close()
+
+
+def _print_delivery(delivery: Delivery, *, as_json: bool) -> None:
+    row = delivery_summary(delivery)
+    if as_json:
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+        return
+    print(
+        f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
+        f"{row['reason'] or '':<9} attempts={row['attempts']}  {_one_line(row['detail'])}",
+        flush=True,
+    )
+
+
+FOLLOW_INTERVAL = 1.0  # seconds between looks at the store
+FOLLOW_BACKLOG = 10  # the newest deliveries shown first, as `tail -f` shows the last lines
+FOLLOW_WATCHED = 200  # deliveries not settled yet whose changes are shown, the newest
+_SETTLED = ("delivered", "failed")
+
+
+def _follow(store: Store, source: str | None, *, as_json: bool, interval: float = FOLLOW_INTERVAL) -> int:
+    """Print each delivery as it arrives, then again each time its status, reason or tries change, until
+    Ctrl-C: an operator pressing a provider's "send test" button sees it come in, and go out."""
+    watched: dict[str, tuple[str, str | None, int]] = {}
+    newest = ""
+    arrived = list(reversed(store.list_deliveries(limit=FOLLOW_BACKLOG, source=source)))
+    try:
+        while True:
+            for delivery in arrived:
+                _print_delivery(delivery, as_json=as_json)
+                newest = max(newest, delivery.id)
+                if delivery.status not in _SETTLED:
+                    watched[delivery.id] = (delivery.status, delivery.reason, delivery.attempts)
+            for delivery_id in sorted(watched)[:-FOLLOW_WATCHED]:
+                del watched[delivery_id]
+            for delivery_id, state in list(watched.items()):
+                current = store.get(delivery_id)
+                if current is None or current.status in _SETTLED:
+                    del watched[delivery_id]
+                if current is not None and (current.status, current.reason, current.attempts) != state:
+                    _print_delivery(current, as_json=as_json)
+                    if delivery_id in watched:
+                        watched[delivery_id] = (current.status, current.reason, current.attempts)
+            time.sleep(interval)
+            arrived = _arrived_since(store, newest, source)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _arrived_since(store: Store, newest: str, source: str | None) -> list[Delivery]:
+    """Deliveries with ids after `newest` (ids begin with the arrival's time), oldest first."""
+    found: list[Delivery] = []
+    before = None
+    while True:
+        page = store.list_deliveries(limit=500, before=before, source=source)
+        found += [delivery for delivery in page if delivery.id > newest]
+        if len(page) < 500 or page[-1].id <= newest:
+            return list(reversed(found))
+        before = page[-1].id
 
 
 def cmd_replay(args: Any, settings: Settings) -> int:

@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         help="only deliveries that name this person (their calls, or the payload of one not translated)",
     )
     deliveries.add_argument("--json", action="store_true", help="one JSON object a line (the admin API's), for scripts")
+    deliveries.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing: each delivery as it arrives, and again as its status changes, until Ctrl-C",
+    )
 
     overview = commands.add_parser("overview", help="deliveries at a glance: by status, reason and source")
     overview.add_argument("--source", type=_source)

@@ -1,0 +1,95 @@
+"""`relay deliveries --follow`, as a user runs it, beside the real app and worker delivering to the sandbox.
+
+An operator presses a provider's "send test" button and watches: the webhook is printed as it arrives and
+again once it is delivered; another source's webhooks stay out of a `--source` view; Ctrl-C ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from .conftest import ROOT, SECRETS, drain, hand_driven, quick_retry_settings
+
+WAIT_SECONDS = 15.0
+
+
+@pytest.fixture
+def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    yield from hand_driven(quick_retry_settings(tmp_path, sandbox))
+
+
+def _tilda(client, email: str, tranid: str) -> str:  # type: ignore[no-untyped-def]
+    answer = client.post(
+        f"/hooks/tilda?token={SECRETS['TILDA_WEBHOOK_TOKEN']}", data={"Email": email, "tranid": tranid}
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
+class Lines:
+    """The lines a process prints, read by a thread, waited for with a deadline."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.seen: list[dict[str, object]] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        stdout = process.stdout
+        threading.Thread(target=lambda: [self._queue.put(line) for line in stdout], daemon=True).start()
+
+    def wait_for(self, delivery_id: str, status: str) -> dict[str, object]:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                row = json.loads(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            self.seen.append(row)
+            if row["id"] == delivery_id and row["status"] == status:
+                return row
+        raise AssertionError(f"no line for {delivery_id} {status} within {WAIT_SECONDS} s; saw {self.seen}")
+
+
+def test_follow_prints_each_delivery_as_it_arrives_and_again_as_it_settles(relay):
+    client, store, worker = relay
+    earlier = _tilda(client, "first@example.com", "1:1")
+    assert drain(store, worker, earlier) == "delivered"
+    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--source", "tilda", "--json"]
+    env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            lines = Lines(process)
+            lines.wait_for(earlier, "delivered")  # the newest ones first, as tail -f shows the last lines
+            arrived = _tilda(client, "second@example.com", "2:1")
+            other = client.post(
+                f"/hooks/google_forms?token={SECRETS['GOOGLE_FORMS_WEBHOOK_TOKEN']}", json={"email": "g@example.com"}
+            )
+            assert other.status_code == 202
+            assert lines.wait_for(arrived, "queued")["attempts"] == 0
+            assert drain(store, worker, arrived) == "delivered"
+            assert lines.wait_for(arrived, "delivered")["attempts"] == 1
+            assert other.get_json()["id"] not in {row["id"] for row in lines.seen}
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=WAIT_SECONDS) == 0
+            assert process.stderr is not None and "Traceback" not in process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_follow_takes_no_filter_but_the_source(tmp_path):
+    from .conftest import relay_command
+
+    refused = relay_command(
+        "deliveries", "--follow", "--status", "failed", env={"RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"}
+    )
+    assert refused.returncode == 1 and "--follow takes --source alone" in refused.stderr
