@@ -9,11 +9,12 @@ mapping), and forget them with their attempts; a longer address that contains th
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import quote
 
 import pytest
 
-from relay.contacts import parse_contact
+from relay.contacts import forget, parse_contact
 
 from .conftest import (
     MAPPINGS,
@@ -186,3 +187,24 @@ def test_a_contact_is_read_as_the_mappings_write_it(typed, kind, value):
 def test_what_is_no_contact_is_refused(typed):
     with pytest.raises(ValueError, match="e-mail address|phone number"):
         parse_contact(typed, "RU")
+
+
+def test_forgetting_while_the_worker_delivers_leaves_nothing_of_the_person(relay):
+    """A worker of four threads delivers forty forms of one person while `forget` runs again and again: each
+    form is deleted whatever the moment (queued, or delivered), none while a thread sends it, no attempt of one
+    is left behind, and the worker meets no error of its own."""
+    client, store, worker, _ = relay
+    ids = {_tilda(client, IVAN, f"{n}:9") for n in range(40)}
+    with captured_log_lines() as lines:
+        worker.start()
+        try:
+            deadline = time.monotonic() + 30
+            forgotten: set[str] = set()
+            while forgotten != ids and time.monotonic() < deadline:
+                forgotten |= set(forget(store, parse_contact("ivan.petrov@example.com", "RU")).ids)
+                time.sleep(0.01)
+        finally:
+            worker.stop()
+    assert forgotten == ids
+    assert all(store.get(delivery_id) is None and store.attempts_of(delivery_id) == [] for delivery_id in ids)
+    assert not [line for line in lines if '"level": "error"' in line or "Traceback" in line]
