@@ -11,14 +11,16 @@ import hmac
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.contacts import Contact, find_deliveries, forget, parse_contact
+from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
+from relay.pipeline import stored_event
 from relay.replay_check import CHECKED_OVER_HTTP, check_replay
 from relay.settings import Settings
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
@@ -182,10 +184,13 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def delivery_summary(delivery: Delivery) -> dict[str, Any]:
+def delivery_summary(delivery: Delivery, sources: Mapping[str, Source] | None = None) -> dict[str, Any]:
+    """A delivery's row in a list; with the mapping files' `sources`, the event its request names too."""
+    source = sources.get(delivery.source) if sources is not None else None
     return {
         "id": delivery.id,
         "source": delivery.source,
+        "event": stored_event(source, delivery.inbound()) if source is not None else None,
         "status": delivery.status,
         "reason": delivery.reason,
         "detail": delivery.detail,
@@ -196,13 +201,15 @@ def delivery_summary(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def delivery_detail(delivery: Delivery, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+def delivery_detail(
+    delivery: Delivery, attempts: list[dict[str, Any]], sources: Mapping[str, Source] | None = None
+) -> dict[str, Any]:
     try:
         body_text: str | None = delivery.body.decode("utf-8")
         body_b64 = None
     except UnicodeDecodeError:
         body_text, body_b64 = None, base64.b64encode(delivery.body).decode()
-    detail = delivery_summary(delivery)
+    detail = delivery_summary(delivery, sources)
     detail["request"] = {
         "content_type": delivery.content_type,
         "headers": delivery.headers,
@@ -237,7 +244,7 @@ def _filters() -> dict[str, Any]:
         abort(400, description=str(exc))
 
 
-def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
+def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Source] | None = None) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
     @bp.before_request
@@ -272,7 +279,7 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
             found = store.list_deliveries(limit=limit, before=before, **filters)
         return jsonify(
             {
-                "deliveries": [delivery_summary(d) for d in found],
+                "deliveries": [delivery_summary(d, sources) for d in found],
                 "next": found[-1].id if len(found) == limit else None,
             }
         )
@@ -294,7 +301,7 @@ def admin_blueprint(settings: Settings, store: Store) -> Blueprint:
     @bp.get("/deliveries/<delivery_id>")
     def show(delivery_id: str) -> Response:
         delivery = existing(delivery_id)
-        return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id)))
+        return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id), sources))
 
     @bp.post("/deliveries/<delivery_id>/replay")
     def replay_one(delivery_id: str) -> tuple[Response, int]:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
 from relay.contacts import Contact, find_deliveries, forget, parse_contact
+from relay.errors import ConfigError
+from relay.mapping.loader import load_sources_leniently
+from relay.mapping.model import Source
 from relay.replay_check import check_delivery, check_replay
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
@@ -26,19 +30,21 @@ def _filters(args: Any) -> dict[str, Any]:
 
 def cmd_deliveries(args: Any, settings: Settings) -> int:
     store = Store(settings.database_url)
+    sources = _sources(settings)
     try:
         if args.id:
             delivery = store.get(args.id)
             if delivery is None:
                 print(f"relay: no delivery {args.id}", file=sys.stderr)
                 return 1
-            print(json.dumps(delivery_detail(delivery, store.attempts_of(args.id)), ensure_ascii=False, indent=2))
+            detail = delivery_detail(delivery, store.attempts_of(args.id), sources)
+            print(json.dumps(detail, ensure_ascii=False, indent=2))
             return 0
         if args.follow:
             if args.contact or args.status or args.since or args.until or args.before:
                 print("relay: --follow takes --source alone (and --json)", file=sys.stderr)
                 return 1
-            return _follow(store, args.source, as_json=args.json)
+            return _follow(store, sources, args.source, as_json=args.json)
         if args.contact:
             contact = _contact(args.contact, settings)
             if contact is None:
@@ -47,7 +53,7 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
         else:
             page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
         for delivery in page:
-            _print_delivery(delivery, as_json=args.json)
+            _print_delivery(delivery, sources, as_json=args.json)
         if len(page) == args.limit:  # on stderr: stdout stays one delivery a line, for scripts
             print(f"relay: there may be more: the same command with --before {page[-1].id}", file=sys.stderr)
         return 0
@@ -55,13 +61,22 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
         store.close()
 
 
-def _print_delivery(delivery: Delivery, *, as_json: bool) -> None:
-    row = delivery_summary(delivery)
+def _sources(settings: Settings) -> dict[str, Source]:
+    """The mapping files that load, to say each delivery's event; none (no events shown) when the folder has
+    no mapping file: the store's deliveries are listed wherever the command runs."""
+    try:
+        return load_sources_leniently(settings.mappings_dir)[0]
+    except ConfigError:
+        return {}
+
+
+def _print_delivery(delivery: Delivery, sources: Mapping[str, Source], *, as_json: bool) -> None:
+    row = delivery_summary(delivery, sources)
     if as_json:
         print(json.dumps(row, ensure_ascii=False), flush=True)
         return
     print(
-        f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['status']:<10} "
+        f"{row['id']}  {row['received_at']}  {row['source']:<13} {row['event'] or '-':<22} {row['status']:<10} "
         f"{row['reason'] or '':<9} attempts={row['attempts']}  {_one_line(row['detail'])}",
         flush=True,
     )
@@ -73,7 +88,9 @@ FOLLOW_WATCHED = 200  # deliveries not settled yet whose changes are shown, the 
 _SETTLED = ("delivered", "failed")
 
 
-def _follow(store: Store, source: str | None, *, as_json: bool, interval: float = FOLLOW_INTERVAL) -> int:
+def _follow(
+    store: Store, sources: Mapping[str, Source], source: str | None, *, as_json: bool, interval: float = FOLLOW_INTERVAL
+) -> int:
     """Print each delivery as it arrives, then again each time its status, reason or tries change, until
     Ctrl-C: an operator pressing a provider's "send test" button sees it come in, and go out."""
     watched: dict[str, tuple[str, str | None, int]] = {}
@@ -82,7 +99,7 @@ def _follow(store: Store, source: str | None, *, as_json: bool, interval: float 
     try:
         while True:
             for delivery in arrived:
-                _print_delivery(delivery, as_json=as_json)
+                _print_delivery(delivery, sources, as_json=as_json)
                 newest = max(newest, delivery.id)
                 if delivery.status not in _SETTLED:
                     watched[delivery.id] = (delivery.status, delivery.reason, delivery.attempts)
@@ -93,7 +110,7 @@ def _follow(store: Store, source: str | None, *, as_json: bool, interval: float 
                 if current is None or current.status in _SETTLED:
                     del watched[delivery_id]
                 if current is not None and (current.status, current.reason, current.attempts) != state:
-                    _print_delivery(current, as_json=as_json)
+                    _print_delivery(current, sources, as_json=as_json)
                     if delivery_id in watched:
                         watched[delivery_id] = (current.status, current.reason, current.attempts)
             time.sleep(interval)

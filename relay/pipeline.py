@@ -14,10 +14,10 @@ from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
 from relay.mapping.fetches import Fetch
 from relay.mapping.model import Source
-from relay.mapping.translate import OnceHolder, TranslateContext, Translation, translate
+from relay.mapping.translate import OnceHolder, TranslateContext, Translation, event_of, prepare_payload, translate
 from relay.upstream.xmlbody import name_problems
 
-__all__ = ["parse_request", "take_body_token", "translate_request"]
+__all__ = ["parse_request", "stored_event", "take_body_token", "translate_request"]
 
 
 def take_body_token(source: Source, request: InboundRequest) -> tuple[object, InboundRequest]:
@@ -41,6 +41,21 @@ def parse_request(request: InboundRequest, *, stored: bool = False) -> Any:
     A `stored` request passed the ingress limits when it arrived; they are not checked again.
     """
     return parse_body(request.body, request.content_type, check_depth=not stored)
+
+
+def stored_event(source: Source, request: InboundRequest) -> str | None:
+    """The event a stored request names (Shopify's topic, an InSales hook's `?topic=`, Stripe's `type`), as
+    its mapping reads it, for showing it beside the delivery; None when it names none, or when its body no
+    longer parses. A header says it without a look at the body."""
+    if source.event_header or source.event_query:
+        return event_of(source, None, request.headers)
+    if source.event_path is None:
+        return None
+    try:
+        payload = prepare_payload(source, parse_request(request, stored=True))
+    except RequestRejected:
+        return None
+    return event_of(source, payload, request.headers)
 
 
 def translate_request(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import sqlite3
 import time
 import uuid
@@ -19,7 +20,7 @@ from relay.admin_api import parse_time
 from relay.inbound import InboundRequest
 from relay.store import STATUSES, Store, new_id
 
-from .conftest import SECRETS, make_settings
+from .conftest import MAPPINGS, SECRETS, make_settings
 
 DAY = 24 * 3600.0
 T = TypeVar("T")
@@ -1014,3 +1015,47 @@ def test_replaying_many_takes_the_write_lock_a_batch_at_a_time(tmp_path):
         ]
     assert len(transactions) >= failed // 100
     assert max(transactions[1:]) < 100 * 100, transactions  # the first is the read, without the write lock
+
+
+def test_a_listed_delivery_says_the_event_its_request_names(tmp_path):
+    """Each row of a list, over the admin API and on the command line, gives the event as the source's mapping
+    reads it: Shopify's topic header, InSales' hook URL parameter, Stripe's `type` in the body; a Tilda form
+    names none."""
+    from relay.web import create_app
+
+    from .conftest import post_signed, relay_command
+    from .test_signatures import stripe
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    client = app.test_client()
+    examples = MAPPINGS / "examples"
+    shopify = post_signed(
+        client,
+        "shopify",
+        json.loads((examples / "shopify" / "orders-paid.json").read_text(encoding="utf-8")),
+        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+        header="X-Shopify-Hmac-Sha256",
+        headers={"X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "w-1"},
+    )
+    insales = client.post(
+        f"/hooks/insales?token={SECRETS['INSALES_WEBHOOK_TOKEN']}&topic=orders/create",
+        data=(examples / "insales" / "orders-create.json").read_bytes(),
+        content_type="application/json",
+    )
+    session = (examples / "stripe" / "checkout.session.completed.live.json").read_bytes()
+    signed = stripe(SECRETS["STRIPE_WEBHOOK_SECRET"], session, time.time())
+    paid = client.post("/hooks/stripe", data=session, content_type="application/json", headers=signed)
+    form = client.post(f"/hooks/tilda?token={SECRETS['TILDA_WEBHOOK_TOKEN']}", data={"Email": "a@example.com"})
+    answers = {"orders/paid": shopify, "orders/create": insales, "checkout.session.completed": paid, None: form}
+    expected = {answer.get_json()["id"]: event for event, answer in answers.items()}
+    auth = {"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]}
+    listed = client.get("/admin/api/deliveries", headers=auth).get_json()["deliveries"]
+    assert {row["id"]: row["event"] for row in listed} == expected
+    shown = client.get(f"/admin/api/deliveries/{shopify.get_json()['id']}", headers=auth).get_json()
+    assert shown["event"] == "orders/paid"
+    lines = relay_command("deliveries", env={"RELAY_DATABASE_URL": settings.database_url}).stdout.splitlines()
+    assert {line.split()[0]: line.split()[3] for line in lines} == {
+        delivery_id: event or "-" for delivery_id, event in expected.items()
+    }
+    app.extensions["relay"]["store"].close()
