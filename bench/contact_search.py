@@ -1,13 +1,14 @@
 """Finding one person's deliveries in a full store, and forgetting them: seconds per search.
 
-    .venv/bin/python bench/contact_search.py [--deliveries 100000] [--database-url postgresql://...]
+    .venv/bin/python bench/contact_search.py [--deliveries 100000] [--untranslated 2] [--database-url URL]
 
 Prints JSON. Fills a fresh store (a temporary SQLite file unless `--database-url` names another; the
 tables must not exist there yet) with Tilda forms and Shopify orders as the worker leaves them, each of
-a customer of its own, with their translated calls; 2 % wait untranslated (queued), whose payloads the
-search reads. Then times `relay deliveries --contact`'s search for an address that is there, a phone,
-and one that is not, and `relay forget` of one customer. A diagnostic, without a target: an operator's
-question should be answered in seconds, not minutes, at the store's size after 30 days of webhooks.
+a customer of its own, with their translated calls; `--untranslated` percent of them (2) wait untranslated
+(queued; all of them held while no upstream is set), whose payloads the search reads. Then times
+`relay deliveries --contact`'s search for an address that is there, a phone, and one that is not, and
+`relay forget` of one customer. A diagnostic, without a target: an operator's question should be answered
+in seconds, not minutes, at the store's size after 30 days of webhooks.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _requests() -> list[tuple[InboundRequest, str, str]]:
     ]
 
 
-def fill(store: Store, count: int) -> tuple[str, str]:
+def fill(store: Store, count: int, untranslated_percent: float) -> tuple[str, str]:
     """`count` deliveries, each of its own customer; (the e-mail of one in the middle, its phone)."""
     sources = load_sources(ROOT / "mappings")
     context = TranslateContext(phone_region="RU")
@@ -71,7 +72,7 @@ def fill(store: Store, count: int) -> tuple[str, str]:
         else:
             body = body.replace(b'"phone": null', f'"phone": "{phone}"'.encode(), 1)
         request = replace(request, body=body)
-        untranslated = number % 50 == 0
+        untranslated = (number * untranslated_percent) % 100 < untranslated_percent
         calls = None
         if not untranslated:
             translation = translate_request(sources[request.source], request, context)
@@ -119,13 +120,18 @@ def timed(function, *args, **kwargs):  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=100_000)
+    parser.add_argument("--untranslated", type=float, default=2.0, help="percent of the deliveries without calls")
     parser.add_argument("--database-url")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="bench-contacts-")
     store = Store(args.database_url or f"sqlite:///{folder}/relay.db")
     store.ensure_schema()
-    (email, phone), fill_seconds = timed(fill, store, args.deliveries)
-    figures: dict[str, object] = {"deliveries": args.deliveries, "fill_seconds": fill_seconds}
+    (email, phone), fill_seconds = timed(fill, store, args.deliveries, args.untranslated)
+    figures: dict[str, object] = {
+        "deliveries": args.deliveries,
+        "untranslated_percent": args.untranslated,
+        "fill_seconds": fill_seconds,
+    }
     for name, text in (("email", email.upper()), ("phone", phone), ("absent", "nobody@example.org")):
         found, seconds = timed(find_deliveries, store, parse_contact(text, "RU"), limit=50)
         figures[f"find_{name}"] = {"found": len(found), "seconds": seconds}
