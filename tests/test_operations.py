@@ -1125,3 +1125,41 @@ def test_export_dotenv_reads_the_file_again_and_forgets_what_was_taken_out(tmp_p
     assert (os.environ["FIRST_FROM_FILE"], os.environ["THIRD_FROM_FILE"]) == ("edited", "3")
     assert "SECOND_FROM_FILE" not in os.environ
     assert os.environ["SET_IN_THE_ENVIRONMENT"] == "environment"
+
+
+def test_the_systemd_unit_starts_relay_run_reloads_it_with_hup_and_gives_it_time_to_stop(tmp_path):
+    """ops/relay.service runs `relay run` as the command line takes it, from the folder whose `.venv` it names,
+    where the default store's folder is writable; reload is SIGHUP, stop SIGTERM to relay alone with more time
+    than the web server's graceful timeout; systemd's own check passes it where systemd-analyze is."""
+    import configparser
+    import shlex
+
+    from relay.cli import _parser
+    from relay.settings import Settings
+
+    text = (ROOT / "ops" / "relay.service").read_text(encoding="utf-8")
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment, method-assign]
+    unit.read_string(text)
+    service = unit["Service"]
+    command = shlex.split(service["ExecStart"])
+    home = service["WorkingDirectory"]
+    assert command[:4] == [f"{home}/.venv/bin/python", "-m", "relay", "run"]
+    parsed = _parser().parse_args(command[3:])
+    assert (parsed.host, parsed.port) == ("127.0.0.1", 8000)
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert (service["KillSignal"], service["KillMode"]) == ("SIGTERM", "mixed")
+    defaults = Settings.from_env({})
+    assert int(service["TimeoutStopSec"]) > defaults.web_graceful_timeout + 30
+    store_folder = str(Path(home) / Path(defaults.database_url.removeprefix("sqlite:///")).parent)
+    assert store_folder in service["ReadWritePaths"].split()
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    here = ROOT / ".venv" / "bin" / "python"
+    if not here.exists():
+        return  # a checkout without its own .venv: the interpreter the unit names is not there to check
+    copy = tmp_path / "relay.service"
+    copy.write_text(text.replace("/opt/relay", str(ROOT)), encoding="utf-8")
+    checked = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
