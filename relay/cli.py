@@ -309,6 +309,15 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         print("[]")
         print(f"relay: ignored: {translation.ignored}", file=sys.stderr)
         return 0
+    if translation.forget:
+        print("[]")
+        named = ", ".join(value for _kind, value in translation.forget)
+        print(
+            f"relay: rule {translation.rule!r} forgets every stored delivery naming {named}, from every source; "
+            "no call is made",
+            file=sys.stderr,
+        )
+        return 0
     if translation.once_key is not None:
         print(
             f"relay: rule {translation.rule!r} applies once per key: {translation.once_key!r} (the worker takes it "
@@ -353,7 +362,7 @@ def _save_example(args: argparse.Namespace, settings: Settings, source: Source, 
     except ValueError as exc:
         print(f"relay: the example was not saved: {exc}", file=sys.stderr)
         return False
-    outcome = next(key for key in ("calls", "ignored", "ping", "error") if key in expect)
+    outcome = next(key for key in ("calls", "ignored", "forget", "ping", "error") if key in expect)
     said = f"{len(expect['calls'])} call(s)" if outcome == "calls" else outcome
     print(f"relay: saved {path} (expecting {said})", file=sys.stderr)
     return True
@@ -609,6 +618,8 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
                 what = f"ignored ({rule.ignore})"
             elif rule.keep is not None:
                 what = f"kept unsent, to replay ({rule.keep})"
+            elif rule.forget is not None:
+                what = f"forgets the stored deliveries naming the person (by {', '.join(rule.forget)})"
             if rule.forwards and len(rule.matching) > 1:
                 what += f" (by {', else '.join(rule.matching)})"
             for setting in _optional_fields_off(rule.fields, settings.env) if rule.forwards else []:

@@ -933,6 +933,17 @@ class Store:
         row = _attempt_row(delivery_id, attempt) if attempt is not None else None
         return self._write(functools.partial(settle, outcome=params, attempt=row))
 
+    def scrub(self, delivery_id: str, token: str) -> bool:
+        """Blank a claimed delivery's request (body, headers, client address): an erasure request, done, keeps
+        no more of the person than its id. False when the claim was lost."""
+        with self._tx() as tx:
+            result = tx.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+                .values(body=b"", headers="{}", client_ip=None)
+            )
+        return bool(result.rowcount)
+
     def release(self, delivery_id: str, token: str) -> bool:
         """Give a claimed delivery back untouched, due now (a worker that is stopping)."""
         now = time.time()

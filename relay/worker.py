@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from relay import metrics
+from relay.contacts import forget, parse_contact
 from relay.errors import (
     FetchError,
     KeptByMapping,
@@ -367,6 +368,8 @@ class Worker:
             detail = f"waiting: {delivery.source}'s API answered 429; fetches resume in {pause.seconds:.0f} s"
             return self._give_back(delivery, token, None, due_in=pause.seconds, detail=detail)
         translated_in = time.perf_counter() - clock
+        if translation.forget:
+            return self._forget(delivery, token, translation)
         if translation.ignored:
             passed = translation.passed_note
             detail = translation.ignored if passed is None else f"{translation.ignored} ({passed})"
@@ -421,6 +424,38 @@ class Worker:
             )
         # Every call went through before (a replayed cycle that had finished): settle it.
         return self._all_sent(delivery, token, translation, calls, None, attempt_no, started, translated_in)
+
+    def _forget(self, delivery: Delivery, token: str, translation: Translation) -> str:
+        """An erasure request (a rule with `forget`): every stored delivery naming the person goes, from every
+        source, and this one keeps no more of them than its id. One a worker is sending at that moment is
+        forgotten at this delivery's next try, a minute on."""
+        contacts = []
+        for _kind, value in translation.forget:
+            try:
+                contacts.append(parse_contact(value, self.settings.phone_region))
+            except ValueError:
+                continue  # a phone no number can be made of: the e-mail, when given, still finds them
+        forgotten, being_sent = 0, set()
+        for contact in contacts:
+            found = forget(self.store, contact)
+            forgotten += len(found.ids)
+            being_sent |= set(found.being_delivered) - {delivery.id}
+        detail = f"forgot {forgotten} deliveries naming the person (rule {translation.rule!r})"
+        if being_sent:
+            return self._give_back(
+                delivery, token, [], due_in=60.0, detail=f"{detail}; {len(being_sent)} being sent, forgotten next"
+            )
+        # Blanked while still claimed, then settled: a worker stopped in between leaves a request that no longer
+        # parses (failed for its mapping when claimed again), never the person's data.
+        if not self.store.scrub(delivery.id, token):
+            return "retrying"  # the claim was lost: the worker that holds it now decides
+        self._keep(
+            delivery, partial(self.store.finish, delivery.id, token, status="delivered", detail=detail, calls=[])
+        )
+        log.info(
+            "erasure request done", extra={"delivery_id": delivery.id, "source": delivery.source, "count": forgotten}
+        )
+        return "delivered"
 
     def _all_sent(
         self,

@@ -208,3 +208,60 @@ def test_forgetting_while_the_worker_delivers_leaves_nothing_of_the_person(relay
     assert forgotten == ids
     assert all(store.get(delivery_id) is None and store.attempts_of(delivery_id) == [] for delivery_id in ids)
     assert not [line for line in lines if '"level": "error"' in line or "Traceback" in line]
+
+
+def _redact(client, email: str, phone: str) -> str:  # type: ignore[no-untyped-def]
+    """Shopify's customers/redact for this customer, signed as Shopify signs: the delivery's id."""
+    request = {
+        "shop_id": 954889,
+        "shop_domain": "relay-example.myshopify.com",
+        "customer": {"id": 191167, "email": email, "phone": phone},
+        "orders_to_redact": [299938],
+    }
+    answer = post_signed(
+        client,
+        "shopify",
+        request,
+        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+        header="X-Shopify-Hmac-Sha256",
+        headers={"X-Shopify-Topic": "customers/redact", "X-Shopify-Webhook-Id": body_digest(request)[:20]},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
+def _process(store, worker, delivery_id: str, later: float = 0) -> str:  # type: ignore[no-untyped-def]
+    """This delivery processed by the worker, the others it claimed with it handed back untouched."""
+    claimed = store.claim(owner=worker.owner, limit=20, lease_seconds=30, now=time.time() + later)
+    for delivery, token in claimed:
+        if delivery.id != delivery_id:
+            assert store.release(delivery.id, token)
+    [(delivery, token)] = [(delivery, token) for delivery, token in claimed if delivery.id == delivery_id]
+    return str(worker.process(delivery, token))
+
+
+def test_a_shopify_erasure_request_forgets_the_customer_from_every_source_and_keeps_none_of_itself(relay, stored):
+    client, store, worker, _ = relay
+    ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
+    request_id = _redact(client, "IVAN.PETROV@example.com", "+7 912 345-67-89")
+    assert _process(store, worker, request_id) == "delivered"
+    assert all(store.get(delivery_id) is None for delivery_id in ivan)  # Tilda's forms as much as Shopify's
+    assert {stored["maria"], stored["longer_address"]} <= {d.id for d in store.list_deliveries(limit=20)}
+    done = store.get(request_id)
+    assert done.detail == "forgot 4 deliveries naming the person (rule 'customer_redact')"
+    assert (done.body, done.headers, done.client_ip) == (b"", {}, None)
+    assert "ivan" not in json.dumps(client.get(f"/admin/api/deliveries/{request_id}", headers=ADMIN).get_json())
+
+
+def test_an_erasure_request_waits_for_a_delivery_being_sent_and_forgets_it_next(relay, stored):
+    client, store, worker, _ = relay
+    [(claimed, token)] = store.claim(owner="another-worker", limit=1, lease_seconds=30)
+    assert claimed.id == stored["ivan_queued"]
+    request_id = _redact(client, "ivan.petrov@example.com", "")
+    assert _process(store, worker, request_id) == "retrying"
+    waiting = store.get(request_id)
+    assert "1 being sent, forgotten next" in waiting.detail and waiting.body != b""
+    assert store.get(stored["ivan_delivered"]) is None and store.get(stored["ivan_queued"]) is not None
+    assert store.release(claimed.id, token)  # the other worker is done with it
+    assert _process(store, worker, request_id, later=120) == "delivered"
+    assert store.get(stored["ivan_queued"]) is None and store.get(request_id).body == b""

@@ -117,11 +117,12 @@ def test_sources_and_preview_say_what_a_keep_rule_does(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
-        ("    ignore: not these\n", "rules.0.keep: a rule either ignores or keeps what it takes, not both"),
+        ("    ignore: not these\n", "rules.0.keep: a rule has one of ignore, keep and forget, not ignore and keep"),
         ("    once: 'x {id}'\n", "rules.0.once: once is for a rule that forwards, not one with keep"),
+        ("    forget: {email: {path: email}}\n", "not keep and forget"),
     ],
 )
-def test_a_keep_rule_neither_ignores_nor_counts_once(tmp_path: Path, extra: str, problem: str):
+def test_a_keep_rule_neither_ignores_nor_forgets_nor_counts_once(tmp_path: Path, extra: str, problem: str):
     path = tmp_path / "landing.yaml"
     path.write_text(CAPTURING + extra, encoding="utf-8")
     source, problems = load_source_file(path)

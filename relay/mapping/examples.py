@@ -16,7 +16,7 @@ Each source keeps its proof in `mappings/examples/<source>/*.yaml`::
       fetches: [https://api.example.com/orders/250]   # optional: the addresses fetched, as relay shows them
       once: order 250 paid              # optional: the once key the chosen rule takes (none: `once: null`)
       calls: [{method: profiles/import, body: {...}}]
-      # or ignored: <reason substring> | ping: true | error: <substring>
+      # or ignored: <reason substring> | ping: true | error: <substring> | forget: [<e-mail>, <phone>]
       # (error with calls: the calls that still go when the order alone is refused)
 
 `python -m relay check` and the test suite both run them through `run_example`.
@@ -121,6 +121,8 @@ class Observed:
         expect: dict[str, Any] = {"fetches": self.fetches} if self.fetches else {}
         if self.translation.ignored:
             return {**expect, "ignored": self.translation.ignored}
+        if self.translation.forget:
+            return {**expect, "forget": [value for _kind, value in self.translation.forget]}
         if self.translation.once_key is not None:
             expect["once"] = self.translation.once_key
         if self.translation.order_refused:
@@ -210,6 +212,11 @@ def _differences(expect: dict[str, Any], observed: Observed) -> list[str]:
         return [f"expected a mapping error containing {expect['error']!r}, got calls"]
     if "error" in expect and "calls" not in expect:
         return []
+    forgotten = [value for _kind, value in translation.forget]
+    if "forget" in expect or forgotten:
+        if forgotten == list(expect.get("forget") or []):
+            return []
+        return [f"forgets {forgotten or 'nobody'}, expected {list(expect.get('forget') or [])}"]
     if "ignored" in expect:
         if translation.ignored and str(expect["ignored"]) in translation.ignored:
             return []

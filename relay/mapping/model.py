@@ -120,6 +120,9 @@ class Rule:
     when: str | None = None
     ignore: str | None = None
     keep: str | None = None
+    # An erasure request (Shopify's customers/redact): relay forgets the stored deliveries naming this e-mail
+    # and phone, from every source, and makes no call.
+    forget: dict[str, ValueSpec] | None = None
     method: str = "profiles/import"
     matching: tuple[str, ...] = ("email",)  # in order of preference: the first the payload gives keys for
     match: dict[str, ValueSpec] = field(default_factory=dict)
@@ -142,8 +145,8 @@ class Rule:
 
     @property
     def forwards(self) -> bool:
-        """Whether the rule makes calls (neither `ignore` nor `keep`)."""
-        return self.ignore is None and self.keep is None
+        """Whether the rule makes calls (not `ignore`, `keep` or `forget`)."""
+        return self.ignore is None and self.keep is None and self.forget is None
 
 
 @dataclass(frozen=True)

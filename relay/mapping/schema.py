@@ -374,6 +374,9 @@ class RuleSchema(StrictSchema):
     when = Expression(load_default=None)
     ignore = fields.String(load_default=None)
     keep = fields.String(load_default=None)
+    forget = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(("email", "phone"))), values=ValueField(), load_default=None
+    )
     method = fields.String(load_default="profiles/import", validate=validate.OneOf(PROFILE_METHODS))
     matching = MatchingModes(load_default=("email",))
     match = fields.Dict(
@@ -396,9 +399,12 @@ class RuleSchema(StrictSchema):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("ignore") is not None and data.get("keep") is not None:
-            raise ValidationError("a rule either ignores or keeps what it takes, not both", "keep")
-        for unsent in ("ignore", "keep"):
+        unsent_keys = [key for key in ("ignore", "keep", "forget") if data.get(key) is not None]
+        if len(unsent_keys) > 1:
+            raise ValidationError(f"a rule has one of ignore, keep and forget, not {' and '.join(unsent_keys)}", "keep")
+        if data.get("forget") is not None and not data["forget"]:
+            raise ValidationError("forget names the person's email, phone or both", "forget")
+        for unsent in ("ignore", "keep", "forget"):
             if data.get(unsent) is not None:
                 if data.get("once") is not None:
                     raise ValidationError(f"once is for a rule that forwards, not one with {unsent}", "once")
@@ -422,6 +428,7 @@ class RuleSchema(StrictSchema):
             when=data["when"],
             ignore=data["ignore"],
             keep=data["keep"],
+            forget=data["forget"],
             method=data["method"],
             matching=data["matching"],
             match=data["match"],

@@ -100,6 +100,7 @@ class Translation:
     order_held: FetchError | None = None
     once_key: str | None = None
     passed_over: tuple[PassedOver, ...] = ()
+    forget: tuple[tuple[str, str], ...] = ()  # (email or phone, the value): a rule's erasure request
 
     @property
     def passed_note(self) -> str | None:
@@ -284,6 +285,8 @@ def translate(
             if rule.keep is not None:
                 raise KeptByMapping(f"kept by rule {rule.name!r}: {rule.keep}")
             builder = _Builder(source, rule, data, ctx, client_ip)
+            if rule.forget is not None:
+                return Translation(calls=[], rule=rule.name, event=event, forget=builder.forgotten())
             once_key = builder.once_key()
             holder = once_holder(once_key) if once_key is not None and once_holder is not None else None
             if once_key is not None and holder is not None:
@@ -367,6 +370,16 @@ class _Builder:
         self.ctx = ctx
         self.client_ip = client_ip
         self.transform_ctx = TransformContext(phone_region=ctx.phone_region)
+
+    def forgotten(self) -> tuple[tuple[str, str], ...]:
+        """The e-mail and phone a `forget` rule names, as text. Raises MappingError when it gives neither."""
+        assert self.rule.forget is not None
+        named = [(kind, self.value(spec)) for kind, spec in self.rule.forget.items()]
+        found = tuple((kind, str(value)) for kind, value in named if isinstance(value, (str, int)) and str(value))
+        if not found:
+            kinds = " or ".join(self.rule.forget)
+            raise MappingError(f"rule {self.rule.name!r} forgets a person by {kinds}, and the payload gives none")
+        return found
 
     # -- values -----------------------------------------------------------
     def value(self, spec: ValueSpec) -> Any:
