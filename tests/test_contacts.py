@@ -48,6 +48,20 @@ def _tilda(client, form: dict[str, str], tranid: str) -> str:  # type: ignore[no
     return str(response.get_json()["id"])
 
 
+def _shopify(client, topic: str, payload: dict) -> str:  # type: ignore[no-untyped-def, type-arg]
+    """Post a Shopify webhook signed as Shopify signs it: the stored delivery's id."""
+    answer = post_signed(
+        client,
+        "shopify",
+        payload,
+        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+        header="X-Shopify-Hmac-Sha256",
+        headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": body_digest(payload)[:20]},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
 @pytest.fixture
 def stored(relay):  # type: ignore[no-untyped-def]
     """Ivan's form delivered, his Shopify checkout delivered, a form of his that its mapping ignored, another
@@ -62,15 +76,7 @@ def stored(relay):  # type: ignore[no-untyped-def]
         assert drain(store, worker, ids[name]) == "delivered"
     checkout = json.loads((MAPPINGS / "examples/shopify/checkouts-create.json").read_text(encoding="utf-8"))
     checkout.update({"email": "IVAN.PETROV@example.com", "phone": None})
-    taken = post_signed(
-        client,
-        "shopify",
-        checkout,
-        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
-        header="X-Shopify-Hmac-Sha256",
-        headers={"X-Shopify-Topic": "checkouts/create", "X-Shopify-Webhook-Id": body_digest(checkout)[:20]},
-    )
-    ids["ivan_checkout"] = taken.get_json()["id"]
+    ids["ivan_checkout"] = _shopify(client, "checkouts/create", checkout)
     assert drain(store, worker, ids["ivan_checkout"]) == "delivered"
     # What the worker does with a delivery its mapping ignores (one replayed after its rule became `ignore`):
     # delivered with no calls, found by its payload.
@@ -211,23 +217,14 @@ def test_forgetting_while_the_worker_delivers_leaves_nothing_of_the_person(relay
 
 
 def _redact(client, email: str, phone: str) -> str:  # type: ignore[no-untyped-def]
-    """Shopify's customers/redact for this customer, signed as Shopify signs: the delivery's id."""
+    """Shopify's customers/redact for this customer: the delivery's id."""
     request = {
         "shop_id": 954889,
         "shop_domain": "relay-example.myshopify.com",
         "customer": {"id": 191167, "email": email, "phone": phone},
         "orders_to_redact": [299938],
     }
-    answer = post_signed(
-        client,
-        "shopify",
-        request,
-        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
-        header="X-Shopify-Hmac-Sha256",
-        headers={"X-Shopify-Topic": "customers/redact", "X-Shopify-Webhook-Id": body_digest(request)[:20]},
-    )
-    assert answer.status_code == 202, answer.get_json()
-    return str(answer.get_json()["id"])
+    return _shopify(client, "customers/redact", request)
 
 
 def _process(store, worker, delivery_id: str, later: float = 0) -> str:  # type: ignore[no-untyped-def]
