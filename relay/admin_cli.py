@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
 from relay.contacts import Contact, find_deliveries, forget, parse_contact
 from relay.errors import ConfigError
+from relay.listing import chosen_deliveries, iter_chosen, naming_event
 from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
-from relay.replay_check import check_delivery, check_replay
+from relay.replay_check import check_deliveries, check_delivery, check_replay
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
@@ -41,15 +43,18 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
             print(json.dumps(detail, ensure_ascii=False, indent=2))
             return 0
         if args.follow:
-            if args.contact or args.status or args.since or args.until or args.before:
+            if args.contact or args.status or args.since or args.until or args.before or args.event:
                 print("relay: --follow takes --source alone (and --json)", file=sys.stderr)
                 return 1
             return _follow(store, sources, args.source, as_json=args.json)
+        also = naming_event(sources, args.event) if args.event else None
         if args.contact:
             contact = _contact(args.contact, settings)
             if contact is None:
                 return 1
-            page = find_deliveries(store, contact, limit=args.limit, before=args.before, **_filters(args))
+            page = find_deliveries(store, contact, limit=args.limit, before=args.before, also=also, **_filters(args))
+        elif also is not None:
+            page = chosen_deliveries(store, also, limit=args.limit, before=args.before, **_filters(args))
         else:
             page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
         for delivery in page:
@@ -154,13 +159,15 @@ def cmd_replay(args: Any, settings: Settings) -> int:
             print(said)
             return 0
         filters = _filters(args)
-        if not any(filters.values()):
-            print("relay: give an id, or a filter (--status, --source, --since, --until)", file=sys.stderr)
+        if not any(filters.values()) and not args.event:
+            print("relay: give an id, or a filter (--status, --source, --since, --until, --event)", file=sys.stderr)
             return 1
         refusal = replay_refusal(filters["status"])
         if refusal:
             print("relay: " + refusal, file=sys.stderr)
             return 1
+        if args.event:
+            return _replay_event(store, settings, filters, args.event, status, dry_run=args.dry_run)
         if args.dry_run:
             found = store.replayable(**filters)
             parts = ", ".join(f"{key} {count}" for key, count in found.items())
@@ -172,6 +179,26 @@ def cmd_replay(args: Any, settings: Settings) -> int:
         return 0
     finally:
         store.close()
+
+
+def _replay_event(
+    store: Store, settings: Settings, filters: dict[str, Any], event: str, status: str, *, dry_run: bool
+) -> int:
+    """`replay --event`: the replayable deliveries the filters take whose request names the event."""
+    names_event = naming_event(_sources(settings), event)
+    chosen = iter_chosen(store, names_event, replayable=True, **filters)
+    found = [(delivery.id, status_and_reason(delivery.status, delivery.reason)) for delivery in chosen]
+    if not dry_run:
+        replayed = store.replay_ids([delivery_id for delivery_id, _ in found], to_status=status)
+        print(f"replayed {_deliveries(replayed)} ({status})")
+        return 0
+    counts = Counter(kind for _, kind in found)
+    parts = ", ".join(f"{key} {count}" for key, count in sorted(counts.items()))
+    print(f"would replay {_deliveries(len(found))}" + (f": {parts}" if parts else ""))
+    if found:
+        chosen = iter_chosen(store, names_event, replayable=True, **filters)
+        print(_replay_check_lines(check_deliveries(chosen, settings, store), len(found)), end="")
+    return 0
 
 
 def cmd_forget(args: Any, settings: Settings) -> int:

@@ -162,6 +162,9 @@ def _add_filters(command: argparse.ArgumentParser) -> None:
     command.add_argument("--source", type=_source)
     command.add_argument("--since", type=_time, help="ISO 8601 time or epoch seconds")
     command.add_argument("--until", type=_time, help="ISO 8601 time or epoch seconds")
+    command.add_argument(
+        "--event", help="the event the request names, as its mapping reads it (orders/paid, checkout.session.completed)"
+    )
 
 
 def _status(text: str) -> str:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from relay.errors import RequestRejected
+from relay.listing import chosen_deliveries
 from relay.mapping.transforms import TransformContext, apply_transform
 from relay.pipeline import parse_request
 from relay.store import Delivery, Store
@@ -29,7 +31,6 @@ __all__ = ["Contact", "Forgotten", "find_deliveries", "forget", "names_contact",
 
 log = logging.getLogger("relay.contacts")
 
-_PAGE = 500
 _DELETE_BATCH = 500
 _NOT_DIGITS = re.compile(r"\D")
 _TAIL_DIGITS = 7  # a phone's last digits, looked for before a value is parsed as a phone
@@ -99,17 +100,21 @@ def delivery_names(delivery: Delivery, contact: Contact) -> bool:
 
 
 def find_deliveries(
-    store: Store, contact: Contact, *, limit: int, before: str | None = None, **filters: Any
+    store: Store,
+    contact: Contact,
+    *,
+    limit: int,
+    before: str | None = None,
+    also: Callable[[Delivery], bool] | None = None,
+    **filters: Any,
 ) -> list[Delivery]:
-    """The newest `limit` deliveries (before `before`, matching `filters`) that name the contact."""
-    found: list[Delivery] = []
-    while len(found) < limit:
-        page = store.list_deliveries(limit=_PAGE, before=before, naming=contact.needle, **filters)
-        found += [delivery for delivery in page if delivery_names(delivery, contact)]
-        if len(page) < _PAGE:
-            break
-        before = page[-1].id
-    return found[:limit]
+    """The newest `limit` deliveries (before `before`, matching `filters`, and `also` when given) that name
+    the contact."""
+
+    def keep(delivery: Delivery) -> bool:
+        return delivery_names(delivery, contact) and (also is None or also(delivery))
+
+    return chosen_deliveries(store, keep, limit=limit, before=before, naming=contact.needle, **filters)
 
 
 @dataclass

@@ -10,6 +10,8 @@ and nothing is changed. The visitor's location is not looked up: it adds fields,
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ from relay.pipeline import translate_request
 from relay.settings import Settings
 from relay.store import Delivery, Store
 
-__all__ = ["CHECKED_AT_MOST", "CHECKED_OVER_HTTP", "check_delivery", "check_replay"]
+__all__ = ["CHECKED_AT_MOST", "CHECKED_OVER_HTTP", "check_deliveries", "check_delivery", "check_replay"]
 
 # The newest this many: a bound on the time a dry run takes (10,000 Shopify orders: 4 s of CPU). Over
 # the admin API it runs in a web worker, beside the webhooks, so it checks fewer there.
@@ -77,6 +79,18 @@ def check_replay(
         if len(page) < _PAGE:
             break
         before = page[-1].id
+    return check.to_dict()
+
+
+def check_deliveries(
+    chosen: Iterable[Delivery], settings: Settings, store: Store, *, limit: int = CHECKED_AT_MOST
+) -> dict[str, Any]:
+    """`check_replay`'s answer for the first `limit` of these deliveries (chosen by what their request says)."""
+    sources, broken = load_sources_leniently(settings.mappings_dir)
+    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
+    check = ReplayCheck()
+    for delivery in itertools.islice(chosen, limit):
+        _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
     return check.to_dict()
 
 

@@ -967,6 +967,14 @@ class Store:
         """Start a fresh retry cycle for a failed or held delivery; earlier attempts stay."""
         return self._replay(deliveries.c.id == delivery_id, to_status=to_status, now=now) == 1
 
+    def replay_ids(self, delivery_ids: Sequence[str], *, to_status: str = "queued", batch: int = REPLAY_BATCH) -> int:
+        """Replay those of these deliveries that are failed or held; returns how many."""
+        replayed = 0
+        for start in range(0, len(delivery_ids), batch):
+            chosen = deliveries.c.id.in_(delivery_ids[start : start + batch])
+            replayed += self._replay(chosen, to_status=to_status, now=None, batch=batch)
+        return replayed
+
     def replay_matching(self, *, to_status: str = "queued", batch: int = REPLAY_BATCH, **filters: Any) -> int:
         """Replay every failed or held delivery that matches the filters; returns how many."""
         return self._replay(*self._filters(**filters), to_status=to_status, now=None, batch=batch)

@@ -1017,10 +1017,10 @@ def test_replaying_many_takes_the_write_lock_a_batch_at_a_time(tmp_path):
     assert max(transactions[1:]) < 100 * 100, transactions  # the first is the read, without the write lock
 
 
-def test_a_listed_delivery_says_the_event_its_request_names(tmp_path):
+def test_a_listed_delivery_says_the_event_its_request_names_and_the_event_chooses(tmp_path):
     """Each row of a list, over the admin API and on the command line, gives the event as the source's mapping
     reads it: Shopify's topic header, InSales' hook URL parameter, Stripe's `type` in the body; a Tilda form
-    names none."""
+    names none. The event also chooses what a list shows and a replay takes."""
     from relay.web import create_app
 
     from .conftest import post_signed, relay_command
@@ -1054,8 +1054,23 @@ def test_a_listed_delivery_says_the_event_its_request_names(tmp_path):
     assert {row["id"]: row["event"] for row in listed} == expected
     shown = client.get(f"/admin/api/deliveries/{shopify.get_json()['id']}", headers=auth).get_json()
     assert shown["event"] == "orders/paid"
-    lines = relay_command("deliveries", env={"RELAY_DATABASE_URL": settings.database_url}).stdout.splitlines()
+    env = {"RELAY_DATABASE_URL": settings.database_url}
+    lines = relay_command("deliveries", env=env).stdout.splitlines()
     assert {line.split()[0]: line.split()[3] for line in lines} == {
         delivery_id: event or "-" for delivery_id, event in expected.items()
     }
+    # The event as a filter: a list, and a replay (these wait as held: no upstream is set).
+    paid_id = paid.get_json()["id"]
+    chosen = client.get("/admin/api/deliveries?event=checkout.session.completed", headers=auth).get_json()
+    assert [row["id"] for row in chosen["deliveries"]] == [paid_id]
+    only = relay_command("deliveries", "--event", "orders/paid", "--status", "held", env=env).stdout.splitlines()
+    assert [line.split()[0] for line in only] == [shopify.get_json()["id"]]
+    dry = client.post("/admin/api/replay?event=orders/create&dry_run=1", headers=auth).get_json()
+    assert dry["would_replay"] == 1 and dry["by_status"] == {"held": 1}
+    assert dry["with_mappings_now"]["checked"] == 1
+    told = relay_command("replay", "--event", "checkout.session.completed", "--dry-run", env=env)
+    assert told.returncode == 0 and told.stdout.startswith("would replay 1 delivery: held 1"), told.stdout
+    done = relay_command("replay", "--event", "checkout.session.completed", env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "replayed 1 delivery (held)", done.stdout + done.stderr
+    assert client.post("/admin/api/replay?event=nothing-names-this", headers=auth).get_json() == {"replayed": 0}
     app.extensions["relay"]["store"].close()
