@@ -43,10 +43,10 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
             print(json.dumps(detail, ensure_ascii=False, indent=2))
             return 0
         if args.follow:
-            if args.contact or args.status or args.since or args.until or args.before or args.event:
-                print("relay: --follow takes --source alone (and --json)", file=sys.stderr)
+            if args.contact or args.status or args.since or args.until or args.before:
+                print("relay: --follow takes --source and --event (and --json)", file=sys.stderr)
                 return 1
-            return _follow(store, sources, args.source, as_json=args.json)
+            return _follow(store, sources, args.source, as_json=args.json, event=args.event)
         also = naming_event(sources, args.event) if args.event else None
         if args.contact:
             contact = _contact(args.contact, settings)
@@ -94,18 +94,28 @@ _SETTLED = ("delivered", "failed")
 
 
 def _follow(
-    store: Store, sources: Mapping[str, Source], source: str | None, *, as_json: bool, interval: float = FOLLOW_INTERVAL
+    store: Store,
+    sources: Mapping[str, Source],
+    source: str | None,
+    *,
+    as_json: bool,
+    event: str | None = None,
+    interval: float = FOLLOW_INTERVAL,
 ) -> int:
-    """Print each delivery as it arrives, then again each time its status, reason or tries change, until
-    Ctrl-C: an operator pressing a provider's "send test" button sees it come in, and go out."""
+    """Print each delivery as it arrives (of `source`, naming `event`), then again each time its status, reason
+    or tries change, until Ctrl-C: an operator pressing a provider's "send test" button sees it come in, and
+    go out."""
+    keep = naming_event(sources, event) if event else (lambda _delivery: True)
     watched: dict[str, tuple[str, str | None, int]] = {}
-    newest = ""
-    arrived = list(reversed(store.list_deliveries(limit=FOLLOW_BACKLOG, source=source)))
+    newest = max((delivery.id for delivery in store.list_deliveries(limit=1, source=source)), default="")
+    arrived = list(reversed(chosen_deliveries(store, keep, limit=FOLLOW_BACKLOG, source=source)))
     try:
         while True:
             for delivery in arrived:
-                _print_delivery(delivery, sources, as_json=as_json)
                 newest = max(newest, delivery.id)
+                if not keep(delivery):
+                    continue
+                _print_delivery(delivery, sources, as_json=as_json)
                 if delivery.status not in _SETTLED:
                     watched[delivery.id] = (delivery.status, delivery.reason, delivery.attempts)
             for delivery_id in sorted(watched)[:-FOLLOW_WATCHED]:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, SECRETS, drain, hand_driven, quick_retry_settings
+from .conftest import MAPPINGS, ROOT, SECRETS, drain, hand_driven, post_signed, quick_retry_settings
 
 WAIT_SECONDS = 15.0
 
@@ -86,10 +86,38 @@ def test_follow_prints_each_delivery_as_it_arrives_and_again_as_it_settles(relay
                 process.kill()
 
 
-def test_follow_takes_no_filter_but_the_source(tmp_path):
+def test_follow_with_an_event_shows_only_the_requests_that_name_it(relay):
+    client, _store, worker = relay
+    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--event", "orders/paid", "--json"]
+    env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            lines = Lines(process)
+            form = _tilda(client, "form@example.com", "3:1")
+            order = json.loads((MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_text(encoding="utf-8"))
+            paid = post_signed(
+                client,
+                "shopify",
+                order,
+                secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+                header="X-Shopify-Hmac-Sha256",
+                headers={"X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "follow-1"},
+            )
+            assert lines.wait_for(paid.get_json()["id"], "queued")["event"] == "orders/paid"
+            assert form not in {row["id"] for row in lines.seen}
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=WAIT_SECONDS) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_follow_takes_no_filter_but_the_source_and_the_event(tmp_path):
     from .conftest import relay_command
 
     refused = relay_command(
         "deliveries", "--follow", "--status", "failed", env={"RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"}
     )
-    assert refused.returncode == 1 and "--follow takes --source alone" in refused.stderr
+    assert refused.returncode == 1 and "--follow takes --source and --event" in refused.stderr

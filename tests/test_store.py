@@ -1074,3 +1074,13 @@ def test_a_listed_delivery_says_the_event_its_request_names_and_the_event_choose
     assert done.returncode == 0 and done.stdout.strip() == "replayed 1 delivery (held)", done.stdout + done.stderr
     assert client.post("/admin/api/replay?event=nothing-names-this", headers=auth).get_json() == {"replayed": 0}
     app.extensions["relay"]["store"].close()
+
+
+def test_replay_by_ids_takes_the_failed_and_held_among_them_in_batches(store):
+    """`replay_ids` (a replay chosen by event) replays the held and failed ones of the ids it is given, a batch
+    a transaction, and leaves the others; a second replay finds none left to replay."""
+    held = [_accept_numbered(store, "tilda", n, "held") for n in range(5)]
+    queued = _accept_numbered(store, "tilda", 9, "queued")
+    assert store.replay_ids([*held, queued, "0" * 32], to_status="queued", batch=2) == 5
+    assert {store.get(delivery_id).status for delivery_id in held} == {"queued"}
+    assert store.replay_ids(held, batch=2) == 0
