@@ -6,6 +6,7 @@ again once it is delivered; another source's webhooks stay out of a `--source` v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -57,27 +59,17 @@ class Lines:
         raise AssertionError(f"no line for {delivery_id} {status} within {WAIT_SECONDS} s; saw {self.seen}")
 
 
-def test_follow_prints_each_delivery_as_it_arrives_and_again_as_it_settles(relay):
-    client, store, worker = relay
-    earlier = _tilda(client, "first@example.com", "1:1")
-    assert drain(store, worker, earlier) == "delivered"
-    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--source", "tilda", "--json"]
+@contextlib.contextmanager
+def following(worker, *options: str) -> Iterator[Lines]:  # type: ignore[no-untyped-def]
+    """`relay deliveries --follow --json <options>` running on the worker's store; at the end Ctrl-C must stop
+    it cleanly."""
+    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--json", *options]
     env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
     with subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         try:
-            lines = Lines(process)
-            lines.wait_for(earlier, "delivered")  # the newest ones first, as tail -f shows the last lines
-            arrived = _tilda(client, "second@example.com", "2:1")
-            other = client.post(
-                f"/hooks/google_forms?token={SECRETS['GOOGLE_FORMS_WEBHOOK_TOKEN']}", json={"email": "g@example.com"}
-            )
-            assert other.status_code == 202
-            assert lines.wait_for(arrived, "queued")["attempts"] == 0
-            assert drain(store, worker, arrived) == "delivered"
-            assert lines.wait_for(arrived, "delivered")["attempts"] == 1
-            assert other.get_json()["id"] not in {row["id"] for row in lines.seen}
+            yield Lines(process)
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=WAIT_SECONDS) == 0
             assert process.stderr is not None and "Traceback" not in process.stderr.read()
@@ -86,32 +78,38 @@ def test_follow_prints_each_delivery_as_it_arrives_and_again_as_it_settles(relay
                 process.kill()
 
 
+def test_follow_prints_each_delivery_as_it_arrives_and_again_as_it_settles(relay):
+    client, store, worker = relay
+    earlier = _tilda(client, "first@example.com", "1:1")
+    assert drain(store, worker, earlier) == "delivered"
+    with following(worker, "--source", "tilda") as lines:
+        lines.wait_for(earlier, "delivered")  # the newest ones first, as tail -f shows the last lines
+        arrived = _tilda(client, "second@example.com", "2:1")
+        other = client.post(
+            f"/hooks/google_forms?token={SECRETS['GOOGLE_FORMS_WEBHOOK_TOKEN']}", json={"email": "g@example.com"}
+        )
+        assert other.status_code == 202
+        assert lines.wait_for(arrived, "queued")["attempts"] == 0
+        assert drain(store, worker, arrived) == "delivered"
+        assert lines.wait_for(arrived, "delivered")["attempts"] == 1
+        assert other.get_json()["id"] not in {row["id"] for row in lines.seen}
+
+
 def test_follow_with_an_event_shows_only_the_requests_that_name_it(relay):
     client, _store, worker = relay
-    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--event", "orders/paid", "--json"]
-    env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
-    with subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        try:
-            lines = Lines(process)
-            form = _tilda(client, "form@example.com", "3:1")
-            order = json.loads((MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_text(encoding="utf-8"))
-            paid = post_signed(
-                client,
-                "shopify",
-                order,
-                secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
-                header="X-Shopify-Hmac-Sha256",
-                headers={"X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "follow-1"},
-            )
-            assert lines.wait_for(paid.get_json()["id"], "queued")["event"] == "orders/paid"
-            assert form not in {row["id"] for row in lines.seen}
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=WAIT_SECONDS) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with following(worker, "--event", "orders/paid") as lines:
+        form = _tilda(client, "form@example.com", "3:1")
+        order = json.loads((MAPPINGS / "examples" / "shopify" / "orders-paid.json").read_text(encoding="utf-8"))
+        paid = post_signed(
+            client,
+            "shopify",
+            order,
+            secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+            header="X-Shopify-Hmac-Sha256",
+            headers={"X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "follow-1"},
+        )
+        assert lines.wait_for(paid.get_json()["id"], "queued")["event"] == "orders/paid"
+        assert form not in {row["id"] for row in lines.seen}
 
 
 def test_follow_takes_no_filter_but_the_source_and_the_event(tmp_path):
