@@ -363,6 +363,8 @@ def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Sour
         asked = request.get_json(silent=True)
         if not isinstance(asked, dict) or not isinstance(asked.get("contact"), str):
             abort(400, description='send {"contact": "<e-mail address or phone number>"} as JSON')
+        if not isinstance(asked.get("dry_run", False), bool):
+            abort(400, description="dry_run is true or false")  # "false" in quotes must not delete, nor pass
         contact = _contact(asked["contact"])
         if asked.get("dry_run"):
             found = forget(store, contact, dry_run=True)

@@ -142,6 +142,8 @@ def test_forgetting_a_person_deletes_their_deliveries_with_their_attempts_and_no
     assert again.status_code == 200 and again.get_json()["status"] == "duplicate"
     assert _found(client, "ivan.petrov@example.com") == set()
     assert client.post("/admin/api/forget", json={"contact": "no one"}, headers=ADMIN).status_code == 400
+    quoted = client.post("/admin/api/forget", json={"contact": "maria@example.com", "dry_run": "false"}, headers=ADMIN)
+    assert quoted.status_code == 400 and store.get(stored["maria"]) is not None
     assert client.post("/admin/api/forget", data="ivan", headers=ADMIN).status_code == 400
 
 
