@@ -17,12 +17,12 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
-from relay.contacts import Contact, find_deliveries, forget, parse_contact
-from relay.listing import chosen_deliveries, iter_chosen, naming_event
+from relay.contacts import Contact, forget, listed_deliveries, parse_contact
+from relay.listing import naming_event
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.pipeline import stored_event
-from relay.replay_check import CHECKED_OVER_HTTP, check_deliveries, check_replay
+from relay.replay_check import CHECKED_OVER_HTTP, check_replay, replay_event
 from relay.settings import Settings
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
@@ -273,14 +273,11 @@ def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Sour
         except ValueError as exc:
             abort(400, description=f"before {exc}")
         filters = _filters()
-        also = naming_event(sources or {}, request.args["event"]) if request.args.get("event") else None
-        if request.args.get("contact"):
-            contact = _contact(request.args["contact"])
-            found = find_deliveries(store, contact, limit=limit, before=before, also=also, **filters)
-        elif also is not None:
-            found = chosen_deliveries(store, also, limit=limit, before=before, **filters)
-        else:
-            found = store.list_deliveries(limit=limit, before=before, **filters)
+        names_event = naming_event(sources or {}, request.args["event"]) if request.args.get("event") else None
+        contact = _contact(request.args["contact"]) if request.args.get("contact") else None
+        found = listed_deliveries(
+            store, limit=limit, before=before, contact=contact, names_event=names_event, **filters
+        )
         return jsonify(
             {
                 "deliveries": [delivery_summary(d, sources) for d in found],
@@ -327,36 +324,27 @@ def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Sour
         if refusal:
             abort(400, description=refusal)
         dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
+        status = "queued" if settings.upstream_url else "held"
         if event:
-            return _replay_event(filters, event, dry_run=dry_run)
+            chosen = replay_event(
+                store,
+                settings,
+                sources or {},
+                filters,
+                event,
+                to_status=status,
+                dry_run=dry_run,
+                limit=CHECKED_OVER_HTTP,
+            )
+            return jsonify(chosen), 200 if dry_run else 202
         if dry_run:
             found = store.replayable(**filters)
             answer: dict[str, Any] = {"would_replay": sum(found.values()), "by_status": found}
             if found:
                 answer["with_mappings_now"] = check_replay(store, settings, filters, limit=CHECKED_OVER_HTTP)
             return jsonify(answer), 200
-        status = "queued" if settings.upstream_url else "held"
         count = store.replay_matching(to_status=status, **filters)
         return jsonify({"replayed": count}), 202
-
-    def _replay_event(filters: dict[str, Any], event: str, *, dry_run: bool) -> tuple[Response, int]:
-        """`event=`: the replayable deliveries the filters take whose request names the event."""
-        names_event = naming_event(sources or {}, event)
-        found = [
-            (d.id, status_and_reason(d.status, d.reason))
-            for d in iter_chosen(store, names_event, replayable=True, **filters)
-        ]
-        if not dry_run:
-            status = "queued" if settings.upstream_url else "held"
-            return jsonify(
-                {"replayed": store.replay_ids([delivery_id for delivery_id, _ in found], to_status=status)}
-            ), 202
-        by_status = Counter(kind for _, kind in found)
-        answer: dict[str, Any] = {"would_replay": len(found), "by_status": dict(sorted(by_status.items()))}
-        if found:
-            chosen = iter_chosen(store, names_event, replayable=True, **filters)
-            answer["with_mappings_now"] = check_deliveries(chosen, settings, store, limit=CHECKED_OVER_HTTP)
-        return jsonify(answer), 200
 
     @bp.post("/forget")
     def forget_contact() -> tuple[Response, int]:

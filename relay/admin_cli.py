@@ -3,20 +3,20 @@ replay and forget from the shell."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
-from relay.contacts import Contact, find_deliveries, forget, parse_contact
+from relay.contacts import Contact, forget, listed_deliveries, parse_contact
 from relay.errors import ConfigError
-from relay.listing import chosen_deliveries, iter_chosen, naming_event
+from relay.listing import chosen_deliveries, every_delivery, iter_chosen, naming_event
 from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
-from relay.replay_check import check_deliveries, check_delivery, check_replay
+from relay.replay_check import check_delivery, check_replay, replay_event
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
@@ -47,16 +47,17 @@ def cmd_deliveries(args: Any, settings: Settings) -> int:
                 print("relay: --follow takes --source and --event (and --json)", file=sys.stderr)
                 return 1
             return _follow(store, sources, args.source, as_json=args.json, event=args.event)
-        also = naming_event(sources, args.event) if args.event else None
-        if args.contact:
-            contact = _contact(args.contact, settings)
-            if contact is None:
-                return 1
-            page = find_deliveries(store, contact, limit=args.limit, before=args.before, also=also, **_filters(args))
-        elif also is not None:
-            page = chosen_deliveries(store, also, limit=args.limit, before=args.before, **_filters(args))
-        else:
-            page = store.list_deliveries(limit=args.limit, before=args.before, **_filters(args))
+        contact = _contact(args.contact, settings) if args.contact else None
+        if args.contact and contact is None:
+            return 1
+        page = listed_deliveries(
+            store,
+            limit=args.limit,
+            before=args.before,
+            contact=contact,
+            names_event=naming_event(sources, args.event) if args.event else None,
+            **_filters(args),
+        )
         for delivery in page:
             _print_delivery(delivery, sources, as_json=args.json)
         if len(page) == args.limit:  # on stderr: stdout stays one delivery a line, for scripts
@@ -105,7 +106,7 @@ def _follow(
     """Print each delivery as it arrives (of `source`, naming `event`), then again each time its status, reason
     or tries change, until Ctrl-C: an operator pressing a provider's "send test" button sees it come in, and
     go out."""
-    keep = naming_event(sources, event) if event else (lambda _delivery: True)
+    keep = naming_event(sources, event) if event else every_delivery
     watched: dict[str, tuple[str, str | None, int]] = {}
     newest = max((delivery.id for delivery in store.list_deliveries(limit=1, source=source)), default="")
     arrived = list(reversed(chosen_deliveries(store, keep, limit=FOLLOW_BACKLOG, source=source)))
@@ -136,14 +137,10 @@ def _follow(
 
 def _arrived_since(store: Store, newest: str, source: str | None) -> list[Delivery]:
     """Deliveries with ids after `newest` (ids begin with the arrival's time), oldest first."""
-    found: list[Delivery] = []
-    before = None
-    while True:
-        page = store.list_deliveries(limit=500, before=before, source=source)
-        found += [delivery for delivery in page if delivery.id > newest]
-        if len(page) < 500 or page[-1].id <= newest:
-            return list(reversed(found))
-        before = page[-1].id
+    after = itertools.takewhile(
+        lambda delivery: delivery.id > newest, iter_chosen(store, every_delivery, source=source)
+    )
+    return list(reversed(list(after)))
 
 
 def cmd_replay(args: Any, settings: Settings) -> int:
@@ -177,38 +174,22 @@ def cmd_replay(args: Any, settings: Settings) -> int:
             print("relay: " + refusal, file=sys.stderr)
             return 1
         if args.event:
-            return _replay_event(store, settings, filters, args.event, status, dry_run=args.dry_run)
+            answer = replay_event(
+                store, settings, _sources(settings), filters, args.event, to_status=status, dry_run=args.dry_run
+            )
+            if not args.dry_run:
+                print(f"replayed {_deliveries(answer['replayed'])} ({status})")
+                return 0
+            _print_dry_run(answer["by_status"], answer.get("with_mappings_now"))
+            return 0
         if args.dry_run:
             found = store.replayable(**filters)
-            parts = ", ".join(f"{key} {count}" for key, count in found.items())
-            print(f"would replay {_deliveries(sum(found.values()))}" + (f": {parts}" if parts else ""))
-            if found:
-                print(_replay_check_lines(check_replay(store, settings, filters), sum(found.values())), end="")
+            _print_dry_run(found, check_replay(store, settings, filters) if found else None)
             return 0
         print(f"replayed {_deliveries(store.replay_matching(to_status=status, **filters))} ({status})")
         return 0
     finally:
         store.close()
-
-
-def _replay_event(
-    store: Store, settings: Settings, filters: dict[str, Any], event: str, status: str, *, dry_run: bool
-) -> int:
-    """`replay --event`: the replayable deliveries the filters take whose request names the event."""
-    names_event = naming_event(_sources(settings), event)
-    chosen = iter_chosen(store, names_event, replayable=True, **filters)
-    found = [(delivery.id, status_and_reason(delivery.status, delivery.reason)) for delivery in chosen]
-    if not dry_run:
-        replayed = store.replay_ids([delivery_id for delivery_id, _ in found], to_status=status)
-        print(f"replayed {_deliveries(replayed)} ({status})")
-        return 0
-    counts = Counter(kind for _, kind in found)
-    parts = ", ".join(f"{key} {count}" for key, count in sorted(counts.items()))
-    print(f"would replay {_deliveries(len(found))}" + (f": {parts}" if parts else ""))
-    if found:
-        chosen = iter_chosen(store, names_event, replayable=True, **filters)
-        print(_replay_check_lines(check_deliveries(chosen, settings, store), len(found)), end="")
-    return 0
 
 
 def cmd_forget(args: Any, settings: Settings) -> int:
@@ -243,6 +224,15 @@ def _contact(text: str, settings: Settings) -> Contact | None:
     except ValueError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return None
+
+
+def _print_dry_run(by_status: dict[str, int], check: dict[str, Any] | None) -> None:
+    """What a replay would take, by status and reason, and what they do with the mapping files as they are."""
+    total = sum(by_status.values())
+    parts = ", ".join(f"{key} {count}" for key, count in by_status.items())
+    print(f"would replay {_deliveries(total)}" + (f": {parts}" if parts else ""))
+    if check is not None:
+        print(_replay_check_lines(check, total), end="")
 
 
 def _deliveries(count: int) -> str:

@@ -314,7 +314,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if translation.forget:
         print("[]")
-        named = ", ".join(value for _kind, value in translation.forget)
+        named = ", ".join(translation.forget)
         print(
             f"relay: rule {translation.rule!r} forgets every stored delivery naming {named}, from every source; "
             "no call is made",
@@ -340,15 +340,12 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 def _save_example(args: argparse.Namespace, settings: Settings, source: Source, request: InboundRequest) -> bool:
     """`--save-example NAME`: the request written as an example of its source, expecting what relay does with
-    it now over the mapping's defaults; False (said on stderr) when it cannot be."""
+    it now with the settings its mapping reads (`_example_env`); False (said on stderr) when it cannot be."""
     name = args.save_example.removesuffix(".yaml")
     if not name or Path(name).name != name or name.startswith("."):
         print(f"relay: --save-example {args.save_example!r} must be a file name, without a folder", file=sys.stderr)
         return False
     path = Path(settings.mappings_dir) / "examples" / source.name / f"{name}.yaml"
-    given = {
-        fetch: file for fetch, sep, file in (item.partition("=") for item in args.fetched) if sep and fetch and file
-    }
     described = args.description or (
         f"delivery {args.delivery}, saved by relay preview" if args.delivery else f"{args.file}, saved by relay preview"
     )
@@ -359,7 +356,7 @@ def _save_example(args: argparse.Namespace, settings: Settings, source: Source, 
             request,
             description=described,
             env=_example_env(settings, source.name),
-            fetched={fetch: Path(file) for fetch, file in given.items()},
+            fetched={fetch: Path(file) for fetch, file in _fetched_files(args.fetched).items()},
             once_taken=frozenset(args.once_taken),
         )
     except ValueError as exc:
@@ -387,15 +384,21 @@ def _example_env(settings: Settings, source: str) -> dict[str, str]:
     return env
 
 
-def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
-    """Preview makes no network call: what a fetch would get comes from `--fetched NAME=FILE`, and each
-    fetch it would make is said on stderr, its address without the query."""
+def _fetched_files(given: list[str]) -> dict[str, str]:
+    """`--fetched NAME=FILE`, repeated: the files by fetch name. Raises MappingError for one that is not."""
     files: dict[str, str] = {}
     for item in given:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise MappingError(f"--fetched {item!r} must be NAME=FILE")
         files[name] = path
+    return files
+
+
+def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
+    """Preview makes no network call: what a fetch would get comes from `--fetched NAME=FILE`, and each
+    fetch it would make is said on stderr, its address without the query."""
+    files = _fetched_files(given)
 
     def fetch(request: FetchRequest) -> object:
         path = files.get(request.name)

@@ -27,7 +27,7 @@ from relay.mapping.transforms import TransformContext, apply_transform
 from relay.pipeline import parse_request
 from relay.store import Delivery, Store
 
-__all__ = ["Contact", "Forgotten", "find_deliveries", "forget", "names_contact", "parse_contact"]
+__all__ = ["Contact", "Forgotten", "find_deliveries", "forget", "listed_deliveries", "names_contact", "parse_contact"]
 
 log = logging.getLogger("relay.contacts")
 
@@ -115,6 +115,24 @@ def find_deliveries(
         return delivery_names(delivery, contact) and (also is None or also(delivery))
 
     return chosen_deliveries(store, keep, limit=limit, before=before, naming=contact.needle, **filters)
+
+
+def listed_deliveries(
+    store: Store,
+    *,
+    limit: int,
+    before: str | None = None,
+    contact: Contact | None = None,
+    names_event: Callable[[Delivery], bool] | None = None,
+    **filters: Any,
+) -> list[Delivery]:
+    """A page of the admin API's and the command line's list: the store's filters, and, when given, the person
+    the deliveries name and the event their requests name (`listing.naming_event`)."""
+    if contact is not None:
+        return find_deliveries(store, contact, limit=limit, before=before, also=names_event, **filters)
+    if names_event is not None:
+        return chosen_deliveries(store, names_event, limit=limit, before=before, **filters)
+    return store.list_deliveries(limit=limit, before=before, **filters)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from relay.mapping.model import Source
 from relay.pipeline import stored_event
 from relay.store import Delivery, Store
 
-__all__ = ["chosen_deliveries", "iter_chosen", "naming_event"]
+__all__ = ["chosen_deliveries", "every_delivery", "iter_chosen", "naming_event"]
 
 _PAGE = 500
 
@@ -51,6 +51,11 @@ def iter_chosen(
         if len(page) < _PAGE:
             return
         before = page[-1].id
+
+
+def every_delivery(_delivery: Delivery) -> bool:
+    """The choice that takes them all: `iter_chosen` as the store's own filters page."""
+    return True
 
 
 def naming_event(sources: Mapping[str, Source], event: str) -> Callable[[Delivery], bool]:

@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from relay.errors import MappingError
+from relay.listing import every_delivery, iter_chosen, naming_event
 from relay.mapping.fetches import FetchRequest
 from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
 from relay.pipeline import translate_request
 from relay.settings import Settings
-from relay.store import Delivery, Store
+from relay.store import Delivery, Store, status_and_reason
 
-__all__ = ["CHECKED_AT_MOST", "CHECKED_OVER_HTTP", "check_deliveries", "check_delivery", "check_replay"]
+__all__ = ["CHECKED_AT_MOST", "CHECKED_OVER_HTTP", "check_deliveries", "check_delivery", "check_replay", "replay_event"]
 
 # The newest this many: a bound on the time a dry run takes (10,000 Shopify orders: 4 s of CPU). Over
 # the admin API it runs in a web worker, beside the webhooks, so it checks fewer there.
 CHECKED_AT_MOST = 10_000
 CHECKED_OVER_HTTP = 1_000
 ERRORS_SHOWN = 5
-_PAGE = 500
 
 
 @dataclass
@@ -68,18 +69,9 @@ def check_replay(
     store: Store, settings: Settings, filters: dict[str, Any], *, limit: int = CHECKED_AT_MOST
 ) -> dict[str, Any]:
     """Translate the newest `limit` deliveries that a replay with `filters` takes; what each would do."""
-    sources, broken = load_sources_leniently(settings.mappings_dir)
-    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
-    check = ReplayCheck()
-    before = None
-    while check.checked < limit:
-        page = store.list_deliveries(limit=min(_PAGE, limit - check.checked), before=before, replayable=True, **filters)
-        for delivery in page:
-            _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
-        if len(page) < _PAGE:
-            break
-        before = page[-1].id
-    return check.to_dict()
+    return check_deliveries(
+        iter_chosen(store, every_delivery, replayable=True, **filters), settings, store, limit=limit
+    )
 
 
 def check_deliveries(
@@ -92,6 +84,33 @@ def check_deliveries(
     for delivery in itertools.islice(chosen, limit):
         _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
     return check.to_dict()
+
+
+def replay_event(
+    store: Store,
+    settings: Settings,
+    sources: Mapping[str, Source],
+    filters: dict[str, Any],
+    event: str,
+    *,
+    to_status: str,
+    dry_run: bool,
+    limit: int = CHECKED_AT_MOST,
+) -> dict[str, Any]:
+    """A replay chosen by the event its request names (`replay --event`, the API's `event=`): the replayable
+    deliveries the filters take whose request names it. `{"replayed": N}`, or for a dry run the admin API's
+    answer: `would_replay`, `by_status` and, for the first `limit`, `with_mappings_now`."""
+    names_event = naming_event(sources, event)
+    chosen = iter_chosen(store, names_event, replayable=True, **filters)
+    found = [(delivery.id, status_and_reason(delivery.status, delivery.reason)) for delivery in chosen]
+    if not dry_run:
+        return {"replayed": store.replay_ids([delivery_id for delivery_id, _ in found], to_status=to_status)}
+    by_status = Counter(kind for _, kind in found)
+    answer: dict[str, Any] = {"would_replay": len(found), "by_status": dict(sorted(by_status.items()))}
+    if found:
+        chosen = iter_chosen(store, names_event, replayable=True, **filters)
+        answer["with_mappings_now"] = check_deliveries(chosen, settings, store, limit=limit)
+    return answer
 
 
 def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:

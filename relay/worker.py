@@ -430,7 +430,7 @@ class Worker:
         source, and this one keeps no more of them than its id. One a worker is sending at that moment is
         forgotten at this delivery's next try, a minute on."""
         contacts = []
-        for _kind, value in translation.forget:
+        for value in translation.forget:
             try:
                 contacts.append(parse_contact(value, self.settings.phone_region))
             except ValueError:

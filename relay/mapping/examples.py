@@ -122,7 +122,7 @@ class Observed:
         if self.translation.ignored:
             return {**expect, "ignored": self.translation.ignored}
         if self.translation.forget:
-            return {**expect, "forget": [value for _kind, value in self.translation.forget]}
+            return {**expect, "forget": list(self.translation.forget)}
         if self.translation.once_key is not None:
             expect["once"] = self.translation.once_key
         if self.translation.order_refused:
@@ -212,7 +212,7 @@ def _differences(expect: dict[str, Any], observed: Observed) -> list[str]:
         return [f"expected a mapping error containing {expect['error']!r}, got calls"]
     if "error" in expect and "calls" not in expect:
         return []
-    forgotten = [value for _kind, value in translation.forget]
+    forgotten = list(translation.forget)
     if "forget" in expect or forgotten:
         if forgotten == list(expect.get("forget") or []):
             return []

@@ -100,7 +100,7 @@ class Translation:
     order_held: FetchError | None = None
     once_key: str | None = None
     passed_over: tuple[PassedOver, ...] = ()
-    forget: tuple[tuple[str, str], ...] = ()  # (email or phone, the value): a rule's erasure request
+    forget: tuple[str, ...] = ()  # the e-mail and phone a rule's erasure request names
 
     @property
     def passed_note(self) -> str | None:
@@ -371,11 +371,11 @@ class _Builder:
         self.client_ip = client_ip
         self.transform_ctx = TransformContext(phone_region=ctx.phone_region)
 
-    def forgotten(self) -> tuple[tuple[str, str], ...]:
+    def forgotten(self) -> tuple[str, ...]:
         """The e-mail and phone a `forget` rule names, as text. Raises MappingError when it gives neither."""
         assert self.rule.forget is not None
-        named = [(kind, self.value(spec)) for kind, spec in self.rule.forget.items()]
-        found = tuple((kind, str(value)) for kind, value in named if isinstance(value, (str, int)) and str(value))
+        named = [self.value(spec) for spec in self.rule.forget.values()]
+        found = tuple(str(value) for value in named if isinstance(value, (str, int)) and str(value))
         if not found:
             kinds = " or ".join(self.rule.forget)
             raise MappingError(f"rule {self.rule.name!r} forgets a person by {kinds}, and the payload gives none")
