@@ -507,7 +507,7 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
     reached: dict[str, set[str | None]] = {}  # by source, the rules its examples reached
     for name, source in sorted(sources.items()):
         paths = example_files(settings.mappings_dir, name)
-        if not paths:
+        if not paths and source.extension is None:  # one that extends another has the base's rules and examples
             problems.append(f"{source.file}:1 (file): no examples in {settings.mappings_dir}/examples/{name}/")
         for path in paths:
             examples_run += 1
@@ -535,6 +535,7 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
     unproven = [
         f"  {source.file} rules.{index} ({rule.name})"
         for name, source in sorted(sources.items())
+        if source.extension is None
         for index, rule in enumerate(source.rules)
         if rule.name not in reached.get(name, set())
     ]
@@ -591,6 +592,9 @@ def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
         if source.description:
             print(f"  about:    {source.kind}: {source.description}")
         print(f"  url:      {settings.public_url or ''}/hooks/{name}")
+        if source.extension is not None:
+            given = ", ".join(f"{key}: {value}" for key, value in source.extension.settings)
+            print(f"  extends:  {source.extension.base}" + (f", reading {given}" if given else ""))
         print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
         print(f"  status:   {state}")
         if source.event_query:

@@ -102,7 +102,7 @@ def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no 
 
 
 # Sources that tests define in mapping folders of their own; their metrics share the process's registry.
-TEST_ONLY_SOURCES = ("landing",)
+TEST_ONLY_SOURCES = ("landing", "shopify_eu")
 
 BUILT_IN_SOURCES = (
     "tilda",

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 
-__all__ = ["EnvRef", "find_refs", "is_ref", "parse_ref", "resolve_text", "text_pieces"]
+__all__ = [
+    "EnvRef",
+    "find_refs",
+    "implied",
+    "implied_names",
+    "is_ref",
+    "parse_ref",
+    "rebind_text",
+    "rebound",
+    "resolve_text",
+    "text_pieces",
+]
 
 _WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$", re.DOTALL)
 _ANY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -83,3 +97,45 @@ def _pieces(text: str) -> tuple[str | EnvRef, ...]:
 def missing(refs: Iterable[EnvRef], env: Mapping[str, str]) -> list[str]:
     """Names of referenced variables that are unset and have no default."""
     return sorted({ref.name for ref in refs if ref.resolve(env) is None})
+
+
+# A file that extends another reads some of the base's settings otherwise (relay/mapping/extending.py); the
+# schema's defaults that name a setting (a rule's `db_id`) must read them the same way while it is loaded.
+_REBOUND: ContextVar[Mapping[str, str | int]] = ContextVar("relay_rebound_settings", default=MappingProxyType({}))
+_IMPLIED: set[str] = set()
+
+
+def rebind_text(text: str, settings: Mapping[str, str | int]) -> str | int:
+    """`text` with each reference to a setting `settings` names replaced by what it gives; a text that is that
+    reference alone becomes the value as given (a number stays one)."""
+    if "${" not in text or not settings:
+        return text
+    pieces = _pieces(text)
+    if len(pieces) == 1 and isinstance(pieces[0], EnvRef) and pieces[0].name in settings:
+        return settings[pieces[0].name]
+    return "".join(str(settings.get(piece.name, piece)) if isinstance(piece, EnvRef) else piece for piece in pieces)
+
+
+def implied(text: str) -> Callable[[], str | int]:
+    """A schema default that names a setting (`${RELAY_DB_ID:-1}`), read as the file being loaded reads it."""
+    _IMPLIED.update(ref.name for ref in find_refs(text))
+    return functools.partial(_implied, text)
+
+
+def _implied(text: str) -> str | int:
+    return rebind_text(text, _REBOUND.get())
+
+
+def implied_names() -> frozenset[str]:
+    """The settings the schema's defaults name: every mapping file reads them, written or not."""
+    return frozenset(_IMPLIED)
+
+
+@contextmanager
+def rebound(settings: Mapping[str, str | int]) -> Iterator[None]:
+    """Load a file that extends another: the schema's defaults read `settings` as it does."""
+    token = _REBOUND.set(settings)
+    try:
+        yield
+    finally:
+        _REBOUND.reset(token)

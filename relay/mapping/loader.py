@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from marshmallow import ValidationError
 
 from relay.errors import ConfigError
 from relay.mapping import envrefs
+from relay.mapping.extending import ExtendingFileSchema, Extension, base_settings, rebind, secret_settings
 from relay.mapping.model import Source
 from relay.mapping.schema import MappingFileSchema
 from relay.mapping.yamlnodes import LineTable, line_of, load_with_lines
@@ -35,29 +37,46 @@ def mapping_files(folder: str | Path) -> list[Path]:
 
 
 def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
-    """Load one file: the source, or None with every problem found."""
+    """Load one file: the source, or None with every problem found. A file that `extends` another is the
+    other read with its settings (relay/mapping/extending.py)."""
+    data, lines, problems = _read(path)
+    if data is None:
+        return None, problems
+    if "extends" in data:
+        return _load_extending(path, data, lines)
+    return _load(data, lines, str(path), path.stem)
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, LineTable, list[str]]:
     shown = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{shown}:1 cannot read: {exc}"]
+        return None, {}, [f"{shown}:1 cannot read: {exc}"]
     try:
         data, lines = load_with_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
-        return None, [f"{shown}:{line} not valid YAML: {getattr(exc, 'problem', exc)}"]
+        return None, {}, [f"{shown}:{line} not valid YAML: {getattr(exc, 'problem', exc)}"]
     if not isinstance(data, dict):
-        return None, [f"{shown}:1 a mapping file is a YAML mapping starting with version: 1"]
+        return None, lines, [f"{shown}:1 a mapping file is a YAML mapping starting with version: 1"]
+    return data, lines, []
+
+
+def _load(
+    data: dict[str, Any], lines: LineTable, shown: str, name: str, extension: Extension | None = None
+) -> tuple[Source | None, list[str]]:
     problems = _broken_references(data, lines, shown)
     try:
-        loaded: dict[str, Any] = MappingFileSchema().load(data)
+        with envrefs.rebound(dict(extension.settings) if extension else {}):
+            loaded: dict[str, Any] = MappingFileSchema().load(data)
     except ValidationError as exc:
         problems.extend(_describe(exc.messages, lines, shown))
         return None, problems
-    if loaded["source"] != path.stem:
+    if loaded["source"] != name:
         problems.append(
-            f"{shown}:{line_of(lines, ('source',))} source: {loaded['source']!r} must match the file name {path.stem!r}"
+            f"{shown}:{line_of(lines, ('source',))} source: {loaded['source']!r} must match the file name {name!r}"
         )
     if problems:
         return None, problems
@@ -83,9 +102,74 @@ def load_source_file(path: Path) -> tuple[Source | None, list[str]]:
             payload_schema=loaded["payload"],
             fetches=MappingFileSchema.fetch_specs(loaded["fetch"]),
             rules=tuple(loaded["rules"]),
+            extension=extension,
         ),
         [],
     )
+
+
+def _load_extending(path: Path, data: dict[str, Any], lines: LineTable) -> tuple[Source | None, list[str]]:
+    """A file that extends another: checked itself, then its base rebound to its settings and loaded as the
+    base is, each problem of that said at this file's settings with the base's line."""
+    shown = str(path)
+    merged, extension, problems = _extended_data(path, data, lines)
+    if merged is None or extension is None:
+        return None, problems
+    base_path = path.with_name(extension.base + path.suffix)
+    base_lines = _read(base_path)[1]
+    source, found = _load(merged, base_lines, str(base_path), path.stem, extension)
+    if source is not None:
+        return dataclasses.replace(source, file=shown), []
+    at = f"{shown}:{line_of(lines, ('settings',) if extension.settings else ('extends',))}"
+    return None, [f"{at} with its settings, {problem}" for problem in found]
+
+
+def _extended_data(
+    path: Path, data: dict[str, Any], lines: LineTable
+) -> tuple[dict[str, Any] | None, Extension | None, list[str]]:
+    """The base file's data with this file's settings and name; None with the problems when there is none."""
+    shown = str(path)
+    try:
+        own: dict[str, Any] = ExtendingFileSchema().load(data)
+    except ValidationError as exc:
+        return None, None, _describe(exc.messages, lines, shown)
+    at = f"{shown}:{line_of(lines, ('extends',))} extends:"
+    if own["source"] != path.stem:
+        line = line_of(lines, ("source",))
+        return None, None, [f"{shown}:{line} source: {own['source']!r} must match the file name {path.stem!r}"]
+    base_path = next(
+        (
+            path.with_name(own["extends"] + suffix)
+            for suffix in MAPPING_SUFFIXES
+            if path.with_name(own["extends"] + suffix).is_file()
+        ),
+        None,
+    )
+    if base_path is None:
+        return None, None, [f"{at} no mapping file {own['extends']}.yaml beside this one"]
+    base, _base_lines, found = _read(base_path)
+    if base is None:
+        return None, None, [f"{at} {base_path} does not load: {found[0]}"]
+    if "extends" in base:
+        return None, None, [f"{at} {base_path} extends {base['extends']!r} itself; extend that file instead"]
+    problems = []
+    names, secrets = base_settings(base), secret_settings(base)
+    for name, value in own["settings"].items():
+        where = f"{shown}:{line_of(lines, ('settings', name))} settings.{name}:"
+        if name not in names:
+            problems.append(f"{where} {base_path.name} reads no setting {name} (it reads {', '.join(sorted(names))})")
+        elif name in secrets and not envrefs.is_ref(value):
+            problems.append(
+                f"{where} {base_path.name} reads it as a secret: give the name of another setting, ${{NAME}}, "
+                "never the secret itself"
+            )
+    if problems:
+        return None, None, problems
+    merged = rebind(base, own["settings"])
+    merged["source"] = own["source"]
+    if own["description"] is not None:
+        merged["description"] = own["description"]
+    return merged, Extension(base=base_path.stem, settings=tuple(own["settings"].items())), []
 
 
 def load_sources(folder: str | Path) -> dict[str, Source]:
@@ -171,9 +255,10 @@ def referenced_variables(folder: str | Path) -> dict[str, list[envrefs.EnvRef]]:
     """Every `${NAME}` each mapping file references, for `check` and `sources`."""
     found: dict[str, list[envrefs.EnvRef]] = {}
     for path in mapping_files(folder):
-        try:
-            data, _lines = load_with_lines(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data, lines, _problems = _read(path)
+        if data is not None and "extends" in data:
+            data = _extended_data(path, data, lines)[0]
+        if data is None:
             continue
         refs = [ref for _p, text in _strings(data, ()) for ref in envrefs.find_refs(text)]
         found[path.stem] = refs

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import Schema
+
+if TYPE_CHECKING:
+    from relay.mapping.extending import Extension
 
 __all__ = [
     "ONCE_KEY_LENGTH",
@@ -258,6 +261,8 @@ class Source:
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     fetches: tuple[FetchSpec, ...] = ()
     rules: tuple[Rule, ...] = ()
+    # For a file that extends another: the base and the settings it reads otherwise (extending.Extension).
+    extension: Extension | None = None
 
     @property
     def rule_fetches(self) -> tuple[FetchSpec, ...]:

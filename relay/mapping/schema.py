@@ -310,7 +310,7 @@ class SubscriptionSchema(StrictSchema):
 
 
 class TagsSchema(StrictSchema):
-    field = EnvOr(str, load_default="${RELAY_TAGS_FIELD:-tags}")
+    field = EnvOr(str, load_default=envrefs.implied("${RELAY_TAGS_FIELD:-tags}"))
     add = fields.List(TagField(), load_default=list)
     remove = fields.List(TagField(), load_default=list)
 
@@ -382,7 +382,7 @@ class RuleSchema(StrictSchema):
     match = fields.Dict(
         keys=fields.String(validate=validate.OneOf(MATCHING_KEYS)), values=ValueField(), load_default=dict
     )
-    db_id = EnvOr(int, load_default="${RELAY_DB_ID:-1}")
+    db_id = EnvOr(int, load_default=envrefs.implied("${RELAY_DB_ID:-1}"))
     resource_id = EnvOr(int, load_default=None)
     skip_triggers = fields.Boolean(load_default=False)
     skip_invalid_subscriptions = fields.Boolean(load_default=True)
