@@ -1,4 +1,5 @@
-"""`/admin/api/...`: list, show and replay deliveries, behind the admin token.
+"""`/admin/api/...`: list, show, replay and forget deliveries, the overview and the sources, behind the admin
+token.
 
 403 while `RELAY_ADMIN_TOKEN` is unset (the API is off), 401 for a wrong or
 missing bearer token, compared in constant time. No CORS headers are sent.
@@ -24,6 +25,7 @@ from relay.mapping.schema import SOURCE_NAME
 from relay.pipeline import stored_event
 from relay.replay_check import CHECKED_OVER_HTTP, check_replay, replay_event
 from relay.settings import Settings
+from relay.source_report import describe_source
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = [
@@ -245,7 +247,14 @@ def _filters() -> dict[str, Any]:
         abort(400, description=str(exc))
 
 
-def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Source] | None = None) -> Blueprint:
+def admin_blueprint(
+    settings: Settings,
+    store: Store,
+    sources: Mapping[str, Source] | None = None,
+    broken: Mapping[str, list[str]] | None = None,
+) -> Blueprint:
+    """The admin API over `store`; `sources` are the web server's, `broken` the files it could not load with
+    their problems."""
     bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
     @bp.before_request
@@ -282,6 +291,16 @@ def admin_blueprint(settings: Settings, store: Store, sources: Mapping[str, Sour
             {
                 "deliveries": [delivery_summary(d, sources) for d in found],
                 "next": found[-1].id if len(found) == limit else None,
+            }
+        )
+
+    @bp.get("/sources")
+    def list_sources() -> Response:
+        """What `relay sources --json` prints, as this web server loaded the files and reads the settings."""
+        return jsonify(
+            {
+                "sources": [describe_source(source, settings) for _name, source in sorted((sources or {}).items())],
+                "broken": dict(broken or {}),
             }
         )
 

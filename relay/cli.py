@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,12 +15,13 @@ from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavai
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.examples import check_example, example_files, load_example, save_example
-from relay.mapping.fetches import FetchRequest, answer_from_file, unset_settings
+from relay.mapping.fetches import FetchRequest, answer_from_file
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
-from relay.mapping.model import OrderSpec, Source
-from relay.mapping.translate import TranslateContext, unset_order_settings
+from relay.mapping.model import Source
+from relay.mapping.translate import TranslateContext
 from relay.pipeline import parse_request, take_body_token, translate_request
 from relay.settings import Settings
+from relay.source_report import describe_source, source_lines
 from relay.upstream.xmlbody import to_xml
 
 __all__ = ["main"]
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--description", help="the saved example's description")
 
     commands.add_parser("check", help="validate every mapping file and run its examples")
-    commands.add_parser("sources", help="list sources, their hook URLs and authentication")
+    sources = commands.add_parser("sources", help="list sources, their hook URLs and authentication")
+    sources.add_argument("--json", action="store_true", help="as the admin API's /admin/api/sources gives them")
 
     deliveries = commands.add_parser("deliveries", help="list deliveries, or show one")
     deliveries.add_argument("id", nargs="?", type=_delivery_id)
@@ -137,19 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--quiet", action="store_true", help="do not print each call")
     return parser
-
-
-def _order_state(order: OrderSpec, env: Mapping[str, str]) -> str:
-    """Whether a rule's order goes out with these settings: its endpoint, when a setting names it."""
-    endpoint = order.values["endpoint"].value
-    if not isinstance(endpoint, str) or "${" not in endpoint:
-        return ""  # read from the payload, or written in the file
-    if not envrefs.resolve_text(endpoint, env):
-        names = ", ".join(ref.name for ref in envrefs.find_refs(endpoint))
-        return f" (off while {names} is unset)"
-    unset = sorted({name for names in unset_order_settings(order, env).values() for name in names})
-    held = f"; held back while {', '.join(unset)} is unset" if unset else ""
-    return f" (endpoint {envrefs.resolve_text(endpoint, env)}{held})"
 
 
 def _add_filters(command: argparse.ArgumentParser) -> None:
@@ -555,103 +544,15 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _are_unset(names: list[str]) -> str:
-    return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} unset"
-
-
-def cmd_sources(_args: argparse.Namespace, settings: Settings) -> int:
+def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
     sources = load_sources(settings.mappings_dir)
-    for name, source in sorted(sources.items()):
-        auth = source.auth
-        if auth.scheme == "hmac":
-            how = f"HMAC-{auth.algorithm.upper()} in {auth.header}"
-        elif auth.scheme == "token":
-            how = "token in ?token= or X-Relay-Token" + (
-                f" or {auth.header}: {auth.prefix}<token>" if auth.header else ""
-            )
-            how += f" or the body field {auth.body_field}" if auth.body_field else ""
-        elif auth.scheme == "rsa":
-            how = (
-                f"RSA-SHA256 in {' or '.join(header for header, _path in auth.rsa_signatures)}, keys from "
-                f"{auth.keys_url}, the body's {auth.recipient_field} equal to the value"
-            )
-        else:
-            how = "none"
-        refs = [envrefs.parse_ref(s) for s in auth.secrets]
-        missing = [ref.name for ref in refs if ref is not None and ref.resolve(settings.env) is None]
-        # The settings the rules' fetches need (the API's token): unset, its webhooks are kept and fail as
-        # mapping. One only an order reads holds back the order alone, and is said on its own line.
-        needed = {
-            name for spec in source.rule_fetches if not spec.optional for name in unset_settings(spec, settings.env)
-        }
-        missing += sorted(needed - set(missing))
-        state = f"NOT READY: set {', '.join(missing)}" if missing else "ready"
-        if auth.scheme == "none" and not missing:
-            state = "ready (unauthenticated)"
-        print(f"{name}")
-        if source.description:
-            print(f"  about:    {source.kind}: {source.description}")
-        print(f"  url:      {settings.public_url or ''}/hooks/{name}")
-        if source.extension is not None:
-            given = ", ".join(f"{key}: {value}" for key, value in source.extension.settings)
-            print(f"  extends:  {source.extension.base}" + (f", reading {given}" if given else ""))
-        print(f"  auth:     {how}" + (f" from {', '.join(r.name for r in refs if r)}" if refs else ""))
-        print(f"  status:   {state}")
-        if source.event_query:
-            named = sorted({event for rule in source.rules for event in rule.events})
-            print(
-                f"  event:    named by the hook URL, ?{source.event_query}=<event>"
-                + (f" ({', '.join(named)})" if named else "")
-            )
-        if source.challenge_query:
-            print(f"  checks:   a GET with ?{source.challenge_query}=<value> is answered with the value")
-        for spec in source.fetches:
-            unset = unset_settings(spec, settings.env)
-            skipped = f" (optional: skipped while {_are_unset(unset)})" if spec.optional and unset else ""
-            own = [name for name in unset if name not in missing]  # those that hold back the whole source are said
-            if spec.order_only and own and not spec.optional:
-                skipped = f" (while {_are_unset(own)}, the profile goes and the order fails as mapping)"
-            reader = "the order section" if spec.order_only else "the rules"
-            print(f"  fetches:  {spec.name}: GET {spec.url}, read by {reader} as fetched.{spec.name}{skipped}")
-        if source.cors_origins:
-            print(f"  browsers: pages that may post here: {', '.join(source.cors_origins)}")
-        if auth.signs_url and not settings.public_url:
-            print(
-                "  note:     signs the URL it calls: set RELAY_PUBLIC_URL to relay's address as the provider "
-                "calls it (else the scheme and host come from the request)"
-            )
-        forwards = []
-        for rule in source.rules:
-            events = ", ".join(rule.events) if rule.events else "any event"
-            what = rule.method
-            if rule.ignore is not None:
-                what = f"ignored ({rule.ignore})"
-            elif rule.keep is not None:
-                what = f"kept unsent, to replay ({rule.keep})"
-            elif rule.forget is not None:
-                what = f"forgets the stored deliveries naming the person (by {', '.join(rule.forget)})"
-            if rule.forwards and len(rule.matching) > 1:
-                what += f" (by {', else '.join(rule.matching)})"
-            for setting in _optional_fields_off(rule.fields, settings.env) if rule.forwards else []:
-                what += f" (the field {setting} names: left out while unset)"
-            if rule.order is not None and rule.forwards:
-                what += " + market/orders/import" + _order_state(rule.order, settings.env)
-            if rule.once is not None:
-                key = rule.once.template or rule.once.path or rule.once.value
-                what += f", once per {key!r}"
-            forwards.append(f"{rule.name}: {events} -> {what}")
-        print("  rules:    " + "\n            ".join(forwards))
+    described = [describe_source(source, settings) for _name, source in sorted(sources.items())]
+    if args.json:
+        print(json.dumps({"sources": described}, indent=2))
+        return 0
+    for one in described:
+        print("\n".join(source_lines(one, settings)))
     return 0
-
-
-def _optional_fields_off(fields: Mapping[str, object], env: Mapping[str, str]) -> list[str]:
-    """The settings that name a rule's optional fields (`${RELAY_RECOVERY_URL_FIELD:-}`) and are unset."""
-    off = []
-    for name in fields:
-        ref = envrefs.parse_ref(name)
-        if ref is not None and ref.default == "" and not ref.resolve(env):
-            off.append(ref.name)
-    return off
 
 
 def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]

@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     def metrics_view() -> Response:
         return metrics.render(store, [*sources, *broken])
 
-    app.register_blueprint(admin_blueprint(settings, store, sources))
+    app.register_blueprint(admin_blueprint(settings, store, sources, broken_shown))
     return app
 
 

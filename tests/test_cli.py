@@ -125,6 +125,52 @@ def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):
     assert "  browsers: pages that may post here: https://www.example.com, https://promo.example.com\n" in result.stdout
 
 
+def test_the_admin_api_and_sources_json_say_what_each_source_needs_never_a_secret(tmp_path):
+    """`GET /admin/api/sources` is `relay sources --json` as the web server loaded the files: readiness and the
+    settings still missing by name, each rule's events and what it does; a file that does not load is listed
+    with its problems. No setting's value is in either."""
+    from relay.web import create_app
+
+    from .conftest import SECRETS, make_settings
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    for name in ("tilda", "shopify", "bigcommerce"):
+        (folder / f"{name}.yaml").write_text((ROOT / "mappings" / f"{name}.yaml").read_text())
+    (folder / "broken.yaml").write_text("version: 1\nsource: broken\n")
+    env = {k: v for k, v in SECRETS.items() if k not in ("SHOPIFY_WEBHOOK_SECRET", "BIGCOMMERCE_API_TOKEN")}
+    settings = make_settings(
+        tmp_path, RELAY_MAPPINGS_DIR=str(folder), SHOPIFY_WEBHOOK_SECRET=None, BIGCOMMERCE_API_TOKEN=None
+    )
+    client = create_app(settings).test_client()
+    assert client.get("/admin/api/sources").status_code == 401
+    answer = client.get("/admin/api/sources", headers={"Authorization": f"Bearer {SECRETS['RELAY_ADMIN_TOKEN']}"})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    by_name = {source["name"]: source for source in body["sources"]}
+    assert sorted(by_name) == ["bigcommerce", "shopify", "tilda"]
+    assert (by_name["tilda"]["ready"], by_name["tilda"]["missing"], by_name["tilda"]["url"]) == (
+        True,
+        [],
+        "/hooks/tilda",
+    )
+    assert by_name["shopify"]["status"] == "NOT READY: set SHOPIFY_WEBHOOK_SECRET"
+    assert by_name["shopify"]["auth"]["settings"] == ["SHOPIFY_WEBHOOK_SECRET"]
+    assert by_name["bigcommerce"]["missing"] == ["BIGCOMMERCE_API_TOKEN", "BIGCOMMERCE_STORE_HASH"]  # its fetch
+    assert {"name": "order_created", "events": ["orders/create"], "does": "profiles/import (by email, else phone)"} in (
+        by_name["shopify"]["rules"]
+    )
+    assert list(body["broken"]) == ["broken"] and "broken.yaml" in body["broken"]["broken"][0]
+    printed = relay_command("sources", "--json", env={**ENV, **env, "RELAY_MAPPINGS_DIR": str(folder)})
+    assert printed.returncode == 1 and "broken.yaml" in printed.stderr  # the command line refuses a broken file
+    (folder / "broken.yaml").unlink()
+    printed = relay_command("sources", "--json", env={**ENV, **env, "RELAY_MAPPINGS_DIR": str(folder)})
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["sources"] == body["sources"]
+    for value in SECRETS.values():
+        assert value not in answer.get_data(as_text=True) and value not in printed.stdout
+
+
 def test_output_into_a_pipe_closed_early_stops_quietly():
     """`relay sources | head`: once the reader has gone, relay stops without a word on stderr and with the
     status of a Unix tool killed by SIGPIPE, instead of `relay: [Errno 32] Broken pipe` (or Python's
