@@ -59,6 +59,7 @@ SECRETS = {
     "ECWID_API_TOKEN": "secret_ecwid-api-test-token-0e0f",
     "PADDLE_API_KEY": "pdl_live_apikey_test_1a1b",
     "LEMON_SQUEEZY_WEBHOOK_SECRET": "lemon-test-secret-4c4d",
+    "CALENDLY_WEBHOOK_SECRET": "calendly-signing-key-test-5e5f",
     "RELAY_ADMIN_TOKEN": "admin-test-token-2e2f",
     "RELAY_UPSTREAM_TOKEN": "upstream-test-token-3a3b",
 }
@@ -128,6 +129,7 @@ BUILT_IN_SOURCES = (
     "ecwid",
     "adobe_commerce",
     "lemon_squeezy",
+    "calendly",
 )
 
 

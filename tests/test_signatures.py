@@ -50,6 +50,11 @@ def stripe(secret: str, body: bytes, now: float) -> dict[str, str]:
     return {"Stripe-Signature": f"t={ts},v1={hexed(secret, ts.encode() + b'.' + body)},v0=ignored"}
 
 
+def calendly(secret: str, body: bytes, now: float) -> dict[str, str]:
+    ts = str(int(now))
+    return {"Calendly-Webhook-Signature": f"t={ts},v1={hexed(secret, ts.encode() + b'.' + body)}"}
+
+
 def webflow(secret: str, body: bytes, now: float) -> dict[str, str]:
     ts = str(int(now * 1000))
     return {"x-webflow-timestamp": ts, "x-webflow-signature": hexed(secret, ts.encode() + b":" + body)}
@@ -68,6 +73,7 @@ SIGNERS: dict[str, Callable[[str, bytes, float], dict[str, str]]] = {
     "stripe": stripe,
     "webflow": webflow,
     "paddle": paddle,
+    "calendly": calendly,
 }
 
 
@@ -102,6 +108,18 @@ def test_replay_after_tolerance_is_refused(name):
     with pytest.raises(AuthenticationFailed, match="tolerance"):
         authenticate(SOURCES[name], body=BODY, headers=headers, query={}, env=env_for(name, secret))
     authenticate(SOURCES[name], body=BODY, headers=headers, query={}, env=env_for(name, secret), now=signed_at + 299)
+
+
+def test_calendlys_signature_is_refused_after_three_minutes():
+    """Calendly tells receivers to refuse a signature older than 3 minutes."""
+    secret = SECRETS["CALENDLY_WEBHOOK_SECRET"]
+    signed_at = time.time() - 181
+    headers = calendly(secret, BODY, signed_at)
+    with pytest.raises(AuthenticationFailed, match="tolerance"):
+        authenticate(SOURCES["calendly"], body=BODY, headers=headers, query={}, env=env_for("calendly", secret))
+    authenticate(
+        SOURCES["calendly"], body=BODY, headers=headers, query={}, env=env_for("calendly", secret), now=signed_at + 179
+    )
 
 
 @pytest.mark.parametrize("stamp", ["nan", "NaN", "inf", "-inf", "1e400"])
