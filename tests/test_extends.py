@@ -206,6 +206,24 @@ def test_the_base_must_be_a_file_beside_it_that_extends_none(tmp_path, base, pro
     assert source is None and any(problem in found for found in problems), problems
 
 
+def test_a_yml_file_extends_a_yaml_one_and_its_problems_name_the_base_line(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "shopify_eu.yaml").rename(folder / "shopify_eu.yml")
+    source, problems = load_source_file(folder / "shopify_eu.yml")
+    assert source is not None and source.extension.file == str(folder / "shopify.yaml"), problems
+    (folder / "shopify_eu.yml").write_text(
+        "version: 1\nsource: shopify_eu\nextends: shopify\nsettings: {RELAY_EMAIL_RESOURCE_ID: first}\n",
+        encoding="utf-8",
+    )
+    problems = load_source_file(folder / "shopify_eu.yml")[1]
+    line = next(
+        number
+        for number, text in enumerate((folder / "shopify.yaml").read_text(encoding="utf-8").splitlines(), 1)
+        if "${RELAY_EMAIL_RESOURCE_ID" in text
+    )
+    assert f"shopify_eu.yml:4 with its settings, {folder / 'shopify.yaml'}:{line} rules." in problems[0], problems
+
+
 def test_a_file_extends_neither_itself_nor_under_another_name(tmp_path):
     folder = _folder(tmp_path, "version: 1\nsource: shopify_eu\nextends: shopify_eu\n")
     assert "extends: a file cannot extend itself" in " ".join(load_source_file(folder / "shopify_eu.yaml")[1])

@@ -86,7 +86,8 @@ class ExtendingFileSchema(Schema):
 class Extension:
     """What a source's file says on top of its base, for `relay sources`."""
 
-    base: str
+    base: str  # the base's source name
+    file: str  # the base's file (`shopify.yaml`, or `.yml`)
     settings: tuple[tuple[str, str | int], ...]
 
 

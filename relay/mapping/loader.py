@@ -115,9 +115,8 @@ def _load_extending(path: Path, data: dict[str, Any], lines: LineTable) -> tuple
     merged, extension, problems = _extended_data(path, data, lines)
     if merged is None or extension is None:
         return None, problems
-    base_path = path.with_name(extension.base + path.suffix)
-    base_lines = _read(base_path)[1]
-    source, found = _load(merged, base_lines, str(base_path), path.stem, extension)
+    base_lines = _read(Path(extension.file))[1]
+    source, found = _load(merged, base_lines, extension.file, path.stem, extension)
     if source is not None:
         return dataclasses.replace(source, file=shown), []
     at = f"{shown}:{line_of(lines, ('settings',) if extension.settings else ('extends',))}"
@@ -169,7 +168,7 @@ def _extended_data(
     merged["source"] = own["source"]
     if own["description"] is not None:
         merged["description"] = own["description"]
-    return merged, Extension(base=base_path.stem, settings=tuple(own["settings"].items())), []
+    return merged, Extension(base=base_path.stem, file=str(base_path), settings=tuple(own["settings"].items())), []
 
 
 def load_sources(folder: str | Path) -> dict[str, Source]:
