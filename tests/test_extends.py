@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from relay.mapping.loader import load_source_file
 from relay.mapping.watch import WatchedSources
@@ -257,3 +258,37 @@ def test_check_sources_and_preview_take_the_extending_file(tmp_path):
     )
     assert previewed.returncode == 0, previewed.stderr
     assert [call["body"]["db_id"] for call in json.loads(previewed.stdout)] == [7]
+
+
+def test_a_saved_example_and_check_read_the_setting_a_default_is_rebound_to(tmp_path):
+    """The rules' `db_id` is the schema's default, `${RELAY_DB_ID:-1}`, written in no file: rebound to
+    `${EU_DB_ID}`, it is a setting the source reads like any other, which an example saved now records and
+    `check` names while it is unset."""
+    folder = _folder(
+        tmp_path,
+        "version: 1\nsource: shopify_eu\nextends: shopify\n"
+        "settings: {SHOPIFY_WEBHOOK_SECRET: '${SHOPIFY_EU_WEBHOOK_SECRET}', RELAY_DB_ID: '${EU_DB_ID}'}\n",
+    )
+    shutil.copytree(MAPPINGS / "examples" / "shopify", folder / "examples" / "shopify")
+    env = {"RELAY_MAPPINGS_DIR": str(folder), "SHOPIFY_EU_WEBHOOK_SECRET": EU_SECRET}
+    unset = relay_command("check", env=env)
+    assert unset.returncode == 0, unset.stderr
+    assert "\n  EU_DB_ID: shopify_eu\n" in unset.stdout
+    order = str(FIXTURES / "shopify-orders-create.json")
+    saved = relay_command(
+        "preview",
+        "--source",
+        "shopify_eu",
+        order,
+        "--header",
+        "X-Shopify-Topic: orders/create",
+        "--save-example",
+        "eu-order",
+        env={**env, "EU_DB_ID": "9"},
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert [call["body"]["db_id"] for call in json.loads(saved.stdout)] == [9]
+    example = yaml.safe_load((folder / "examples" / "shopify_eu" / "eu-order.yaml").read_text(encoding="utf-8"))
+    assert example["env"] == {"SHOPIFY_EU_WEBHOOK_SECRET": "not-shown", "EU_DB_ID": "9"}
+    assert [call["body"]["db_id"] for call in example["expect"]["calls"]] == [9]
+    assert relay_command("check", env=env).returncode == 0  # the example runs with its own settings

@@ -20,6 +20,7 @@ __all__ = [
     "find_refs",
     "implied",
     "implied_names",
+    "implied_refs",
     "is_ref",
     "parse_ref",
     "rebind_text",
@@ -102,7 +103,7 @@ def missing(refs: Iterable[EnvRef], env: Mapping[str, str]) -> list[str]:
 # A file that extends another reads some of the base's settings otherwise (relay/mapping/extending.py); the
 # schema's defaults that name a setting (a rule's `db_id`) must read them the same way while it is loaded.
 _REBOUND: ContextVar[Mapping[str, str | int]] = ContextVar("relay_rebound_settings", default=MappingProxyType({}))
-_IMPLIED: set[str] = set()
+_IMPLIED: dict[str, None] = {}  # the default texts that name a setting, in the order the schema gives them
 
 
 def rebind_text(text: str, settings: Mapping[str, str | int]) -> str | int:
@@ -118,7 +119,7 @@ def rebind_text(text: str, settings: Mapping[str, str | int]) -> str | int:
 
 def implied(text: str) -> Callable[[], str | int]:
     """A schema default that names a setting (`${RELAY_DB_ID:-1}`), read as the file being loaded reads it."""
-    _IMPLIED.update(ref.name for ref in find_refs(text))
+    _IMPLIED[text] = None
     return functools.partial(_implied, text)
 
 
@@ -128,7 +129,18 @@ def _implied(text: str) -> str | int:
 
 def implied_names() -> frozenset[str]:
     """The settings the schema's defaults name: every mapping file reads them, written or not."""
-    return frozenset(_IMPLIED)
+    return frozenset(ref.name for text in _IMPLIED for ref in find_refs(text))
+
+
+def implied_refs(settings: Mapping[str, str | int]) -> list[EnvRef]:
+    """The references of the schema's defaults as a file reads them: another setting's, for a file that
+    extends another and rebinds one (`RELAY_DB_ID: ${EU_DB_ID}`)."""
+    found = []
+    for text in _IMPLIED:
+        rebound = rebind_text(text, settings)
+        if isinstance(rebound, str):
+            found.extend(find_refs(rebound))
+    return found
 
 
 @contextmanager

@@ -251,14 +251,17 @@ def _strings(data: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 
 
 def referenced_variables(folder: str | Path) -> dict[str, list[envrefs.EnvRef]]:
-    """Every `${NAME}` each mapping file references, for `check` and `sources`."""
+    """Every `${NAME}` each mapping file references, for `check` and `sources`, with those of the schema's
+    defaults (a rule's `db_id`), as a file that extends another reads them."""
     found: dict[str, list[envrefs.EnvRef]] = {}
     for path in mapping_files(folder):
         data, lines, _problems = _read(path)
+        rebound: dict[str, str | int] = {}
         if data is not None and "extends" in data:
-            data = _extended_data(path, data, lines)[0]
+            data, extension, _problems = _extended_data(path, data, lines)
+            rebound = dict(extension.settings) if extension else {}
         if data is None:
             continue
         refs = [ref for _p, text in _strings(data, ()) for ref in envrefs.find_refs(text)]
-        found[path.stem] = refs
+        found[path.stem] = refs + envrefs.implied_refs(rebound)
     return found
