@@ -136,9 +136,16 @@ class MappingError(RelayError):
     rule: str | None = None  # the rule that was building the calls, when one was chosen
 
 
+# How a kept delivery's detail begins: the store counts them by it (relay_deliveries_kept).
+KEPT_BY_RULE = "kept by rule "
+
+
 class KeptByMapping(MappingError):
     """A rule with `keep` took the webhook: it is kept unsent, failed for its mapping with the rule's reason,
     until a replay finds a rule that forwards it. Deliberate, so not reported as an error."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{KEPT_BY_RULE}{rule!r}: {reason}")
 
 
 class UpstreamError(RelayError):

@@ -104,6 +104,7 @@ MAPPING_FILES_BROKEN = Gauge(
 STORE_GAUGES = {
     "relay_store_up": "1 when the store answered this scrape's queries, 0 when it did not",
     "relay_deliveries": "Deliveries in the store, by status",
+    "relay_deliveries_kept": "Failed deliveries a mapping rule with `keep` holds back on purpose (among the failed)",
     "relay_queue_depth": "Deliveries waiting to be sent (queued or retrying)",
     "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
     "relay_last_received_timestamp_seconds": "When the source's newest stored webhook arrived (Unix time)",
@@ -173,6 +174,7 @@ class _StoreCollector:
 
         try:
             counts = self.store.counts()
+            kept = self.store.kept_count()
             oldest = self.store.oldest_due()
             newest = self.store.last_received(self.sources)
         except Exception:  # noqa: BLE001 - the counters still matter most while the store is away
@@ -184,6 +186,7 @@ class _StoreCollector:
         for status in STATUSES:
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
+        yield GaugeMetricFamily("relay_deliveries_kept", STORE_GAUGES["relay_deliveries_kept"], value=kept)
         yield GaugeMetricFamily(
             "relay_queue_depth",
             STORE_GAUGES["relay_queue_depth"],

@@ -56,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 
-from relay.errors import StoreUnavailable
+from relay.errors import KEPT_BY_RULE, StoreUnavailable
 from relay.ids import random_hex
 from relay.inbound import InboundRequest
 from relay.mapping.model import ONCE_KEY_LENGTH
@@ -767,6 +767,17 @@ class Store:
         with self._read() as connection:
             rows = connection.execute(select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all()
         return {status: count for status, count in rows}
+
+    def kept_count(self) -> int:
+        """Failed deliveries a mapping rule with `keep` holds back on purpose (their detail says so): the
+        failed ones nobody has to look into are the others. Read through the status index, as `problems`."""
+        query = select(func.count()).where(
+            deliveries.c.status == "failed",
+            deliveries.c.reason == "mapping",
+            deliveries.c.detail.startswith(KEPT_BY_RULE, autoescape=True),
+        )
+        with self._read() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def counts_by_source(
         self, *, source: str | None = None, since: float | None = None, until: float | None = None

@@ -26,6 +26,7 @@ from relay.web import create_app
 from relay.worker import Worker
 
 from .conftest import (
+    FIXTURES,
     MAPPINGS,
     SECRETS,
     LoopbackFake,
@@ -56,6 +57,8 @@ class FakeBigCommerce(LoopbackFake):
         self.products: dict[int, Any] = {250: _example("api-order-250-products.json")}
         self.customers: dict[int, Any] = {32: _example("api-customer-32.json")["data"][0]}
         self.subscribers: dict[int, Any] = {5: _example("api-subscriber-5.json")["data"]}
+        cart = _example("api-cart-abandoned.json")["data"]
+        self.carts: dict[str, Any] = {cart["id"]: cart}
         self.faults: list[dict[str, Any]] = []
         self.product_faults: list[dict[str, Any]] = []  # answered first to the products' requests alone
         self.requests: list[dict[str, Any]] = []
@@ -102,6 +105,11 @@ class FakeBigCommerce(LoopbackFake):
             wanted = {int(i) for i in parse_qs(parts.query).get("id:in", [""])[0].split(",") if i}
             found = [customer for key, customer in self.customers.items() if key in wanted]
             return 200, {}, json.dumps({"data": found, "meta": {"pagination": {"total": len(found)}}}).encode()
+        if route.startswith("/v3/carts/"):
+            cart = self.carts.get(route.rsplit("/", 1)[1])
+            if cart is None:
+                return 404, {}, b'{"status": 404, "title": "Cart not found"}'
+            return 200, {}, json.dumps({"data": cart, "meta": {}}).encode()
         if route.startswith("/v3/customers/subscribers/"):
             subscriber = self.subscribers.get(int(route.rsplit("/", 1)[1]))
             if subscriber is None:
@@ -119,7 +127,7 @@ def bigcommerce():  # type: ignore[no-untyped-def]
 
 def _settings(tmp_path: Path, sandbox: SandboxServer, api: FakeBigCommerce, **env: str):  # type: ignore[no-untyped-def]
     return quick_retry_settings(
-        tmp_path, sandbox, RELAY_MAX_ATTEMPTS="4", BIGCOMMERCE_API_URL=api.url, BIGCOMMERCE_STORE_HASH=STORE_HASH, **env
+        tmp_path, sandbox, RELAY_MAX_ATTEMPTS="5", BIGCOMMERCE_API_URL=api.url, BIGCOMMERCE_STORE_HASH=STORE_HASH, **env
     )
 
 
@@ -226,13 +234,14 @@ def test_products_that_do_not_come_hold_back_the_order_alone_until_a_retry_bring
     [profile] = sandbox.sandbox.profiles.values()
     assert profile.fields["orders_count"] == 1 and sandbox.sandbox.orders == {}
     delivery = store.get(delivery_id)
-    assert delivery is not None and delivery.calls_done == 1
+    assert delivery is not None and delivery.calls_done == 2  # the profile, and its abandoned_checkout tag off
     assert delivery.detail == f"the order was not sent: fetch products from {bigcommerce.url}: HTTP 503"
     assert drain(store, worker, delivery_id) == "delivered"
     assert profile.fields["orders_count"] == 1
     assert sandbox.sandbox.orders["250"]["profile_id"] == profile.id
     assert [(a["method"], a["outcome"], a["http_status"]) for a in store.attempts_of(delivery_id)] == [
         ("profiles/import", "delivered", 200),
+        ("profiles/update", "delivered", 200),
         ("fetch products", "transient", 503),
         ("fetch products", "transient", 429),
         ("market/orders/import", "delivered", 200),
@@ -249,7 +258,7 @@ def test_products_the_api_refuses_fail_the_order_alone_as_rejected_and_a_replay_
     delivery_id = post(client, "order-created.json").get_json()["id"]
     assert drain(store, worker, delivery_id) == "failed"
     delivery = store.get(delivery_id)
-    assert delivery is not None and delivery.reason == "rejected" and delivery.calls_done == 1
+    assert delivery is not None and delivery.reason == "rejected" and delivery.calls_done == 2
     assert delivery.detail == f"the order was not sent: fetch products from {bigcommerce.url}: HTTP 404"
     [profile] = sandbox.sandbox.profiles.values()
     assert profile.fields["orders_count"] == 1 and sandbox.sandbox.orders == {}
@@ -277,6 +286,7 @@ def test_the_apis_transient_answers_are_retried_and_each_try_is_kept(relay, bigc
         ("fetch order", "transient", 429),
         ("fetch order", "transient", 200),
         ("profiles/import", "delivered", 200),
+        ("profiles/update", "delivered", 200),
     ]
     address = f"{bigcommerce.url}/stores/{STORE_HASH}/v2/orders/250"
     assert attempts[0]["request"] == {"url": address}
@@ -333,7 +343,7 @@ def test_an_api_that_does_not_answer_is_retried_then_exhausted(relay, bigcommerc
     delivery = store.get(delivery_id)
     assert delivery is not None and delivery.reason == "exhausted"
     attempts = store.attempts_of(delivery_id)
-    assert len(attempts) == 4 and {a["outcome"] for a in attempts} == {"transient"}
+    assert len(attempts) == 5 and {a["outcome"] for a in attempts} == {"transient"}
     assert "network: ConnectError" in attempts[0]["error"]
 
 
@@ -377,13 +387,16 @@ def test_an_unset_api_token_fails_as_mapping_naming_the_setting(tmp_path, sandbo
 
 
 def test_the_ingress_ignores_only_what_no_fetched_document_could_forward(relay, bigcommerce):
-    """A cart event has no rule: 200 ignored, nothing stored or fetched. An order's rule reads the fetched
+    """A converted cart has no rule: 200 ignored, nothing stored or fetched. An order's rule reads the fetched
     order (`when: ... fetched.order.status_id`), which the ingress does not have: it is stored, and the
     worker, having fetched an incomplete order, settles it as ignored."""
     client, store, worker = relay
-    response = post(client, "cart-abandoned.json")
+    converted = (FIXTURES / "bigcommerce-store.cart.converted.json").read_bytes()
+    response = client.post(
+        "/hooks/bigcommerce", data=converted, content_type="application/json", headers={"X-Relay-Token": HOOK_TOKEN}
+    )
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ignored", "reason": "no rule forwards event 'store/cart/abandoned'"}
+    assert response.get_json() == {"status": "ignored", "reason": "no rule forwards event 'store/cart/converted'"}
     bigcommerce.orders[250] = {**bigcommerce.orders[250], "status_id": 0}
     delivery_id = post(client, "order-created.json").get_json()["id"]
     assert drain(store, worker, delivery_id) == "delivered"
@@ -455,6 +468,29 @@ def test_customers_and_subscribers_are_fetched_from_their_own_endpoints(relay, s
     ]
     emails = sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values())
     assert emails == ["jane.doe@example.com", "newsletter.reader@example.com"]
+
+
+def test_an_abandoned_cart_tags_the_shopper_until_their_order_is_counted(relay, sandbox, bigcommerce):
+    """store/cart/abandoned names the cart; its e-mail (v3 carts API) is tagged abandoned_checkout, and the
+    order counted later takes the tag off. A cart gone by the time relay asks fails as rejected, saying so."""
+    client, store, worker = relay
+    abandoned = post(client, "cart-abandoned.json")
+    assert abandoned.status_code == 202, abandoned.get_json()
+    assert drain(store, worker, abandoned.get_json()["id"]) == "delivered"
+    [cart_id] = bigcommerce.carts
+    assert [r["path"] for r in bigcommerce.requests] == [f"/stores/{STORE_HASH}/v3/carts/{cart_id}"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "jane.doe@example.com"
+    assert set(profile.fields["tags"]) == {"bigcommerce", "abandoned_checkout"}
+    ordered = post(client, "order-created.json")
+    assert drain(store, worker, ordered.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert set(profile.fields["tags"]) == {"bigcommerce", "order_created"}
+    bigcommerce.carts.clear()
+    gone = post(client, "cart-abandoned.json", **{"webhook-id": "msg_gone"}).get_json()["id"]
+    assert drain(store, worker, gone) == "failed"
+    failed = store.get(gone)
+    assert (failed.reason, failed.detail) == ("rejected", "fetch cart from " + bigcommerce.url + ": HTTP 404")
 
 
 def _fetching_source(tmp_path: Path, fetch: str) -> Any:
@@ -529,8 +565,9 @@ def test_preview_takes_the_apis_answer_from_a_file_and_says_what_it_would_fetch(
         "preview", "--source", "bigcommerce", sample, "--fetched", f"order={EXAMPLES / 'api-order-250.json'}", env=env
     )
     assert done.returncode == 0, done.stderr
-    [call] = json.loads(done.stdout)
+    [call, untag] = json.loads(done.stdout)
     assert call["body"]["email"] == "jane.doe@example.com" and call["body"]["data"]["orders_count"]["value"] == 1
+    assert untag["body"]["data"]["tags"] == {"action": "delete", "value": ["abandoned_checkout"]}
     assert f"fetch order: GET https://api.bigcommerce.com/stores/{STORE_HASH}/v2/orders/250" in done.stderr
     assert API_TOKEN not in done.stdout + done.stderr
     missing = relay_command("preview", "--source", "bigcommerce", sample, env=env)

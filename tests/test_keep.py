@@ -83,6 +83,10 @@ def test_a_new_source_is_captured_unsent_then_mapped_and_replayed(landing, sandb
     [line] = [json.loads(line) for line in lines if "kept unsent" in line]
     assert line["level"] == "info" and line["delivery_id"] == delivery_id
     assert sandbox.sandbox.profiles == {}
+    # Failed, and counted apart, so that the failing-deliveries alert leaves it out.
+    store_metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'relay_deliveries{status="failed"} 1.0' in store_metrics
+    assert "\nrelay_deliveries_kept 1.0\n" in store_metrics
 
     (folder / "landing.yaml").write_text(MAPPED, encoding="utf-8")
     # The kept request becomes the source's first example, expecting what the new rule makes of it.
@@ -98,6 +102,12 @@ def test_a_new_source_is_captured_unsent_then_mapped_and_replayed(landing, sandb
     assert drain(store, worker, delivery_id) == "delivered"
     [profile] = sandbox.sandbox.profiles.values()
     assert profile.fields["email"] == "ana@example.com"
+    # One the rule cannot map (no e-mail) fails for its mapping, and is not counted as kept.
+    unmapped = client.post(f"/hooks/landing?token={TOKEN}", json={"contact": {"phone": "+79123456789"}})
+    assert drain(store, worker, unmapped.get_json()["id"]) == "failed"
+    store_metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'relay_deliveries{status="failed"} 1.0' in store_metrics
+    assert "\nrelay_deliveries_kept 0.0\n" in store_metrics
 
 
 def test_sources_and_preview_say_what_a_keep_rule_does(tmp_path):

@@ -186,6 +186,23 @@ def test_replayable_counts_by_status_and_reason_and_changes_nothing(store):
     assert store.replay_matching(source=source) == sum(found.values()) - 1
 
 
+def test_kept_deliveries_are_counted_apart_on_both_databases(store):
+    """relay_deliveries_kept: failed for their mapping by a rule with `keep` (their detail begins as the
+    error's message does), not a mapping error that mentions it, nor another reason."""
+    from relay.errors import KeptByMapping
+
+    before = store.kept_count()
+    source = f"src{uuid.uuid4().hex[:8]}"
+    ids = [_accept_numbered(store, source, n, "queued") for n in range(3)]
+    claimed = {d.id: t for d, t in store.claim(owner="a", limit=100, lease_seconds=30) if d.id in ids}
+    kept = KeptByMapping("hold", "held while the order fields change").detail
+    for delivery_id, reason, detail in zip(
+        ids, ["mapping", "mapping", "rejected"], [kept, f"rule 'x': not {kept}", kept], strict=True
+    ):
+        assert store.finish(delivery_id, claimed[delivery_id], status="failed", reason=reason, detail=detail)
+    assert store.kept_count() == before + 1
+
+
 def test_counts_by_source_status_and_reason(store):
     """The overview's counts, on both databases: per source, status and reason (delivered ones as the
     difference of two indexes), within a time range, with each source's newest arrival."""

@@ -283,7 +283,7 @@ def translate(
             return Translation(calls=[], rule=rule.name, event=event, ignored=rule.ignore, passed_over=tuple(passed))
         try:
             if rule.keep is not None:
-                raise KeptByMapping(f"kept by rule {rule.name!r}: {rule.keep}")
+                raise KeptByMapping(rule.name, rule.keep)
             builder = _Builder(source, rule, data, ctx, client_ip)
             if rule.forget is not None:
                 return Translation(calls=[], rule=rule.name, event=event, forget=builder.forgotten())
