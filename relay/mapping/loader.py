@@ -112,10 +112,10 @@ def _load_extending(path: Path, data: dict[str, Any], lines: LineTable) -> tuple
     """A file that extends another: checked itself, then its base rebound to its settings and loaded as the
     base is, each problem of that said at this file's settings with the base's line."""
     shown = str(path)
-    merged, extension, problems = _extended_data(path, data, lines)
-    if merged is None or extension is None:
+    extended, problems = _extended_data(path, data, lines)
+    if extended is None:
         return None, problems
-    base_lines = _read(Path(extension.file))[1]
+    merged, base_lines, extension = extended
     source, found = _load(merged, base_lines, extension.file, path.stem, extension)
     if source is not None:
         return dataclasses.replace(source, file=shown), []
@@ -125,17 +125,18 @@ def _load_extending(path: Path, data: dict[str, Any], lines: LineTable) -> tuple
 
 def _extended_data(
     path: Path, data: dict[str, Any], lines: LineTable
-) -> tuple[dict[str, Any] | None, Extension | None, list[str]]:
-    """The base file's data with this file's settings and name; None with the problems when there is none."""
+) -> tuple[tuple[dict[str, Any], LineTable, Extension] | None, list[str]]:
+    """The base file's data with this file's settings and name, the base's lines and what the file says on
+    top of it; None with the problems when there is none."""
     shown = str(path)
     try:
         own: dict[str, Any] = ExtendingFileSchema().load(data)
     except ValidationError as exc:
-        return None, None, _describe(exc.messages, lines, shown)
+        return None, _describe(exc.messages, lines, shown)
     at = f"{shown}:{line_of(lines, ('extends',))} extends:"
     if own["source"] != path.stem:
         line = line_of(lines, ("source",))
-        return None, None, [f"{shown}:{line} source: {own['source']!r} must match the file name {path.stem!r}"]
+        return None, [f"{shown}:{line} source: {own['source']!r} must match the file name {path.stem!r}"]
     base_path = next(
         (
             path.with_name(own["extends"] + suffix)
@@ -145,12 +146,12 @@ def _extended_data(
         None,
     )
     if base_path is None:
-        return None, None, [f"{at} no mapping file {own['extends']}.yaml beside this one"]
-    base, _base_lines, found = _read(base_path)
+        return None, [f"{at} no mapping file {own['extends']}.yaml beside this one"]
+    base, base_lines, found = _read(base_path)
     if base is None:
-        return None, None, [f"{at} {base_path} does not load: {found[0]}"]
+        return None, [f"{at} {base_path} does not load: {found[0]}"]
     if "extends" in base:
-        return None, None, [f"{at} {base_path} extends {base['extends']!r} itself; extend that file instead"]
+        return None, [f"{at} {base_path} extends {base['extends']!r} itself; extend that file instead"]
     problems = []
     names, secrets = base_settings(base), secret_settings(base)
     for name, value in own["settings"].items():
@@ -163,12 +164,13 @@ def _extended_data(
                 "never the secret itself"
             )
     if problems:
-        return None, None, problems
+        return None, problems
     merged = rebind(base, own["settings"])
     merged["source"] = own["source"]
     if own["description"] is not None:
         merged["description"] = own["description"]
-    return merged, Extension(base=base_path.stem, file=str(base_path), settings=tuple(own["settings"].items())), []
+    extension = Extension(base=base_path.stem, file=str(base_path), settings=tuple(own["settings"].items()))
+    return (merged, base_lines, extension), []
 
 
 def load_sources(folder: str | Path) -> dict[str, Source]:
@@ -258,8 +260,9 @@ def referenced_variables(folder: str | Path) -> dict[str, list[envrefs.EnvRef]]:
         data, lines, _problems = _read(path)
         rebound: dict[str, str | int] = {}
         if data is not None and "extends" in data:
-            data, extension, _problems = _extended_data(path, data, lines)
-            rebound = dict(extension.settings) if extension else {}
+            extended = _extended_data(path, data, lines)[0]
+            data = extended[0] if extended else None
+            rebound = dict(extended[2].settings) if extended else {}
         if data is None:
             continue
         refs = [ref for _p, text in _strings(data, ()) for ref in envrefs.find_refs(text)]
