@@ -15,7 +15,7 @@ from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavai
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.examples import check_example, example_files, load_example, save_example
-from relay.mapping.fetches import FetchRequest, answer_from_file
+from relay.mapping.fetches import FetchRequest, given_answer
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
@@ -345,7 +345,7 @@ def _save_example(args: argparse.Namespace, settings: Settings, source: Source, 
             request,
             description=described,
             env=_example_env(settings, source.name),
-            fetched={fetch: Path(file) for fetch, file in _fetched_files(args.fetched).items()},
+            fetched=_fetched_files(args.fetched),
             once_taken=frozenset(args.once_taken),
         )
     except ValueError as exc:
@@ -373,14 +373,15 @@ def _example_env(settings: Settings, source: str) -> dict[str, str]:
     return env
 
 
-def _fetched_files(given: list[str]) -> dict[str, str]:
-    """`--fetched NAME=FILE`, repeated: the files by fetch name. Raises MappingError for one that is not."""
-    files: dict[str, str] = {}
+def _fetched_files(given: list[str]) -> dict[str, Path | int]:
+    """`--fetched NAME=FILE` (or `NAME=404`, the API's status), repeated: the answers by fetch name. Raises
+    MappingError for one that is not."""
+    files: dict[str, Path | int] = {}
     for item in given:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise MappingError(f"--fetched {item!r} must be NAME=FILE")
-        files[name] = path
+            raise MappingError(f"--fetched {item!r} must be NAME=FILE, or NAME=STATUS (404)")
+        files[name] = int(path) if path.isdigit() and len(path) == 3 else Path(path)
     return files
 
 
@@ -397,7 +398,7 @@ def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
                 f"fetch {request.name}: preview makes no network call; give the API's answer as "
                 f"--fetched {request.name}=FILE"
             )
-        return answer_from_file(request.name, Path(path))
+        return given_answer(request, path)
 
     return fetch
 

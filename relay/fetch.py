@@ -3,8 +3,9 @@
 A GET with the mapping's headers, no redirects followed (a redirect to another host would take the API
 token along), the answer read within RELAY_UPSTREAM_TIMEOUT and MAX_DOCUMENT_BYTES. Network errors,
 timeouts, 408, 429 and 5xx are transient, and so is a 2xx whose body is not JSON (a proxy's page); after
-a 429 the source's fetches pause for its Retry-After; any other answer is final (a wrong token, a record
-deleted since): the delivery fails as `rejected`, and a replay fetches again. Only `FetchRequest.shown`
+a 429 the source's fetches pause for its Retry-After; an answer the fetch takes as the record gone
+(`absent_on`: 404, 410) is no document; any other answer is final (a wrong token, a record deleted since):
+the delivery fails as `rejected`, and a replay fetches again. Only `FetchRequest.shown`
 is ever logged or kept.
 """
 
@@ -27,6 +28,7 @@ from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, read_within, re
 __all__ = ["MAX_DOCUMENT_BYTES", "Fetcher"]
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # an order with hundreds of lines is tens of kilobytes
+_ABSENT = object()  # an answer the fetch takes as the record gone (`absent_on`): no document
 DEFAULT_PAUSE = 10.0  # seconds without fetches from a source's API after a 429 that gives no Retry-After
 MAX_PAUSE = 300.0
 
@@ -62,6 +64,9 @@ class Fetcher:
         outcome = "transient"
         try:
             document = self._get(request)
+            if document is _ABSENT:
+                outcome = "absent"
+                return None
             outcome = "fetched"
             return document
         except PermanentFetchError:
@@ -117,6 +122,8 @@ class Fetcher:
         if 300 <= status < 400:
             where = shown_url(response.headers.get("Location", ""))[:200]
             raise PermanentFetchError(f"{said}: HTTP {status}: redirected to {where or '(nowhere)'}", **common)
+        if status in request.absent_on:
+            return _ABSENT  # the record is gone since the webhook, and the mapping says that is no error
         if not 200 <= status < 300:
             raise PermanentFetchError(f"{said}: HTTP {status}", **common)
         if not raw.strip():

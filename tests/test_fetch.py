@@ -472,7 +472,8 @@ def test_customers_and_subscribers_are_fetched_from_their_own_endpoints(relay, s
 
 def test_an_abandoned_cart_tags_the_shopper_until_their_order_is_counted(relay, sandbox, bigcommerce):
     """store/cart/abandoned names the cart; its e-mail (v3 carts API) is tagged abandoned_checkout, and the
-    order counted later takes the tag off. A cart gone by the time relay asks fails as rejected, saying so."""
+    order counted later takes the tag off. A cart gone by the time relay asks (404) is no cart: ignored, not
+    failed, and counted as an absent fetch, which the failing-fetches alert leaves out."""
     client, store, worker = relay
     abandoned = post(client, "cart-abandoned.json")
     assert abandoned.status_code == 202, abandoned.get_json()
@@ -487,10 +488,13 @@ def test_an_abandoned_cart_tags_the_shopper_until_their_order_is_counted(relay, 
     [profile] = sandbox.sandbox.profiles.values()
     assert set(profile.fields["tags"]) == {"bigcommerce", "order_created"}
     bigcommerce.carts.clear()
+    absent_before = _fetch_count("absent")
     gone = post(client, "cart-abandoned.json", **{"webhook-id": "msg_gone"}).get_json()["id"]
-    assert drain(store, worker, gone) == "failed"
-    failed = store.get(gone)
-    assert (failed.reason, failed.detail) == ("rejected", "fetch cart from " + bigcommerce.url + ": HTTP 404")
+    assert drain(store, worker, gone) == "delivered"
+    settled = store.get(gone)
+    assert settled.reason == "ignored" and "the store no longer has it" in settled.detail
+    assert _fetch_count("absent") == absent_before + 1
+    assert store.attempts_of(gone) == []  # nothing failed, nothing to keep
 
 
 def _fetching_source(tmp_path: Path, fetch: str) -> Any:
@@ -538,6 +542,11 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
         ("fetch:\n  doc:\n    url: https://api.example.com/x\n    needs: [MARKET]\n", "give optional: true"),
         ("fetch:\n  doc:\n    url: https://x.example\n    optional: true\n    needs: [A-B]\n", "a setting's name"),
         ("fetch:\n  doc:\n    url: https://x.example\n    order_only: true\n", "no rule has an order section"),
+        ("fetch:\n  doc:\n    url: https://x.example\n    absent_on: [403]\n", "404 or 410, the answers that say"),
+        (
+            "fetch:\n  doc:\n    url: https://x.example\n    order_only: true\n    absent_on: [404]\n",
+            "an order's lines cannot be absent",
+        ),
     ],
     ids=[
         "inline-credential",
@@ -550,6 +559,8 @@ def test_a_credential_never_shows_in_the_address_kept_and_values_stay_one_segmen
         "needs-not-optional",
         "needs-a-name",
         "order-only-without-order",
+        "absent-on-not-gone",
+        "absent-order-lines",
     ],
 )
 def test_a_fetch_that_could_leak_or_mislead_is_refused_when_the_file_loads(tmp_path, fetch, problem):
@@ -570,6 +581,11 @@ def test_preview_takes_the_apis_answer_from_a_file_and_says_what_it_would_fetch(
     assert untag["body"]["data"]["tags"] == {"action": "delete", "value": ["abandoned_checkout"]}
     assert f"fetch order: GET https://api.bigcommerce.com/stores/{STORE_HASH}/v2/orders/250" in done.stderr
     assert API_TOKEN not in done.stdout + done.stderr
+    # The API's answer may be a status: 404 is not a gone order (its fetch has no absent_on), as the worker's
+    # delivery would fail as rejected.
+    refused = relay_command("preview", "--source", "bigcommerce", sample, "--fetched", "order=404", env=env)
+    assert refused.returncode == 1
+    assert "fetch order: HTTP 404, which the fetch does not take as the record gone" in refused.stderr
     missing = relay_command("preview", "--source", "bigcommerce", sample, env=env)
     assert missing.returncode == 1
     assert "preview makes no network call; give the API's answer as --fetched order=FILE" in missing.stderr

@@ -75,7 +75,8 @@ def test_metrics_declared_bounded_and_counting(client):
         "delivered",
         "transient",
         "rejected",
-        "fetched",  # relay_fetches_total's outcome beside transient and rejected
+        "fetched",  # relay_fetches_total's outcomes beside transient and rejected
+        "absent",
         "+Inf",
         "deliveries",  # relay_purged_total's kinds
         "dedup_keys",

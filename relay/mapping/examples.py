@@ -34,7 +34,7 @@ import yaml
 
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import URL_EVENT_HEADER, InboundRequest, is_ping, with_url_event
-from relay.mapping.fetches import FetchRequest, answer_from_file
+from relay.mapping.fetches import FetchRequest, given_answer
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation
 from relay.pipeline import parse_request, take_body_token, translate_request
@@ -60,7 +60,7 @@ class Example:
     env: dict[str, str]
     expect: dict[str, Any]
     query: dict[str, str] = field(default_factory=dict)
-    fetched: dict[str, Path] = field(default_factory=dict)
+    fetched: dict[str, Path | int] = field(default_factory=dict)  # a file of JSON, or an HTTP status (404)
     once_taken: frozenset[str] = frozenset()
 
 
@@ -92,7 +92,10 @@ def load_example(path: Path) -> Example:
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
         expect=data["expect"],
         query={str(k): str(v) for k, v in (request.get("query") or {}).items()},
-        fetched={str(k): path.parent / str(v) for k, v in (request.get("fetched") or {}).items()},
+        fetched={
+            str(k): v if isinstance(v, int) and not isinstance(v, bool) else path.parent / str(v)
+            for k, v in (request.get("fetched") or {}).items()
+        },
         once_taken=frozenset(str(key) for key in data.get("once_taken") or ()),
     )
 
@@ -154,7 +157,7 @@ def observe_example(
         answer = example.fetched.get(wanted.name)
         if answer is None:
             raise MappingError(f"fetch {wanted.name}: the example gives no answer for it (request.fetched)")
-        return answer_from_file(wanted.name, answer)
+        return given_answer(wanted, answer)
 
     try:
         observed.translation = translate_request(
@@ -241,7 +244,7 @@ def save_example(
     *,
     description: str,
     env: dict[str, str] | None = None,
-    fetched: dict[str, Path] | None = None,
+    fetched: dict[str, Path | int] | None = None,
     once_taken: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Write an example of `request` as relay keeps it (a token in the body already out, the URL's event
@@ -265,9 +268,13 @@ def save_example(
         written["query"] = query
     if request.client_ip:
         written["client_ip"] = request.client_ip
-    copies = {name: path.with_name(f"{path.stem}.{name}{Path(file).suffix}") for name, file in (fetched or {}).items()}
-    if copies:
-        written["fetched"] = {name: copy.name for name, copy in copies.items()}
+    copies = {
+        name: path.with_name(f"{path.stem}.{name}{Path(file).suffix}")
+        for name, file in (fetched or {}).items()
+        if not isinstance(file, int)
+    }
+    if fetched:  # a file copied beside the example, or an HTTP status as it is
+        written["fetched"] = {name: copies[name].name if name in copies else file for name, file in fetched.items()}
     try:
         written["body"] = request.body.decode("utf-8")
         body_file = None
@@ -282,7 +289,7 @@ def save_example(
         env=dict(env or {}),
         expect={},
         query=query,
-        fetched={name: Path(file) for name, file in (fetched or {}).items()},
+        fetched={name: file if isinstance(file, int) else Path(file) for name, file in (fetched or {}).items()},
         once_taken=once_taken,
     )
     expect = observe_example(example, source)
@@ -294,7 +301,7 @@ def save_example(
     document["expect"] = expect.expectation()
     path.parent.mkdir(parents=True, exist_ok=True)
     for name, copy in copies.items():
-        copy.write_bytes(Path((fetched or {})[name]).read_bytes())
+        copy.write_bytes(Path(str((fetched or {})[name])).read_bytes())
     if body_file is not None:
         body_file.write_bytes(request.body)
     path.write_text(yaml.dump(document, Dumper=_ExampleDumper, sort_keys=False, allow_unicode=True, width=120))

@@ -29,6 +29,7 @@ __all__ = [
     "Fetch",
     "FetchRequest",
     "answer_from_file",
+    "given_answer",
     "build_request",
     "unset_settings",
     "with_fetched",
@@ -46,6 +47,7 @@ class FetchRequest:
     url: str
     shown: str
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    absent_on: tuple[int, ...] = ()  # the answers that say the record is gone: no document (FetchSpec)
 
     def __repr__(self) -> str:
         return f"FetchRequest(name={self.name!r}, shown={self.shown!r})"
@@ -77,6 +79,21 @@ def answer_from_file(name: str, path: Path) -> Any:
         raise MappingError(f"fetch {name}: the answer in {path}: {exc.detail}") from None
 
 
+def given_answer(request: FetchRequest, given: Path | int) -> Any:
+    """The answer `preview` or an example gives for a fetch: a file of JSON, or an HTTP status (`404`), which
+    is no document when the fetch takes it as the record gone (`absent_on`).
+
+    Raises:
+        MappingError: the file cannot be read or is not JSON, or the status is one the fetch does not take
+            (the worker would fail the delivery as rejected).
+    """
+    if isinstance(given, int):
+        if given in request.absent_on:
+            return None
+        raise MappingError(f"fetch {request.name}: HTTP {given}, which the fetch does not take as the record gone")
+    return answer_from_file(request.name, given)
+
+
 def with_fetched(payload: Any, documents: Mapping[str, Any]) -> Any:
     """The payload the rules see: the body's own keys, and the documents under `fetched`."""
     if not isinstance(payload, dict):
@@ -95,7 +112,7 @@ def build_request(spec: FetchSpec, data: Any, env: Mapping[str, str]) -> FetchRe
     if not url.lower().startswith(("https://", "http://")):
         raise MappingError(f"fetch {spec.name}: {shown_url(shown)!r} is not an http(s) address")
     headers = {name: _render(spec, value, data, env, encode=False)[0] for name, value in spec.headers}
-    return FetchRequest(name=spec.name, url=url, shown=shown, headers=headers)
+    return FetchRequest(name=spec.name, url=url, shown=shown, headers=headers, absent_on=spec.absent_on)
 
 
 def _render(spec: FetchSpec, template: str, data: Any, env: Mapping[str, str], *, encode: bool) -> tuple[str, str]:

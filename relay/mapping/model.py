@@ -232,6 +232,9 @@ class FetchSpec:
     # Read by the rule's order section alone (an order's lines): made after the profile calls are built, only
     # when the rule sends an order, and its failure holds back the order, not the buyer's profile.
     order_only: bool = False
+    # The API's answers that say the record is gone since the webhook (404, 410): the rules then find no
+    # `fetched.<name>`, rather than the delivery failing as rejected.
+    absent_on: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -673,11 +673,20 @@ class FetchSchema(StrictSchema):
     )
     # Read by the rule's order section alone: its failure holds back the order, not the profile calls.
     order_only = fields.Boolean(load_default=False)
+    # Answers that say the record is gone (a cart converted or deleted since the webhook): no document.
+    absent_on = fields.List(
+        fields.Integer(validate=validate.OneOf([404, 410], error="404 or 410, the answers that say a record is gone")),
+        load_default=list,
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("needs") and not data.get("optional"):
             raise ValidationError("a fetch that needs settings is optional: give optional: true", "needs")
+        if data.get("absent_on") and data.get("order_only"):
+            raise ValidationError(
+                "an order's lines cannot be absent: absent_on is for what the rules read", "absent_on"
+            )
         url = data.get("url", "")
         if not url.lower().startswith(("https://", "http://", "${")):
             raise ValidationError("the API's address: https://... or a ${NAME} setting that holds it", "url")
@@ -821,6 +830,7 @@ class MappingFileSchema(StrictSchema):
                 optional=spec["optional"],
                 needs=tuple(spec["needs"]),
                 order_only=spec["order_only"],
+                absent_on=tuple(spec["absent_on"]),
             )
             for name, spec in raw.items()
         )
