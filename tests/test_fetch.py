@@ -829,6 +829,18 @@ def test_an_ecwid_order_is_verified_fetched_with_the_apps_token_and_delivered(ec
     assert profile.fields["orders_count"] == 1
 
 
+def test_an_ecwid_customer_deleted_before_the_fetch_still_sends_the_hooks_e_mail(ecwid, sandbox):
+    """The store's API no longer has the customer (404): the fetch is absent, not a failure, and the e-mail the
+    hook carries goes alone."""
+    client, store, worker, api = ecwid
+    response = _ecwid_hook(client, "e-9", "customer.created", {"customerEmail": "Anna@Example.com"})
+    assert response.status_code == 202, response.get_json()
+    assert drain(store, worker, response.get_json()["id"]) == "delivered"
+    assert [request["path"] for request in api.requests] == ["/api/v3/1003/customers/103878161"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "anna@example.com" and profile.fields["tags"] == ["ecwid", "ecwid_customer"]
+
+
 def test_an_ecwid_orders_items_reach_the_market_module_in_the_stores_currency(ecwid_market, sandbox):
     """Ecwid's order names no currency: with RELAY_MARKET_ENDPOINT set, the paid order goes to the market
     module in ECWID_CURRENCY, after the buyer's profile."""
