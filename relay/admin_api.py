@@ -23,7 +23,7 @@ from relay.listing import naming_event
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.pipeline import stored_event
-from relay.replay_check import CHECKED_OVER_HTTP, check_replay, replay_event
+from relay.replay_check import CHECKED_OVER_HTTP, replay_event, replay_filtered
 from relay.settings import Settings
 from relay.source_report import describe_source
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
@@ -344,26 +344,14 @@ def admin_blueprint(
             abort(400, description=refusal)
         dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
         status = "queued" if settings.upstream_url else "held"
+        limit = CHECKED_OVER_HTTP
         if event:
-            chosen = replay_event(
-                store,
-                settings,
-                sources or {},
-                filters,
-                event,
-                to_status=status,
-                dry_run=dry_run,
-                limit=CHECKED_OVER_HTTP,
+            answer = replay_event(
+                store, settings, sources or {}, filters, event, to_status=status, dry_run=dry_run, limit=limit
             )
-            return jsonify(chosen), 200 if dry_run else 202
-        if dry_run:
-            found = store.replayable(**filters)
-            answer: dict[str, Any] = {"would_replay": sum(found.values()), "by_status": found}
-            if found:
-                answer["with_mappings_now"] = check_replay(store, settings, filters, limit=CHECKED_OVER_HTTP)
-            return jsonify(answer), 200
-        count = store.replay_matching(to_status=status, **filters)
-        return jsonify({"replayed": count}), 202
+        else:
+            answer = replay_filtered(store, settings, filters, to_status=status, dry_run=dry_run, limit=limit)
+        return jsonify(answer), 200 if dry_run else 202
 
     @bp.post("/forget")
     def forget_contact() -> tuple[Response, int]:

@@ -16,7 +16,7 @@ from relay.errors import ConfigError
 from relay.listing import chosen_deliveries, every_delivery, iter_chosen, naming_event
 from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
-from relay.replay_check import check_delivery, check_replay, replay_event
+from relay.replay_check import check_delivery, replay_event, replay_filtered
 from relay.settings import Settings
 from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
 
@@ -174,19 +174,14 @@ def cmd_replay(args: Any, settings: Settings) -> int:
             print("relay: " + refusal, file=sys.stderr)
             return 1
         if args.event:
-            answer = replay_event(
-                store, settings, _sources(settings), filters, args.event, to_status=status, dry_run=args.dry_run
-            )
-            if not args.dry_run:
-                print(f"replayed {_deliveries(answer['replayed'])} ({status})")
-                return 0
-            _print_dry_run(answer["by_status"], answer.get("with_mappings_now"))
-            return 0
+            sources = _sources(settings)
+            answer = replay_event(store, settings, sources, filters, args.event, to_status=status, dry_run=args.dry_run)
+        else:
+            answer = replay_filtered(store, settings, filters, to_status=status, dry_run=args.dry_run)
         if args.dry_run:
-            found = store.replayable(**filters)
-            _print_dry_run(found, check_replay(store, settings, filters) if found else None)
-            return 0
-        print(f"replayed {_deliveries(store.replay_matching(to_status=status, **filters))} ({status})")
+            _print_dry_run(answer["by_status"], answer.get("with_mappings_now"))
+        else:
+            print(f"replayed {_deliveries(answer['replayed'])} ({status})")
         return 0
     finally:
         store.close()

@@ -26,7 +26,15 @@ from relay.pipeline import translate_request
 from relay.settings import Settings
 from relay.store import Delivery, Store, status_and_reason
 
-__all__ = ["CHECKED_AT_MOST", "CHECKED_OVER_HTTP", "check_deliveries", "check_delivery", "check_replay", "replay_event"]
+__all__ = [
+    "CHECKED_AT_MOST",
+    "CHECKED_OVER_HTTP",
+    "check_deliveries",
+    "check_delivery",
+    "check_replay",
+    "replay_event",
+    "replay_filtered",
+]
 
 # The newest this many: a bound on the time a dry run takes (10,000 Shopify orders: 4 s of CPU). Over
 # the admin API it runs in a web worker, beside the webhooks, so it checks fewer there.
@@ -84,6 +92,27 @@ def check_deliveries(
     for delivery in itertools.islice(chosen, limit):
         _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
     return check.to_dict()
+
+
+def replay_filtered(
+    store: Store,
+    settings: Settings,
+    filters: dict[str, Any],
+    *,
+    to_status: str,
+    dry_run: bool,
+    limit: int = CHECKED_AT_MOST,
+) -> dict[str, Any]:
+    """A replay of what the store's filters take (`relay replay --status ...`, the API's `POST /replay`), in
+    `replay_event`'s answer: `{"replayed": N}`, or for a dry run `would_replay`, `by_status` and, for the first
+    `limit`, `with_mappings_now`."""
+    if not dry_run:
+        return {"replayed": store.replay_matching(to_status=to_status, **filters)}
+    found = store.replayable(**filters)
+    answer: dict[str, Any] = {"would_replay": sum(found.values()), "by_status": found}
+    if found:
+        answer["with_mappings_now"] = check_replay(store, settings, filters, limit=limit)
+    return answer
 
 
 def replay_event(
