@@ -14,6 +14,7 @@ from typing import TypeVar
 from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavailable, first_line
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
+from relay.mapping.delays import wait_for
 from relay.mapping.examples import check_example, example_files, load_example, save_example
 from relay.mapping.fetches import FetchRequest, given_answer
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
@@ -295,6 +296,13 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     except MappingError as exc:
         print(f"relay: mapping error: {exc.detail}", file=sys.stderr)
         return 1
+    delay = wait_for(source, translation.event, settings.env)
+    if delay.seconds and stored is None:
+        print(
+            f"relay: the worker takes this webhook ({translation.event}) {delay.seconds} s after it arrives (delay)"
+            + (f"; {delay.problem}" if delay.problem else ""),
+            file=sys.stderr,
+        )
     for passed in translation.passed_over:
         print(f"relay: {passed}", file=sys.stderr)
     if translation.ignored:

@@ -24,6 +24,7 @@ _MAYBE_CONTACT = re.compile(r"[@\d]")  # text with neither holds no e-mail and n
 # The request being served, for every line logged while serving it.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_request_id", default=None)
 _FREE_TEXT = ("event", "detail", "reason", "exception", "error")
+_OWN_FIELDS = frozenset({"ts", "level", "logger", "event", "request_id", "exception"})
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # Built once: json.dumps with any option builds a new encoder on every call.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
@@ -91,7 +92,9 @@ class LineFormatter(logging.Formatter):
         for key in sorted(attributes.keys() - _STANDARD):
             value = attributes[key]
             if value is not None and not key.startswith("_"):
-                fields[key] = value
+                # An extra named like the line's own fields (a webhook's `event`) must not take the message's
+                # place: the "accepted" lines of sources with events once said only the event.
+                fields[f"extra_{key}" if key in _OWN_FIELDS else key] = value
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
         for key in _FREE_TEXT:

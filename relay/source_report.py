@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay.mapping import envrefs
+from relay.mapping.delays import seconds_of
 from relay.mapping.fetches import unset_settings
-from relay.mapping.model import FieldSpec, OrderSpec, Rule, Source
+from relay.mapping.model import DelaySpec, FieldSpec, OrderSpec, Rule, Source
 from relay.mapping.translate import unset_order_settings
 from relay.settings import Settings
 
@@ -60,6 +61,7 @@ def describe_source(source: Source, settings: Settings) -> dict[str, Any]:
         "event_query": source.event_query,
         "challenge_query": source.challenge_query,
         "fetches": fetches,
+        "delays": [_delay(spec, env) for spec in source.delays],
         "cors_origins": list(source.cors_origins),
         "signs_url": auth.signs_url,
         "rules": [{"name": rule.name, "events": list(rule.events), "does": _does(rule, env)} for rule in source.rules],
@@ -92,6 +94,14 @@ def source_lines(described: Mapping[str, Any], settings: Settings) -> list[str]:
             f"  fetches:  {fetch['name']}: GET {fetch['url']}, read by {fetch['read_by']} as fetched.{fetch['name']}"
             + note
         )
+    for delay in described["delays"]:
+        setting = (
+            f" ({delay['setting']}{'; ' + delay['problem'] if delay['problem'] else ''})" if delay["setting"] else ""
+        )
+        lines.append(
+            f"  waits:    {', '.join(delay['events'])}: taken by the worker {delay['seconds']} s after it arrives"
+            + setting
+        )
     if described["cors_origins"]:
         lines.append(f"  browsers: pages that may post here: {', '.join(described['cors_origins'])}")
     if described["signs_url"] and not settings.public_url:
@@ -105,6 +115,17 @@ def source_lines(described: Mapping[str, Any], settings: Settings) -> list[str]:
     ]
     lines.append("  rules:    " + "\n            ".join(rules))
     return lines
+
+
+def _delay(spec: DelaySpec, env: Mapping[str, str]) -> dict[str, Any]:
+    wait = seconds_of(spec, env)
+    ref = envrefs.parse_ref(spec.seconds) if isinstance(spec.seconds, str) else None
+    return {
+        "events": list(spec.events),
+        "seconds": wait.seconds,
+        "setting": ref.name if ref is not None else None,
+        "problem": wait.problem,
+    }
 
 
 def _how(source: Source) -> str:

@@ -593,9 +593,11 @@ class Store:
         dedup_key: str,
         status: str,
         dedup_window: float,
+        wait: float = 0.0,
         now: float | None = None,
     ) -> Accepted:
-        """Store a webhook (committed before returning), or name the one it repeats.
+        """Store a webhook (committed before returning), or name the one it repeats. The worker takes it
+        `wait` seconds from now (a mapping's `delay`), its retry budget counted from then.
 
         Raises:
             StoreUnavailable: the database did not answer or refused the write.
@@ -612,6 +614,7 @@ class Store:
             "client_ip": request.client_ip,
             "key": dedup_key,
             "expires": now + dedup_window,
+            "due": now + wait,
         }
         delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
         return Accepted(delivery_id, duplicate)

@@ -124,14 +124,14 @@ _INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, source, received_at, status, body, content_type, headers, client_ip, dedup_key, "
     "attempts, calls_done, cycle_started_at, next_attempt_at, updated_at) "
     "VALUES (:id, :source, :now, :status, :body, :content_type, :headers, :client_ip, :key, "
-    "0, 0, :now, :now, :now)"
+    "0, 0, :due, :due, :now)"
 )
 
 
 def accept_webhook(ex: Executor, row: Mapping[str, Any]) -> tuple[str, bool]:
     """Store one webhook: (delivery id, False), or (the id of the delivery it repeats, True).
 
-    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires.
+    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due.
     """
     if not ex.rows(_CLAIM_KEY, row):
         return str(ex.rows(_KEY_OWNER, row)[0][0]), True

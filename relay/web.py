@@ -37,6 +37,7 @@ from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers, with_url_event
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
+from relay.mapping.delays import wait_for
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
@@ -326,6 +327,9 @@ def _challenge(source: Source, value: str) -> tuple[Response, int]:
     return _json({"challenge": value}), 200
 
 
+_DELAY_WARNINGS = Throttle(600)  # a mapping's delay setting that is no number of seconds: said every 10 minutes
+
+
 def _receive(
     req: Request, source: Source, settings: Settings, store: Store, limiter: HookLimiter
 ) -> tuple[Response, int]:
@@ -393,21 +397,30 @@ def _receive(
     event = event_of(source, prepared, inbound.headers)
     reason = ignored_at_ingress(source, prepared, event, settings.env)
     if reason is not None:
-        log.info("ignored", extra={"source": source.name, "event": event, "reason": reason})
+        log.info("ignored", extra={"source": source.name, "webhook_event": event, "reason": reason})
         metrics.received(source.name, "ignored")
         return _json({"status": "ignored", "reason": reason}), 200
     status = "queued" if settings.upstream_url else "held"
+    delay = wait_for(source, event, settings.env)
+    if delay.problem is not None and _DELAY_WARNINGS.due():
+        log.warning(
+            "delay setting not taken", extra={"source": source.name, "webhook_event": event, "detail": delay.problem}
+        )
     accepted = store.accept(
         inbound,
         dedup_key=dedup_key(source, inbound, prepared),
         status=status,
         dedup_window=settings.dedup_window,
+        wait=delay.seconds,
     )
     if accepted.duplicate:
         log.info("duplicate", extra={"source": source.name, "delivery_id": accepted.id})
         metrics.received(source.name, "duplicate")
         return _json({"status": "duplicate", "id": accepted.id}), 200
-    log.info("accepted", extra={"source": source.name, "delivery_id": accepted.id, "event": event})
+    accepted_extra: dict[str, Any] = {"source": source.name, "delivery_id": accepted.id, "webhook_event": event}
+    if delay.seconds:
+        accepted_extra["wait_seconds"] = delay.seconds
+    log.info("accepted", extra=accepted_extra)
     metrics.received(source.name, "accepted")
     metrics.observe_ingress(time.perf_counter() - g.started)
     return _json({"status": "accepted", "id": accepted.id}), source.accepted_status

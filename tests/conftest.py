@@ -103,7 +103,7 @@ def _loopback_only(self: socket.socket, address: object) -> None:  # pragma: no 
 
 
 # Sources that tests define in mapping folders of their own; their metrics share the process's registry.
-TEST_ONLY_SOURCES = ("landing", "shopify_eu")
+TEST_ONLY_SOURCES = ("landing", "shopify_eu", "shop")
 
 BUILT_IN_SOURCES = (
     "tilda",

@@ -737,11 +737,15 @@ def test_a_429_from_the_api_pauses_the_sources_fetches_without_spending_tries(re
 
 
 class FakeEcwid(LoopbackFake):
-    """Ecwid's REST API for one order: `Authorization: Bearer <token>` checked (403), the store id in the path."""
+    """Ecwid's REST API for one order and one unfinished order (None: deleted, 404): `Authorization: Bearer
+    <token>` checked (403), the store id in the path."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.order = json.loads((MAPPINGS / "examples" / "ecwid" / "api-order-XJ12H.json").read_bytes())
+        self.unfinished: dict[str, Any] | None = json.loads(
+            (MAPPINGS / "examples" / "ecwid" / "api-unfinished-RA1SD.json").read_bytes()
+        )
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -751,6 +755,8 @@ class FakeEcwid(LoopbackFake):
                     status, body = 403, b'{"errorMessage": "Invalid token"}'
                 elif self.path == "/api/v3/1003/orders/XJ12H":
                     status, body = 200, json.dumps(fake.order).encode()
+                elif self.path == "/api/v3/1003/orders/RA1SD" and fake.unfinished is not None:
+                    status, body = 200, json.dumps(fake.unfinished).encode()
                 else:
                     status, body = 404, b'{"errorMessage": "Order not found"}'
                 self.send_response(status)
@@ -762,7 +768,7 @@ class FakeEcwid(LoopbackFake):
         self.serve(Handler, "/api/v3")
 
 
-def _ecwid_hook(client: Any, event_id: str, event_type: str, data: dict[str, Any]) -> Any:
+def _ecwid_hook(client: Any, event_id: str, event_type: str, data: dict[str, Any], order_id: str = "XJ12H") -> Any:
     """Post one Ecwid event as Ecwid signs it: its time and id, with the app's client secret."""
     import base64
     import hashlib
@@ -776,7 +782,7 @@ def _ecwid_hook(client: Any, event_id: str, event_type: str, data: dict[str, Any
             "storeId": 1003,
             "entityId": 103878161,
             "eventType": event_type,
-            "data": {"orderId": "XJ12H", **data},
+            "data": {"orderId": order_id, **data},
         }
     ).encode()
     key = SECRETS["ECWID_WEBHOOK_SECRET"].encode()
@@ -894,6 +900,75 @@ def test_an_ecwid_order_awaiting_payment_is_counted_once_when_its_payment_comes(
     )
     assert (kept.detail or "").startswith("rule 'order_paid' passed over")
     assert (profile.fields["orders_count"], profile.fields["revenue"], len(api.requests)) == (1, 55.5, 3)
+
+
+def test_an_ecwid_checkout_left_unpaid_is_tagged_after_the_wait_and_untagged_by_its_order(ecwid, sandbox):
+    """unfinished_order.created is answered at once and taken 10 minutes later (Ecwid's advice): before then
+    nothing is due and nothing is fetched; then the unfinished order, still INCOMPLETE, tags the shopper
+    abandoned_checkout, and their order (Ecwid's order.created once they pay) takes the tag off."""
+    client, store, worker, api = ecwid
+    received = time.time()
+    answer = _ecwid_hook(client, "u-1", "unfinished_order.created", {"cartId": "320AB5DE"}, order_id="RA1SD")
+    assert answer.status_code == 202, answer.get_json()
+    waiting = store.get(answer.get_json()["id"])
+    assert waiting is not None and waiting.status == "queued"
+    assert received + 595 < waiting.next_attempt_at < time.time() + 605
+    assert store.claim(owner=worker.owner, limit=10, lease_seconds=30) == []
+    assert api.requests == [] and sandbox.sandbox.profiles == {}
+
+    assert drain(store, worker, waiting.id) == "delivered"  # drain jumps the clock an hour
+    assert [request["path"] for request in api.requests] == ["/api/v3/1003/orders/RA1SD"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert (profile.fields["email"], profile.fields["phones"]) == ("pavel.orlov@example.com", ["+79215551234"])
+    assert profile.fields["tags"] == ["ecwid", "abandoned_checkout"]
+    assert "subscriptions" not in profile.fields or not profile.fields["subscriptions"]
+
+    api.order["email"] = "Pavel.Orlov@Example.com"  # he came back and paid
+    paid = _ecwid_hook(client, "e-5", "order.created", {"newPaymentStatus": "PAID"})
+    assert paid.status_code == 202 and drain(store, worker, paid.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["tags"] == ["ecwid", "order_created", "order_paid"]
+    assert profile.fields["orders_count"] == 1
+
+
+@pytest.mark.parametrize("since", ["paid", "deleted", "hidden"])
+def test_an_ecwid_checkout_settled_within_the_wait_tags_nobody(ecwid, sandbox, since):
+    """Paid within the wait (its order.created counts it), deleted by the merchant (404), or hidden in the
+    control panel: the delivery is settled as ignored, no try kept as a failure, nobody tagged."""
+    client, store, worker, api = ecwid
+    if since == "deleted":
+        api.unfinished = None
+    else:
+        assert api.unfinished is not None
+        api.unfinished.update({"paymentStatus": "PAID"} if since == "paid" else {"hidden": True})
+    answer = _ecwid_hook(client, "u-2", "unfinished_order.created", {}, order_id="RA1SD")
+    assert answer.status_code == 202, answer.get_json()
+    assert drain(store, worker, answer.get_json()["id"]) == "delivered"
+    settled = store.get(answer.get_json()["id"])
+    assert settled is not None and "paid since" in (settled.detail or "")
+    assert len(api.requests) == 1 and sandbox.sandbox.profiles == {} and sandbox.sandbox.requests == []
+
+
+def test_an_ecwid_checkout_is_taken_when_the_shops_own_wait_has_passed(tmp_path, sandbox):
+    """ECWID_ABANDONED_AFTER_SECONDS sets the wait: with 1, the running worker (its own loop, no clock jumped)
+    leaves the checkout alone for a second, then tags the shopper; 0 takes it at once."""
+    for client, _store, worker, api in _ecwid_relay(tmp_path, sandbox, ECWID_ABANDONED_AFTER_SECONDS="1"):
+        worker.start()
+        posted = time.monotonic()
+        answer = _ecwid_hook(client, "u-3", "unfinished_order.created", {}, order_id="RA1SD")
+        assert answer.status_code == 202, answer.get_json()
+        time.sleep(0.6)
+        assert api.requests == [] and sandbox.sandbox.requests == []
+        deadline = time.monotonic() + 10
+        while not sandbox.sandbox.profiles and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.monotonic() - posted >= 1.0
+        [profile] = sandbox.sandbox.profiles.values()
+        assert profile.fields["tags"] == ["ecwid", "abandoned_checkout"]
+    for client, store, _worker, _api in _ecwid_relay(tmp_path / "at-once", sandbox, ECWID_ABANDONED_AFTER_SECONDS="0"):
+        answer = _ecwid_hook(client, "u-4", "unfinished_order.created", {}, order_id="RA1SD")
+        delivery = store.get(answer.get_json()["id"])
+        assert delivery is not None and delivery.next_attempt_at <= time.time()
 
 
 def test_the_apis_refusals_of_different_orders_are_one_problem_in_the_overview(relay, bigcommerce):

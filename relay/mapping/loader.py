@@ -101,6 +101,7 @@ def _load(
             challenge_query=(loaded["challenge"] or {}).get("query"),
             payload_schema=loaded["payload"],
             fetches=MappingFileSchema.fetch_specs(loaded["fetch"]),
+            delays=tuple(loaded["delay"]),
             rules=tuple(loaded["rules"]),
             extension=extension,
         ),

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ONCE_KEY_LENGTH",
     "SIGNED_PLACEHOLDER",
+    "MAX_DELAY_SECONDS",
     "AuthSpec",
+    "DelaySpec",
     "FieldSpec",
     "PingSpec",
     "Rule",
@@ -237,6 +239,21 @@ class FetchSpec:
     absent_on: tuple[int, ...] = ()
 
 
+MAX_DELAY_SECONDS = 86_400  # a day: a wait longer than that is no longer waiting for the shopper
+
+
+@dataclass(frozen=True)
+class DelaySpec:
+    """The events whose deliveries the worker takes only `seconds` after they arrive, so that what it fetches
+    then says how things ended: Ecwid sends `unfinished_order.created` as the shopper leaves for the payment
+    page, and an order paid within minutes is no abandoned checkout.
+
+    `seconds` is a whole number, or a `${NAME:-default}` reference whose default is one."""
+
+    events: tuple[str, ...]
+    seconds: int | str
+
+
 @dataclass(frozen=True)
 class Source:
     """One mapping file, loaded and checked."""
@@ -263,6 +280,7 @@ class Source:
     challenge_query: str | None = None
     payload_schema: Schema | None = field(default=None, compare=False, repr=False)
     fetches: tuple[FetchSpec, ...] = ()
+    delays: tuple[DelaySpec, ...] = ()
     rules: tuple[Rule, ...] = ()
     # For a file that extends another: the base and the settings it reads otherwise (extending.Extension).
     extension: Extension | None = None

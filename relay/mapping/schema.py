@@ -22,8 +22,10 @@ from marshmallow import (
 from relay.mapping import envrefs
 from relay.mapping.expressions import expression_problem
 from relay.mapping.model import (
+    MAX_DELAY_SECONDS,
     SIGNED_PLACEHOLDER,
     AuthSpec,
+    DelaySpec,
     FetchSpec,
     FieldSpec,
     LinesSpec,
@@ -702,6 +704,34 @@ class FetchSchema(StrictSchema):
                 raise ValidationError(f"{name} is set by relay's HTTP client", "headers")
 
 
+class DelaySchema(StrictSchema):
+    """Events whose deliveries the worker takes a while after they arrive (relay.mapping.delays)."""
+
+    events = fields.List(fields.String(validate=validate.Length(min=1)), required=True, validate=validate.Length(min=1))
+    seconds = EnvOr(int, required=True)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        seconds = data.get("seconds")
+        span = f"whole seconds from 1 to {MAX_DELAY_SECONDS} (a day)"
+        if isinstance(seconds, int) and not 1 <= seconds <= MAX_DELAY_SECONDS:
+            raise ValidationError(span, "seconds")
+        if isinstance(seconds, str):
+            ref = envrefs.parse_ref(seconds)
+            if ref is None or ref.default is None:
+                raise ValidationError(
+                    "a setting's reference with a default, ${NAME:-600}: relay must know how long to wait "
+                    "while the setting is unset",
+                    "seconds",
+                )
+            if not 0 <= int(ref.default) <= MAX_DELAY_SECONDS:
+                raise ValidationError(f"the default of {seconds} must be {span}, or 0 for no wait", "seconds")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> DelaySpec:
+        return DelaySpec(events=tuple(data["events"]), seconds=data["seconds"])
+
+
 class ChallengeSchema(StrictSchema):
     query = fields.String(required=True, validate=_query_parameter("a challenge"))
 
@@ -787,6 +817,8 @@ class MappingFileSchema(StrictSchema):
         load_default=dict,
         validate=validate.Length(max=8),
     )
+    # Events whose deliveries wait before the worker takes them, each event in one entry at most.
+    delay = fields.List(fields.Nested(DelaySchema), load_default=list, validate=validate.Length(max=16))
     rules = fields.List(fields.Nested(RuleSchema), required=True, validate=validate.Length(min=1))
 
     @validates_schema
@@ -817,6 +849,14 @@ class MappingFileSchema(StrictSchema):
             raise ValidationError(
                 "a fetch with `events` needs an event: {header: ...}, {path: ...} or {query: ...}", "event"
             )
+        delayed = [event for spec in data.get("delay", []) for event in spec.events]
+        if delayed and data.get("event") is None:
+            raise ValidationError(
+                "a delay names events: it needs an event: {header: ...}, {path: ...} or {query: ...}", "event"
+            )
+        twice = sorted({event for event in delayed if delayed.count(event) > 1})
+        if twice:
+            raise ValidationError(f"{twice[0]} is delayed twice: name each event in one entry", "delay")
 
     @staticmethod
     def fetch_specs(raw: dict[str, dict[str, Any]]) -> tuple[FetchSpec, ...]:

@@ -1,0 +1,56 @@
+"""How long an event's delivery waits before the worker takes it: a mapping's `delay:` section.
+
+The ingress stores such a webhook at once (the provider has its answer in milliseconds) and makes it due
+later, so that what the worker fetches then says how things ended. Ecwid sends `unfinished_order.created` as
+the shopper leaves for the payment page and advises waiting 5 to 10 minutes for the order's own hook: a
+shopper who paid meanwhile is no abandoned checkout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relay.mapping import envrefs
+from relay.mapping.model import MAX_DELAY_SECONDS, DelaySpec, Source
+
+__all__ = ["Wait", "seconds_of", "wait_for"]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Seconds a delivery waits, and why a setting's value was not taken (its default was), if it was not."""
+
+    seconds: int = 0
+    problem: str | None = None
+
+
+def wait_for(source: Source, event: str | None, env: Mapping[str, str]) -> Wait:
+    """How long a webhook of `event` waits before the worker takes it (0: at once)."""
+    for spec in source.delays:
+        if event in spec.events:
+            return seconds_of(spec, env)
+    return Wait()
+
+
+def seconds_of(spec: DelaySpec, env: Mapping[str, str]) -> Wait:
+    """A delay's seconds under these settings. A reference's value that is no whole number of seconds from 0
+    to a day leaves the default in force (the webhook is taken all the same), and says so; the value is not
+    repeated, in case the setting is not what the file meant."""
+    if isinstance(spec.seconds, int):
+        return Wait(spec.seconds)
+    ref = envrefs.parse_ref(spec.seconds)
+    if ref is None or ref.default is None:  # the schema takes neither
+        raise ValueError(f"delay seconds {spec.seconds!r} is not a ${{NAME:-default}} reference")
+    value = ref.resolve(env) or ref.default
+    try:
+        seconds = int(value.strip())
+    except ValueError:
+        seconds = -1
+    if 0 <= seconds <= MAX_DELAY_SECONDS:
+        return Wait(seconds)
+    return Wait(
+        int(ref.default),
+        f"{ref.name} is not a whole number of seconds from 0 to {MAX_DELAY_SECONDS}; "
+        f"waiting its default, {ref.default} s",
+    )

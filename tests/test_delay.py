@@ -1,0 +1,194 @@
+"""A mapping's `delay`: an event's webhook is answered and stored at once, and the worker takes it later.
+
+Through the real app and worker to the sandbox upstream on loopback, on SQLite and PostgreSQL: a delayed
+event waits while others go; the wait comes from a setting (its default while unset, or when the value is
+no number of seconds, which is logged without the value); the retry budget starts when the delivery is due;
+the file's mistakes are said by `check` with the key.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.mapping.delays import seconds_of, wait_for
+from relay.mapping.loader import load_source_file
+from relay.mapping.model import DelaySpec
+
+from .conftest import captured_log_lines, drain, hand_driven, quick_retry_settings
+
+TOKEN = "shop-test-token-5e5f"
+
+MAPPING = """
+version: 1
+source: shop
+auth: {scheme: token, secret: "${SHOP_WEBHOOK_TOKEN}"}
+event: {header: X-Shop-Event}
+delay:
+  - events: [checkout.left]
+    seconds: ${SHOP_CHECKOUT_WAIT:-600}
+rules:
+  - name: buyer
+    events: [checkout.left, order.paid]
+    matching: email
+    match: {email: {path: email, transform: email}}
+    fields:
+      email: {path: email, transform: email}
+    tags:
+      add: [from_shop]
+"""
+
+
+def _relay(tmp_path: Path, sandbox, **env: str):  # type: ignore[no-untyped-def]
+    folder = tmp_path / "mappings"
+    folder.mkdir(exist_ok=True)
+    (folder / "shop.yaml").write_text(MAPPING, encoding="utf-8")
+    settings = quick_retry_settings(
+        tmp_path, sandbox, RELAY_MAPPINGS_DIR=str(folder), SHOP_WEBHOOK_TOKEN=TOKEN, RELAY_LOG_LEVEL="info", **env
+    )
+    yield from hand_driven(settings)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def relay(request, tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    database = {} if request.param == "sqlite" else {"RELAY_DATABASE_URL": request.getfixturevalue("pg_url")}
+    yield from _relay(tmp_path, sandbox, **database)
+
+
+def _post(client, event: str, email: str):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/hooks/shop?token={TOKEN}",
+        data=json.dumps({"email": email, "event_id": f"{event}-{email}"}),
+        content_type="application/json",
+        headers={"X-Shop-Event": event},
+    )
+
+
+def test_a_delayed_event_is_stored_at_once_and_due_later_while_others_go(relay, sandbox):
+    client, store, worker = relay
+    with captured_log_lines() as lines:
+        received = time.time()
+        left = _post(client, "checkout.left", "left@example.com")
+        paid = _post(client, "order.paid", "paid@example.com")
+    assert (left.status_code, paid.status_code) == (202, 202)
+    waiting = store.get(left.get_json()["id"])
+    assert waiting is not None and waiting.status == "queued"
+    assert received + 599 <= waiting.next_attempt_at <= time.time() + 601
+    # The retry budget (RELAY_MAX_AGE) is counted from when it is due, not from when it came.
+    assert waiting.cycle_started_at == waiting.next_attempt_at
+    records = [json.loads(line) for line in lines]
+    [accepted] = [record for record in records if record.get("delivery_id") == waiting.id]
+    assert accepted["wait_seconds"] == 600
+    # The line says what happened, with the webhook's event beside it (the event once took the message's place).
+    assert (accepted["event"], accepted["webhook_event"]) == ("accepted", "checkout.left")
+    assert not any("wait_seconds" in record for record in records if record.get("delivery_id") != waiting.id)
+
+    claimed = store.claim(owner=worker.owner, limit=10, lease_seconds=30)
+    assert [delivery.id for delivery, _token in claimed] == [paid.get_json()["id"]]
+    worker.process(*claimed[0])
+    assert [profile.fields["email"] for profile in sandbox.sandbox.profiles.values()] == ["paid@example.com"]
+
+    # An hour on, it is due like any other, and goes.
+    assert drain(store, worker, waiting.id) == "delivered"
+    assert sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values()) == [
+        "left@example.com",
+        "paid@example.com",
+    ]
+
+
+def test_a_wait_setting_that_is_no_number_of_seconds_keeps_the_default_and_is_said(tmp_path, sandbox):
+    """The webhook is taken all the same, due after the default; a warning names the setting, not its value."""
+    for client, store, _worker in _relay(tmp_path, sandbox, SHOP_CHECKOUT_WAIT="ten-minutes"):
+        with captured_log_lines() as lines:
+            answer = _post(client, "checkout.left", "left@example.com")
+        assert answer.status_code == 202, answer.get_json()
+        delivery = store.get(answer.get_json()["id"])
+        assert delivery is not None and 595 < delivery.next_attempt_at - time.time() < 601
+        [warning] = [json.loads(line) for line in lines if "delay setting not taken" in line]
+        assert warning["level"] == "warning" and "SHOP_CHECKOUT_WAIT" in warning["detail"]
+        assert "ten-minutes" not in "\n".join(lines)
+
+
+def test_a_wait_of_0_takes_the_event_at_once(tmp_path, sandbox):
+    for client, store, worker in _relay(tmp_path, sandbox, SHOP_CHECKOUT_WAIT="0"):
+        answer = _post(client, "checkout.left", "left@example.com")
+        claimed = store.claim(owner=worker.owner, limit=10, lease_seconds=30)
+        assert [delivery.id for delivery, _token in claimed] == [answer.get_json()["id"]]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds", "problem"),
+    [
+        (None, 600, None),
+        ("", 600, None),
+        ("90", 90, None),
+        (" 90 ", 90, None),
+        ("0", 0, None),
+        ("86400", 86400, None),
+        ("86401", 600, "SHOP_CHECKOUT_WAIT is not a whole number of seconds from 0 to 86400"),
+        ("-5", 600, "SHOP_CHECKOUT_WAIT is not"),
+        ("1.5", 600, "SHOP_CHECKOUT_WAIT is not"),
+    ],
+)
+def test_the_wait_is_the_settings_whole_seconds_or_its_default(value, seconds, problem):
+    spec = DelaySpec(events=("checkout.left",), seconds="${SHOP_CHECKOUT_WAIT:-600}")
+    wait = seconds_of(spec, {} if value is None else {"SHOP_CHECKOUT_WAIT": value})
+    assert wait.seconds == seconds
+    assert (wait.problem is None) if problem is None else (problem in (wait.problem or ""))
+    assert seconds_of(DelaySpec(events=("x",), seconds=45), {}).seconds == 45
+
+
+def _problems(tmp_path: Path, delay: str, event: str = "event: {header: X-Shop-Event}\n") -> list[str]:
+    text = MAPPING.replace("event: {header: X-Shop-Event}\n", event).replace(
+        "delay:\n  - events: [checkout.left]\n    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n", textwrap.dedent(delay)
+    )
+    if not event:
+        text = text.replace("    events: [checkout.left, order.paid]\n", "")
+    path = tmp_path / "shop.yaml"
+    path.write_text(text, encoding="utf-8")
+    source, problems = load_source_file(path)
+    assert (source is None) == bool(problems)
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("delay", "expected"),
+    [
+        ("delay:\n  - events: [checkout.left]\n    seconds: 0\n", "delay.0.seconds: whole seconds from 1 to 86400"),
+        ("delay:\n  - events: [checkout.left]\n    seconds: 90000\n", "delay.0.seconds: whole seconds from 1"),
+        ("delay:\n  - events: [checkout.left]\n    seconds: ${SHOP_WAIT}\n", "a setting's reference with a default"),
+        ("delay:\n  - events: [checkout.left]\n    seconds: ${SHOP_WAIT:-soon}\n", "must be a whole number"),
+        ("delay:\n  - events: [checkout.left]\n    seconds: ${SHOP_WAIT:-90000}\n", "or 0 for no wait"),
+        ("delay:\n  - events: [checkout.left]\n    seconds: 1.5\n", "must be a whole number"),
+        ("delay:\n  - events: []\n    seconds: 60\n", "delay.0.events"),
+        ("delay:\n  - seconds: 60\n", "delay.0.events"),
+        (
+            "delay:\n  - events: [checkout.left]\n    seconds: 60\n  - events: [order.paid, checkout.left]\n"
+            "    seconds: 30\n",
+            "checkout.left is delayed twice",
+        ),
+        ("delay:\n  - events: [checkout.left]\n    seconds: 60\n    when: email\n", "delay.0.when: unknown key"),
+    ],
+)
+def test_a_delays_mistakes_are_said_with_the_key(tmp_path, delay, expected):
+    problems = _problems(tmp_path, delay)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_delay_needs_the_event_it_names(tmp_path):
+    problems = _problems(tmp_path, "delay:\n  - events: [checkout.left]\n    seconds: 60\n", event="")
+    assert any("a delay names events: it needs an event" in problem for problem in problems), problems
+
+
+def test_the_wait_is_looked_up_by_event():
+    source_path = Path(__file__).resolve().parent.parent / "mappings" / "ecwid.yaml"
+    source, problems = load_source_file(source_path)
+    assert source is not None, problems
+    assert wait_for(source, "unfinished_order.created", {}).seconds == 600
+    assert wait_for(source, "unfinished_order.created", {"ECWID_ABANDONED_AFTER_SECONDS": "300"}).seconds == 300
+    assert wait_for(source, "order.created", {}).seconds == 0
+    assert wait_for(source, None, {}).seconds == 0
