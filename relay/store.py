@@ -444,6 +444,10 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _utc_second(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 class Store:
     """Deliveries and attempts behind one small interface, for SQLite and PostgreSQL."""
 
@@ -615,6 +619,10 @@ class Store:
             "key": dedup_key,
             "expires": now + dedup_window,
             "due": now + wait,
+            # What `relay deliveries` says of a delivery that is queued and not taken: why, and until when.
+            "detail": f"waits {wait:g} s (the mapping's delay for its event), due {_utc_second(now + wait)}"
+            if wait
+            else None,
         }
         delivery_id, duplicate = self._write(functools.partial(accept_webhook, row=row))
         return Accepted(delivery_id, duplicate)

@@ -122,16 +122,16 @@ _CLAIM_KEY = (
 _KEY_OWNER = 'SELECT delivery_id FROM dedup_keys WHERE "key" = :key'
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, source, received_at, status, body, content_type, headers, client_ip, dedup_key, "
-    "attempts, calls_done, cycle_started_at, next_attempt_at, updated_at) "
+    "attempts, calls_done, cycle_started_at, next_attempt_at, updated_at, detail) "
     "VALUES (:id, :source, :now, :status, :body, :content_type, :headers, :client_ip, :key, "
-    "0, 0, :due, :due, :now)"
+    "0, 0, :due, :due, :now, :detail)"
 )
 
 
 def accept_webhook(ex: Executor, row: Mapping[str, Any]) -> tuple[str, bool]:
     """Store one webhook: (delivery id, False), or (the id of the delivery it repeats, True).
 
-    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due.
+    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due, detail.
     """
     if not ex.rows(_CLAIM_KEY, row):
         return str(ex.rows(_KEY_OWNER, row)[0][0]), True

@@ -80,6 +80,9 @@ def test_a_delayed_event_is_stored_at_once_and_due_later_while_others_go(relay, 
     assert received + 599 <= waiting.next_attempt_at <= time.time() + 601
     # The retry budget (RELAY_MAX_AGE) is counted from when it is due, not from when it came.
     assert waiting.cycle_started_at == waiting.next_attempt_at
+    # `relay deliveries` says why it is not taken, and until when.
+    assert (waiting.detail or "").startswith("waits 600 s (the mapping's delay for its event), due 20")
+    assert store.get(paid.get_json()["id"]).detail is None  # type: ignore[union-attr]
     records = [json.loads(line) for line in lines]
     [accepted] = [record for record in records if record.get("delivery_id") == waiting.id]
     assert accepted["wait_seconds"] == 600
