@@ -1016,7 +1016,9 @@ class Store:
                 found[key] = found.get(key, 0) + count
         return dict(sorted(found.items()))
 
-    def _replay(self, *conditions: Any, to_status: str, now: float | None, batch: int = REPLAY_BATCH) -> int:
+    def _replay(
+        self, *conditions: Any, to_status: str, now: float | None, batch: int = REPLAY_BATCH, keep_due: bool = False
+    ) -> int:
         """Replay what matches now, `batch` deliveries a transaction.
 
         The ids are read first, without the write lock, then replayed batch by batch: one UPDATE of every
@@ -1027,6 +1029,10 @@ class Store:
         # Replay re-translates with today's mapping but keeps `calls_done`: calls the upstream already
         # took (an order's counters) are not sent again.
         now = time.time() if now is None else now
+        # `keep_due`: a delivery not due yet (a mapping's delay) stays so, and keeps the detail that says why.
+        waiting = deliveries.c.next_attempt_at > now
+        due: Any = case((waiting, deliveries.c.next_attempt_at), else_=now) if keep_due else now
+        detail: Any = case((waiting, deliveries.c.detail), else_=None) if keep_due else None
         with self._read() as connection:
             ids = list(connection.execute(select(deliveries.c.id).where(*_replayable(*conditions))).scalars())
         replayed = 0
@@ -1043,10 +1049,10 @@ class Store:
                     .values(
                         status=to_status,
                         reason=None,
-                        detail=None,
+                        detail=detail,
                         calls=None,
-                        cycle_started_at=now,
-                        next_attempt_at=now,
+                        cycle_started_at=due,
+                        next_attempt_at=due,
                         updated_at=now,
                     )
                 )
@@ -1134,5 +1140,5 @@ class Store:
 
     def release_held(self) -> int:
         """Queue every held delivery (an upstream is configured now): a replay of them, batch by batch,
-        since days of webhooks may have waited."""
-        return self._replay(deliveries.c.status == "held", to_status="queued", now=None)
+        since days of webhooks may have waited. One whose mapping's delay has not passed waits it out."""
+        return self._replay(deliveries.c.status == "held", to_status="queued", now=None, keep_due=True)

@@ -19,7 +19,7 @@ from relay.mapping.delays import seconds_of, wait_for
 from relay.mapping.loader import load_source_file
 from relay.mapping.model import DelaySpec
 
-from .conftest import captured_log_lines, drain, hand_driven, quick_retry_settings
+from .conftest import captured_log_lines, drain, hand_driven, make_settings, quick_retry_settings
 
 TOKEN = "shop-test-token-5e5f"
 
@@ -101,6 +101,28 @@ def test_a_delayed_event_is_stored_at_once_and_due_later_while_others_go(relay, 
         "left@example.com",
         "paid@example.com",
     ]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_held_delivery_queued_once_an_upstream_is_set_still_waits_out_its_delay(request, tmp_path, database):
+    """With no upstream, webhooks wait as held; queued when one is set, a delayed one is still not due."""
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "shop.yaml").write_text(MAPPING, encoding="utf-8")
+    url = {} if database == "sqlite" else {"RELAY_DATABASE_URL": request.getfixturevalue("pg_url")}
+    settings = make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(folder), SHOP_WEBHOOK_TOKEN=TOKEN, **url)
+    for client, store, worker in hand_driven(settings):
+        left = _post(client, "checkout.left", "left@example.com").get_json()["id"]
+        paid = _post(client, "order.paid", "paid@example.com").get_json()["id"]
+        assert {store.get(left).status, store.get(paid).status} == {"held"}  # type: ignore[union-attr]
+        assert store.release_held() == 2
+        waiting, due = store.get(left), store.get(paid)
+        assert waiting is not None and due is not None
+        assert (waiting.status, due.status) == ("queued", "queued")
+        assert waiting.next_attempt_at > time.time() + 590 and waiting.cycle_started_at == waiting.next_attempt_at
+        assert (waiting.detail or "").startswith("waits 600 s") and due.detail is None
+        claimed = store.claim(owner=worker.owner, limit=10, lease_seconds=30)
+        assert [delivery.id for delivery, _token in claimed] == [paid]
 
 
 def test_a_wait_setting_that_is_no_number_of_seconds_keeps_the_default_and_is_said(tmp_path, sandbox):
