@@ -12,6 +12,7 @@ from typing import Any
 from relay.bodies import parse_body, read_field
 from relay.errors import MappingError, RequestRejected
 from relay.inbound import InboundRequest
+from relay.mapping.delays import LatestHolder
 from relay.mapping.fetches import Fetch
 from relay.mapping.model import Source
 from relay.mapping.translate import OnceHolder, TranslateContext, Translation, event_of, prepare_payload, translate
@@ -66,6 +67,7 @@ def translate_request(
     upstream_format: str = "json",
     fetch: Fetch | None = None,
     once_holder: OnceHolder | None = None,
+    latest_holder: LatestHolder | None = None,
 ) -> Translation:
     """Parse and translate a request that was already accepted, into calls that `upstream_format` can carry.
 
@@ -85,6 +87,7 @@ def translate_request(
         context=context,
         fetch=fetch,
         once_holder=once_holder,
+        latest_holder=latest_holder,
     )
     if upstream_format == "xml":
         for call in translation.calls:

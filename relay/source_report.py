@@ -101,6 +101,7 @@ def source_lines(described: Mapping[str, Any], settings: Settings) -> list[str]:
         lines.append(
             f"  waits:    {', '.join(delay['events'])}: taken by the worker {delay['seconds']} s after it arrives"
             + setting
+            + (f", only the last received of each {delay['latest_by']}" if delay["latest_by"] else "")
         )
     if described["cors_origins"]:
         lines.append(f"  browsers: pages that may post here: {', '.join(described['cors_origins'])}")
@@ -125,6 +126,7 @@ def _delay(spec: DelaySpec, env: Mapping[str, str]) -> dict[str, Any]:
         "seconds": wait.seconds,
         "setting": ref.name if ref is not None else None,
         "problem": wait.problem,
+        "latest_by": spec.latest_by,
     }
 
 

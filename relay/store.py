@@ -182,6 +182,17 @@ once_keys = Table(
     Index("ix_once_keys_delivery", "delivery_id"),
 )
 ONCE_KEEP_SECONDS = 400 * 24 * 3600
+# The newest delivery of each `latest_by` key of a delayed event (relay.mapping.delays): a waiting delivery
+# whose key another one holds now is passed over. The key is a digest: no payload text is kept here.
+latest_keys = Table(
+    "latest_keys",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("delivery_id", String(32), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_latest_keys_received", "received_at"),
+)
 
 
 def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, Any]:
@@ -598,10 +609,12 @@ class Store:
         status: str,
         dedup_window: float,
         wait: float = 0.0,
+        latest: str | None = None,
         now: float | None = None,
     ) -> Accepted:
         """Store a webhook (committed before returning), or name the one it repeats. The worker takes it
-        `wait` seconds from now (a mapping's `delay`), its retry budget counted from then.
+        `wait` seconds from now (a mapping's `delay`), its retry budget counted from then; with `latest`, its
+        delay's key, it supersedes the deliveries that waited with that key.
 
         Raises:
             StoreUnavailable: the database did not answer or refused the write.
@@ -619,6 +632,7 @@ class Store:
             "key": dedup_key,
             "expires": now + dedup_window,
             "due": now + wait,
+            "latest": latest,
             # What `relay deliveries` says of a delivery that is queued and not taken: why, and until when.
             "detail": f"waits {wait:g} s (the mapping's delay for its event), due {_utc_second(now + wait)}"
             if wait
@@ -864,6 +878,13 @@ class Store:
             ).scalar()
 
     # -- the worker's side ------------------------------------------------
+    def latest_holder(self, source: str, key: str) -> str | None:
+        """The delivery that holds a delayed event's `latest_by` key: the last one received with it."""
+        with self._read() as connection:
+            return connection.execute(
+                select(latest_keys.c.delivery_id).where(latest_keys.c.source == source, latest_keys.c.key == key)
+            ).scalar()
+
     def once_taken_by(self, source: str, delivery_id: str, key: str) -> str | None:
         """Which other delivery took a rule's `once` key of this source, in words (`delivery 0190...`); None
         when none did (or this one did). Looked up, not taken: see take_once."""
@@ -1077,7 +1098,7 @@ class Store:
         purge takes the rest).
         """
         now = time.time() if now is None else now
-        purged = {"deliveries": 0, "dedup_keys": 0, "once_keys": 0}
+        purged = {"deliveries": 0, "dedup_keys": 0, "once_keys": 0, "latest_keys": 0}
         after = ""  # ids of the batches before: failed and held ones among them stay, and are not read again
         while True:
             with self._tx() as tx:
@@ -1108,6 +1129,11 @@ class Store:
         taken_before = min(received_before, now - ONCE_KEEP_SECONDS)
         with self._tx() as tx:  # few rows (one an order), found by their index
             purged["once_keys"] = int(tx.execute(delete(once_keys).where(once_keys.c.taken_at < taken_before)).rowcount)
+            # A key outlives the deliveries it chose between: those received before it are purged by now, or wait
+            # as failed or held, and a replay of one whose key is gone sends it.
+            purged["latest_keys"] = int(
+                tx.execute(delete(latest_keys).where(latest_keys.c.received_at < received_before)).rowcount
+            )
         return purged
 
     def _purge_keys(self, now: float, window: int, stop: threading.Event | None) -> int:

@@ -128,14 +128,24 @@ _INSERT_DELIVERY = (
 )
 
 
+# A delayed event's key (relay.mapping.delays.latest_key) names the newest delivery with it.
+_TAKE_LATEST = (
+    'INSERT INTO latest_keys (source, "key", delivery_id, received_at) VALUES (:source, :latest, :id, :now) '
+    'ON CONFLICT (source, "key") DO UPDATE SET delivery_id = excluded.delivery_id, received_at = excluded.received_at'
+)
+
+
 def accept_webhook(ex: Executor, row: Mapping[str, Any]) -> tuple[str, bool]:
     """Store one webhook: (delivery id, False), or (the id of the delivery it repeats, True).
 
-    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due, detail.
+    `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due, detail and
+    latest (a delayed event's key, or None).
     """
     if not ex.rows(_CLAIM_KEY, row):
         return str(ex.rows(_KEY_OWNER, row)[0][0]), True
     ex.rowcount(_INSERT_DELIVERY, row)
+    if row.get("latest"):
+        ex.rowcount(_TAKE_LATEST, row)
     return str(row["id"]), False
 
 

@@ -37,7 +37,7 @@ from relay.geo import client_address
 from relay.ids import random_hex
 from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers, with_url_event
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
-from relay.mapping.delays import wait_for
+from relay.mapping.delays import latest_key, wait_for
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
@@ -395,7 +395,10 @@ def _receive(
         return _json({"status": "ping"}), 200
     prepared = prepare_payload(source, payload)
     event = event_of(source, prepared, inbound.headers)
-    reason = ignored_at_ingress(source, prepared, event, settings.env)
+    # A delayed event with a `latest_by` key is kept even when its rules will ignore it (a completed checkout):
+    # it is the later delivery that passes over the ones that waited with its key.
+    latest = latest_key(source, prepared, event) if source.delays else None
+    reason = ignored_at_ingress(source, prepared, event, settings.env) if latest is None else None
     if reason is not None:
         log.info("ignored", extra={"source": source.name, "webhook_event": event, "reason": reason})
         metrics.received(source.name, "ignored")
@@ -412,6 +415,7 @@ def _receive(
         status=status,
         dedup_window=settings.dedup_window,
         wait=delay.seconds,
+        latest=latest,
     )
     if accepted.duplicate:
         log.info("duplicate", extra={"source": source.name, "delivery_id": accepted.id})

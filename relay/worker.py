@@ -287,12 +287,18 @@ class Worker:
                 upstream_format=self.settings.upstream_format,
                 fetch=fetch,
                 once_holder=partial(self.store.once_taken_by, delivery.source, delivery.id),
+                latest_holder=partial(self._later_holder, delivery),
             )
             key = translation.once_key
             if key is None or self.store.take_once(delivery.source, key, delivery.id) == delivery.id:
                 return translation
             # Another delivery took the key between the look and the take: translated again, it is passed over.
         raise MappingError(f"the once keys of source {delivery.source!r} changed hands while it was translated")
+
+    def _later_holder(self, delivery: Delivery, key: str) -> str | None:
+        """The later delivery that holds this one's `latest_by` key now, if one does (this one is passed over)."""
+        holder = self.store.latest_holder(delivery.source, key)
+        return holder if holder is not None and holder != delivery.id else None
 
     def _latest(self, sources: dict[str, Source]) -> dict[str, Source]:
         """The mapping files as they are this moment, kept as this worker's from now on when they changed."""

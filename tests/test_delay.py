@@ -19,7 +19,17 @@ from relay.mapping.delays import seconds_of, wait_for
 from relay.mapping.loader import load_source_file
 from relay.mapping.model import DelaySpec
 
-from .conftest import captured_log_lines, drain, hand_driven, make_settings, quick_retry_settings
+from .conftest import (
+    MAPPINGS,
+    SECRETS,
+    body_digest,
+    captured_log_lines,
+    drain,
+    hand_driven,
+    make_settings,
+    post_signed,
+    quick_retry_settings,
+)
 
 TOKEN = "shop-test-token-5e5f"
 
@@ -217,3 +227,99 @@ def test_the_wait_is_looked_up_by_event():
     assert wait_for(source, "unfinished_order.created", {"ECWID_ABANDONED_AFTER_SECONDS": "300"}).seconds == 300
     assert wait_for(source, "order.created", {}).seconds == 0
     assert wait_for(source, None, {}).seconds == 0
+
+
+LATEST = MAPPING.replace(
+    "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n", "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n    latest_by: checkout.id\n"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def latest(request, tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "shop.yaml").write_text(LATEST, encoding="utf-8")
+    database = {} if request.param == "sqlite" else {"RELAY_DATABASE_URL": request.getfixturevalue("pg_url")}
+    settings = quick_retry_settings(
+        tmp_path, sandbox, RELAY_MAPPINGS_DIR=str(folder), SHOP_WEBHOOK_TOKEN=TOKEN, **database
+    )
+    yield from hand_driven(settings)
+
+
+def _step(client, checkout: str | None, email: str, step: int):  # type: ignore[no-untyped-def]
+    body = {"email": email, "step": step, **({"checkout": {"id": checkout}} if checkout else {})}
+    answer = client.post(
+        f"/hooks/shop?token={TOKEN}",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"X-Shop-Event": "checkout.left"},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
+def test_of_the_deliveries_waiting_with_one_key_only_the_last_received_goes(latest, sandbox):
+    """A checkout's three steps: the first two are passed over for the third, no call made for them; another
+    checkout, and one whose payload gives no key, go on their own."""
+    client, store, worker = latest
+    steps = [_step(client, "c-1", f"step{n}@example.com", n) for n in (1, 2, 3)]
+    other = _step(client, "c-2", "other@example.com", 1)
+    keyless = _step(client, None, "keyless@example.com", 1)
+    for delivery_id in [*steps, other, keyless]:
+        assert drain(store, worker, delivery_id) == "delivered"
+    for passed in steps[:2]:
+        delivery = store.get(passed)
+        assert delivery is not None and delivery.reason == "ignored"
+        assert delivery.detail == f"superseded by a later checkout.left of the same key ({steps[2]})"
+    sent = sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values())
+    assert sent == ["keyless@example.com", "other@example.com", "step3@example.com"]
+    assert len(sandbox.sandbox.requests) == 3
+    # A later step after the last one went: it goes too, and the key names it now.
+    fourth = _step(client, "c-1", "step4@example.com", 4)
+    assert drain(store, worker, fourth) == "delivered" and len(sandbox.sandbox.requests) == 4
+    assert store.purge(received_before=time.time() + 1)["latest_keys"] == 2
+
+
+def _checkout(client, topic: str, **changes: object) -> str:  # type: ignore[no-untyped-def]
+    """Shopify's documented checkout (token 123123123), changed, posted and signed as Shopify sends it."""
+    checkout = json.loads((MAPPINGS / "examples/shopify/checkouts-create.json").read_text(encoding="utf-8"))
+    checkout.update(changes)
+    answer = post_signed(
+        client,
+        "shopify",
+        checkout,
+        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+        header="X-Shopify-Hmac-Sha256",
+        headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": body_digest(checkout)[:20]},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
+def test_a_shopify_checkout_paid_within_the_wait_tags_nobody_and_one_left_is_tagged_once(tmp_path, sandbox):
+    """The built-in Shopify source: a checkout's create and its steps wait 10 minutes; one completed meanwhile
+    (its last update says completed_at) tags nobody abandoned_checkout, and sends nothing for its earlier
+    steps; a checkout left after three steps updates its buyer once, from its last step."""
+    for client, store, worker in hand_driven(quick_retry_settings(tmp_path, sandbox)):
+        paid = [
+            _checkout(client, "checkouts/create", email="paid@example.com"),
+            _checkout(client, "checkouts/update", email="paid@example.com", completed_at="2026-11-30T10:05:00Z"),
+        ]
+        left = [
+            _checkout(client, topic, token="left-1", email="left@example.com", phone=None, updated_at=str(step))
+            for step, topic in enumerate(["checkouts/create", "checkouts/update", "checkouts/update"])
+        ]
+        assert store.claim(owner=worker.owner, limit=10, lease_seconds=30) == []  # nothing due for 10 minutes
+        for delivery_id in paid + left:
+            assert drain(store, worker, delivery_id) == "delivered"
+        details = [store.get(delivery_id).detail for delivery_id in paid + left]  # type: ignore[union-attr]
+        assert details[0] == f"superseded by a later checkouts/create of the same key ({paid[1]})"
+        assert details[1] == "the checkout was completed; its order's hooks update the profile"
+        assert details[2:4] == [
+            f"superseded by a later checkouts/create of the same key ({left[2]})",
+            f"superseded by a later checkouts/update of the same key ({left[2]})",
+        ]
+        [profile] = sandbox.sandbox.profiles.values()
+        assert profile.fields["email"] == "left@example.com"
+        assert "abandoned_checkout" in profile.fields["tags"]
+        assert len(sandbox.sandbox.requests) == 1

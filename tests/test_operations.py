@@ -81,6 +81,7 @@ def test_metrics_declared_bounded_and_counting(client):
         "deliveries",  # relay_purged_total's kinds
         "dedup_keys",
         "once_keys",
+        "latest_keys",
     }
     sources = load_sources(MAPPINGS)
     rules = {rule.name for source in sources.values() for rule in source.rules}  # relay_rules_passed_over_total
@@ -573,7 +574,9 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
     process = _relay_run(port, env=env, cwd=tmp_path)
 
     def tilda(token: str, email: str) -> int:
-        return httpx.post(f"{base}/hooks/tilda?token={token}", data={"Email": email}, timeout=5).status_code
+        # 20 s: a request during the reload waits for a web worker while new ones boot, which took more than 5 s
+        # with another test file's processes on the same two cores (scripts/test runs files side by side).
+        return httpx.post(f"{base}/hooks/tilda?token={token}", data={"Email": email}, timeout=20).status_code
 
     try:
         _wait_until_ready(base)

@@ -851,7 +851,7 @@ def test_purge_deletes_only_old_delivered_and_expired_keys(store):
 
     purged = store.purge(received_before=now - 30 * day, now=now, batch=2, key_window=3)  # several of each
 
-    assert purged == {"deliveries": 5, "dedup_keys": 8, "once_keys": 0}
+    assert purged == {"deliveries": 5, "dedup_keys": 8, "once_keys": 0, "latest_keys": 0}
     assert [store.get(d) for d in old_delivered] == [None] * 5
     assert [store.attempts_of(d) for d in old_delivered] == [[]] * 5
     assert store.get(old_failed).status == "failed" and len(store.attempts_of(old_failed)) == 1
@@ -860,7 +860,12 @@ def test_purge_deletes_only_old_delivered_and_expired_keys(store):
     assert store.counts() == {"failed": 1, "held": 1, "queued": 1, "delivered": 1}
     again = store.accept(_request(b"x"), dedup_key="p:again", status="queued", dedup_window=day, now=now)
     assert not again.duplicate
-    assert store.purge(received_before=now - 30 * day, now=now) == {"deliveries": 0, "dedup_keys": 0, "once_keys": 0}
+    assert store.purge(received_before=now - 30 * day, now=now) == {
+        "deliveries": 0,
+        "dedup_keys": 0,
+        "once_keys": 0,
+        "latest_keys": 0,
+    }
 
 
 def _counting_steps(store: Store, action: Callable[[], T], by_checkout: list[int] | None = None) -> tuple[T, int]:
@@ -919,7 +924,7 @@ def test_purging_keys_reads_each_key_about_once(tmp_path):
     )
     store.close()
 
-    assert purged == {"deliveries": 0, "dedup_keys": keys // 10, "once_keys": 0}
+    assert purged == {"deliveries": 0, "dedup_keys": keys // 10, "once_keys": 0, "latest_keys": 0}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*), min(expires_at) > ? FROM dedup_keys", (now,)).fetchone() == (18_000, 1)
     assert steps < 20 * keys, f"{steps / keys:.0f} SQLite steps a key"
@@ -946,7 +951,7 @@ def test_purging_deliveries_reads_each_old_one_about_once(tmp_path):
     purged, steps = _counting_steps(store, lambda: store.purge(received_before=cut, now=now, batch=50))
     store.close()
 
-    assert purged == {"deliveries": old * 3 // 4, "dedup_keys": 0, "once_keys": 0}
+    assert purged == {"deliveries": old * 3 // 4, "dedup_keys": 0, "once_keys": 0, "latest_keys": 0}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status").fetchall() == [
             ("delivered", recent),

@@ -8,13 +8,20 @@ shopper who paid meanwhile is no abandoned checkout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from relay.mapping import envrefs
+from relay.mapping.expressions import search
 from relay.mapping.model import MAX_DELAY_SECONDS, DelaySpec, Source
+from relay.mapping.transforms import scalar_text
 
-__all__ = ["Wait", "seconds_of", "wait_for"]
+__all__ = ["LatestHolder", "Wait", "latest_key", "seconds_of", "wait_for"]
+
+# Given a delivery's latest key, the id of a later delivery that holds it now (this one is passed over), or None.
+LatestHolder = Callable[[str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,21 @@ def wait_for(source: Source, event: str | None, env: Mapping[str, str]) -> Wait:
         if event in spec.events:
             return seconds_of(spec, env)
     return Wait()
+
+
+def latest_key(source: Source, data: Any, event: str | None) -> str | None:
+    """The key under which a delayed event's deliveries supersede each other (`latest_by`): a digest of the
+    expression and the payload's value, so that no payload text is kept in the key; None when the event has
+    no such key or the payload gives no value (the delivery then goes on its own)."""
+    for spec in source.delays:
+        if event in spec.events:
+            if spec.latest_by is None:
+                return None
+            value = scalar_text(search(spec.latest_by, data))
+            if not value:
+                return None
+            return hashlib.sha256(f"{spec.latest_by}\0{value}".encode()).hexdigest()
+    return None
 
 
 def seconds_of(spec: DelaySpec, env: Mapping[str, str]) -> Wait:

@@ -248,10 +248,13 @@ class DelaySpec:
     then says how things ended: Ecwid sends `unfinished_order.created` as the shopper leaves for the payment
     page, and an order paid within minutes is no abandoned checkout.
 
-    `seconds` is a whole number, or a `${NAME:-default}` reference whose default is one."""
+    `seconds` is a whole number, or a `${NAME:-default}` reference whose default is one. With `latest_by`, an
+    expression over the payload (Shopify's checkout `token`), a delivery is passed over when a later one of the
+    same value came meanwhile: only the last state of a checkout updated five times goes."""
 
     events: tuple[str, ...]
     seconds: int | str
+    latest_by: str | None = None
 
 
 @dataclass(frozen=True)

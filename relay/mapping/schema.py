@@ -709,6 +709,7 @@ class DelaySchema(StrictSchema):
 
     events = fields.List(fields.String(validate=validate.Length(min=1)), required=True, validate=validate.Length(min=1))
     seconds = EnvOr(int, required=True)
+    latest_by = Expression(load_default=None)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -729,7 +730,7 @@ class DelaySchema(StrictSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> DelaySpec:
-        return DelaySpec(events=tuple(data["events"]), seconds=data["seconds"])
+        return DelaySpec(events=tuple(data["events"]), seconds=data["seconds"], latest_by=data["latest_by"])
 
 
 class ChallengeSchema(StrictSchema):

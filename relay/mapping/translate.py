@@ -19,6 +19,7 @@ from relay.errors import FetchError, KeptByMapping, MappingError
 from relay.geo import GeoLookup, first_public, public_ip
 from relay.inbound import URL_EVENT_HEADER, header_value
 from relay.mapping import envrefs
+from relay.mapping.delays import LatestHolder, latest_key
 from relay.mapping.expressions import search
 from relay.mapping.fetches import FETCHED, Fetch, build_request, unset_settings, with_fetched
 from relay.mapping.model import (
@@ -245,6 +246,7 @@ def translate(
     context: TranslateContext | None = None,
     fetch: Fetch | None = None,
     once_holder: OnceHolder | None = None,
+    latest_holder: LatestHolder | None = None,
 ) -> Translation:
     """Turn `payload` into the calls the mapping prescribes.
 
@@ -252,7 +254,8 @@ def translate(
     given to `preview` and to the examples); whatever it raises (`FetchError`) goes up as it is, but for
     a fetch only the order reads: its `FetchError` is kept as `order_held`, its `MappingError` as
     `order_refused`. `once_holder` says which other delivery took a rule's `once` key; such a rule is
-    passed over for the next that takes the payload. Without it every key is free.
+    passed over for the next that takes the payload. Without it every key is free. `latest_holder` says which
+    later delivery holds a delayed event's `latest_by` key: this one is then ignored, nothing fetched.
 
     Raises:
         MappingError: the payload lacks what the mapping needs, or the result
@@ -270,6 +273,13 @@ def translate(
             raise MappingError(f"payload does not fit the source's schema: {_short(exc.messages)}") from None
     event = event_of(source, data, headers)
     payload_itself = data
+    if latest_holder is not None and source.delays:
+        key = latest_key(source, data, event)
+        later = latest_holder(key) if key is not None else None
+        if later is not None:
+            return Translation(
+                calls=[], event=event, ignored=f"superseded by a later {event} of the same key ({later})"
+            )
     if source.rule_fetches:
         settled = _ignored_whatever_fetched(source, event)
         if settled is not None:
