@@ -205,6 +205,21 @@ def post_signed(
     )
 
 
+def post_shopify(client: Any, topic: str, payload: Any) -> str:
+    """Post a Shopify webhook signed as Shopify signs it, with its topic and a webhook id of its body; the
+    stored delivery's id (the webhook must be taken)."""
+    answer = post_signed(
+        client,
+        "shopify",
+        payload,
+        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
+        header="X-Shopify-Hmac-Sha256",
+        headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": body_digest(payload)[:20]},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
 def body_digest(payload: Any) -> str:
     """The SHA-256 of `payload` as post_signed sends it: a delivery id a provider would give that body."""
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()

@@ -19,11 +19,10 @@ from relay.contacts import forget, parse_contact
 from .conftest import (
     MAPPINGS,
     SECRETS,
-    body_digest,
     captured_log_lines,
     drain,
     hand_driven,
-    post_signed,
+    post_shopify,
     quick_retry_settings,
     relay_command,
 )
@@ -48,20 +47,6 @@ def _tilda(client, form: dict[str, str], tranid: str) -> str:  # type: ignore[no
     return str(response.get_json()["id"])
 
 
-def _shopify(client, topic: str, payload: dict) -> str:  # type: ignore[no-untyped-def, type-arg]
-    """Post a Shopify webhook signed as Shopify signs it: the stored delivery's id."""
-    answer = post_signed(
-        client,
-        "shopify",
-        payload,
-        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
-        header="X-Shopify-Hmac-Sha256",
-        headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": body_digest(payload)[:20]},
-    )
-    assert answer.status_code == 202, answer.get_json()
-    return str(answer.get_json()["id"])
-
-
 @pytest.fixture
 def stored(relay):  # type: ignore[no-untyped-def]
     """Ivan's form delivered, his Shopify checkout delivered, a form of his that its mapping ignored, another
@@ -76,7 +61,7 @@ def stored(relay):  # type: ignore[no-untyped-def]
         assert drain(store, worker, ids[name]) == "delivered"
     checkout = json.loads((MAPPINGS / "examples/shopify/checkouts-create.json").read_text(encoding="utf-8"))
     checkout.update({"email": "IVAN.PETROV@example.com", "phone": None})
-    ids["ivan_checkout"] = _shopify(client, "checkouts/create", checkout)
+    ids["ivan_checkout"] = post_shopify(client, "checkouts/create", checkout)
     assert drain(store, worker, ids["ivan_checkout"]) == "delivered"
     # What the worker does with a delivery its mapping ignores (one replayed after its rule became `ignore`):
     # delivered with no calls, found by its payload.
@@ -226,7 +211,7 @@ def _redact(client, email: str, phone: str) -> str:  # type: ignore[no-untyped-d
         "customer": {"id": 191167, "email": email, "phone": phone},
         "orders_to_redact": [299938],
     }
-    return _shopify(client, "customers/redact", request)
+    return post_shopify(client, "customers/redact", request)
 
 
 def _process(store, worker, delivery_id: str, later: float = 0) -> str:  # type: ignore[no-untyped-def]

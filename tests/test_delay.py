@@ -21,13 +21,11 @@ from relay.mapping.model import DelaySpec
 
 from .conftest import (
     MAPPINGS,
-    SECRETS,
-    body_digest,
     captured_log_lines,
     drain,
     hand_driven,
     make_settings,
-    post_signed,
+    post_shopify,
     quick_retry_settings,
 )
 
@@ -284,16 +282,7 @@ def _checkout(client, topic: str, **changes: object) -> str:  # type: ignore[no-
     """Shopify's documented checkout (token 123123123), changed, posted and signed as Shopify sends it."""
     checkout = json.loads((MAPPINGS / "examples/shopify/checkouts-create.json").read_text(encoding="utf-8"))
     checkout.update(changes)
-    answer = post_signed(
-        client,
-        "shopify",
-        checkout,
-        secret=SECRETS["SHOPIFY_WEBHOOK_SECRET"],
-        header="X-Shopify-Hmac-Sha256",
-        headers={"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": body_digest(checkout)[:20]},
-    )
-    assert answer.status_code == 202, answer.get_json()
-    return str(answer.get_json()["id"])
+    return post_shopify(client, topic, checkout)
 
 
 def test_a_shopify_checkout_paid_within_the_wait_tags_nobody_and_one_left_is_tagged_once(tmp_path, sandbox):
