@@ -18,7 +18,7 @@ from relay.mapping.expressions import search
 from relay.mapping.model import MAX_DELAY_SECONDS, DelaySpec, Source
 from relay.mapping.transforms import scalar_text
 
-__all__ = ["LatestHolder", "Wait", "latest_key", "seconds_of", "wait_for"]
+__all__ = ["LatestHolder", "Wait", "delay_spec", "latest_key", "seconds_of", "wait_for"]
 
 # Given a delivery's latest key, the id of a later delivery that holds it now (this one is passed over), or None.
 LatestHolder = Callable[[str], "str | None"]
@@ -32,27 +32,26 @@ class Wait:
     problem: str | None = None
 
 
+def delay_spec(source: Source, event: str | None) -> DelaySpec | None:
+    """The source's delay entry that names `event` (the schema lets an event be in one only), or None."""
+    return next((spec for spec in source.delays if event in spec.events), None)
+
+
 def wait_for(source: Source, event: str | None, env: Mapping[str, str]) -> Wait:
     """How long a webhook of `event` waits before the worker takes it (0: at once)."""
-    for spec in source.delays:
-        if event in spec.events:
-            return seconds_of(spec, env)
-    return Wait()
+    spec = delay_spec(source, event)
+    return seconds_of(spec, env) if spec is not None else Wait()
 
 
 def latest_key(source: Source, data: Any, event: str | None) -> str | None:
     """The key under which a delayed event's deliveries supersede each other (`latest_by`): a digest of the
     expression and the payload's value, so that no payload text is kept in the key; None when the event has
     no such key or the payload gives no value (the delivery then goes on its own)."""
-    for spec in source.delays:
-        if event in spec.events:
-            if spec.latest_by is None:
-                return None
-            value = scalar_text(search(spec.latest_by, data))
-            if not value:
-                return None
-            return hashlib.sha256(f"{spec.latest_by}\0{value}".encode()).hexdigest()
-    return None
+    spec = delay_spec(source, event)
+    if spec is None or spec.latest_by is None:
+        return None
+    value = scalar_text(search(spec.latest_by, data))
+    return hashlib.sha256(f"{spec.latest_by}\0{value}".encode()).hexdigest() if value else None
 
 
 def seconds_of(spec: DelaySpec, env: Mapping[str, str]) -> Wait:
