@@ -101,7 +101,8 @@ def source_lines(described: Mapping[str, Any], settings: Settings) -> list[str]:
         lines.append(
             f"  waits:    {', '.join(delay['events'])}: taken by the worker {delay['seconds']} s after it arrives"
             + setting
-            + (f", only the last received of each {delay['latest_by']}" if delay["latest_by"] else "")
+            + (f", only the last of each {delay['latest_by']}" if delay["latest_by"] else "")
+            + (f", the newest by {delay['ordered_by']}" if delay["ordered_by"] else "")
         )
     if described["cors_origins"]:
         lines.append(f"  browsers: pages that may post here: {', '.join(described['cors_origins'])}")
@@ -127,6 +128,7 @@ def _delay(spec: DelaySpec, env: Mapping[str, str]) -> dict[str, Any]:
         "setting": ref.name if ref is not None else None,
         "problem": wait.problem,
         "latest_by": spec.latest_by,
+        "ordered_by": spec.ordered_by,
     }
 
 

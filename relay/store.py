@@ -46,6 +46,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     null,
     or_,
     select,
@@ -184,6 +185,7 @@ once_keys = Table(
 ONCE_KEEP_SECONDS = 400 * 24 * 3600
 # The newest delivery of each `latest_by` key of a delayed event (relay.mapping.delays): a waiting delivery
 # whose key another one holds now is passed over. The key is a digest: no payload text is kept here.
+# `ordered_at` is the holder's `ordered_by` value (None: ordered by arrival); added after the table was.
 latest_keys = Table(
     "latest_keys",
     metadata,
@@ -191,6 +193,7 @@ latest_keys = Table(
     Column("key", String(64), primary_key=True),
     Column("delivery_id", String(32), nullable=False),
     Column("received_at", Float, nullable=False),
+    Column("ordered_at", Float, nullable=True),
     Index("ix_latest_keys_received", "received_at"),
 )
 
@@ -425,10 +428,16 @@ def _replayable(*conditions: Any) -> tuple[Any, ...]:
 
 
 def _create_tables(connection: Connection) -> None:
-    """Create what is missing, indexes of tables made by an earlier version included, and drop the
-    indexes this version no longer uses."""
+    """Create what is missing, columns and indexes of tables made by an earlier version included, and drop
+    the indexes this version no longer uses."""
     metadata.create_all(connection)
+    found = inspect(connection)
     for table in metadata.sorted_tables:
+        present = {column["name"] for column in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:  # a later version's column is nullable: no value to make up
+                kind = column.type.compile(connection.dialect)
+                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
         for index in table.indexes:
             index.create(connection, checkfirst=True)
     for name in _DROPPED_INDEXES:
@@ -610,11 +619,13 @@ class Store:
         dedup_window: float,
         wait: float = 0.0,
         latest: str | None = None,
+        latest_order: float | None = None,
         now: float | None = None,
     ) -> Accepted:
         """Store a webhook (committed before returning), or name the one it repeats. The worker takes it
         `wait` seconds from now (a mapping's `delay`), its retry budget counted from then; with `latest`, its
-        delay's key, it supersedes the deliveries that waited with that key.
+        delay's key, it supersedes the deliveries that waited with that key: all of them, or with
+        `latest_order` (its `ordered_by` value) those of a lower one, and any without one.
 
         Raises:
             StoreUnavailable: the database did not answer or refused the write.
@@ -633,6 +644,7 @@ class Store:
             "expires": now + dedup_window,
             "due": now + wait,
             "latest": latest,
+            "ordered": latest_order,
             # What `relay deliveries` says of a delivery that is queued and not taken: why, and until when.
             "detail": f"waits {wait:g} s (the mapping's delay for its event), due {_utc_second(now + wait)}"
             if wait
@@ -879,7 +891,8 @@ class Store:
 
     # -- the worker's side ------------------------------------------------
     def latest_holder(self, source: str, key: str) -> str | None:
-        """The delivery that holds a delayed event's `latest_by` key: the last one received with it."""
+        """The delivery that holds a delayed event's `latest_by` key: the newest with it by `ordered_by`, or
+        the last received."""
         with self._read() as connection:
             return connection.execute(
                 select(latest_keys.c.delivery_id).where(latest_keys.c.source == source, latest_keys.c.key == key)

@@ -128,10 +128,15 @@ _INSERT_DELIVERY = (
 )
 
 
-# A delayed event's key (relay.mapping.delays.latest_key) names the newest delivery with it.
+# A delayed event's key (relay.mapping.delays.latest_key) names the newest delivery with it: the one with the
+# highest `ordered_by` value, where both have one, else the last received (equal values: the last received).
 _TAKE_LATEST = (
-    'INSERT INTO latest_keys (source, "key", delivery_id, received_at) VALUES (:source, :latest, :id, :now) '
-    'ON CONFLICT (source, "key") DO UPDATE SET delivery_id = excluded.delivery_id, received_at = excluded.received_at'
+    'INSERT INTO latest_keys (source, "key", delivery_id, received_at, ordered_at) '
+    "VALUES (:source, :latest, :id, :now, :ordered) "
+    'ON CONFLICT (source, "key") DO UPDATE SET delivery_id = excluded.delivery_id, '
+    "received_at = excluded.received_at, ordered_at = excluded.ordered_at "
+    "WHERE excluded.ordered_at IS NULL OR latest_keys.ordered_at IS NULL "
+    "OR excluded.ordered_at >= latest_keys.ordered_at"
 )
 
 
@@ -139,7 +144,7 @@ def accept_webhook(ex: Executor, row: Mapping[str, Any]) -> tuple[str, bool]:
     """Store one webhook: (delivery id, False), or (the id of the delivery it repeats, True).
 
     `row` holds id, source, now, status, body, content_type, headers, client_ip, key, expires, due, detail and
-    latest (a delayed event's key, or None).
+    latest (a delayed event's key, or None) and ordered (its `ordered_by` value, or None).
     """
     if not ex.rows(_CLAIM_KEY, row):
         return str(ex.rows(_KEY_OWNER, row)[0][0]), True

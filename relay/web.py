@@ -415,7 +415,8 @@ def _receive(
         status=status,
         dedup_window=settings.dedup_window,
         wait=delay.seconds,
-        latest=latest,
+        latest=latest.key if latest is not None else None,
+        latest_order=latest.order if latest is not None else None,
     )
     if accepted.duplicate:
         log.info("duplicate", extra={"source": source.name, "delivery_id": accepted.id})

@@ -110,6 +110,10 @@ def test_sources_lists_urls_auth_and_readiness():
     assert f"{checkout} (the field RELAY_RECOVERY_URL_FIELD names: left out while unset)\n" in result.stdout
     named = relay_command("sources", env={**ENV, "RELAY_RECOVERY_URL_FIELD": "cart_url"})
     assert f"{checkout}\n" in named.stdout
+    waits = "  waits:    checkouts/create, checkouts/update: taken by the worker 600 s after it arrives"
+    assert f"{waits} (SHOPIFY_ABANDONED_AFTER_SECONDS), only the last of each token, the newest by updated_at\n" in (
+        result.stdout
+    )
 
 
 def test_sources_names_the_pages_a_source_takes_posts_from(tmp_path):

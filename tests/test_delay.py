@@ -205,6 +205,10 @@ def _problems(tmp_path: Path, delay: str, event: str = "event: {header: X-Shop-E
             "checkout.left is delayed twice",
         ),
         ("delay:\n  - events: [checkout.left]\n    seconds: 60\n    when: email\n", "delay.0.when: unknown key"),
+        (
+            "delay:\n  - events: [checkout.left]\n    seconds: 60\n    ordered_by: updated\n",
+            "delay.0.ordered_by: orders the deliveries of one latest_by key: name latest_by too",
+        ),
     ],
 )
 def test_a_delays_mistakes_are_said_with_the_key(tmp_path, delay, expected):
@@ -228,7 +232,8 @@ def test_the_wait_is_looked_up_by_event():
 
 
 LATEST = MAPPING.replace(
-    "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n", "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n    latest_by: checkout.id\n"
+    "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n",
+    "    seconds: ${SHOP_CHECKOUT_WAIT:-600}\n    latest_by: checkout.id\n    ordered_by: checkout.updated\n",
 )
 
 
@@ -244,8 +249,9 @@ def latest(request, tmp_path, sandbox):  # type: ignore[no-untyped-def]
     yield from hand_driven(settings)
 
 
-def _step(client, checkout: str | None, email: str, step: int):  # type: ignore[no-untyped-def]
-    body = {"email": email, "step": step, **({"checkout": {"id": checkout}} if checkout else {})}
+def _step(client, checkout: str | None, email: str, step: int, updated: object = None):  # type: ignore[no-untyped-def]
+    state = {"id": checkout, **({"updated": updated} if updated is not None else {})}
+    body = {"email": email, "step": step, **({"checkout": state} if checkout else {})}
     answer = client.post(
         f"/hooks/shop?token={TOKEN}",
         data=json.dumps(body),
@@ -257,8 +263,8 @@ def _step(client, checkout: str | None, email: str, step: int):  # type: ignore[
 
 
 def test_of_the_deliveries_waiting_with_one_key_only_the_last_received_goes(latest, sandbox):
-    """A checkout's three steps: the first two are passed over for the third, no call made for them; another
-    checkout, and one whose payload gives no key, go on their own."""
+    """A checkout's three steps, whose payloads give no `ordered_by` value: the first two are passed over for
+    the third, no call made for them; another checkout, and one whose payload gives no key, go on their own."""
     client, store, worker = latest
     steps = [_step(client, "c-1", f"step{n}@example.com", n) for n in (1, 2, 3)]
     other = _step(client, "c-2", "other@example.com", 1)
@@ -268,7 +274,7 @@ def test_of_the_deliveries_waiting_with_one_key_only_the_last_received_goes(late
     for passed in steps[:2]:
         delivery = store.get(passed)
         assert delivery is not None and delivery.reason == "ignored"
-        assert delivery.detail == f"superseded by a later checkout.left of the same key ({steps[2]})"
+        assert delivery.detail == f"superseded by {steps[2]}, a later webhook of the same checkout.id"
     sent = sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values())
     assert sent == ["keyless@example.com", "other@example.com", "step3@example.com"]
     assert len(sandbox.sandbox.requests) == 3
@@ -276,6 +282,44 @@ def test_of_the_deliveries_waiting_with_one_key_only_the_last_received_goes(late
     fourth = _step(client, "c-1", "step4@example.com", 4)
     assert drain(store, worker, fourth) == "delivered" and len(sandbox.sandbox.requests) == 4
     assert store.purge(received_before=time.time() + 1)["latest_keys"] == 2
+
+
+def test_with_ordered_by_the_newest_goes_whatever_order_they_came_in(latest, sandbox):
+    """Of one key's deliveries, the newest by `ordered_by` goes: a step that came late (a provider's retry) is
+    passed over for a newer one received before it; date-times compare with their zones, numbers as numbers;
+    equal values, or one without a value, go by arrival."""
+    client, store, worker = latest
+    checkouts = {
+        "late step": [
+            ("c-1", "2026-11-30T10:00:00Z"),
+            ("c-1", "2026-11-30T10:10:00Z"),
+            ("c-1", "2026-11-30T10:05:00Z"),
+        ],
+        "zones": [("c-2", "2026-11-30T10:00:00-05:00"), ("c-2", "2026-11-30T14:30:00Z")],
+        "numbers": [("c-3", 7), ("c-3", 5)],
+        "same value": [("c-4", "2026-11-30T10:00:00Z"), ("c-4", "2026-11-30T10:00:00Z")],
+        "no value": [("c-5", "2026-11-30T10:00:00Z"), ("c-5", "soon")],
+    }
+    goes = {"late step": 1, "zones": 0, "numbers": 0, "same value": 1, "no value": 1}
+    received = {
+        name: [
+            _step(client, checkout, f"{name.replace(' ', '-')}-{n}@example.com", n, updated)
+            for n, (checkout, updated) in enumerate(steps)
+        ]
+        for name, steps in checkouts.items()
+    }
+    for ids in received.values():
+        for delivery_id in ids:
+            assert drain(store, worker, delivery_id) == "delivered"
+    for name, ids in received.items():
+        newest = ids[goes[name]]
+        details = {delivery_id: store.get(delivery_id).detail for delivery_id in ids}  # type: ignore[union-attr]
+        passed = {delivery_id: detail for delivery_id, detail in details.items() if delivery_id != newest}
+        assert passed == dict.fromkeys(passed, f"superseded by {newest}, a later webhook of the same checkout.id"), name
+        assert details[newest] is None or "superseded" not in details[newest], name
+    sent = sorted(profile.fields["email"] for profile in sandbox.sandbox.profiles.values())
+    expected = sorted(f"{name.replace(' ', '-')}-{n}@example.com" for name, n in goes.items())
+    assert sent == expected and len(sandbox.sandbox.requests) == len(goes)
 
 
 def _checkout(client, topic: str, **changes: object) -> str:  # type: ignore[no-untyped-def]
@@ -287,27 +331,42 @@ def _checkout(client, topic: str, **changes: object) -> str:  # type: ignore[no-
 
 def test_a_shopify_checkout_paid_within_the_wait_tags_nobody_and_one_left_is_tagged_once(tmp_path, sandbox):
     """The built-in Shopify source: a checkout's create and its steps wait 10 minutes; one completed meanwhile
-    (its last update says completed_at) tags nobody abandoned_checkout, and sends nothing for its earlier
-    steps; a checkout left after three steps updates its buyer once, from its last step."""
+    (its newest update says completed_at) tags nobody abandoned_checkout, and sends nothing for its earlier
+    steps, even one whose hook came after the completed one (Shopify does not keep its hooks in order); a
+    checkout left after three steps updates its buyer once, from its last step."""
     for client, store, worker in hand_driven(quick_retry_settings(tmp_path, sandbox)):
         paid = [
-            _checkout(client, "checkouts/create", email="paid@example.com"),
-            _checkout(client, "checkouts/update", email="paid@example.com", completed_at="2026-11-30T10:05:00Z"),
+            _checkout(client, "checkouts/create", email="paid@example.com", updated_at="2026-11-30T10:00:00Z"),
+            _checkout(
+                client,
+                "checkouts/update",
+                email="paid@example.com",
+                updated_at="2026-11-30T05:05:00-05:00",
+                completed_at="2026-11-30T10:05:00Z",
+            ),
+            _checkout(client, "checkouts/update", email="paid@example.com", updated_at="2026-11-30T10:02:00Z"),
         ]
         left = [
-            _checkout(client, topic, token="left-1", email="left@example.com", phone=None, updated_at=str(step))
-            for step, topic in enumerate(["checkouts/create", "checkouts/update", "checkouts/update"])
+            _checkout(
+                client,
+                topic,
+                token="left-1",
+                email="left@example.com",
+                phone=None,
+                updated_at=f"2026-11-30T10:0{n}:00Z",
+            )
+            for n, topic in enumerate(["checkouts/create", "checkouts/update", "checkouts/update"])
         ]
         assert store.claim(owner=worker.owner, limit=10, lease_seconds=30) == []  # nothing due for 10 minutes
         for delivery_id in paid + left:
             assert drain(store, worker, delivery_id) == "delivered"
         details = [store.get(delivery_id).detail for delivery_id in paid + left]  # type: ignore[union-attr]
-        assert details[0] == f"superseded by a later checkouts/create of the same key ({paid[1]})"
-        assert details[1] == "the checkout was completed; its order's hooks update the profile"
-        assert details[2:4] == [
-            f"superseded by a later checkouts/create of the same key ({left[2]})",
-            f"superseded by a later checkouts/update of the same key ({left[2]})",
+        assert details[:3] == [
+            f"superseded by {paid[1]}, a later webhook of the same token",
+            "the checkout was completed; its order's hooks update the profile",
+            f"superseded by {paid[1]}, a later webhook of the same token",
         ]
+        assert details[3:5] == [f"superseded by {left[2]}, a later webhook of the same token"] * 2
         [profile] = sandbox.sandbox.profiles.values()
         assert profile.fields["email"] == "left@example.com"
         assert "abandoned_checkout" in profile.fields["tags"]

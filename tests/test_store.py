@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, inspect, select, text
 
 from relay.admin_api import parse_time
 from relay.inbound import InboundRequest
@@ -997,20 +997,35 @@ def test_a_page_of_deliveries_is_read_without_the_rest_of_the_table(tmp_path):
         store.close()
 
 
-def test_a_store_made_by_an_earlier_version_gets_todays_indexes(store):
-    """Opening a store whose tables an earlier version made adds the indexes it lacks and drops the
-    ones no longer used."""
-    from relay.store import _DROPPED_INDEXES, deliveries
+def test_a_store_made_by_an_earlier_version_gets_todays_columns_and_indexes(store):
+    """Opening a store whose tables an earlier version made adds the columns and indexes they lack and
+    drops the indexes no longer used; the rows kept stay as they were."""
+    from relay.store import _DROPPED_INDEXES, deliveries, latest_keys
 
     with store.engine.begin() as connection:
         connection.execute(text("DROP INDEX ix_deliveries_source_id"))
         connection.execute(text(f"CREATE INDEX {_DROPPED_INDEXES[0]} ON deliveries (source, received_at)"))
+        connection.execute(text("DROP TABLE latest_keys"))
+        connection.execute(  # as the twenty-seventh session made it, before `ordered_by`
+            text(
+                'CREATE TABLE latest_keys (source VARCHAR(64) NOT NULL, "key" VARCHAR(64) NOT NULL, '
+                'delivery_id VARCHAR(32) NOT NULL, received_at FLOAT NOT NULL, PRIMARY KEY (source, "key"))'
+            )
+        )
+        connection.execute(text("INSERT INTO latest_keys VALUES ('shop', 'k1', 'd1', 1.0)"))
     url = store.engine.url.render_as_string(hide_password=False)
 
     Store(url).close()
 
     names = {index["name"] for index in inspect(store.engine).get_indexes(deliveries.name)}
     assert "ix_deliveries_source_id" in names and _DROPPED_INDEXES[0] not in names, names
+    assert "ordered_at" in {column["name"] for column in inspect(store.engine).get_columns(latest_keys.name)}
+    with store.engine.begin() as connection:
+        assert connection.execute(select(latest_keys)).all() == [("shop", "k1", "d1", 1.0, None)]
+    assert store.latest_holder("shop", "k1") == "d1"
+    request = InboundRequest(source="shop", body=b"{}", content_type="application/json")
+    newer = store.accept(request, dedup_key="shop:1", status="queued", dedup_window=60, latest="k1", latest_order=5.0)
+    assert store.latest_holder("shop", "k1") == newer.id
 
 
 def test_replaying_many_takes_the_write_lock_a_batch_at_a_time(tmp_path):

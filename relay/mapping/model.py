@@ -250,11 +250,14 @@ class DelaySpec:
 
     `seconds` is a whole number, or a `${NAME:-default}` reference whose default is one. With `latest_by`, an
     expression over the payload (Shopify's checkout `token`), a delivery is passed over when a later one of the
-    same value came meanwhile: only the last state of a checkout updated five times goes."""
+    same value came meanwhile: only the last state of a checkout updated five times goes. With `ordered_by`, a
+    date-time or number over the payload (the checkout's `updated_at`), the last is the newest by that value,
+    not the last received: a provider that does not keep the order of its hooks cannot have an older state go."""
 
     events: tuple[str, ...]
     seconds: int | str
     latest_by: str | None = None
+    ordered_by: str | None = None
 
 
 @dataclass(frozen=True)

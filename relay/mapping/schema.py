@@ -710,9 +710,12 @@ class DelaySchema(StrictSchema):
     events = fields.List(fields.String(validate=validate.Length(min=1)), required=True, validate=validate.Length(min=1))
     seconds = EnvOr(int, required=True)
     latest_by = Expression(load_default=None)
+    ordered_by = Expression(load_default=None)
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("ordered_by") and not data.get("latest_by"):
+            raise ValidationError("orders the deliveries of one latest_by key: name latest_by too", "ordered_by")
         seconds = data.get("seconds")
         span = f"whole seconds from 1 to {MAX_DELAY_SECONDS} (a day)"
         if isinstance(seconds, int) and not 1 <= seconds <= MAX_DELAY_SECONDS:
@@ -730,7 +733,12 @@ class DelaySchema(StrictSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> DelaySpec:
-        return DelaySpec(events=tuple(data["events"]), seconds=data["seconds"], latest_by=data["latest_by"])
+        return DelaySpec(
+            events=tuple(data["events"]),
+            seconds=data["seconds"],
+            latest_by=data["latest_by"],
+            ordered_by=data["ordered_by"],
+        )
 
 
 class ChallengeSchema(StrictSchema):

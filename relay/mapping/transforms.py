@@ -22,7 +22,15 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from iso4217 import Currency
 
-__all__ = ["PATH_ARGUMENTS", "TRANSFORMS", "TransformContext", "apply_transform", "check_transform_arg", "scalar_text"]
+__all__ = [
+    "PATH_ARGUMENTS",
+    "TRANSFORMS",
+    "TransformContext",
+    "apply_transform",
+    "check_transform_arg",
+    "parse_when",
+    "scalar_text",
+]
 
 
 @dataclass(frozen=True)
@@ -168,19 +176,19 @@ _NAMED_MONTH = ("%b %d, %Y", "%B %d, %Y", "%b %d %Y", "%B %d %Y", "%d %b %Y", "%
 
 
 def _date(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
-    parsed = _parse_when(value, arg)
+    parsed = parse_when(value, arg)
     return parsed.date().isoformat() if parsed else None
 
 
 def _datetime(value: Any, arg: Any, _ctx: TransformContext) -> str | None:
-    parsed = _parse_when(value, arg)
+    parsed = parse_when(value, arg)
     if parsed is None:
         return None
     text = parsed.isoformat(timespec="seconds")
     return text.replace("+00:00", "Z")
 
 
-def _parse_when(value: Any, arg: Any) -> datetime | None:
+def parse_when(value: Any, arg: Any = None) -> datetime | None:
     """Read a date or date-time as the field declares (`order: dmy|mdy|ymd`)."""
     if value is None or isinstance(value, (bool, list)):
         return None

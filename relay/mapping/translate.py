@@ -274,12 +274,11 @@ def translate(
     event = event_of(source, data, headers)
     payload_itself = data
     if latest_holder is not None and source.delays:
-        key = latest_key(source, data, event)
-        later = latest_holder(key) if key is not None else None
-        if later is not None:
-            return Translation(
-                calls=[], event=event, ignored=f"superseded by a later {event} of the same key ({later})"
-            )
+        latest = latest_key(source, data, event)
+        later = latest_holder(latest.key) if latest is not None else None
+        if latest is not None and later is not None:
+            ignored = f"superseded by {later}, a later webhook of the same {latest.by}"
+            return Translation(calls=[], event=event, ignored=ignored)
     if source.rule_fetches:
         settled = _ignored_whatever_fetched(source, event)
         if settled is not None:
