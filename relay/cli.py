@@ -15,7 +15,7 @@ from relay.errors import ConfigError, MappingError, RequestRejected, StoreUnavai
 from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.mapping import envrefs
 from relay.mapping.delays import wait_for
-from relay.mapping.examples import check_example, example_files, load_example, save_example
+from relay.mapping.examples import ExampleUnreadable, check_example, example_files, load_example, save_example
 from relay.mapping.fetches import FetchRequest, given_answer
 from relay.mapping.loader import load_source_file, load_sources, mapping_files, referenced_variables
 from relay.mapping.model import Source
@@ -512,7 +512,8 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
             try:
                 example = load_example(path)
             except (OSError, KeyError, TypeError, ValueError) as exc:
-                problems.append(f"{path}:1 example cannot be read: {exc}")
+                line = exc.line if isinstance(exc, ExampleUnreadable) else 1
+                problems.append(f"{path}:{line} example cannot be read: {exc}")
                 continue
             differences, observed = check_example(example, source, upstream_format=settings.upstream_format)
             problems.extend(f"{path}:1 {difference}" for difference in differences)

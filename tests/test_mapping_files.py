@@ -173,6 +173,21 @@ def test_check_command_exits_1_listing_problems(tmp_path):
     assert "demo.yaml:9 rules.0.fields.phones.transform.0: unknown transform 'e164x'" in result.stderr
 
 
+def test_check_names_an_example_it_cannot_read_with_its_line(tmp_path):
+    """An example edited by hand into invalid YAML (a description with `: ` in it) is one of check's problems,
+    at its line, not a traceback."""
+    write(tmp_path, GOOD)
+    examples = tmp_path / "examples" / "demo"
+    examples.mkdir(parents=True)
+    (examples / "colon.yaml").write_text(
+        "request: {body: '{}', content_type: application/json}\ndescription: sent as is: by default\n",
+        encoding="utf-8",
+    )
+    result = relay_command("check", env={"PATH": "/usr/bin:/bin", "RELAY_MAPPINGS_DIR": str(tmp_path)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "colon.yaml:2 example cannot be read: not valid YAML: mapping values are not allowed here" in result.stderr
+
+
 def test_check_passes_on_the_built_in_mappings():
     """The shipped mappings and all their examples pass check, and every rule is reached by an example."""
     result = relay_command("check", env={"PATH": "/usr/bin:/bin"})

@@ -41,6 +41,7 @@ from relay.pipeline import parse_request, take_body_token, translate_request
 
 __all__ = [
     "Example",
+    "ExampleUnreadable",
     "Observed",
     "check_example",
     "example_files",
@@ -70,8 +71,25 @@ def example_files(mappings_dir: str | Path, source: str | None = None) -> list[P
     return sorted(root.glob(pattern))
 
 
+class ExampleUnreadable(ValueError):
+    """An example file that is no valid YAML; `line` is where the parser stopped (1-based)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 def load_example(path: Path) -> Example:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """Raises:
+    ExampleUnreadable: the file is no valid YAML. OSError, KeyError, TypeError, ValueError: it cannot be
+    read, or lacks `request` or `expect`.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ExampleUnreadable(f"not valid YAML: {problem}", mark.line + 1 if mark is not None else 1) from None
     request = data["request"]
     if "body_file" in request:
         body = (path.parent / request["body_file"]).read_bytes()
