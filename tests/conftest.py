@@ -50,6 +50,7 @@ SECRETS = {
     "HUBSPOT_WEBHOOK_SECRET": "hubspot-test-secret-6a6b",
     "FORMSTACK_WEBHOOK_SECRET": "formstack-test-secret-7c7d",
     "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
+    "UNBOUNCE_WEBHOOK_TOKEN": "unbounce-test-token-2c2d",
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
@@ -130,6 +131,7 @@ BUILT_IN_SOURCES = (
     "adobe_commerce",
     "lemon_squeezy",
     "calendly",
+    "unbounce",
 )
 
 

@@ -378,7 +378,18 @@ def test_a_token_source_may_name_the_header_its_tool_can_set(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["tilda", "jotform", "google_forms", "elementor", "contact_form_7", "fillout", "gravity_forms", "insales"]
+    "name",
+    [
+        "tilda",
+        "jotform",
+        "google_forms",
+        "elementor",
+        "contact_form_7",
+        "fillout",
+        "gravity_forms",
+        "insales",
+        "unbounce",
+    ],
 )
 def test_token_sources(name):
     """Token sources take ?token= or X-Relay-Token; a wrong or missing token fails; unset fails closed."""

@@ -1,0 +1,66 @@
+"""Unbounce through the real app and worker to the sandbox upstream on loopback.
+
+Unbounce cannot sign: the hook URL carries the token. It counts only a 200 as delivered, and gives no
+submission id, so a repeat is known by its body. Its default body is form-urlencoded with the answers as
+JSON text in `data.json`, each a list.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import pytest
+
+from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings
+
+EXAMPLES = MAPPINGS / "examples" / "unbounce"
+FORM = "application/x-www-form-urlencoded; charset=UTF-8"
+HOOK = "/hooks/unbounce?token=" + SECRETS["UNBOUNCE_WEBHOOK_TOKEN"]
+
+
+@pytest.fixture
+def relay(tmp_path, sandbox):  # type: ignore[no-untyped-def]
+    yield from hand_driven(quick_retry_settings(tmp_path, sandbox))
+
+
+def _body(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
+
+
+def test_a_submission_is_answered_200_stored_and_its_visitor_subscribed(relay, sandbox):
+    client, store, worker = relay
+    answer = client.post(HOOK, data=_body("form-submit.txt"), content_type=FORM)
+    assert (answer.status_code, answer.get_json()["status"]) == (200, "accepted")
+    again = client.post(HOOK, data=_body("form-submit.txt"), content_type=FORM)
+    assert (again.status_code, again.get_json()) == (200, {"status": "duplicate", "id": answer.get_json()["id"]})
+    assert drain(store, worker, answer.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "jane.doe@example.com"
+    assert (profile.fields["_fname"], profile.fields["_lname"]) == ("Jane", "Doe")
+    assert "unbounce" in profile.fields["tags"]
+    [request] = sandbox.sandbox.requests
+    assert request["body"]["data"]["_ip"] == "203.0.114.24" and request["body"]["detect_geo"] is True
+    assert request["body"]["data"]["subscriptions"][0]["status"] == "subscribed"
+
+
+def test_a_box_left_unticked_subscribes_nobody_and_a_form_without_contact_is_ignored(relay, sandbox):
+    client, store, worker = relay
+    fields = dict(urllib.parse.parse_qsl(_body("form-submit.txt").decode()))
+    answers: dict[str, Any] = json.loads(fields["data.json"])
+    del answers["newsletter_opt_in"]  # a checkbox left unticked is not sent
+    fields["data.json"] = json.dumps(answers)
+    unticked = client.post(HOOK, data=urllib.parse.urlencode(fields), content_type=FORM)
+    assert unticked.status_code == 200
+    assert drain(store, worker, unticked.get_json()["id"]) == "delivered"
+    [request] = sandbox.sandbox.requests
+    assert "subscriptions" not in request["body"]["data"]
+    nobody = client.post(HOOK, data=_body("no-contact.txt"), content_type=FORM)
+    assert (nobody.status_code, nobody.get_json()["status"]) == (200, "ignored")
+
+
+def test_without_its_token_a_submission_is_refused(relay):
+    client, _store, _worker = relay
+    refused = client.post("/hooks/unbounce", data=_body("form-submit.txt"), content_type=FORM)
+    assert refused.status_code == 401 and refused.get_json()["error"] == "authentication_failed"
