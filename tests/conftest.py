@@ -51,6 +51,7 @@ SECRETS = {
     "FORMSTACK_WEBHOOK_SECRET": "formstack-test-secret-7c7d",
     "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
     "UNBOUNCE_WEBHOOK_TOKEN": "unbounce-test-token-2c2d",
+    "PAPERFORM_WEBHOOK_TOKEN": "paperform-test-token-3e3f",
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
@@ -132,6 +133,7 @@ BUILT_IN_SOURCES = (
     "lemon_squeezy",
     "calendly",
     "unbounce",
+    "paperform",
 )
 
 

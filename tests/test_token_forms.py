@@ -1,8 +1,9 @@
-"""Unbounce through the real app and worker to the sandbox upstream on loopback.
+"""Form builders that cannot sign, through the real app and worker to the sandbox upstream on loopback.
 
-Unbounce cannot sign: the hook URL carries the token. It counts only a 200 as delivered, and gives no
-submission id, so a repeat is known by its body. Its default body is form-urlencoded with the answers as
-JSON text in `data.json`, each a list.
+Unbounce and Paperform carry the token in the hook URL. Unbounce counts only a 200 as delivered and gives no
+submission id, so a repeat is known by its body; its default body is form-urlencoded with the answers as
+JSON text in `data.json`, each a list. Paperform's JSON names each answer's question; a submission sent
+again (its Test button) has the same `submission_id`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from .conftest import MAPPINGS, SECRETS, drain, hand_driven, quick_retry_settings
 
 EXAMPLES = MAPPINGS / "examples" / "unbounce"
+PAPERFORM = MAPPINGS / "examples" / "paperform"
 FORM = "application/x-www-form-urlencoded; charset=UTF-8"
 HOOK = "/hooks/unbounce?token=" + SECRETS["UNBOUNCE_WEBHOOK_TOKEN"]
 
@@ -64,3 +66,22 @@ def test_without_its_token_a_submission_is_refused(relay):
     client, _store, _worker = relay
     refused = client.post("/hooks/unbounce", data=_body("form-submit.txt"), content_type=FORM)
     assert refused.status_code == 401 and refused.get_json()["error"] == "authentication_failed"
+
+
+def test_a_paperform_submission_is_stored_once_and_its_visitor_subscribed(relay, sandbox):
+    client, store, worker = relay
+    hook = "/hooks/paperform?token=" + SECRETS["PAPERFORM_WEBHOOK_TOKEN"]
+    body = (PAPERFORM / "submission.json").read_bytes()
+    answer = client.post(hook, data=body, content_type="application/json")
+    assert (answer.status_code, answer.get_json()["status"]) == (202, "accepted")
+    tested = json.loads(body)
+    tested["created_at"] = "2026-11-30 11:00:00"  # the Test button sends the latest submission again
+    again = client.post(hook, data=json.dumps(tested), content_type="application/json")
+    assert (again.status_code, again.get_json()) == (200, {"status": "duplicate", "id": answer.get_json()["id"]})
+    assert drain(store, worker, answer.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "maria.garcia@example.com" and profile.fields["phones"] == ["+34612345678"]
+    [request] = sandbox.sandbox.requests
+    assert request["body"]["data"]["subscriptions"][0]["status"] == "subscribed"
+    refused = client.post("/hooks/paperform", data=body, content_type="application/json")
+    assert refused.status_code == 401
