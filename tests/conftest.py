@@ -52,6 +52,7 @@ SECRETS = {
     "WUFOO_WEBHOOK_TOKEN": "wufoo-test-key-8e8e",
     "UNBOUNCE_WEBHOOK_TOKEN": "unbounce-test-token-2c2d",
     "PAPERFORM_WEBHOOK_TOKEN": "paperform-test-token-3e3f",
+    "GUMROAD_WEBHOOK_TOKEN": "gumroad-test-token-4a4b",
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
@@ -134,6 +135,7 @@ BUILT_IN_SOURCES = (
     "calendly",
     "unbounce",
     "paperform",
+    "gumroad",
 )
 
 

@@ -820,7 +820,7 @@ def test_providers_that_take_only_200_as_success_get_200_for_an_accepted_webhook
     )
     assert (cf7.status_code, cf7.get_json()["status"]) == (200, "accepted")
     accepting_200 = {name for name, source in sources.items() if source.accepted_status == 200}
-    assert accepting_200 == {"elementor", "webflow", "contact_form_7", "lemon_squeezy", "unbounce"}
+    assert accepting_200 == {"elementor", "webflow", "contact_form_7", "lemon_squeezy", "unbounce", "gumroad"}
 
 
 def test_rails_xml_says_what_its_text_cannot():

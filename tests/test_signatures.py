@@ -389,6 +389,8 @@ def test_a_token_source_may_name_the_header_its_tool_can_set(tmp_path):
         "gravity_forms",
         "insales",
         "unbounce",
+        "paperform",
+        "gumroad",
     ],
 )
 def test_token_sources(name):
