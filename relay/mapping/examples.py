@@ -80,9 +80,11 @@ class ExampleUnreadable(ValueError):
 
 
 def load_example(path: Path) -> Example:
-    """Raises:
-    ExampleUnreadable: the file is no valid YAML. OSError, KeyError, TypeError, ValueError: it cannot be
-    read, or lacks `request` or `expect`.
+    """One example file, with the body file it names.
+
+    Raises:
+        ExampleUnreadable: the file is no valid YAML.
+        OSError, KeyError, TypeError, ValueError: it cannot be read, or lacks `request` or `expect`.
     """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
