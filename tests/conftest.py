@@ -53,6 +53,7 @@ SECRETS = {
     "UNBOUNCE_WEBHOOK_TOKEN": "unbounce-test-token-2c2d",
     "PAPERFORM_WEBHOOK_TOKEN": "paperform-test-token-3e3f",
     "GUMROAD_WEBHOOK_TOKEN": "gumroad-test-token-4a4b",
+    "FRAMER_WEBHOOK_SECRET": "framer-test-secret-of-32-characters-5c5d",
     "INSALES_WEBHOOK_TOKEN": "insales-test-token-5b5c",
     "BIGCOMMERCE_WEBHOOK_TOKEN": "bigcommerce-test-token-6d6e",
     "BIGCOMMERCE_API_TOKEN": "bigcommerce-api-test-token-7f70",
@@ -136,6 +137,7 @@ BUILT_IN_SOURCES = (
     "unbounce",
     "paperform",
     "gumroad",
+    "framer",
 )
 
 

@@ -1,6 +1,7 @@
-"""Form builders that cannot sign, through the real app and worker to the sandbox upstream on loopback.
+"""Form builders of landing pages, through the real app and worker to the sandbox upstream on loopback.
 
-Unbounce and Paperform carry the token in the hook URL. Unbounce counts only a 200 as delivered and gives no
+Framer signs the body followed by the submission id. Unbounce and Paperform cannot sign: they carry the
+token in the hook URL. Unbounce counts only a 200 as delivered and gives no
 submission id, so a repeat is known by its body; its default body is form-urlencoded with the answers as
 JSON text in `data.json`, each a list. Paperform's JSON names each answer's question; a submission sent
 again (its Test button) has the same `submission_id`.
@@ -8,6 +9,8 @@ again (its Test button) has the same `submission_id`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import urllib.parse
 from typing import Any
@@ -85,3 +88,28 @@ def test_a_paperform_submission_is_stored_once_and_its_visitor_subscribed(relay,
     assert request["body"]["data"]["subscriptions"][0]["status"] == "subscribed"
     refused = client.post("/hooks/paperform", data=body, content_type="application/json")
     assert refused.status_code == 401
+
+
+def _framer(client: Any, body: bytes, submission: str, *, signed: bytes | None = None) -> Any:
+    """Post as Framer does: hex HMAC-SHA256 of the body followed by the submission id (or of `signed`)."""
+    secret = SECRETS["FRAMER_WEBHOOK_SECRET"].encode()
+    digest = hmac.new(secret, signed if signed is not None else body + submission.encode(), hashlib.sha256)
+    headers = {"Framer-Signature": "sha256=" + digest.hexdigest(), "Framer-Webhook-Submission-Id": submission}
+    return client.post("/hooks/framer", data=body, content_type="application/json", headers=headers)
+
+
+def test_a_framer_submission_is_verified_with_its_id_and_a_retry_is_a_duplicate(relay, sandbox):
+    client, store, worker = relay
+    body = (MAPPINGS / "examples" / "framer" / "submission.json").read_bytes()
+    submission = "0fbbb90e-564b-4870-ac8b-78f9bc4e44a6"
+    unbound = _framer(client, body, submission, signed=body)  # the body alone: not how Framer signs
+    assert unbound.status_code == 401
+    other_id = _framer(client, body, "another-id", signed=body + submission.encode())
+    assert other_id.status_code == 401  # a signature is bound to its submission id
+    answer = _framer(client, body, submission)
+    assert (answer.status_code, answer.get_json()["status"]) == (202, "accepted")
+    retry = _framer(client, body, submission)
+    assert retry.get_json() == {"status": "duplicate", "id": answer.get_json()["id"]}
+    assert drain(store, worker, answer.get_json()["id"]) == "delivered"
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["email"] == "tomas.silva@example.com" and "framer" in profile.fields["tags"]
