@@ -424,6 +424,14 @@ def sandbox() -> Iterator[SandboxServer]:
     server.stop()
 
 
+def drain_accepted(store: Store, worker: Worker, response: Any, *, status_code: int) -> str:
+    """The webhook's answer is `accepted` with `status_code` (a provider that takes 200 alone must get it); its
+    delivery is processed until it settles: its status."""
+    assert response.status_code == status_code, response.get_json()
+    assert response.get_json()["status"] == "accepted"
+    return drain(store, worker, response.get_json()["id"])
+
+
 def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -> str:
     """Process the delivery, jumping the clock past each retry time, until it settles; its status."""
     for _ in range(rounds):
