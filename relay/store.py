@@ -184,8 +184,10 @@ once_keys = Table(
 )
 ONCE_KEEP_SECONDS = 400 * 24 * 3600
 # The newest delivery of each `latest_by` key of a delayed event (relay.mapping.delays): a waiting delivery
-# whose key another one holds now is passed over. The key is a digest: no payload text is kept here.
-# `ordered_at` is the holder's `ordered_by` value (None: ordered by arrival); added after the table was.
+# whose key another one holds now is passed over. The key is a digest: no payload text is kept here. Kept
+# as once keys are (ONCE_KEEP_SECONDS, or RELAY_KEEP_DELIVERED if longer): a step of a checkout that failed
+# for want of an upstream, replayed after its delivered steps were purged, is still passed over; one row a
+# checkout. `ordered_at` is the holder's `ordered_by` value (None: ordered by arrival); added after the table was.
 latest_keys = Table(
     "latest_keys",
     metadata,
@@ -1138,14 +1140,13 @@ class Store:
             if len(ids) < batch or (stop is not None and stop.is_set()):
                 break
         purged["dedup_keys"] = self._purge_keys(now, key_window, stop)
-        # Kept as long as the deliveries at least: a delivery replayed must find the key it took.
+        # Kept as long as the deliveries at least: a delivery replayed must find the key it took, or the key
+        # of the later step that passes it over.
         taken_before = min(received_before, now - ONCE_KEEP_SECONDS)
-        with self._tx() as tx:  # few rows (one an order), found by their index
+        with self._tx() as tx:  # few rows (one an order, or a checkout), found by their index
             purged["once_keys"] = int(tx.execute(delete(once_keys).where(once_keys.c.taken_at < taken_before)).rowcount)
-            # A key outlives the deliveries it chose between: those received before it are purged by now, or wait
-            # as failed or held, and a replay of one whose key is gone sends it.
             purged["latest_keys"] = int(
-                tx.execute(delete(latest_keys).where(latest_keys.c.received_at < received_before)).rowcount
+                tx.execute(delete(latest_keys).where(latest_keys.c.received_at < taken_before)).rowcount
             )
         return purged
 
