@@ -85,6 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--description", help="the saved example's description")
 
+    imported = commands.add_parser(
+        "import", help="store past webhooks from a file (JSON Lines, a JSON array, or CSV) as a source's, to deliver"
+    )
+    imported.add_argument("--source", required=True)
+    imported.add_argument("file", help="the file, or - for stdin (JSON Lines unless --format says otherwise)")
+    imported.add_argument(
+        "--format", choices=("jsonl", "json", "csv"), help="by default by the file's suffix (.csv, .json), else jsonl"
+    )
+    imported.add_argument(
+        "--content-type",
+        dest="content_type",
+        default="application/json",
+        help="how each record is stored, as its provider posts it: application/json (the default) or "
+        "application/x-www-form-urlencoded",
+    )
+    imported.add_argument(
+        "--header", action="append", default=[], help="'Name: value' sent with every record (a topic), repeatable"
+    )
+    imported.add_argument(
+        "--dry-run", action="store_true", help="count what would be stored, ignored or refused; store nothing"
+    )
+
     commands.add_parser("check", help="validate every mapping file and run its examples")
     sources = commands.add_parser("sources", help="list sources, their hook URLs and authentication")
     sources.add_argument("--json", action="store_true", help="as the admin API's /admin/api/sources gives them")
@@ -411,16 +433,24 @@ def _fetched_from_files(given: list[str]) -> Callable[[FetchRequest], object]:
     return fetch
 
 
-def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
-    """The payload file as the provider would send it, with --content-type and --header."""
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+def _headers(given: Sequence[str]) -> dict[str, str] | None:
+    """The --header options as a mapping; None, said on stderr, when one is not 'Name: value'."""
     headers: dict[str, str] = {}
-    for header in args.header:
+    for header in given:
         name, sep, value = header.partition(":")
         if not sep:
             print(f"relay: --header {header!r} must be 'Name: value'", file=sys.stderr)
             return None
         headers[name.strip()] = value.strip()
+    return headers
+
+
+def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
+    """The payload file as the provider would send it, with --content-type and --header."""
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    headers = _headers(args.header)
+    if headers is None:
+        return None
     query: dict[str, str] = {}
     for parameter in args.query:
         name, sep, value = parameter.partition("=")
@@ -565,6 +595,34 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.importer import format_of, import_records, read_records  # the store only for this command
+    from relay.store import Store
+
+    source = load_sources(settings.mappings_dir).get(args.source)
+    if source is None:
+        print(f"relay: no source {args.source!r} in {settings.mappings_dir}", file=sys.stderr)
+        return 1
+    headers = _headers(args.header)
+    if headers is None:
+        return 1
+    # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
+    text = sys.stdin.buffer.read().decode("utf-8-sig") if args.file == "-" else Path(args.file).read_text("utf-8-sig")
+    records = read_records(text, format_of(args.file, args.format))
+    store = None if args.dry_run else Store(settings.database_url)
+    try:
+        counts = import_records(
+            records, source, settings=settings, store=store, content_type=args.content_type, headers=headers
+        )
+    finally:
+        if store is not None:
+            store.close()
+    outcomes = ("accepted", "duplicate", "ignored", "ping", "unreadable")
+    summary = {"source": source.name, "dry_run": args.dry_run, "records": sum(counts.values())}
+    print(json.dumps(summary | {outcome: counts[outcome] for outcome in outcomes}))
+    return 1 if counts["unreadable"] else 0
+
+
 def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]
     def call(args: argparse.Namespace, settings: Settings) -> int:
         import importlib
@@ -578,6 +636,7 @@ _COMMANDS = {
     "preview": cmd_preview,
     "check": cmd_check,
     "sources": cmd_sources,
+    "import": cmd_import,
     "run": _lazy("relay.serve", "cmd_run"),
     "worker": _lazy("relay.worker", "cmd_worker"),
     "deliveries": _lazy("relay.admin_cli", "cmd_deliveries"),

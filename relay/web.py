@@ -35,14 +35,13 @@ from relay.errors import (
 )
 from relay.geo import client_address
 from relay.ids import random_hex
-from relay.inbound import InboundRequest, dedup_key, is_ping, keepable_headers, with_url_event
+from relay.inbound import InboundRequest, is_ping, keepable_headers, with_url_event
+from relay.intake import take_request
 from relay.logs import REQUEST_ID, Throttle, configure_logging, redact_query
-from relay.mapping.delays import latest_key, wait_for
 from relay.mapping.loader import MAPPING_SUFFIXES, load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
-from relay.mapping.translate import event_of, ignored_at_ingress, prepare_payload
-from relay.pipeline import parse_request, take_body_token
+from relay.pipeline import take_body_token
 from relay.ratelimit import HookLimiter
 from relay.sentry import init_sentry
 from relay.settings import Settings
@@ -388,47 +387,35 @@ def _receive(
         headers=kept,
         client_ip=client_address(req.remote_addr, req.headers.get("X-Forwarded-For"), settings.trusted_proxies),
     )
-    payload = parse_request(inbound)
-    if is_ping(source, inbound, payload):
+    intake = take_request(source, inbound, settings=settings, store=store)
+    if intake.outcome == "ping":
         log.info("ping answered", extra={"source": source.name})
         metrics.received(source.name, "ping")
         return _json({"status": "ping"}), 200
-    prepared = prepare_payload(source, payload)
-    event = event_of(source, prepared, inbound.headers)
-    # A delayed event with a `latest_by` key is kept even when its rules will ignore it (a completed checkout):
-    # it is the later delivery that passes over the ones that waited with its key.
-    latest = latest_key(source, prepared, event) if source.delays else None
-    reason = ignored_at_ingress(source, prepared, event, settings.env) if latest is None else None
-    if reason is not None:
-        log.info("ignored", extra={"source": source.name, "webhook_event": event, "reason": reason})
+    if intake.outcome == "ignored":
+        log.info("ignored", extra={"source": source.name, "webhook_event": intake.event, "reason": intake.reason})
         metrics.received(source.name, "ignored")
-        return _json({"status": "ignored", "reason": reason}), 200
-    status = "queued" if settings.upstream_url else "held"
-    delay = wait_for(source, event, settings.env)
-    if delay.problem is not None and _DELAY_WARNINGS.due():
+        return _json({"status": "ignored", "reason": intake.reason}), 200
+    if intake.wait.problem is not None and _DELAY_WARNINGS.due():
         log.warning(
-            "delay setting not taken", extra={"source": source.name, "webhook_event": event, "detail": delay.problem}
+            "delay setting not taken",
+            extra={"source": source.name, "webhook_event": intake.event, "detail": intake.wait.problem},
         )
-    accepted = store.accept(
-        inbound,
-        dedup_key=dedup_key(source, inbound, prepared),
-        status=status,
-        dedup_window=settings.dedup_window,
-        wait=delay.seconds,
-        latest=latest.key if latest is not None else None,
-        latest_order=latest.order if latest is not None else None,
-    )
-    if accepted.duplicate:
-        log.info("duplicate", extra={"source": source.name, "delivery_id": accepted.id})
+    if intake.outcome == "duplicate":
+        log.info("duplicate", extra={"source": source.name, "delivery_id": intake.delivery_id})
         metrics.received(source.name, "duplicate")
-        return _json({"status": "duplicate", "id": accepted.id}), 200
-    accepted_extra: dict[str, Any] = {"source": source.name, "delivery_id": accepted.id, "webhook_event": event}
-    if delay.seconds:
-        accepted_extra["wait_seconds"] = delay.seconds
+        return _json({"status": "duplicate", "id": intake.delivery_id}), 200
+    accepted_extra: dict[str, Any] = {
+        "source": source.name,
+        "delivery_id": intake.delivery_id,
+        "webhook_event": intake.event,
+    }
+    if intake.wait.seconds:
+        accepted_extra["wait_seconds"] = intake.wait.seconds
     log.info("accepted", extra=accepted_extra)
     metrics.received(source.name, "accepted")
     metrics.observe_ingress(time.perf_counter() - g.started)
-    return _json({"status": "accepted", "id": accepted.id}), source.accepted_status
+    return _json({"status": "accepted", "id": intake.delivery_id}), source.accepted_status
 
 
 def _error(status: int, code: str, detail: str) -> tuple[Response, int]:

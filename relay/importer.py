@@ -1,0 +1,131 @@
+"""`python -m relay import`: past webhooks from a file, taken as if their provider had sent them now.
+
+For a site that used relay's mapping elsewhere, or lost webhooks before relay was there: a form builder's
+export of its submissions (CSV, its columns named as the form's fields), or a log of bodies (JSON Lines, or
+one JSON array). Each record is stored as a webhook of the source, de-duplicated as the hook does it (a
+record imported twice, or one the provider also sent, is stored once), and the worker delivers it. The
+operator runs it with the store's credentials, so nothing is authenticated; pings and what the mapping
+ignores are counted and left out, as at the hook.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from relay.errors import RequestRejected
+from relay.inbound import InboundRequest
+from relay.intake import take_request
+from relay.mapping.model import Source
+from relay.settings import Settings
+from relay.store import Store
+
+__all__ = ["ImportedRecord", "format_of", "import_records", "read_records"]
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class ImportedRecord:
+    """One record of the file: where it is (`line 3`, `row 3`, `item 3`), and its fields, or why it has none."""
+
+    where: str
+    fields: dict[str, Any] | None
+    problem: str | None = None
+
+
+def format_of(path: str, given: str | None) -> str:
+    """The file's format: as given, else by its name's suffix (`.csv`, `.json`), else JSON Lines."""
+    if given:
+        return given
+    suffix = Path(path).suffix.lower()
+    return {".csv": "csv", ".json": "json"}.get(suffix, "jsonl")
+
+
+def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
+    """The file's records, each an object (a CSV row's columns by their header), in the file's order."""
+    if fmt == "csv":
+        for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # row 1 names the columns
+            if None in row:
+                yield ImportedRecord(f"row {number}", None, "more values than the header names columns")
+            else:
+                yield ImportedRecord(f"row {number}", {name: value for name, value in row.items() if name})
+        return
+    if fmt == "json":
+        try:
+            items = json.loads(text)
+        except ValueError as exc:
+            yield ImportedRecord("file", None, f"not JSON: {exc}")
+            return
+        if not isinstance(items, list):
+            yield ImportedRecord("file", None, "a .json file holds one array of objects")
+            return
+        for number, item in enumerate(items, start=1):
+            yield _record(f"item {number}", item)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                yield ImportedRecord(f"line {number}", None, f"not JSON: {exc}")
+                continue
+            yield _record(f"line {number}", item)
+
+
+def _record(where: str, item: Any) -> ImportedRecord:
+    if isinstance(item, dict):
+        return ImportedRecord(where, item)
+    return ImportedRecord(where, None, f"a {type(item).__name__}, not an object")
+
+
+def _body(fields: Mapping[str, Any], content_type: str) -> bytes | None:
+    """The record as the provider would have posted it; None when a form cannot carry its values."""
+    if content_type.split(";")[0].strip().lower() != FORM:
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    if any(isinstance(value, (dict, list)) for value in fields.values()):
+        return None
+    return urllib.parse.urlencode({name: "" if value is None else value for name, value in fields.items()}).encode()
+
+
+def import_records(
+    records: Iterator[ImportedRecord],
+    source: Source,
+    *,
+    settings: Settings,
+    store: Store | None,
+    content_type: str = JSON,
+    headers: Mapping[str, str] | None = None,
+    problems: TextIO | None = None,
+) -> Counter[str]:
+    """Store each record as a webhook of `source` (none with `store` None: a dry run, which counts what
+    would be stored as `accepted`); the count of each outcome, `unreadable` for a record that is no object, or
+    whose body relay refuses (each said on `problems` with where it is)."""
+    counts: Counter[str] = Counter()
+    for record in records:
+        body = _body(record.fields, content_type) if record.fields is not None else None
+        problem = record.problem or (None if body is not None else "a form body cannot carry nested values")
+        if problem is None and body is not None and len(body) > settings.max_body_bytes:
+            problem = f"{len(body):,} bytes, over RELAY_MAX_BODY_BYTES ({settings.max_body_bytes:,})"
+        if problem is not None or body is None:
+            counts["unreadable"] += 1
+            print(f"relay: {record.where}: {problem}", file=problems or sys.stderr)
+            continue
+        inbound = InboundRequest(source=source.name, body=body, content_type=content_type, headers=dict(headers or {}))
+        try:
+            outcome = take_request(source, inbound, settings=settings, store=store).outcome
+        except RequestRejected as exc:
+            counts["unreadable"] += 1
+            print(f"relay: {record.where}: {exc.detail}", file=problems or sys.stderr)
+            continue
+        counts[outcome] += 1
+    return counts

@@ -1,0 +1,111 @@
+"""`relay import`: past webhooks from a file, stored as a source's and delivered by the worker.
+
+The command runs in its own process against a SQLite store, as an operator runs it; the worker then sends
+what it stored to the sandbox upstream on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from relay.store import Store
+from relay.worker import Worker
+
+from .conftest import MAPPINGS, drain, quick_retry_settings, relay_command
+
+LEADS = (
+    "\ufeffName,Email,Phone,tranid,formid\n"  # a spreadsheet's byte order mark, before the first column's name
+    "Иван Петров,Ivan@Example.com,8 (912) 345-67-89,101:1,form1\n"
+    "Anna Lee,anna@example.com,,101:2,form1\n"
+    "Broken,b@example.com,,101:3,form1,one value too many\n"
+)
+
+
+def _import(
+    tmp_path: Path, *args: str, stdin: str | None = None, upstream: str = ""
+) -> tuple[dict[str, Any], str, int]:
+    """`relay import <args>` on the test's store; with `upstream`, its deliveries are queued, else held."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+        **({"RELAY_UPSTREAM_URL": upstream} if upstream else {}),
+    }
+    result = relay_command("import", *args, env=env, stdin=stdin)
+    summary = json.loads(result.stdout) if result.stdout.strip() else {}
+    return summary, result.stderr, result.returncode
+
+
+def _deliver_all(tmp_path: Path, sandbox) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every stored delivery, sent to the sandbox by a worker on the same store: their statuses."""
+    settings = quick_retry_settings(tmp_path, sandbox)
+    store = Store(settings.database_url)
+    worker = Worker(settings, store=store)
+    try:
+        stored = [delivery.id for delivery in store.list_deliveries(limit=100)]
+        for delivery_id in stored:
+            drain(store, worker, delivery_id)  # each drain takes the oldest due: all are taken by the end
+        return sorted(delivery.status for delivery in store.list_deliveries(limit=100))
+    finally:
+        worker.stop()
+        store.close()
+
+
+def test_a_csv_export_of_form_leads_is_stored_once_and_delivered(tmp_path, sandbox):
+    leads = tmp_path / "leads.csv"
+    leads.write_text(LEADS, encoding="utf-8")
+    form = ("--content-type", "application/x-www-form-urlencoded")
+    summary, problems, code = _import(tmp_path, "--source", "tilda", str(leads), *form, upstream=sandbox.api_url)
+    assert code == 1 and "row 4: more values than the header names columns" in problems
+    assert summary == {
+        "source": "tilda",
+        "dry_run": False,
+        "records": 3,
+        "accepted": 2,
+        "duplicate": 0,
+        "ignored": 0,
+        "ping": 0,
+        "unreadable": 1,
+    }
+    again, _problems, _code = _import(tmp_path, "--source", "tilda", str(leads), *form)
+    assert (again["accepted"], again["duplicate"]) == (0, 2)  # by Tilda's tranid, as at the hook
+    assert _deliver_all(tmp_path, sandbox) == ["delivered", "delivered"]
+    profiles = {profile.fields["email"]: profile.fields for profile in sandbox.sandbox.profiles.values()}
+    assert sorted(profiles) == ["anna@example.com", "ivan@example.com"]
+    assert profiles["ivan@example.com"]["phones"] == ["+79123456789"]
+    assert profiles["ivan@example.com"]["_fname"] == "Иван"
+
+
+def test_json_lines_take_a_topic_header_and_a_ping_or_an_ignored_event_is_counted_not_stored(tmp_path, sandbox):
+    order = json.loads((MAPPINGS / "examples/shopify/orders-paid-live.json").read_text(encoding="utf-8"))
+    lines = "\n".join([json.dumps(order), "", json.dumps({**order, "id": order["id"] + 1})]) + "\n"
+    header = ("--header", "X-Shopify-Topic: orders/paid")
+    summary, problems, code = _import(
+        tmp_path, "--source", "shopify", "-", *header, stdin=lines, upstream=sandbox.api_url
+    )
+    assert (code, summary["accepted"], summary["unreadable"]) == (0, 2, 0), problems
+    assert _deliver_all(tmp_path, sandbox) == ["delivered", "delivered"]
+    [profile] = sandbox.sandbox.profiles.values()
+    assert profile.fields["orders_count"] == 2
+    ping = json.dumps({"test": "test"})  # what Tilda sends when its webhook is saved
+    summary, _problems, code = _import(tmp_path, "--source", "tilda", "-", stdin=ping + "\n")
+    assert (code, summary["ping"], summary["accepted"]) == (0, 1, 0)
+    ignored = json.dumps({**order, "id": 1, "customer": None, "email": None, "contact_email": None, "phone": None})
+    summary, _problems, _code = _import(tmp_path, "--source", "shopify", "-", *header, stdin=ignored)
+    assert (summary["ignored"], summary["accepted"]) == (1, 0)
+
+
+def test_a_dry_run_stores_nothing_and_mistakes_are_said(tmp_path):
+    items = tmp_path / "past.json"
+    items.write_text(json.dumps([{"Email": "a@example.com", "tranid": "1"}, ["not", "an", "object"]]), "utf-8")
+    summary, problems, code = _import(tmp_path, "--source", "tilda", str(items), "--dry-run")
+    assert (code, summary["dry_run"], summary["accepted"], summary["unreadable"]) == (1, True, 1, 1)
+    assert "item 2: a list, not an object" in problems
+    assert not (tmp_path / "relay.db").exists()
+    _summary, problems, code = _import(tmp_path, "--source", "nope", str(items))
+    assert code == 1 and "no source 'nope'" in problems
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"Email": "a@example.com"}\n{broken\n', encoding="utf-8")
+    summary, problems, code = _import(tmp_path, "--source", "tilda", str(bad))
+    assert (code, summary["accepted"], summary["unreadable"]) == (1, 1, 1) and "line 2: not JSON" in problems
