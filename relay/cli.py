@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         "--header", action="append", default=[], help="'Name: value' sent with every record (a topic), repeatable"
     )
     imported.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        help="'name=value', a parameter of the hook URL the records came to (?topic=orders/create), repeatable",
+    )
+    imported.add_argument(
         "--dry-run", action="store_true", help="count what would be stored, ignored or refused; store nothing"
     )
 
@@ -445,19 +451,26 @@ def _headers(given: Sequence[str]) -> dict[str, str] | None:
     return headers
 
 
-def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
-    """The payload file as the provider would send it, with --content-type and --header."""
-    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    headers = _headers(args.header)
-    if headers is None:
-        return None
+def _query(given: Sequence[str]) -> dict[str, str] | None:
+    """The --query options (the hook URL's parameters) as a mapping; None, said on stderr, when one is not
+    'name=value'."""
     query: dict[str, str] = {}
-    for parameter in args.query:
+    for parameter in given:
         name, sep, value = parameter.partition("=")
         if not sep or not name:
             print(f"relay: --query {parameter!r} must be 'name=value'", file=sys.stderr)
             return None
         query[name] = value
+    return query
+
+
+def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
+    """The payload file as the provider would send it, with --content-type and --header."""
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    headers = _headers(args.header)
+    query = _query(args.query)
+    if headers is None or query is None:
+        return None
     content_type = args.content_type or headers.get("Content-Type") or _guess_content_type(args.file)
     return InboundRequest(
         source=source.name,
@@ -604,8 +617,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         print(f"relay: no source {args.source!r} in {settings.mappings_dir}", file=sys.stderr)
         return 1
     headers = _headers(args.header)
-    if headers is None:
+    query = _query(args.query)
+    if headers is None or query is None:
         return 1
+    headers = with_url_event(source, headers, query)  # InSales: the topic its hook URL names
     # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
     text = sys.stdin.buffer.read().decode("utf-8-sig") if args.file == "-" else Path(args.file).read_text("utf-8-sig")
     records = read_records(text, format_of(args.file, args.format))

@@ -109,3 +109,22 @@ def test_a_dry_run_stores_nothing_and_mistakes_are_said(tmp_path):
     bad.write_text('{"Email": "a@example.com"}\n{broken\n', encoding="utf-8")
     summary, problems, code = _import(tmp_path, "--source", "tilda", str(bad))
     assert (code, summary["accepted"], summary["unreadable"]) == (1, 1, 1) and "line 2: not JSON" in problems
+
+
+def test_the_topic_a_hook_url_names_is_given_with_query(tmp_path):
+    """InSales names an order's event by the hook address it posts to (`&topic=orders/create`): the import
+    takes the same parameter, and the stored delivery names its event as one the hook took would."""
+    order = (MAPPINGS / "examples/insales/orders-create.json").read_text(encoding="utf-8")
+    record = json.dumps(json.loads(order))
+    summary, problems, code = _import(
+        tmp_path, "--source", "insales", "-", "--query", "topic=orders/create", stdin=record
+    )
+    assert (code, summary["accepted"]) == (0, 1), problems
+    store = Store(f"sqlite:///{tmp_path / 'relay.db'}")
+    try:
+        [delivery] = store.list_deliveries(limit=10)
+        assert delivery.headers == {"X-Relay-Event": "orders/create"}
+    finally:
+        store.close()
+    _summary, problems, code = _import(tmp_path, "--source", "insales", "-", "--query", "topic", stdin=record)
+    assert code == 1 and "--query 'topic' must be 'name=value'" in problems
