@@ -465,7 +465,7 @@ def _query(given: Sequence[str]) -> dict[str, str] | None:
 
 
 def _request_from_file(args: argparse.Namespace, source: Source) -> InboundRequest | None:
-    """The payload file as the provider would send it, with --content-type and --header."""
+    """The payload file as the provider would send it, with --content-type, --header and --query."""
     body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     headers = _headers(args.header)
     query = _query(args.query)
@@ -621,8 +621,13 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if headers is None or query is None:
         return 1
     headers = with_url_event(source, headers, query)  # InSales: the topic its hook URL names
-    # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
-    text = sys.stdin.buffer.read().decode("utf-8-sig") if args.file == "-" else Path(args.file).read_text("utf-8-sig")
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        print(f"relay: {args.file} is not UTF-8 text (byte {exc.start}); save the export as UTF-8", file=sys.stderr)
+        return 1
     records = read_records(text, format_of(args.file, args.format))
     store = None if args.dry_run else Store(settings.database_url)
     try:

@@ -105,6 +105,10 @@ def test_a_dry_run_stores_nothing_and_mistakes_are_said(tmp_path):
     assert not (tmp_path / "relay.db").exists()
     _summary, problems, code = _import(tmp_path, "--source", "nope", str(items))
     assert code == 1 and "no source 'nope'" in problems
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("Name,Email\nJosé,jose@example.com\n".encode("latin-1"))
+    _summary, problems, code = _import(tmp_path, "--source", "tilda", str(latin))
+    assert code == 1 and "is not UTF-8 text (byte 14); save the export as UTF-8" in problems, problems
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"Email": "a@example.com"}\n{broken\n', encoding="utf-8")
     summary, problems, code = _import(tmp_path, "--source", "tilda", str(bad))
