@@ -54,7 +54,8 @@ def format_of(path: str, given: str | None) -> str:
 def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
     """The file's records, each an object (a CSV row's columns by their header), in the file's order."""
     if fmt == "csv":
-        for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):  # row 1 names the columns
+        rows = csv.DictReader(io.StringIO(text), dialect=_csv_dialect(text))
+        for number, row in enumerate(rows, start=2):  # row 1 names the columns
             if None in row:
                 yield ImportedRecord(f"row {number}", None, "more values than the header names columns")
             else:
@@ -80,6 +81,16 @@ def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
                 yield ImportedRecord(f"line {number}", None, f"not JSON: {exc}")
                 continue
             yield _record(f"line {number}", item)
+
+
+def _csv_dialect(text: str) -> type[csv.Dialect]:
+    """The CSV's separator, read off its header row: a comma, or the semicolon of spreadsheets set to a locale
+    whose decimal mark is the comma (Tilda's and Excel's exports in Russian), or a tab."""
+    header = text.split("\n", 1)[0]
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t")
+    except csv.Error:  # one column: no separator to find
+        return csv.excel
 
 
 def _record(where: str, item: Any) -> ImportedRecord:

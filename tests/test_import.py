@@ -132,3 +132,19 @@ def test_the_topic_a_hook_url_names_is_given_with_query(tmp_path):
         store.close()
     _summary, problems, code = _import(tmp_path, "--source", "insales", "-", "--query", "topic", stdin=record)
     assert code == 1 and "--query 'topic' must be 'name=value'" in problems
+
+
+def test_a_spreadsheets_semicolon_separated_export_is_read_by_its_header(tmp_path, sandbox):
+    """Spreadsheets set to a locale whose decimal mark is the comma (Russian, German) separate CSV columns
+    with semicolons; a file of one column has no separator at all."""
+    leads = tmp_path / "leads.csv"
+    leads.write_text("Name;Email;Phone;tranid\nОльга Смирнова;olga@example.com;8 916 123-45-67;7:1\n", "utf-8")
+    summary, problems, _code = _import(tmp_path, "--source", "tilda", str(leads), upstream=sandbox.api_url)
+    assert summary["accepted"] == 1, problems
+    single = tmp_path / "emails.csv"
+    single.write_text("Email\nsolo@example.com\n", encoding="utf-8")
+    summary, problems, _code = _import(tmp_path, "--source", "tilda", str(single), upstream=sandbox.api_url)
+    assert summary["accepted"] == 1, problems
+    assert _deliver_all(tmp_path, sandbox) == ["delivered", "delivered"]
+    profiles = {profile.fields["email"]: profile.fields for profile in sandbox.sandbox.profiles.values()}
+    assert profiles["olga@example.com"]["phones"] == ["+79161234567"] and "solo@example.com" in profiles
