@@ -99,13 +99,19 @@ def _record(where: str, item: Any) -> ImportedRecord:
     return ImportedRecord(where, None, f"a {type(item).__name__}, not an object")
 
 
-def _body(fields: Mapping[str, Any], content_type: str) -> bytes | None:
-    """The record as the provider would have posted it; None when a form cannot carry its values."""
+def _body(record: ImportedRecord, content_type: str, limit: int) -> tuple[bytes | None, str | None]:
+    """The record as its provider would have posted it, or why it cannot be."""
+    if record.fields is None:
+        return None, record.problem
     if content_type.split(";")[0].strip().lower() != FORM:
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-    if any(isinstance(value, (dict, list)) for value in fields.values()):
-        return None
-    return urllib.parse.urlencode({name: "" if value is None else value for name, value in fields.items()}).encode()
+        body = json.dumps(record.fields, ensure_ascii=False, separators=(",", ":")).encode()
+    elif any(isinstance(value, (dict, list)) for value in record.fields.values()):
+        return None, "a form body cannot carry nested values"
+    else:
+        body = urllib.parse.urlencode({k: "" if v is None else v for k, v in record.fields.items()}).encode()
+    if len(body) > limit:
+        return None, f"{len(body):,} bytes, over RELAY_MAX_BODY_BYTES ({limit:,})"
+    return body, None
 
 
 def import_records(
@@ -123,11 +129,8 @@ def import_records(
     whose body relay refuses (each said on `problems` with where it is)."""
     counts: Counter[str] = Counter()
     for record in records:
-        body = _body(record.fields, content_type) if record.fields is not None else None
-        problem = record.problem or (None if body is not None else "a form body cannot carry nested values")
-        if problem is None and body is not None and len(body) > settings.max_body_bytes:
-            problem = f"{len(body):,} bytes, over RELAY_MAX_BODY_BYTES ({settings.max_body_bytes:,})"
-        if problem is not None or body is None:
+        body, problem = _body(record, content_type, settings.max_body_bytes)
+        if body is None:
             counts["unreadable"] += 1
             print(f"relay: {record.where}: {problem}", file=problems or sys.stderr)
             continue

@@ -109,6 +109,13 @@ def test_a_dry_run_stores_nothing_and_mistakes_are_said(tmp_path):
     latin.write_bytes("Name,Email\nJosé,jose@example.com\n".encode("latin-1"))
     _summary, problems, code = _import(tmp_path, "--source", "tilda", str(latin))
     assert code == 1 and "is not UTF-8 text (byte 14); save the export as UTF-8" in problems, problems
+    nested = json.dumps({"Email": "n@example.com", "payment": {"amount": 5}})
+    huge = json.dumps({"Email": "h@example.com", "Comments": "x" * (1024 * 1024)})
+    form = ("--content-type", "application/x-www-form-urlencoded", "--dry-run")
+    summary, problems, code = _import(tmp_path, "--source", "tilda", "-", *form, stdin=f"{nested}\n{huge}\n")
+    assert (code, summary["unreadable"]) == (1, 2)
+    assert "line 1: a form body cannot carry nested values" in problems
+    assert "line 2: 1,048,607 bytes, over RELAY_MAX_BODY_BYTES (1,048,576)" in problems, problems
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"Email": "a@example.com"}\n{broken\n', encoding="utf-8")
     summary, problems, code = _import(tmp_path, "--source", "tilda", str(bad))
