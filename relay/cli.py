@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="count what would be stored, ignored or refused; store nothing"
     )
 
+    copied = commands.add_parser(
+        "copy-store",
+        help="copy the store relay uses (RELAY_DATABASE_URL) into another, empty one: to move to PostgreSQL",
+    )
+    copied.add_argument("--to", required=True, metavar="URL", help="the new store's SQLAlchemy URL")
+
     commands.add_parser("check", help="validate every mapping file and run its examples")
     sources = commands.add_parser("sources", help="list sources, their hook URLs and authentication")
     sources.add_argument("--json", action="store_true", help="as the admin API's /admin/api/sources gives them")
@@ -664,4 +670,5 @@ _COMMANDS = {
     "overview": _lazy("relay.admin_cli", "cmd_overview"),
     "forget": _lazy("relay.admin_cli", "cmd_forget"),
     "sandbox": _lazy("relay.sandbox", "cmd_sandbox"),
+    "copy-store": _lazy("relay.store_copy", "cmd_copy_store"),
 }

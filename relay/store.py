@@ -583,6 +583,33 @@ class Store:
         with self._write_lock(), self.engine.begin() as connection:
             _create_tables(connection)
 
+    # -- moving to another store (relay copy-store) ------------------------
+    def table_rows(self, batch: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Every row of every table, `batch` rows at a time, by table name: tables in the order their keys
+        need (deliveries before their attempts), all read in one transaction, so the rows agree."""
+        with self._read() as connection, connection.begin():
+            for table in metadata.sorted_tables:
+                ordered = select(table).order_by(*table.primary_key.columns)
+                for part in connection.execution_options(yield_per=batch).execute(ordered).partitions(batch):
+                    yield table.name, [dict(row._mapping) for row in part]
+
+    def add_rows(self, table_name: str, rows: list[dict[str, Any]]) -> None:
+        """Insert rows another store gave (`table_rows`), in one transaction."""
+        with self._tx() as tx:
+            tx.execute(metadata.tables[table_name].insert(), rows)
+
+    def rows_added(self) -> None:
+        """After `add_rows`: PostgreSQL's sequence of attempt ids goes on from the ids copied in (SQLite's
+        goes on from the largest by itself)."""
+        if self.dialect == "postgresql":
+            with self._tx() as tx:
+                tx.execute(
+                    text(
+                        "SELECT setval(pg_get_serial_sequence('attempts', 'id'), COALESCE(MAX(id), 1), "
+                        "MAX(id) IS NOT NULL) FROM attempts"
+                    )
+                )
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
