@@ -1,5 +1,5 @@
-"""`python -m relay <command>`: run, worker, preview, check, sources, deliveries, overview, replay, forget,
-sandbox."""
+"""`python -m relay <command>`: run, worker, preview, import, copy-store, check, sources, deliveries, overview,
+replay, forget, sandbox."""
 
 from __future__ import annotations
 
