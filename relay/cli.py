@@ -119,7 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     copied.add_argument("--to", required=True, metavar="URL", help="the new store's SQLAlchemy URL")
 
-    commands.add_parser("check", help="validate every mapping file and run its examples")
+    check = commands.add_parser("check", help="validate every mapping file and run its examples")
+    check.add_argument(
+        "--upstream",
+        action="store_true",
+        help="also ask the upstream (RELAY_UPSTREAM_URL) whether it answers and takes RELAY_UPSTREAM_TOKEN; "
+        "nothing is written",
+    )
     sources = commands.add_parser("sources", help="list sources, their hook URLs and authentication")
     sources.add_argument("--json", action="store_true", help="as the admin API's /admin/api/sources gives them")
 
@@ -539,7 +545,18 @@ def _geo(settings: Settings):  # type: ignore[no-untyped-def]
     return GeoLookup(settings.geoip_db)
 
 
-def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    code = _check_mapping_files(settings)
+    if args.upstream:
+        from relay.upstream.probe import probe_upstream  # httpx only for this question
+
+        probe = probe_upstream(settings)
+        print(f"upstream: {probe.said}", file=sys.stdout if probe.ok else sys.stderr)
+        code = code or (0 if probe.ok else 1)
+    return code
+
+
+def _check_mapping_files(settings: Settings) -> int:
     problems: list[str] = []
     sources = {}
     files = mapping_files(settings.mappings_dir)

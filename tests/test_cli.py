@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from .conftest import FIXTURES, ROOT, relay_command
+from .conftest import FIXTURES, ROOT, SECRETS, relay_command
 
 ENV = {"PATH": "/usr/bin:/bin", "RELAY_UPSTREAM_TOKEN": "secret-upstream-token-zz"}
 
@@ -449,3 +449,27 @@ def test_preview_saves_the_request_as_an_example_that_check_then_runs(tmp_path):
     assert again.returncode == 1 and "paid-order.yaml exists; give another name, or remove it first" in again.stderr
     elsewhere = relay_command(*insales[:-1], "../paid", env=env)
     assert elsewhere.returncode == 1 and "must be a file name, without a folder" in elsewhere.stderr
+
+
+def test_check_upstream_says_whether_the_upstream_answers_and_takes_the_token(sandbox):
+    """`check --upstream` asks the upstream once (a profiles/get for an address no profile has), writes
+    nothing, and says what it found: taken, the token refused (never shown), no answer, or no upstream set."""
+    secret = SECRETS["RELAY_UPSTREAM_TOKEN"]
+    base = {"PATH": "/usr/bin:/bin", "RELAY_UPSTREAM_URL": sandbox.api_url}
+    taken = relay_command("check", "--upstream", env={**base, "RELAY_UPSTREAM_TOKEN": secret})
+    assert taken.returncode == 0, taken.stderr
+    assert f"upstream: {sandbox.api_url} (database 1) answers and takes the token (" in taken.stdout
+    wrong = "wrong-token-0123456789"
+    refused = relay_command("check", "--upstream", env={**base, "RELAY_UPSTREAM_TOKEN": wrong})
+    assert refused.returncode == 1 and "refused RELAY_UPSTREAM_TOKEN, or its access to the database" in refused.stderr
+    assert wrong not in refused.stdout + refused.stderr
+    away = {
+        "PATH": "/usr/bin:/bin",
+        "RELAY_UPSTREAM_URL": "http://127.0.0.1:9/api/v1.1",
+        "RELAY_UPSTREAM_TOKEN": secret,
+    }
+    silent = relay_command("check", "--upstream", env=away)
+    assert silent.returncode == 1 and "did not answer as the API does: network" in silent.stderr
+    unset = relay_command("check", "--upstream", env={"PATH": "/usr/bin:/bin"})
+    assert unset.returncode == 1 and "upstream: RELAY_UPSTREAM_URL is not set" in unset.stderr
+    assert sandbox.sandbox.profiles == {} and sandbox.sandbox.applied == 0
