@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from relay.errors import StoreUnavailable, first_line
 from relay.settings import Settings
@@ -43,7 +43,11 @@ def copy_store(source: Store, target: Store, *, batch: int = COPY_BATCH) -> Coun
 
 
 def cmd_copy_store(args: argparse.Namespace, settings: Settings) -> int:
-    to = make_url(args.to)
+    try:
+        to = make_url(args.to)
+    except ArgumentError:  # not shown: it may hold a password
+        print("relay: --to is no database URL (sqlite:///path or postgresql://user:password@host/db)", file=sys.stderr)
+        return 1
     shown = to.render_as_string(hide_password=True)
     if to == make_url(settings.database_url):
         print(f"relay: --to names the store relay uses now ({shown})", file=sys.stderr)

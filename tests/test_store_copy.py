@@ -89,3 +89,5 @@ def test_copying_into_the_store_in_use_is_refused(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": settings.database_url}
     same = relay_command("copy-store", "--to", settings.database_url, env=env)
     assert same.returncode == 1 and "--to names the store relay uses now" in same.stderr
+    garbled = relay_command("copy-store", "--to", "postgres ql://user:s3cret@db/relay", env=env)
+    assert garbled.returncode == 1 and "--to is no database URL" in garbled.stderr and "s3cret" not in garbled.stderr
