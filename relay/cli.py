@@ -4,6 +4,7 @@ replay, forget, sandbox."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -644,20 +645,22 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if headers is None or query is None:
         return 1
     headers = with_url_event(source, headers, query)  # InSales: the topic its hook URL names
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    try:
-        # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        print(f"relay: {args.file} is not UTF-8 text (byte {exc.start}); save the export as UTF-8", file=sys.stderr)
-        return 1
-    records = read_records(text, format_of(args.file, args.format))
+    raw = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")
+    # utf-8-sig: a spreadsheet's CSV export often begins with a byte order mark, which is no column's name.
+    # newline="": CSV cells may hold line breaks of their own, which the csv module reads.
+    stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    records = read_records(stream, format_of(args.file, args.format))
     store = None if args.dry_run else Store(settings.database_url)
     try:
         counts = import_records(
             records, source, settings=settings, store=store, content_type=args.content_type, headers=headers
         )
+    except UnicodeDecodeError:
+        # The records before the bad bytes are stored: an import again takes them as duplicates.
+        print(f"relay: {args.file} is not UTF-8 text; save the export as UTF-8", file=sys.stderr)
+        return 1
     finally:
+        stream.close()
         if store is not None:
             store.close()
     outcomes = ("accepted", "duplicate", "ignored", "ping", "unreadable")

@@ -11,7 +11,7 @@ ignores are counted and left out, as at the hook.
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
 import sys
 import urllib.parse
@@ -51,10 +51,14 @@ def format_of(path: str, given: str | None) -> str:
     return {".csv": "csv", ".json": "json"}.get(suffix, "jsonl")
 
 
-def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
-    """The file's records, each an object (a CSV row's columns by their header), in the file's order."""
+def read_records(stream: TextIO, fmt: str) -> Iterator[ImportedRecord]:
+    """The file's records, each an object (a CSV row's columns by their header), in the file's order. JSON
+    Lines and CSV are read a line at a time, so a file larger than memory goes through; a JSON array is read
+    whole."""
     if fmt == "csv":
-        rows = csv.DictReader(io.StringIO(text), dialect=_csv_dialect(text))
+        header = stream.readline()
+        lines = itertools.chain([header], stream)
+        rows = csv.DictReader(lines, dialect=_csv_dialect(header))
         for number, row in enumerate(rows, start=2):  # row 1 names the columns
             if None in row:
                 yield ImportedRecord(f"row {number}", None, "more values than the header names columns")
@@ -63,7 +67,7 @@ def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
         return
     if fmt == "json":
         try:
-            items = json.loads(text)
+            items = json.load(stream)
         except ValueError as exc:
             yield ImportedRecord("file", None, f"not JSON: {exc}")
             return
@@ -73,7 +77,7 @@ def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
         for number, item in enumerate(items, start=1):
             yield _record(f"item {number}", item)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(stream, start=1):
         if line.strip():
             try:
                 item = json.loads(line)
@@ -83,10 +87,9 @@ def read_records(text: str, fmt: str) -> Iterator[ImportedRecord]:
             yield _record(f"line {number}", item)
 
 
-def _csv_dialect(text: str) -> type[csv.Dialect]:
+def _csv_dialect(header: str) -> type[csv.Dialect]:
     """The CSV's separator, read off its header row: a comma, or the semicolon of spreadsheets set to a locale
     whose decimal mark is the comma (Tilda's and Excel's exports in Russian), or a tab."""
-    header = text.split("\n", 1)[0]
     try:
         return csv.Sniffer().sniff(header, delimiters=",;\t")
     except csv.Error:  # one column: no separator to find
