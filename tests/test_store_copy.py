@@ -26,15 +26,19 @@ def _paid_order() -> dict:  # type: ignore[type-arg]
     return json.loads((MAPPINGS / "examples/shopify/orders-paid-live.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path) -> str:  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'moved.db'}"
-    return str(request.getfixturevalue("pg_url"))
+@pytest.fixture(params=["sqlite to postgresql", "postgresql to sqlite", "sqlite to sqlite"])
+def move(request, tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(the store relay uses, the one it moves to)."""
+    first, moved = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'moved.db'}"
+    if request.param == "sqlite to sqlite":
+        return first, moved
+    postgresql = str(request.getfixturevalue("pg_url"))
+    return (first, postgresql) if request.param == "sqlite to postgresql" else (postgresql, moved)
 
 
-def test_a_copied_store_keeps_its_deliveries_keys_and_attempts(tmp_path, sandbox, target):
-    settings = quick_retry_settings(tmp_path, sandbox)
+def test_a_copied_store_keeps_its_deliveries_keys_and_attempts(tmp_path, sandbox, move):
+    first, target = move
+    settings = quick_retry_settings(tmp_path, sandbox, RELAY_DATABASE_URL=first)
     app = create_app(settings)
     client, store = app.test_client(), app.extensions["relay"]["store"]
     worker = Worker(settings, store=store)
