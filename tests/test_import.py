@@ -185,3 +185,22 @@ def test_json_lines_and_csv_are_read_a_record_at_a_time():
     assert [next(lines).fields, next(lines).fields] == [{"Email": "a@example.com"}, {"Email": "b@example.com"}]
     rows = read_records(_EndlessLines(["Email;Name\n", "c@example.com;C\n"]), "csv")
     assert next(rows).fields == {"Email": "c@example.com", "Name": "C"}
+
+
+def test_a_landing_page_builders_lead_export_goes_through_its_webhooks_mapping(tmp_path, sandbox):
+    """Unbounce's leads export names its columns as its webhook's `data.json` does (email, name, ip_address...);
+    imported as JSON, each row is read at the top level, as a webhook with its own field mapping is."""
+    export = tmp_path / "unbounce-leads.csv"
+    export.write_text(
+        "date_submitted,time_submitted,page_uuid,variant,page_url,ip_address,name,email,newsletter_opt_in\n"
+        "2026-11-02,10:04 AM UTC,3f6b0a52-8d1e-4c47-9a2b-6e1f0c9d7a41,a,https://get.example.com/,203.0.114.9,"
+        "Lea Martin,Lea@Example.com,yes\n",
+        encoding="utf-8",
+    )
+    summary, problems, _code = _import(tmp_path, "--source", "unbounce", str(export), upstream=sandbox.api_url)
+    assert summary["accepted"] == 1, problems
+    assert _deliver_all(tmp_path, sandbox) == ["delivered"]
+    [request] = sandbox.sandbox.requests
+    data = request["body"]["data"]
+    assert (data["email"], data["_fname"], data["_ip"]) == ("lea@example.com", "Lea", "203.0.114.9")
+    assert data["subscriptions"][0]["status"] == "subscribed"
