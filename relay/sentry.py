@@ -13,12 +13,20 @@ from relay.errors import RequestRejected
 from relay.logs import redact_query
 from relay.settings import Settings
 
-__all__ = ["ReportThrottle", "init_sentry", "report_delivery_error", "report_delivery_failure", "scrubber"]
+__all__ = [
+    "ReportThrottle",
+    "init_sentry",
+    "report_delivery_error",
+    "report_delivery_failure",
+    "scrub",
+    "scrubber",
+    "secret_values",
+]
 
 _SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|signature|hmac|secret|api-?key", re.IGNORECASE)
 
 
-def _secret_values(settings: Settings) -> list[str]:
+def secret_values(settings: Settings) -> list[str]:
     """Every value that must never leave the process: settings secrets and per-source secrets."""
     values = [settings.upstream_token, settings.admin_token]
     for name, value in settings.env.items():
@@ -27,24 +35,24 @@ def _secret_values(settings: Settings) -> list[str]:
     return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
 
 
-def _scrub(value: Any, secrets: Iterable[str]) -> Any:
+def scrub(value: Any, secrets: Iterable[str]) -> Any:
     if isinstance(value, str):
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, "***")
         return redact_query(value)
     if isinstance(value, dict):
-        return {key: _scrub(item, secrets) for key, item in value.items()}
+        return {key: scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
+        return [scrub(item, secrets) for item in value]
     if isinstance(value, tuple):
-        return tuple(_scrub(item, secrets) for item in value)
+        return tuple(scrub(item, secrets) for item in value)
     return value
 
 
 def scrubber(settings: Settings) -> Any:
     """The `before_send` hook: drop expected 4xx errors, then remove every secret."""
-    secrets = _secret_values(settings)
+    secrets = secret_values(settings)
 
     def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
         exc_info = hint.get("exc_info")
@@ -58,7 +66,7 @@ def scrubber(settings: Settings) -> Any:
             request.pop("cookies", None)
             if request.get("query_string"):
                 request["query_string"] = redact_query("?" + str(request["query_string"]))[1:]
-        return _scrub(event, secrets)  # type: ignore[no-any-return]
+        return scrub(event, secrets)  # type: ignore[no-any-return]
 
     return before_send
 

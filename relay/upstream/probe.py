@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from relay.errors import PermanentUpstreamError, TariffLimitReached, TransientUpstreamError
+from relay.sentry import scrub, secret_values
 from relay.settings import Settings
 from relay.upstream.client import UpstreamClient
 from relay.upstream.request import UpstreamCall
@@ -59,5 +60,5 @@ def probe_upstream(settings: Settings) -> Probe:
 
 
 def _shown(text: str, settings: Settings) -> str:
-    token = settings.upstream_token
-    return text.replace(token, "***") if token else text
+    """The upstream's words without any secret relay holds, as error reports are scrubbed."""
+    return str(scrub(text, secret_values(settings)))
