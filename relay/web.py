@@ -1,4 +1,4 @@
-"""The Flask application: hook ingress, health, metrics and the admin API.
+"""The Flask application: hook ingress, health, metrics, the admin API and its page.
 
 Views stay thin: they read the request within its limits, call the core
 (`auth`, `bodies`, `inbound`, `store`) and turn the result into JSON. Every
@@ -22,6 +22,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, NotFound
 
 from relay import metrics
 from relay.admin_api import admin_blueprint
+from relay.admin_page import admin_page_blueprint
 from relay.auth import authenticate, missing_secrets
 from relay.errors import (
     BodyTooLarge,
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         return metrics.render(store, [*sources, *broken])
 
     app.register_blueprint(admin_blueprint(settings, store, sources, broken_shown))
+    app.register_blueprint(admin_page_blueprint())
     return app
 
 

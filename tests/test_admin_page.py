@@ -1,0 +1,359 @@
+"""`/admin/`: the operator's page, served by the app and driven in a real browser against `relay run`.
+
+The browser tests need Chromium, its driver and selenium (.ci/run installs them); elsewhere they skip and
+say so, unless RELAY_REQUIRE_BROWSER is set, when a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from relay.admin_page import CONTENT_SECURITY_POLICY
+from relay.sandbox import Sandbox, SandboxServer, default_config
+from relay.testing import RelayProcess
+
+from .conftest import SECRETS, make_settings
+
+ADMIN_TOKEN = SECRETS["RELAY_ADMIN_TOKEN"]
+LEADS_TOKEN = "leads-test-token-6f70"
+
+# A form whose e-mail field the first version of its mapping reads under the wrong name: its webhooks fail
+# for their mapping until the operator fixes the file and replays them, as an operator would.
+LEADS_MAPPING = """\
+version: 1
+source: leads
+kind: form
+description: A test form.
+auth:
+  scheme: token
+  secret: ${LEADS_WEBHOOK_TOKEN}
+rules:
+  - name: lead
+    method: profiles/import
+    matching: email
+    match:
+      email: {path: EMAIL_PATH, transform: email}
+    new_profile: true
+    fields:
+      email: {path: EMAIL_PATH, transform: email}
+"""
+
+
+# ---- the page as the app serves it ---------------------------------------------------------------------------
+
+
+def test_the_page_is_served_to_anyone_with_a_policy_that_runs_only_its_own_files(client):
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert page.content_type == "text/html; charset=utf-8"
+    assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY and "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    html = page.get_data(as_text=True)
+    assert '<script src="admin.js" defer></script>' in html and "<script>" not in html  # no inline script
+    assert ADMIN_TOKEN not in html
+    for asset, kind in (("admin.js", "text/javascript"), ("admin.css", "text/css")):
+        answer = client.get(f"/admin/{asset}")
+        assert answer.status_code == 200 and answer.content_type.startswith(kind)
+        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    # The page holds no data: the API behind it still wants the token.
+    assert client.get("/admin/api/overview").status_code == 401
+
+
+def test_the_script_writes_no_markup():
+    """Payloads are anyone's text: the page's script must build nodes, never parse strings as HTML."""
+    script = (Path(__file__).resolve().parent.parent / "relay" / "admin_static" / "admin.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+
+
+def test_only_the_pages_files_are_served_and_unchanged_ones_answer_304(client):
+    first = client.get("/admin/admin.js")
+    again = client.get("/admin/admin.js", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.get_data() == b""
+    assert client.get("/admin").status_code == 308  # the folder without its slash
+    for path in ("/admin/index.html", "/admin/../web.py", "/admin/admin_static/admin.js", "/admin/x.js"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.is_json, path
+    assert client.post("/admin/").status_code == 405
+
+
+def test_the_page_is_served_while_the_admin_api_is_off(tmp_path):
+    """Without RELAY_ADMIN_TOKEN the page still loads, and the API answers what the page then says."""
+    from relay.web import create_app
+
+    app = create_app(make_settings(tmp_path, RELAY_ADMIN_TOKEN=None))
+    try:
+        client = app.test_client()
+        assert client.get("/admin/").status_code == 200
+        off = client.get("/admin/api/overview", headers={"Authorization": "Bearer anything"})
+        assert off.status_code == 403 and off.get_json()["error"] == "admin_disabled"
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
+# ---- in a browser, against `relay run` -----------------------------------------------------------------------
+
+
+def _browser_missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (requirements-dev.txt)"
+    for program in ("chromium", "chromedriver"):
+        if shutil.which(program) is None:
+            return f"{program} is not on PATH (Debian: apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("RELAY_REQUIRE_BROWSER"):
+            pytest.fail(f"RELAY_REQUIRE_BROWSER is set but {missing}")
+        pytest.skip(f"browser tests skipped: {missing}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(shutil.which("chromium"))
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1300,1000")
+    driver = webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Relay:
+    """`relay run` with the `leads` source, delivering to a sandbox upstream."""
+
+    def __init__(self, folder: Path) -> None:
+        self.mappings = folder / "mappings"
+        self.mappings.mkdir()
+        self.write_mapping("email")
+        self.sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
+        env = {
+            "RELAY_DATABASE_URL": f"sqlite:///{folder / 'relay.db'}",
+            "RELAY_MAPPINGS_DIR": str(self.mappings),
+            "RELAY_UPSTREAM_URL": self.sandbox.api_url,
+            "RELAY_UPSTREAM_TOKEN": SECRETS["RELAY_UPSTREAM_TOKEN"],
+            "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LEADS_WEBHOOK_TOKEN": LEADS_TOKEN,
+            "RELAY_POLL_INTERVAL": "0.05",
+            "RELAY_LOG_LEVEL": "warning",
+        }
+        self.process = RelayProcess(env, log=folder / "relay.log").start(timeout=60)
+        self.url = self.process.url
+        self.page = f"{self.url}/admin/"
+
+    def write_mapping(self, email_path: str) -> None:
+        (self.mappings / "leads.yaml").write_text(LEADS_MAPPING.replace("EMAIL_PATH", email_path))
+
+    def post(self, **fields: str) -> str:
+        answer = httpx.post(
+            f"{self.url}/hooks/leads?token={LEADS_TOKEN}",
+            content=urlencode(fields),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["id"])
+
+    def api(self, path: str) -> Any:
+        answer = httpx.get(f"{self.url}/admin/api/{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def status_of(self, delivery_id: str) -> str:
+        return str(self.api(f"deliveries/{delivery_id}")["status"])
+
+    def stop(self) -> None:
+        self.process.stop()
+        self.sandbox.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Relay]:
+    started = Relay(tmp_path_factory.mktemp("admin-page"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def _until(check: Callable[[], Any], seconds: float = 20) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {check}")
+        time.sleep(0.05)
+
+
+def _shown(browser: Any, hash_path: str) -> None:
+    """Go to `hash_path` of the page and wait until it has drawn it."""
+    before = browser.execute_script("return document.body.dataset.shown || ''")
+    browser.get(browser.current_url.split("#")[0] + hash_path)
+    _until(lambda: browser.execute_script("return document.body.dataset.shown || ''") not in ("", before))
+
+
+def _text(browser: Any, css: str) -> str:
+    """The text of the first element `css` finds, or "" while there is none (the page is drawing it)."""
+    from selenium.webdriver.common.by import By
+
+    found = browser.find_elements(By.CSS_SELECTOR, css)
+    return str(found[0].text) if found else ""
+
+
+def _sign_in(browser: Any, relay: Relay, token: str = ADMIN_TOKEN) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get("about:blank")  # a new load of the page, not a change of its hash
+    browser.get(relay.page + "#/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    _until(lambda: browser.find_element(By.ID, "token").is_displayed())
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    relay.post(mail="first@example.com", note="the overview counts me")
+    _sign_in(browser, relay, token="not-the-token")
+    _until(lambda: "refused" in _text(browser, "#sign-in-message"))
+    assert browser.execute_script("return sessionStorage.length") == 0  # a refused token is not kept
+
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    overview = relay.api("overview")
+    failed = _text(browser, "a.card.status-failed strong")
+    assert failed == str(overview["by_status"]["failed"]) and int(failed) >= 1
+    assert "email" in _text(browser, "table.problems")  # why: the mapping found no e-mail
+    assert ADMIN_TOKEN not in browser.page_source
+
+    browser.find_element(By.ID, "sign-out").click()
+    _until(lambda: browser.find_element(By.ID, "token").is_displayed())
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+
+def test_a_payload_is_shown_as_text_never_as_markup(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    hostile = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
+    delivery_id = relay.post(mail="hostile@example.com", Name=hostile)
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, f"#/d/{delivery_id}")
+    assert hostile in _text(browser, "#request-body")
+    assert browser.find_elements(By.CSS_SELECTOR, "#view img, #view script") == []
+    assert browser.title == "relay"
+
+
+def test_an_operator_fixes_a_mapping_and_replays_what_failed_from_the_page(browser, relay):
+    """The mission's loop: what failed and why, the mapping fixed, a dry run, the replay, delivered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    delivery_id = relay.post(mail="ivan@example.com", formid="replay-me")
+    _until(lambda: relay.status_of(delivery_id) == "failed")
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+
+    # Filter the list to what failed, as an operator would: the form's select and its button.
+    _shown(browser, "#/deliveries")
+    Select(browser.find_element(By.CSS_SELECTOR, "#filters select[name=status]")).select_by_value("failed/mapping")
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _until(lambda: "status=failed%2Fmapping" in browser.current_url and browser.find_elements(By.ID, "replay-check"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")
+    assert delivery_id in [row.get_attribute("data-id") for row in rows]
+    assert all("failed/mapping" in row.text for row in rows)
+
+    # The dry run with the mapping as it is: they would still fail.
+    browser.find_element(By.ID, "replay-check").click()
+    _until(lambda: browser.find_elements(By.ID, "with-mappings-now"))
+    assert "0 translate" in _text(browser, "#with-mappings-now")
+
+    relay.write_mapping("email || mail")  # the fix: the form calls the field `mail`
+    browser.find_element(By.ID, "replay-check").click()
+    _until(lambda: " 0 still fail" in _text(browser, "#with-mappings-now"))
+    browser.find_element(By.ID, "replay-go").click()
+    browser.switch_to.alert.accept()
+    _until(lambda: browser.find_elements(By.ID, "replayed"))
+    assert _text(browser, "#replayed").startswith("Replayed ")
+
+    _until(lambda: relay.status_of(delivery_id) == "delivered")
+    sent = [r for r in relay.sandbox.sandbox.requests if r["outcome"] == "ok"]
+    assert any("ivan@example.com" in str(r["body"]) for r in sent)
+
+    # Its page shows what went out and the upstream's answer.
+    _shown(browser, f"#/d/{delivery_id}")
+    assert "delivered" in _text(browser, "#detail-status")
+    assert "ivan@example.com" in _text(browser, "details.call pre")
+    attempts = browser.find_elements(By.CSS_SELECTOR, "table.attempts tbody tr")
+    assert len(attempts) == 1 and "delivered" in attempts[0].text
+    assert browser.find_elements(By.ID, "replay-one") == []  # a delivered one does not replay
+
+
+def test_one_delivery_replays_from_its_own_page(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    delivery_id = relay.post(e_mail="olga@example.com", formid="one")  # a name no version reads
+    _until(lambda: relay.status_of(delivery_id) == "failed")
+    relay.write_mapping("email || mail || e_mail")
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, f"#/d/{delivery_id}")
+    assert "failed/mapping" in _text(browser, "#detail-status")
+    browser.find_element(By.ID, "replay-one").click()
+    _until(lambda: browser.find_elements(By.ID, "replayed"))
+    _until(lambda: relay.status_of(delivery_id) == "delivered")
+
+
+def test_the_sources_page_says_which_source_takes_webhooks(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, "#/sources")
+    row = browser.find_element(By.CSS_SELECTOR, "tr[data-source=leads]")
+    assert f"{relay.url}/hooks/leads" in row.text
+    assert "ready" in row.text
+    assert LEADS_TOKEN not in browser.page_source
+
+
+def test_older_deliveries_come_a_page_at_a_time(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    for index in range(55):
+        relay.post(mail=f"page{index}@example.com", formid="paged")
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, "#/deliveries?source=leads")
+    first = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
+    assert len(first) == 50
+    browser.find_element(By.ID, "older").click()
+    _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")) > 50)
+    every = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
+    listed = relay.api("deliveries?source=leads&limit=500")["deliveries"]
+    assert every == [delivery["id"] for delivery in listed]  # newest first, each once, none left out
