@@ -23,7 +23,7 @@ from relay.listing import naming_event
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.pipeline import stored_event
-from relay.replay_check import CHECKED_OVER_HTTP, replay_event, replay_filtered
+from relay.replay_check import CHECKED_OVER_HTTP, preview_delivery, replay_event, replay_filtered
 from relay.settings import Settings
 from relay.source_report import describe_source
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
@@ -322,6 +322,12 @@ def admin_blueprint(
     def show(delivery_id: str) -> Response:
         delivery = existing(delivery_id)
         return jsonify(delivery_detail(delivery, store.attempts_of(delivery_id), sources))
+
+    @bp.get("/deliveries/<delivery_id>/preview")
+    def preview(delivery_id: str) -> Response:
+        """Its calls with the mapping files as they are on disk now (as a replay would translate it); nothing
+        sent or changed."""
+        return jsonify(preview_delivery(existing(delivery_id), settings, store))
 
     @bp.post("/deliveries/<delivery_id>/replay")
     def replay_one(delivery_id: str) -> tuple[Response, int]:

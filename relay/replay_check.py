@@ -32,6 +32,7 @@ __all__ = [
     "check_deliveries",
     "check_delivery",
     "check_replay",
+    "preview_delivery",
     "replay_event",
     "replay_filtered",
 ]
@@ -149,6 +150,51 @@ def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
     _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
     return check.to_dict()
+
+
+def preview_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:
+    """What one delivery's translation gives now, with the mapping files as they are on disk (`relay preview
+    --delivery`, over the admin API): `outcome` `translate` with its `calls` (the token shown as `***`),
+    `ignored` with the mapping's reason, `forget`, `fails` with the `error` the worker would fail it for, or
+    `fetch_first` for a source whose rules read a record from the provider's API, which a preview does not ask.
+    Nothing is sent, fetched or changed."""
+    sources, broken = load_sources_leniently(settings.mappings_dir)
+    source = sources.get(delivery.source)
+    if source is None:
+        problems = broken.get(delivery.source)
+        error = (
+            f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
+            if problems
+            else f"no mapping file for source {delivery.source!r}"
+        )
+        return {"outcome": "fails", "error": error}
+    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
+    try:
+        translation = translate_request(
+            source,
+            delivery.inbound(),
+            context,
+            upstream_format=settings.upstream_format,
+            fetch=_not_fetched,
+            once_holder=functools.partial(store.once_taken_by, delivery.source, delivery.id),
+        )
+    except _FetchNotChecked:
+        detail = "its rules read a record from the provider's API first, which a preview does not ask"
+        return {"outcome": "fetch_first", "detail": detail}
+    except MappingError as exc:
+        return {"outcome": "fails", "error": exc.detail}
+    except Exception as exc:  # noqa: BLE001 - what the worker would retry as an error of relay's own
+        return {"outcome": "fails", "error": f"error of relay's own: {type(exc).__name__}: {exc}"[:500]}
+    answer: dict[str, Any] = {"outcome": "translate", "rule": translation.rule, "event": translation.event}
+    if translation.ignored:
+        return {**answer, "outcome": "ignored", "reason": translation.ignored}
+    if translation.forget:
+        return {**answer, "outcome": "forget", "forgets": list(translation.forget)}
+    answer["calls"] = [{"method": call.method, "body": {"token": "***", **call.body}} for call in translation.calls]
+    answer["passed_over"] = [str(passed) for passed in translation.passed_over]
+    if translation.order_refused:
+        answer.update(outcome="fails", error=f"{translation.order_refused} (the calls would still go)")
+    return answer
 
 
 def _check_one(

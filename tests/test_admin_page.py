@@ -104,6 +104,41 @@ def test_the_page_is_served_while_the_admin_api_is_off(tmp_path):
         app.extensions["relay"]["store"].close()
 
 
+def test_a_deliverys_preview_follows_the_mapping_file_as_it_is_on_disk(tmp_path):
+    """`GET /admin/api/deliveries/<id>/preview`: the calls it would make now, or why it makes none."""
+    from relay.web import create_app
+
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    leads = mappings / "leads.yaml"
+    leads.write_text(LEADS_MAPPING.replace("EMAIL_PATH", "email"))
+    app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(mappings), LEADS_WEBHOOK_TOKEN=LEADS_TOKEN))
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        client = app.test_client()
+        posted = client.post(f"/hooks/leads?token={LEADS_TOKEN}", data={"email": "Anna@Example.com"})
+        preview = f"/admin/api/deliveries/{posted.get_json()['id']}/preview"
+        now = client.get(preview, headers=auth).get_json()
+        assert now["outcome"] == "translate" and now["rule"] == "lead"
+        [call] = now["calls"]
+        assert call["method"] == "profiles/import"
+        assert (call["body"]["email"], call["body"]["token"]) == ("anna@example.com", "***")
+
+        leads.write_text(
+            LEADS_MAPPING.replace("EMAIL_PATH", "email").replace(
+                "  - name: lead\n", "  - name: closed\n    ignore: the form is closed\n  - name: lead\n"
+            )
+        )
+        assert client.get(preview, headers=auth).get_json() == {
+            "outcome": "ignored",
+            "rule": "closed",
+            "event": None,
+            "reason": "the form is closed",
+        }
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
 # ---- in a browser, against `relay run` -----------------------------------------------------------------------
 
 
@@ -147,7 +182,8 @@ class Relay:
     def __init__(self, folder: Path) -> None:
         self.mappings = folder / "mappings"
         self.mappings.mkdir()
-        self.write_mapping("email")
+        self.email_names = ["email"]
+        self.write_mapping()
         self.sandbox = SandboxServer(Sandbox(default_config([SECRETS["RELAY_UPSTREAM_TOKEN"]]))).start()
         env = {
             "RELAY_DATABASE_URL": f"sqlite:///{folder / 'relay.db'}",
@@ -163,8 +199,14 @@ class Relay:
         self.url = self.process.url
         self.page = f"{self.url}/admin/"
 
-    def write_mapping(self, email_path: str) -> None:
-        (self.mappings / "leads.yaml").write_text(LEADS_MAPPING.replace("EMAIL_PATH", email_path))
+    def write_mapping(self) -> None:
+        path = " || ".join(self.email_names)
+        (self.mappings / "leads.yaml").write_text(LEADS_MAPPING.replace("EMAIL_PATH", path))
+
+    def read_also(self, name: str) -> None:
+        """The fix an operator makes: the mapping reads the form's e-mail under this name too."""
+        self.email_names.append(name)
+        self.write_mapping()
 
     def post(self, **fields: str) -> str:
         answer = httpx.post(
@@ -217,11 +259,16 @@ def _shown(browser: Any, hash_path: str) -> None:
 
 
 def _text(browser: Any, css: str) -> str:
-    """The text of the first element `css` finds, or "" while there is none (the page is drawing it)."""
+    """The text of the first element `css` finds, or "" while there is none (the page is drawing it, or
+    replaced it between the finding and the reading)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     found = browser.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    try:
+        return str(found[0].text) if found else ""
+    except StaleElementReferenceException:
+        return ""
 
 
 def _sign_in(browser: Any, relay: Relay, token: str = ADMIN_TOKEN) -> None:
@@ -294,7 +341,7 @@ def test_an_operator_fixes_a_mapping_and_replays_what_failed_from_the_page(brows
     _until(lambda: browser.find_elements(By.ID, "with-mappings-now"))
     assert "0 translate" in _text(browser, "#with-mappings-now")
 
-    relay.write_mapping("email || mail")  # the fix: the form calls the field `mail`
+    relay.read_also("mail")  # the fix: the form calls the field `mail`
     browser.find_element(By.ID, "replay-check").click()
     _until(lambda: " 0 still fail" in _text(browser, "#with-mappings-now"))
     browser.find_element(By.ID, "replay-go").click()
@@ -315,12 +362,31 @@ def test_an_operator_fixes_a_mapping_and_replays_what_failed_from_the_page(brows
     assert browser.find_elements(By.ID, "replay-one") == []  # a delivered one does not replay
 
 
+def test_a_deliverys_page_translates_it_with_the_mapping_files_as_they_are_now(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    delivery_id = relay.post(courriel="marie@example.com", formid="preview")  # a name no version reads yet
+    _until(lambda: relay.status_of(delivery_id) == "failed")
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, f"#/d/{delivery_id}")
+    browser.find_element(By.ID, "preview-now").click()
+    _until(lambda: "still fails" in _text(browser, "#preview-outcome"))
+    assert "no usable email" in _text(browser, "#preview-outcome")
+
+    relay.read_also("courriel")
+    browser.find_element(By.ID, "preview-now").click()
+    _until(lambda: "translates to these calls" in _text(browser, "#preview-outcome"))
+    assert "marie@example.com" in _text(browser, "#preview details.call pre")
+    assert relay.status_of(delivery_id) == "failed"  # a preview changes nothing
+
+
 def test_one_delivery_replays_from_its_own_page(browser, relay):
     from selenium.webdriver.common.by import By
 
     delivery_id = relay.post(e_mail="olga@example.com", formid="one")  # a name no version reads
     _until(lambda: relay.status_of(delivery_id) == "failed")
-    relay.write_mapping("email || mail || e_mail")
+    relay.read_also("e_mail")
     _sign_in(browser, relay)
     _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
     _shown(browser, f"#/d/{delivery_id}")

@@ -670,6 +670,23 @@ def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_re
         assert (
             f"delivery {named[1]} (failed/mapping), translated with the mapping files as they are now" in shown.stderr
         )
+        # The admin API's preview (the page's "Translate with the mapping files as they are now") says the same.
+        previewed = client.get(f"/admin/api/deliveries/{named[1]}/preview", headers=auth)
+        assert previewed.status_code == 200
+        assert previewed.json == {
+            "outcome": "translate",
+            "rule": "form",
+            "event": None,
+            "calls": [call],
+            "passed_over": [],
+        }
+        assert client.get(f"/admin/api/deliveries/{no_contact}/preview", headers=auth).json == {
+            "outcome": "fails",
+            "error": cause,
+        }
+        assert client.get(f"/admin/api/deliveries/{'0' * 32}/preview", headers=auth).status_code == 404
+        assert client.get(f"/admin/api/deliveries/{named[1]}/preview").status_code == 401
+        assert store.get(named[1]).status == "failed"  # a preview changes nothing
         overridden = relay_command("preview", "--delivery", named[1], "--header", "X-Shopify-Topic: x", env=env)
         assert overridden.returncode == 1
         assert "--header, --query and --client-ip go with a payload file" in overridden.stderr
@@ -683,6 +700,8 @@ def test_a_replay_dry_run_says_whether_a_mapping_fix_works_before_anything_is_re
         broken = relay_command("replay", "--status", "failed", "--dry-run", env=env).stdout.splitlines()
         assert broken[1].endswith("0 translate, 0 ignored by their mapping, 4 still fail")
         assert "the mapping file of 'tilda' does not load: " in broken[2]
+        unloaded = client.get(f"/admin/api/deliveries/{named[1]}/preview", headers=auth).json
+        assert unloaded["outcome"] == "fails" and "the mapping file of 'tilda' does not load: " in unloaded["error"]
         tilda.write_text(good)
 
         assert client.post("/admin/api/replay?status=failed", headers=auth).json == {"replayed": 4}

@@ -640,6 +640,11 @@ def test_a_replays_dry_run_checks_the_fetch_but_asks_the_api_nothing(tmp_path, r
         1,
         "fetch order needs BIGCOMMERCE_API_TOKEN, which is not set",
     )
+    # One delivery's preview (the admin API's, the page's) stops at the fetch alike.
+    from relay.replay_check import preview_delivery
+
+    previewed = preview_delivery(store.get(delivery_id), settings, store)
+    assert previewed["outcome"] == "fetch_first" and "provider's API" in previewed["detail"]
     assert len(bigcommerce.requests) == asked
 
 

@@ -421,6 +421,24 @@ function dryRunReport(answer, filters) {
   return parts;
 }
 
+// What one delivery's translation gives now: a replay would send these calls, or fail, or ignore it.
+function previewReport(answer) {
+  const said = {
+    translate: "With the mapping files as they are now it translates to these calls:",
+    ignored: `With the mapping files as they are now its mapping ignores it: ${answer.reason}.`,
+    forget: "With the mapping files as they are now it is an erasure request: no call, its person's deliveries go.",
+    fails: `With the mapping files as they are now it still fails: ${answer.error}`,
+    fetch_first: `Not translated here: ${answer.detail}.`,
+  };
+  return [
+    el("p", { id: "preview-outcome", class: answer.outcome === "fails" ? "error" : null }, said[answer.outcome]),
+    (answer.passed_over || []).map((passed) => el("p", { class: "quiet" }, passed)),
+    (answer.calls || []).map((call, index) =>
+      el("details", { open: true, class: "call" }, el("summary", {}, `${index + 1}. ${call.method}`), el("pre", {}, readable(call.body))),
+    ),
+  ];
+}
+
 async function deliveriesView(params) {
   const query = new URLSearchParams();
   for (const key of ["status", "source", "since", "until", "event", "contact"]) {
@@ -499,13 +517,28 @@ async function detailView(id) {
       replay.disabled = true;
       try {
         const done = await api(`deliveries/${encodeURIComponent(id)}/replay`, "POST");
-        actions.replaceChildren(el("p", { id: "replayed" }, `Replayed: ${done.status}.`));
+        replay.replaceWith(el("p", { id: "replayed" }, `Replayed: ${done.status}.`));
       } catch (error) {
-        if (!(error instanceof Halted)) actions.replaceChildren(el("p", { class: "error" }, error.message));
+        if (!(error instanceof Halted)) replay.replaceWith(el("p", { class: "error" }, error.message));
       }
     });
     actions.append(replay);
   }
+  const preview = el("div", { id: "preview" });
+  const translate = el("button", { type: "button", id: "preview-now" }, "Translate with the mapping files as they are now");
+  translate.addEventListener("click", async () => {
+    translate.disabled = true;
+    preview.replaceChildren(el("p", { class: "quiet" }, "Translating it with the mapping files as they are now..."));
+    try {
+      const answer = await api(`deliveries/${encodeURIComponent(id)}/preview`);
+      preview.replaceChildren(...[previewReport(answer)].flat(Infinity).filter(Boolean));
+    } catch (error) {
+      if (!(error instanceof Halted)) preview.replaceChildren(el("p", { class: "error" }, error.message));
+    } finally {
+      translate.disabled = false;
+    }
+  });
+  actions.append(translate);
   const headers = Object.entries(request.headers || {}).map(([name, value]) =>
     el("tr", {}, el("th", { scope: "row" }, name), el("td", {}, value)),
   );
@@ -574,6 +607,7 @@ async function detailView(id) {
     el("h1", {}, "Delivery ", el("code", {}, delivery.id)),
     head,
     actions,
+    preview,
     ...requestPart,
     ...callsPart,
     el("h2", {}, "Attempts"),
@@ -663,6 +697,7 @@ function refreshIfIdle() {
   // Not while the operator types a filter or reads a replay's dry run: a refresh would throw that away.
   if ($("view").contains(document.activeElement) && document.activeElement !== document.body) return;
   if ($("replay-result") && $("replay-result").childElementCount) return;
+  if ($("preview") && $("preview").childElementCount) return;
   show();
 }
 
