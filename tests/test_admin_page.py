@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -297,6 +298,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, 
     failed = _text(browser, "a.card.status-failed strong")
     assert failed == str(overview["by_status"]["failed"]) and int(failed) >= 1
     assert "email" in _text(browser, "table.problems")  # why: the mapping found no e-mail
+    assert browser.find_elements(By.CSS_SELECTOR, ".banner") == []  # ready, and an upstream is set
     assert ADMIN_TOKEN not in browser.page_source
 
     browser.find_element(By.ID, "sign-out").click()
@@ -423,3 +425,77 @@ def test_older_deliveries_come_a_page_at_a_time(browser, relay):
     every = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
     listed = relay.api("deliveries?source=leads&limit=500")["deliveries"]
     assert every == [delivery["id"] for delivery in listed]  # newest first, each once, none left out
+
+
+def test_a_person_is_forgotten_from_the_page_after_a_dry_run(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    ids = {relay.post(mail="Forget.Me@example.com", formid=f"erase{n}") for n in range(2)}
+    ids.add(relay.post(courriel="forget.me@example.com", formid="erase-other-field"))
+    kept = relay.post(mail="someone.else@example.com", formid="erase-not-me")
+    _sign_in(browser, relay)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _shown(browser, "#/deliveries?contact=forget.me%40example.com")
+    listed = {row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")}
+    assert listed == ids
+    browser.find_element(By.ID, "forget-check").click()
+    _until(lambda: _text(browser, "#would-forget") == "Would forget 3 deliveries.")
+    assert all(relay.api(f"deliveries/{delivery_id}") for delivery_id in ids)  # a dry run deletes nothing
+
+    browser.find_element(By.ID, "forget-go").click()
+    browser.switch_to.alert.accept()
+    _until(lambda: _text(browser, "#forgotten").startswith("Forgot "))
+    assert _text(browser, "#forgotten") == "Forgot 3 deliveries."
+    for delivery_id in ids:
+        gone = httpx.get(
+            f"{relay.url}/admin/api/deliveries/{delivery_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert gone.status_code == 404
+    assert relay.api(f"deliveries/{kept}")["id"] == kept
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """The app behind a real HTTP server on loopback, in a thread; its base URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_the_overview_says_when_relay_is_not_ready_and_when_no_upstream_is_set(tmp_path, browser):
+    """What /readyz says, on the overview: a mapping file that does not load (its webhooks answered 503) and
+    deliveries held for want of an upstream."""
+    from selenium.webdriver.common.by import By
+
+    from relay.web import create_app
+
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    (mappings / "leads.yaml").write_text(LEADS_MAPPING.replace("EMAIL_PATH", "email"))
+    (mappings / "orders.yaml").write_text("version: 1\nsource: orders\nrules: [\n")
+    app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(mappings), RELAY_UPSTREAM_URL=None))
+    try:
+        with _serving(app) as base:
+            browser.get("about:blank")
+            browser.get(f"{base}/admin/#/")
+            browser.execute_script("sessionStorage.clear()")
+            browser.refresh()
+            _until(lambda: browser.find_element(By.ID, "token").is_displayed())
+            browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+            browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+            _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+            not_ready = _text(browser, "#not-ready")
+            assert not_ready.startswith("Not ready: webhooks are refused (503).")
+            assert "mappings: orders:" in not_ready
+            assert "RELAY_UPSTREAM_URL" in _text(browser, "#no-upstream")
+    finally:
+        app.extensions["relay"]["store"].close()

@@ -88,6 +88,10 @@ function bytes(count) {
   return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
 }
 
+function deliveries(count) {
+  return count === 1 ? "1 delivery" : `${count} deliveries`;
+}
+
 function badge(status, reason) {
   const text = reason ? `${status}/${reason}` : status;
   return el("span", { class: `badge status-${status}` }, text);
@@ -133,7 +137,7 @@ function showMessage(text) {
 
 // ---- the API ------------------------------------------------------------------------------------------------
 
-async function api(path, method) {
+async function api(path, method, body) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) {
     askToken();
@@ -141,33 +145,67 @@ async function api(path, method) {
   }
   let response;
   try {
+    const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     response = await fetch(`api/${path}`, {
       method: method || "GET",
-      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
     });
   } catch (_) {
     throw new ApiError(0, { detail: "relay does not answer" });
   }
-  let body = null;
+  let answer = null;
   try {
-    body = await response.json();
+    answer = await response.json();
   } catch (_) {
-    body = null;
+    answer = null;
   }
   if (response.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
     askToken("That admin token was refused.");
     throw new Halted();
   }
-  if (response.status === 403 && body && body.error === "admin_disabled") {
+  if (response.status === 403 && answer && answer.error === "admin_disabled") {
     sessionStorage.removeItem(TOKEN_KEY);
     askToken("The admin API is off: set RELAY_ADMIN_TOKEN where relay runs and restart it.");
     throw new Halted();
   }
-  if (!response.ok) throw new ApiError(response.status, body);
-  return body;
+  if (!response.ok) throw new ApiError(response.status, answer);
+  return answer;
+}
+
+// /readyz answers anyone: what keeps relay from taking webhooks (the store, a mapping file), and whether
+// deliveries wait for want of an upstream.
+async function readiness() {
+  try {
+    const response = await fetch("../readyz", { cache: "no-store", credentials: "omit" });
+    return await response.json();
+  } catch (_) {
+    return { status: "unavailable", problems: { relay: "does not answer /readyz" } };
+  }
+}
+
+function readinessBanner(ready) {
+  const lines = [];
+  for (const [part, problem] of Object.entries(ready.problems || {})) {
+    if (typeof problem === "string") lines.push(`${part}: ${problem}`);
+    else for (const [name, found] of Object.entries(problem)) lines.push(`${part}: ${name}: ${[found].flat().join("; ")}`);
+  }
+  const parts = [];
+  if (ready.status !== "ok") {
+    parts.push(
+      el("div", { class: "banner bad", id: "not-ready" }, el("strong", {}, "Not ready: webhooks are refused (503)."), lines.map((line) => el("div", {}, line))),
+    );
+  }
+  if (ready.upstream && ready.upstream !== "configured") {
+    parts.push(
+      el("div", { class: "banner wait", id: "no-upstream" }, "No upstream is set (RELAY_UPSTREAM_URL): deliveries wait as held, and go once it is."),
+    );
+  }
+  return parts;
 }
 
 function askToken(why) {
@@ -183,7 +221,7 @@ function askToken(why) {
 // ---- views --------------------------------------------------------------------------------------------------
 
 async function overviewView() {
-  const overview = await api("overview");
+  const [overview, ready] = await Promise.all([api("overview"), readiness()]);
   const cards = el(
     "div",
     { class: "cards" },
@@ -252,6 +290,7 @@ async function overviewView() {
   );
   return [
     el("h1", {}, "Overview"),
+    readinessBanner(ready),
     cards,
     facts,
     el("h2", {}, "What is stuck, and why"),
@@ -339,7 +378,7 @@ function replayBox(params) {
   const box = el("div", { class: "replay", id: "replay-box" }, el("h2", {}, "Replay what these filters take"));
   if (params.get("contact")) {
     box.append(el("p", { class: "quiet" }, "A replay does not choose by person: replay each of them from its page."));
-    return box;
+    return [box, forgetBox(params.get("contact"))];
   }
   if (![...filters.keys()].length) {
     box.append(el("p", { class: "quiet" }, "Choose a status, a source, a time or an event to replay what they take."));
@@ -370,6 +409,54 @@ function replayBox(params) {
     result,
   );
   return box;
+}
+
+// A person's erasure request: every stored delivery naming them goes, from every source, with its attempts.
+function forgetBox(contact) {
+  const result = el("div", { id: "forget-result" });
+  const check = el("button", { type: "button", id: "forget-check" }, "Check (dry run)");
+  check.addEventListener("click", async () => {
+    check.disabled = true;
+    try {
+      const found = await api("forget", "POST", { contact, dry_run: true });
+      result.replaceChildren(el("p", { id: "would-forget" }, `Would forget ${deliveries(found.would_forget)}.`));
+      if (found.would_forget > 0) {
+        const go = el("button", { type: "button", id: "forget-go", class: "danger" }, `Forget ${found.would_forget}`);
+        go.addEventListener("click", async () => {
+          if (!window.confirm(`Delete every stored delivery naming ${contact}? This cannot be undone.`)) return;
+          go.disabled = true;
+          try {
+            const done = await api("forget", "POST", { contact, dry_run: false });
+            const left = done.being_delivered.length
+              ? ` ${done.being_delivered.length} being sent at this moment stayed: forget again once they are sent.`
+              : "";
+            go.replaceWith(el("p", { id: "forgotten" }, `Forgot ${deliveries(done.forgotten)}.${left}`));
+          } catch (error) {
+            if (!(error instanceof Halted)) go.replaceWith(el("p", { class: "error" }, error.message));
+          }
+        });
+        result.append(go);
+      }
+    } catch (error) {
+      if (!(error instanceof Halted)) result.replaceChildren(el("p", { class: "error" }, error.message));
+    } finally {
+      check.disabled = false;
+    }
+  });
+  return el(
+    "div",
+    { class: "replay", id: "forget-box" },
+    el("h2", {}, "Forget this person"),
+    el(
+      "p",
+      {},
+      `Deletes every stored delivery naming ${contact}, from every source, with its attempts: their erasure ` +
+        "request. Their de-duplication keys stay, so a provider's retry is not stored again; their profile " +
+        "upstream is the upstream's to erase.",
+    ),
+    check,
+    result,
+  );
 }
 
 function dryRunReport(answer, filters) {
@@ -407,7 +494,7 @@ function dryRunReport(answer, filters) {
   if (answer.would_replay > 0) {
     const go = el("button", { type: "button", id: "replay-go", class: "danger" }, `Replay ${answer.would_replay}`);
     go.addEventListener("click", async () => {
-      if (!window.confirm(`Replay ${answer.would_replay} deliveries?`)) return;
+      if (!window.confirm(`Replay ${deliveries(answer.would_replay)}?`)) return;
       go.disabled = true;
       try {
         const done = await api(`replay?${filters}`, "POST");
@@ -497,8 +584,7 @@ async function detailView(id) {
     { class: "facts" },
     el("dt", {}, "Status"),
     el("dd", { id: "detail-status" }, badge(delivery.status, delivery.reason)),
-    el("dt", {}, "Detail"),
-    el("dd", { class: "detail", id: "detail-detail" }, delivery.detail || ""),
+    delivery.detail ? [el("dt", {}, "Detail"), el("dd", { class: "detail", id: "detail-detail" }, delivery.detail)] : null,
     el("dt", {}, "Source"),
     el("dd", {}, listLink({ source: delivery.source }, delivery.source)),
     el("dt", {}, "Event"),
@@ -698,6 +784,7 @@ function refreshIfIdle() {
   if ($("view").contains(document.activeElement) && document.activeElement !== document.body) return;
   if ($("replay-result") && $("replay-result").childElementCount) return;
   if ($("preview") && $("preview").childElementCount) return;
+  if ($("forget-result") && $("forget-result").childElementCount) return;
   show();
 }
 
