@@ -19,9 +19,9 @@ from typing import Any
 from relay.errors import MappingError
 from relay.listing import every_delivery, iter_chosen, naming_event
 from relay.mapping.fetches import FetchRequest
-from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext
+from relay.mapping.watch import sources_on_disk
 from relay.pipeline import translate_request
 from relay.settings import Settings
 from relay.store import Delivery, Store, status_and_reason
@@ -87,7 +87,7 @@ def check_deliveries(
     chosen: Iterable[Delivery], settings: Settings, store: Store, *, limit: int = CHECKED_AT_MOST
 ) -> dict[str, Any]:
     """`check_replay`'s answer for the first `limit` of these deliveries (chosen by what their request says)."""
-    sources, broken = load_sources_leniently(settings.mappings_dir)
+    sources, broken = sources_on_disk(settings.mappings_dir)
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
     check = ReplayCheck()
     for delivery in itertools.islice(chosen, limit):
@@ -145,7 +145,7 @@ def replay_event(
 
 def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:
     """What one delivery would do if replayed now (`check_replay`'s answer for it alone)."""
-    sources, broken = load_sources_leniently(settings.mappings_dir)
+    sources, broken = sources_on_disk(settings.mappings_dir)
     check = ReplayCheck()
     context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
     _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
@@ -158,7 +158,7 @@ def preview_delivery(delivery: Delivery, settings: Settings, store: Store) -> di
     `ignored` with the mapping's reason, `forget`, `fails` with the `error` the worker would fail it for, or
     `fetch_first` for a source whose rules read a record from the provider's API, which a preview does not ask.
     Nothing is sent, fetched or changed."""
-    sources, broken = load_sources_leniently(settings.mappings_dir)
+    sources, broken = sources_on_disk(settings.mappings_dir)
     source = sources.get(delivery.source)
     if source is None:
         problems = broken.get(delivery.source)

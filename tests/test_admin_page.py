@@ -272,11 +272,12 @@ def _text(browser: Any, css: str) -> str:
         return ""
 
 
-def _sign_in(browser: Any, relay: Relay, token: str = ADMIN_TOKEN) -> None:
+def _sign_in(browser: Any, page: str, token: str = ADMIN_TOKEN) -> None:
+    """Load the admin page at `page` afresh, its tab holding no token, and sign in with `token`."""
     from selenium.webdriver.common.by import By
 
     browser.get("about:blank")  # a new load of the page, not a change of its hash
-    browser.get(relay.page + "#/")
+    browser.get(page + "#/")
     browser.execute_script("sessionStorage.clear()")
     browser.refresh()
     _until(lambda: browser.find_element(By.ID, "token").is_displayed())
@@ -284,16 +285,23 @@ def _sign_in(browser: Any, relay: Relay, token: str = ADMIN_TOKEN) -> None:
     browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
 
 
+def _signed_in(browser: Any, page: str) -> None:
+    """`_sign_in` with the admin token, until the overview is drawn."""
+    from selenium.webdriver.common.by import By
+
+    _sign_in(browser, page)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+
+
 def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, relay):
     from selenium.webdriver.common.by import By
 
     relay.post(mail="first@example.com", note="the overview counts me")
-    _sign_in(browser, relay, token="not-the-token")
+    _sign_in(browser, relay.page, token="not-the-token")
     _until(lambda: "refused" in _text(browser, "#sign-in-message"))
     assert browser.execute_script("return sessionStorage.length") == 0  # a refused token is not kept
 
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     overview = relay.api("overview")
     failed = _text(browser, "a.card.status-failed strong")
     assert failed == str(overview["by_status"]["failed"]) and int(failed) >= 1
@@ -306,13 +314,24 @@ def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, 
     assert browser.execute_script("return sessionStorage.length") == 0
 
 
+def test_the_overview_refreshes_itself_when_asked_to(browser, relay):
+    from selenium.webdriver.common.by import By
+
+    _signed_in(browser, relay.page)
+    total = int(_text(browser, ".cards .card strong"))
+    relay.post(mail="unseen@example.com", formid="refresh")
+    time.sleep(0.5)
+    assert int(_text(browser, ".cards .card strong")) == total  # not without a refresh
+    browser.find_element(By.ID, "auto-refresh").click()
+    _until(lambda: _text(browser, ".cards .card strong") == str(total + 1), seconds=25)  # every 10 s
+
+
 def test_a_payload_is_shown_as_text_never_as_markup(browser, relay):
     from selenium.webdriver.common.by import By
 
     hostile = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
     delivery_id = relay.post(mail="hostile@example.com", Name=hostile)
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, f"#/d/{delivery_id}")
     assert hostile in _text(browser, "#request-body")
     assert browser.find_elements(By.CSS_SELECTOR, "#view img, #view script") == []
@@ -326,8 +345,7 @@ def test_an_operator_fixes_a_mapping_and_replays_what_failed_from_the_page(brows
 
     delivery_id = relay.post(mail="ivan@example.com", formid="replay-me")
     _until(lambda: relay.status_of(delivery_id) == "failed")
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
 
     # Filter the list to what failed, as an operator would: the form's select and its button.
     _shown(browser, "#/deliveries")
@@ -369,8 +387,7 @@ def test_a_deliverys_page_translates_it_with_the_mapping_files_as_they_are_now(b
 
     delivery_id = relay.post(courriel="marie@example.com", formid="preview")  # a name no version reads yet
     _until(lambda: relay.status_of(delivery_id) == "failed")
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, f"#/d/{delivery_id}")
     browser.find_element(By.ID, "preview-now").click()
     _until(lambda: "still fails" in _text(browser, "#preview-outcome"))
@@ -389,8 +406,7 @@ def test_one_delivery_replays_from_its_own_page(browser, relay):
     delivery_id = relay.post(e_mail="olga@example.com", formid="one")  # a name no version reads
     _until(lambda: relay.status_of(delivery_id) == "failed")
     relay.read_also("e_mail")
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, f"#/d/{delivery_id}")
     assert "failed/mapping" in _text(browser, "#detail-status")
     browser.find_element(By.ID, "replay-one").click()
@@ -401,8 +417,7 @@ def test_one_delivery_replays_from_its_own_page(browser, relay):
 def test_the_sources_page_says_which_source_takes_webhooks(browser, relay):
     from selenium.webdriver.common.by import By
 
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, "#/sources")
     row = browser.find_element(By.CSS_SELECTOR, "tr[data-source=leads]")
     assert f"{relay.url}/hooks/leads" in row.text
@@ -415,8 +430,7 @@ def test_older_deliveries_come_a_page_at_a_time(browser, relay):
 
     for index in range(55):
         relay.post(mail=f"page{index}@example.com", formid="paged")
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, "#/deliveries?source=leads")
     first = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
     assert len(first) == 50
@@ -433,8 +447,7 @@ def test_a_person_is_forgotten_from_the_page_after_a_dry_run(browser, relay):
     ids = {relay.post(mail="Forget.Me@example.com", formid=f"erase{n}") for n in range(2)}
     ids.add(relay.post(courriel="forget.me@example.com", formid="erase-other-field"))
     kept = relay.post(mail="someone.else@example.com", formid="erase-not-me")
-    _sign_in(browser, relay)
-    _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+    _signed_in(browser, relay.page)
     _shown(browser, "#/deliveries?contact=forget.me%40example.com")
     listed = {row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")}
     assert listed == ids
@@ -474,7 +487,6 @@ def _serving(app: Any) -> Iterator[str]:
 def test_the_overview_says_when_relay_is_not_ready_and_when_no_upstream_is_set(tmp_path, browser):
     """What /readyz says, on the overview: a mapping file that does not load (its webhooks answered 503) and
     deliveries held for want of an upstream."""
-    from selenium.webdriver.common.by import By
 
     from relay.web import create_app
 
@@ -485,16 +497,9 @@ def test_the_overview_says_when_relay_is_not_ready_and_when_no_upstream_is_set(t
     app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(mappings), RELAY_UPSTREAM_URL=None))
     try:
         with _serving(app) as base:
-            browser.get("about:blank")
-            browser.get(f"{base}/admin/#/")
-            browser.execute_script("sessionStorage.clear()")
-            browser.refresh()
-            _until(lambda: browser.find_element(By.ID, "token").is_displayed())
-            browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-            browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
-            _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".cards"))
+            _signed_in(browser, f"{base}/admin/")
             not_ready = _text(browser, "#not-ready")
-            assert not_ready.startswith("Not ready: webhooks are refused (503).")
+            assert not_ready.startswith("Not ready (/readyz answers 503):")
             assert "mappings: orders:" in not_ready
             assert "RELAY_UPSTREAM_URL" in _text(browser, "#no-upstream")
     finally:

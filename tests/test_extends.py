@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from relay.mapping.loader import load_source_file
-from relay.mapping.watch import WatchedSources
+from relay.mapping.watch import WatchedSources, sources_on_disk
 from relay.sandbox import Sandbox, SandboxServer, default_config
 
 from .conftest import (
@@ -113,6 +113,24 @@ def test_a_fix_to_the_base_reaches_the_extending_source_in_the_worker(tmp_path):
         ("SHOPIFY_WEBHOOK_SECRET", "${SHOPIFY_EU_WEBHOOK_SECRET}"),
         ("RELAY_DB_ID", 7),
     )
+
+
+def test_the_admin_apis_load_of_the_folder_is_reused_until_a_file_changes(tmp_path):
+    """Previews and dry runs read the files as they are on disk, without loading the folder at each call."""
+    folder = _folder(tmp_path)
+    first = sources_on_disk(folder)
+    assert sources_on_disk(folder) is first  # nothing changed: the same load
+    base = folder / "shopify.yaml"
+    base.write_text(
+        base.read_text(encoding="utf-8").replace("add: [shopify, order_created]", "add: [shopify, order_placed]"),
+        encoding="utf-8",
+    )
+    again = sources_on_disk(folder)
+    assert again is not first
+    assert _tags_added(again[0]["shopify_eu"], "order_created") == ["shopify", "order_placed"]
+    (folder / "shopify.yaml").write_text("version: 1\nrules: [\n", encoding="utf-8")
+    sources, broken = sources_on_disk(folder)
+    assert "shopify" in broken and "shopify" not in sources
 
 
 def test_settings_are_rebound_in_keys_texts_and_the_rules_defaults(tmp_path):

@@ -197,7 +197,7 @@ function readinessBanner(ready) {
   const parts = [];
   if (ready.status !== "ok") {
     parts.push(
-      el("div", { class: "banner bad", id: "not-ready" }, el("strong", {}, "Not ready: webhooks are refused (503)."), lines.map((line) => el("div", {}, line))),
+      el("div", { class: "banner bad", id: "not-ready" }, el("strong", {}, "Not ready (/readyz answers 503):"), lines.map((line) => el("div", {}, line))),
     );
   }
   if (ready.upstream && ready.upstream !== "configured") {
@@ -780,11 +780,13 @@ async function show() {
 
 function refreshIfIdle() {
   if (!$("auto-refresh").checked || $("sign-in").hidden === false) return;
-  // Not while the operator types a filter or reads a replay's dry run: a refresh would throw that away.
+  // Not while the operator types a filter, reads a dry run or a preview, or has older pages open: a refresh
+  // would throw that away.
   if ($("view").contains(document.activeElement) && document.activeElement !== document.body) return;
   if ($("replay-result") && $("replay-result").childElementCount) return;
   if ($("preview") && $("preview").childElementCount) return;
   if ($("forget-result") && $("forget-result").childElementCount) return;
+  if (document.querySelectorAll("#delivery-rows tr").length > PAGE_SIZE) return; // older pages were asked for
   show();
 }
 
