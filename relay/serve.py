@@ -98,6 +98,13 @@ def cmd_run(args: Any, settings: Settings) -> int:
             f"`kill -HUP {os.getpid()}` reads .env and the mapping files again)",
             file=sys.stderr,
         )
+        if settings.admin_token:
+            print(
+                f"relay: admin page at http://{args.host}:{args.port}/admin/ (sign in with RELAY_ADMIN_TOKEN)",
+                file=sys.stderr,
+            )
+        else:
+            print("relay: the admin page (/admin/) and API are off until RELAY_ADMIN_TOKEN is set", file=sys.stderr)
     while not stopping and all(child.poll() is None for child in [web, *workers]):
         if reload_asked:
             reload_asked = False

@@ -199,6 +199,10 @@ class Relay:
         self.process = RelayProcess(env, log=folder / "relay.log").start(timeout=60)
         self.url = self.process.url
         self.page = f"{self.url}/admin/"
+        # `relay run` says where the page is, once it listens (a moment after /readyz may answer).
+        line = f"relay: admin page at {self.page} (sign in with RELAY_ADMIN_TOKEN)"
+        _until(lambda: line in (folder / "relay.log").read_text())
+        assert ADMIN_TOKEN not in (folder / "relay.log").read_text()
 
     def write_mapping(self) -> None:
         path = " || ".join(self.email_names)

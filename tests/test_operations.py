@@ -580,6 +580,8 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
 
     try:
         _wait_until_ready(base)
+        said = "relay: the admin page (/admin/) and API are off until RELAY_ADMIN_TOKEN is set"
+        assert _eventually(lambda: said in (tmp_path / "relay-run.log").read_text())
         assert tilda("old", "held@example.com") == 202  # no upstream yet: held
         settings = (
             f"TILDA_WEBHOOK_TOKEN=new\nRELAY_MAPPINGS_DIR={ROOT / 'mappings'}\n"
