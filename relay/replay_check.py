@@ -20,7 +20,7 @@ from relay.errors import MappingError
 from relay.listing import every_delivery, iter_chosen, naming_event
 from relay.mapping.fetches import FetchRequest
 from relay.mapping.model import Source
-from relay.mapping.translate import TranslateContext
+from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import sources_on_disk
 from relay.pipeline import translate_request
 from relay.settings import Settings
@@ -87,11 +87,10 @@ def check_deliveries(
     chosen: Iterable[Delivery], settings: Settings, store: Store, *, limit: int = CHECKED_AT_MOST
 ) -> dict[str, Any]:
     """`check_replay`'s answer for the first `limit` of these deliveries (chosen by what their request says)."""
-    sources, broken = sources_on_disk(settings.mappings_dir)
-    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
+    today = _Today.of(settings, store)
     check = ReplayCheck()
     for delivery in itertools.islice(chosen, limit):
-        _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
+        _check_one(check, delivery, today)
     return check.to_dict()
 
 
@@ -145,10 +144,8 @@ def replay_event(
 
 def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:
     """What one delivery would do if replayed now (`check_replay`'s answer for it alone)."""
-    sources, broken = sources_on_disk(settings.mappings_dir)
     check = ReplayCheck()
-    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
-    _check_one(check, delivery, sources, broken, context, settings.upstream_format, store)
+    _check_one(check, delivery, _Today.of(settings, store))
     return check.to_dict()
 
 
@@ -158,33 +155,13 @@ def preview_delivery(delivery: Delivery, settings: Settings, store: Store) -> di
     `ignored` with the mapping's reason, `forget`, `fails` with the `error` the worker would fail it for, or
     `fetch_first` for a source whose rules read a record from the provider's API, which a preview does not ask.
     Nothing is sent, fetched or changed."""
-    sources, broken = sources_on_disk(settings.mappings_dir)
-    source = sources.get(delivery.source)
-    if source is None:
-        problems = broken.get(delivery.source)
-        error = (
-            f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
-            if problems
-            else f"no mapping file for source {delivery.source!r}"
-        )
-        return {"outcome": "fails", "error": error}
-    context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
-    try:
-        translation = translate_request(
-            source,
-            delivery.inbound(),
-            context,
-            upstream_format=settings.upstream_format,
-            fetch=_not_fetched,
-            once_holder=functools.partial(store.once_taken_by, delivery.source, delivery.id),
-        )
-    except _FetchNotChecked:
+    now = _translated_now(delivery, _Today.of(settings, store))
+    if now.fetch_first:
         detail = "its rules read a record from the provider's API first, which a preview does not ask"
         return {"outcome": "fetch_first", "detail": detail}
-    except MappingError as exc:
-        return {"outcome": "fails", "error": exc.detail}
-    except Exception as exc:  # noqa: BLE001 - what the worker would retry as an error of relay's own
-        return {"outcome": "fails", "error": f"error of relay's own: {type(exc).__name__}: {exc}"[:500]}
+    translation = now.translation
+    if translation is None:
+        return {"outcome": "fails", "error": now.error}
     answer: dict[str, Any] = {"outcome": "translate", "rule": translation.rule, "event": translation.event}
     if translation.ignored:
         return {**answer, "outcome": "ignored", "reason": translation.ignored}
@@ -197,48 +174,71 @@ def preview_delivery(delivery: Delivery, settings: Settings, store: Store) -> di
     return answer
 
 
-def _check_one(
-    check: ReplayCheck,
-    delivery: Delivery,
-    sources: dict[str, Source],
-    broken: dict[str, list[str]],
-    context: TranslateContext,
-    upstream_format: str,
-    store: Store,
-) -> None:
-    check.checked += 1
-    source = sources.get(delivery.source)
+@dataclass
+class _TranslatedNow:
+    """One delivery translated as a replay would translate it: the translation, or the error it fails with,
+    or `fetch_first` when its rules would ask the provider's API first."""
+
+    translation: Translation | None = None
+    error: str | None = None
+    fetch_first: bool = False
+
+
+@dataclass
+class _Today:
+    """What a replay would translate with: the mapping files as they are on disk, today's settings."""
+
+    sources: dict[str, Source]
+    broken: dict[str, list[str]]
+    context: TranslateContext
+    upstream_format: str
+    store: Store
+
+    @classmethod
+    def of(cls, settings: Settings, store: Store) -> _Today:
+        sources, broken = sources_on_disk(settings.mappings_dir)
+        context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
+        return cls(sources, broken, context, settings.upstream_format, store)
+
+
+def _translated_now(delivery: Delivery, today: _Today) -> _TranslatedNow:
+    source = today.sources.get(delivery.source)
     if source is None:
-        problems = broken.get(delivery.source)
-        check.failed(
-            delivery,
-            f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
+        problems = today.broken.get(delivery.source)
+        return _TranslatedNow(
+            error=f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
             if problems
-            else f"no mapping file for source {delivery.source!r}",
+            else f"no mapping file for source {delivery.source!r}"
         )
-        return
     try:
         translation = translate_request(
             source,
             delivery.inbound(),
-            context,
-            upstream_format=upstream_format,
+            today.context,
+            upstream_format=today.upstream_format,
             fetch=_not_fetched,
-            once_holder=functools.partial(store.once_taken_by, delivery.source, delivery.id),
+            once_holder=functools.partial(today.store.once_taken_by, delivery.source, delivery.id),
         )
     except _FetchNotChecked:
-        check.fetch_first += 1
-        return
+        return _TranslatedNow(fetch_first=True)
     except MappingError as exc:
-        check.failed(delivery, exc.detail)
-        return
+        return _TranslatedNow(error=exc.detail)
     except Exception as exc:  # noqa: BLE001 - what the worker would retry as an error of relay's own
-        check.failed(delivery, f"error of relay's own: {type(exc).__name__}: {exc}"[:500])
-        return
-    if translation.ignored:
+        return _TranslatedNow(error=f"error of relay's own: {type(exc).__name__}: {exc}"[:500])
+    return _TranslatedNow(translation=translation)
+
+
+def _check_one(check: ReplayCheck, delivery: Delivery, today: _Today) -> None:
+    check.checked += 1
+    now = _translated_now(delivery, today)
+    if now.fetch_first:
+        check.fetch_first += 1
+    elif now.translation is None:
+        check.failed(delivery, str(now.error))
+    elif now.translation.ignored:
         check.ignored += 1
-    elif translation.order_refused:
-        check.failed(delivery, translation.order_refused)
+    elif now.translation.order_refused:
+        check.failed(delivery, now.translation.order_refused)
     else:
         check.translate += 1
 

@@ -129,6 +129,38 @@ function table(headings, rows, className) {
   );
 }
 
+// A button that asks the API and may be asked again: disabled while it waits, `waiting` said meanwhile,
+// then what `draw` makes of the answer drawn into `into`, or the error.
+function asking(button, into, waiting, call, draw) {
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    into.replaceChildren(el("p", { class: "quiet" }, waiting));
+    try {
+      into.replaceChildren(...[draw(await call())].flat(Infinity).filter(Boolean));
+    } catch (error) {
+      if (!(error instanceof Halted)) into.replaceChildren(el("p", { class: "error" }, error.message));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+// A button that changes something once, after `question` is confirmed (none: at once): it gives way to what
+// `said` makes of the answer, or to the error.
+function acting(button, question, call, said) {
+  button.addEventListener("click", async () => {
+    if (question && !window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      button.replaceWith(said(await call()));
+    } catch (error) {
+      if (!(error instanceof Halted)) button.replaceWith(el("p", { class: "error" }, error.message));
+    }
+  });
+  return button;
+}
+
 function showMessage(text) {
   const message = $("message");
   message.textContent = text || "";
@@ -390,19 +422,13 @@ function replayBox(params) {
     return box;
   }
   const result = el("div", { id: "replay-result" });
-  const check = el("button", { type: "button", id: "replay-check" }, "Check (dry run)");
-  check.addEventListener("click", async () => {
-    check.disabled = true;
-    result.replaceChildren(el("p", { class: "quiet" }, "Translating them with the mapping files as they are now..."));
-    try {
-      const answer = await api(`replay?${filters}&dry_run=1`, "POST");
-      result.replaceChildren(...dryRunReport(answer, filters));
-    } catch (error) {
-      if (!(error instanceof Halted)) result.replaceChildren(el("p", { class: "error" }, error.message));
-    } finally {
-      check.disabled = false;
-    }
-  });
+  const check = asking(
+    el("button", { type: "button", id: "replay-check" }, "Check (dry run)"),
+    result,
+    "Translating them with the mapping files as they are now...",
+    () => api(`replay?${filters}&dry_run=1`, "POST"),
+    (answer) => dryRunReport(answer, filters),
+  );
   box.append(
     el("p", {}, "Failed and held deliveries go back to the queue and are translated again with today's mapping files."),
     check,
@@ -414,35 +440,30 @@ function replayBox(params) {
 // A person's erasure request: every stored delivery naming them goes, from every source, with its attempts.
 function forgetBox(contact) {
   const result = el("div", { id: "forget-result" });
-  const check = el("button", { type: "button", id: "forget-check" }, "Check (dry run)");
-  check.addEventListener("click", async () => {
-    check.disabled = true;
-    try {
-      const found = await api("forget", "POST", { contact, dry_run: true });
-      result.replaceChildren(el("p", { id: "would-forget" }, `Would forget ${deliveries(found.would_forget)}.`));
-      if (found.would_forget > 0) {
-        const go = el("button", { type: "button", id: "forget-go", class: "danger" }, `Forget ${found.would_forget}`);
-        go.addEventListener("click", async () => {
-          if (!window.confirm(`Delete every stored delivery naming ${contact}? This cannot be undone.`)) return;
-          go.disabled = true;
-          try {
-            const done = await api("forget", "POST", { contact, dry_run: false });
-            const left = done.being_delivered.length
-              ? ` ${done.being_delivered.length} being sent at this moment stayed: forget again once they are sent.`
-              : "";
-            go.replaceWith(el("p", { id: "forgotten" }, `Forgot ${deliveries(done.forgotten)}.${left}`));
-          } catch (error) {
-            if (!(error instanceof Halted)) go.replaceWith(el("p", { class: "error" }, error.message));
-          }
-        });
-        result.append(go);
-      }
-    } catch (error) {
-      if (!(error instanceof Halted)) result.replaceChildren(el("p", { class: "error" }, error.message));
-    } finally {
-      check.disabled = false;
-    }
-  });
+  const forgotten = (done) => {
+    const left = done.being_delivered.length
+      ? ` ${done.being_delivered.length} being sent at this moment stayed: forget again once they are sent.`
+      : "";
+    return el("p", { id: "forgotten" }, `Forgot ${deliveries(done.forgotten)}.${left}`);
+  };
+  const found = (answer) => [
+    el("p", { id: "would-forget" }, `Would forget ${deliveries(answer.would_forget)}.`),
+    answer.would_forget > 0
+      ? acting(
+          el("button", { type: "button", id: "forget-go", class: "danger" }, `Forget ${answer.would_forget}`),
+          `Delete every stored delivery naming ${contact}? This cannot be undone.`,
+          () => api("forget", "POST", { contact, dry_run: false }),
+          forgotten,
+        )
+      : null,
+  ];
+  const check = asking(
+    el("button", { type: "button", id: "forget-check" }, "Check (dry run)"),
+    result,
+    "Looking for their deliveries...",
+    () => api("forget", "POST", { contact, dry_run: true }),
+    found,
+  );
   return el(
     "div",
     { class: "replay", id: "forget-box" },
@@ -492,18 +513,14 @@ function dryRunReport(answer, filters) {
     }
   }
   if (answer.would_replay > 0) {
-    const go = el("button", { type: "button", id: "replay-go", class: "danger" }, `Replay ${answer.would_replay}`);
-    go.addEventListener("click", async () => {
-      if (!window.confirm(`Replay ${deliveries(answer.would_replay)}?`)) return;
-      go.disabled = true;
-      try {
-        const done = await api(`replay?${filters}`, "POST");
-        go.replaceWith(el("p", { id: "replayed" }, `Replayed ${done.replayed}.`));
-      } catch (error) {
-        if (!(error instanceof Halted)) go.replaceWith(el("p", { class: "error" }, error.message));
-      }
-    });
-    parts.push(go);
+    parts.push(
+      acting(
+        el("button", { type: "button", id: "replay-go", class: "danger" }, `Replay ${answer.would_replay}`),
+        `Replay ${deliveries(answer.would_replay)}?`,
+        () => api(`replay?${filters}`, "POST"),
+        (done) => el("p", { id: "replayed" }, `Replayed ${done.replayed}.`),
+      ),
+    );
   }
   return parts;
 }
@@ -598,33 +615,25 @@ async function detailView(id) {
   );
   const actions = el("div", { class: "actions" });
   if (REPLAYABLE.includes(delivery.status)) {
-    const replay = el("button", { type: "button", id: "replay-one", class: "danger" }, "Replay");
-    replay.addEventListener("click", async () => {
-      replay.disabled = true;
-      try {
-        const done = await api(`deliveries/${encodeURIComponent(id)}/replay`, "POST");
-        replay.replaceWith(el("p", { id: "replayed" }, `Replayed: ${done.status}.`));
-      } catch (error) {
-        if (!(error instanceof Halted)) replay.replaceWith(el("p", { class: "error" }, error.message));
-      }
-    });
-    actions.append(replay);
+    actions.append(
+      acting(
+        el("button", { type: "button", id: "replay-one", class: "danger" }, "Replay"),
+        null,
+        () => api(`deliveries/${encodeURIComponent(id)}/replay`, "POST"),
+        (done) => el("p", { id: "replayed" }, `Replayed: ${done.status}.`),
+      ),
+    );
   }
   const preview = el("div", { id: "preview" });
-  const translate = el("button", { type: "button", id: "preview-now" }, "Translate with the mapping files as they are now");
-  translate.addEventListener("click", async () => {
-    translate.disabled = true;
-    preview.replaceChildren(el("p", { class: "quiet" }, "Translating it with the mapping files as they are now..."));
-    try {
-      const answer = await api(`deliveries/${encodeURIComponent(id)}/preview`);
-      preview.replaceChildren(...[previewReport(answer)].flat(Infinity).filter(Boolean));
-    } catch (error) {
-      if (!(error instanceof Halted)) preview.replaceChildren(el("p", { class: "error" }, error.message));
-    } finally {
-      translate.disabled = false;
-    }
-  });
-  actions.append(translate);
+  actions.append(
+    asking(
+      el("button", { type: "button", id: "preview-now" }, "Translate with the mapping files as they are now"),
+      preview,
+      "Translating it with the mapping files as they are now...",
+      () => api(`deliveries/${encodeURIComponent(id)}/preview`),
+      previewReport,
+    ),
+  );
   const headers = Object.entries(request.headers || {}).map(([name, value]) =>
     el("tr", {}, el("th", { scope: "row" }, name), el("td", {}, value)),
   );
