@@ -19,11 +19,12 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.contacts import Contact, forget, listed_deliveries, parse_contact
+from relay.inbound import InboundRequest
 from relay.listing import naming_event
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
 from relay.pipeline import stored_event
-from relay.replay_check import CHECKED_OVER_HTTP, preview_delivery, replay_event, replay_filtered
+from relay.replay_check import CHECKED_OVER_HTTP, preview_delivery, preview_payload, replay_event, replay_filtered
 from relay.settings import Settings
 from relay.source_report import describe_source
 from relay.store import DELIVERY_ID, FAILURE_REASONS, REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
@@ -239,6 +240,27 @@ def delivery_detail(
     return detail
 
 
+def _sample_request(source: str, settings: Settings) -> tuple[InboundRequest, dict[str, str]]:
+    """The request `POST /sources/<name>/preview` describes, as its provider would send it, and the hook URL's
+    query parameters it gives."""
+    asked = request.get_json(silent=True)
+    if not isinstance(asked, dict) or not isinstance(asked.get("body"), str):
+        abort(400, description='send {"body": "<the payload as its provider sends it>", "content_type": "..."} as JSON')
+    texts = {key: asked.get(key) or {} for key in ("headers", "query")}
+    for key, given in texts.items():
+        if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+            abort(400, description=f"{key} is an object of names and texts")
+    content_type = asked.get("content_type") or texts["headers"].get("Content-Type") or "application/json"
+    if not isinstance(content_type, str):
+        abort(400, description="content_type is a text")
+    body = asked["body"].encode()
+    if len(body) > settings.max_body_bytes:
+        abort(413, description=f"the body is larger than RELAY_MAX_BODY_BYTES ({settings.max_body_bytes})")
+    headers = {str(name): value for name, value in texts["headers"].items()}
+    query = {str(name): value for name, value in texts["query"].items()}
+    return InboundRequest(source=source, body=body, content_type=content_type, headers=headers), query
+
+
 def _filters() -> dict[str, Any]:
     args = request.args
     try:
@@ -310,6 +332,20 @@ def admin_blueprint(
         if filters.pop("status"):
             abort(400, description="the overview counts every status; filter by source, since or until")
         return jsonify(deliveries_overview(store, filters))
+
+    @bp.post("/sources/<name>/preview")
+    def preview_sample(name: str) -> Response:
+        """A payload translated as the source's mapping file on disk would translate it (`relay preview --source`):
+        `{"body": "...", "content_type": "...", "headers": {...}, "query": {...}}`; nothing stored or sent."""
+        try:
+            source = checked_source(name)
+        except ValueError as exc:
+            abort(400, description=str(exc))
+        sample, query = _sample_request(source, settings)
+        answer = preview_payload(sample, settings, query=query)
+        if answer["outcome"] == "unknown_source":
+            abort(404, description=answer["error"])
+        return jsonify(answer)
 
     def existing(delivery_id: str) -> Delivery:
         """The delivery with this id, or a 404 (an id that is no id is not looked up)."""

@@ -9,20 +9,22 @@ and nothing is changed. The visitor's location is not looked up: it adds fields,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.errors import MappingError
+from relay.errors import MappingError, RequestRejected
+from relay.inbound import InboundRequest, is_ping, with_url_event
 from relay.listing import every_delivery, iter_chosen, naming_event
 from relay.mapping.fetches import FetchRequest
 from relay.mapping.model import Source
 from relay.mapping.translate import TranslateContext, Translation
 from relay.mapping.watch import sources_on_disk
-from relay.pipeline import translate_request
+from relay.pipeline import parse_request, take_body_token, translate_request
 from relay.settings import Settings
 from relay.store import Delivery, Store, status_and_reason
 
@@ -33,6 +35,7 @@ __all__ = [
     "check_delivery",
     "check_replay",
     "preview_delivery",
+    "preview_payload",
     "replay_event",
     "replay_filtered",
 ]
@@ -87,10 +90,10 @@ def check_deliveries(
     chosen: Iterable[Delivery], settings: Settings, store: Store, *, limit: int = CHECKED_AT_MOST
 ) -> dict[str, Any]:
     """`check_replay`'s answer for the first `limit` of these deliveries (chosen by what their request says)."""
-    today = _Today.of(settings, store)
+    today = _Today.of(settings)
     check = ReplayCheck()
     for delivery in itertools.islice(chosen, limit):
-        _check_one(check, delivery, today)
+        _check_one(check, delivery, today, store)
     return check.to_dict()
 
 
@@ -145,7 +148,7 @@ def replay_event(
 def check_delivery(delivery: Delivery, settings: Settings, store: Store) -> dict[str, Any]:
     """What one delivery would do if replayed now (`check_replay`'s answer for it alone)."""
     check = ReplayCheck()
-    _check_one(check, delivery, _Today.of(settings, store))
+    _check_one(check, delivery, _Today.of(settings), store)
     return check.to_dict()
 
 
@@ -155,7 +158,34 @@ def preview_delivery(delivery: Delivery, settings: Settings, store: Store) -> di
     `ignored` with the mapping's reason, `forget`, `fails` with the `error` the worker would fail it for, or
     `fetch_first` for a source whose rules read a record from the provider's API, which a preview does not ask.
     Nothing is sent, fetched or changed."""
-    now = _translated_now(delivery, _Today.of(settings, store))
+    holder = functools.partial(store.once_taken_by, delivery.source, delivery.id)
+    return _preview_answer(_translated_now(delivery.inbound(), _Today.of(settings), holder))
+
+
+def preview_payload(
+    request: InboundRequest, settings: Settings, *, query: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """`preview_delivery`'s answer for a payload as its provider would send it (`relay preview --source`, over
+    the admin API: a mapping file tried on a sample before a provider is pointed at it), with `ping` for one of
+    the source's test pings (answered 200, never stored) and `unknown_source` for a source no file on disk
+    has. `query` holds the hook URL's parameters, one of which names the event for some sources (InSales'
+    `topic`). No once key is taken: a rule with `once` applies as to the first of its key."""
+    today = _Today.of(settings)
+    source = today.sources.get(request.source)
+    if source is not None:
+        request = dataclasses.replace(request, headers=with_url_event(source, request.headers, query or {}))
+        try:
+            request = take_body_token(source, request)[1]  # as relay keeps it: without a token the body carries
+            if is_ping(source, request, parse_request(request)):
+                return {"outcome": "ping"}
+        except RequestRejected as exc:
+            return {"outcome": "fails", "error": f"{exc.code}: {exc.detail}"}
+    elif request.source not in today.broken:
+        return {"outcome": "unknown_source", "error": f"no mapping file for source {request.source!r}"}
+    return _preview_answer(_translated_now(request, today, lambda _key: None))
+
+
+def _preview_answer(now: _TranslatedNow) -> dict[str, Any]:
     if now.fetch_first:
         detail = "its rules read a record from the provider's API first, which a preview does not ask"
         return {"outcome": "fetch_first", "detail": detail}
@@ -192,32 +222,31 @@ class _Today:
     broken: dict[str, list[str]]
     context: TranslateContext
     upstream_format: str
-    store: Store
 
     @classmethod
-    def of(cls, settings: Settings, store: Store) -> _Today:
+    def of(cls, settings: Settings) -> _Today:
         sources, broken = sources_on_disk(settings.mappings_dir)
         context = TranslateContext(env=settings.env, phone_region=settings.phone_region)
-        return cls(sources, broken, context, settings.upstream_format, store)
+        return cls(sources, broken, context, settings.upstream_format)
 
 
-def _translated_now(delivery: Delivery, today: _Today) -> _TranslatedNow:
-    source = today.sources.get(delivery.source)
+def _translated_now(request: InboundRequest, today: _Today, once_holder: Callable[[str], str | None]) -> _TranslatedNow:
+    source = today.sources.get(request.source)
     if source is None:
-        problems = today.broken.get(delivery.source)
+        problems = today.broken.get(request.source)
         return _TranslatedNow(
-            error=f"the mapping file of {delivery.source!r} does not load: {problems[0]}"
+            error=f"the mapping file of {request.source!r} does not load: {problems[0]}"
             if problems
-            else f"no mapping file for source {delivery.source!r}"
+            else f"no mapping file for source {request.source!r}"
         )
     try:
         translation = translate_request(
             source,
-            delivery.inbound(),
+            request,
             today.context,
             upstream_format=today.upstream_format,
             fetch=_not_fetched,
-            once_holder=functools.partial(today.store.once_taken_by, delivery.source, delivery.id),
+            once_holder=once_holder,
         )
     except _FetchNotChecked:
         return _TranslatedNow(fetch_first=True)
@@ -228,9 +257,10 @@ def _translated_now(delivery: Delivery, today: _Today) -> _TranslatedNow:
     return _TranslatedNow(translation=translation)
 
 
-def _check_one(check: ReplayCheck, delivery: Delivery, today: _Today) -> None:
+def _check_one(check: ReplayCheck, delivery: Delivery, today: _Today, store: Store) -> None:
     check.checked += 1
-    now = _translated_now(delivery, today)
+    holder = functools.partial(store.once_taken_by, delivery.source, delivery.id)
+    now = _translated_now(delivery.inbound(), today, holder)
     if now.fetch_first:
         check.fetch_first += 1
     elif now.translation is None:

@@ -22,9 +22,10 @@ from relay.admin_page import CONTENT_SECURITY_POLICY
 from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.testing import RelayProcess
 
-from .conftest import SECRETS, make_settings
+from .conftest import MAPPINGS, SECRETS, make_settings
 
 ADMIN_TOKEN = SECRETS["RELAY_ADMIN_TOKEN"]
+FORM = "application/x-www-form-urlencoded"
 LEADS_TOKEN = "leads-test-token-6f70"
 
 # A form whose e-mail field the first version of its mapping reads under the wrong name: its webhooks fail
@@ -136,6 +137,67 @@ def test_a_deliverys_preview_follows_the_mapping_file_as_it_is_on_disk(tmp_path)
             "event": None,
             "reason": "the form is closed",
         }
+    finally:
+        app.extensions["relay"]["store"].close()
+
+
+def test_a_payload_is_tried_on_a_sources_mapping_file_as_it_is_on_disk(tmp_path, client):
+    """`POST /admin/api/sources/<name>/preview`: a sample translated as its provider would send it, nothing
+    stored; a ping said to be one; the event a header or the hook URL's query names; a file added since the
+    web server started read too."""
+    from relay.web import create_app
+
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    examples = MAPPINGS / "examples"
+
+    def tried(source: str, sample: dict[str, Any], app_client: Any = client) -> Any:
+        return app_client.post(f"/admin/api/sources/{source}/preview", json=sample, headers=auth)
+
+    form = tried("tilda", {"body": "Email=Anna%40Example.com&Name=Anna", "content_type": FORM})
+    assert form.status_code == 200
+    answer = form.get_json()
+    assert (answer["outcome"], answer["rule"]) == ("translate", "form")
+    [call] = answer["calls"]
+    assert (call["method"], call["body"]["email"], call["body"]["token"]) == (
+        "profiles/import",
+        "anna@example.com",
+        "***",
+    )
+    assert tried("tilda", {"body": "test=test", "content_type": FORM}).get_json() == {"outcome": "ping"}
+    assert tried("tilda", {"body": "Name=Nobody", "content_type": FORM}).get_json()["outcome"] == "fails"
+
+    order = (examples / "shopify" / "orders-paid.json").read_text()
+    paid = tried("shopify", {"body": order, "headers": {"X-Shopify-Topic": "orders/paid"}}).get_json()
+    assert paid["event"] == "orders/paid" and paid["outcome"] == "translate"
+    created = (examples / "insales" / "client-create.json").read_text()
+    insales = tried("insales", {"body": created, "query": {"topic": "client/create"}}).get_json()
+    assert insales["event"] == "client/create"
+    assert insales["calls"][0]["body"]["email"] == "olga.kuznetsova@example.com"
+
+    store = client.application.extensions["relay"]["store"]
+    assert store.counts_by_source()[0] == []  # nothing was stored
+
+    refusals = {
+        "no body": (tried("tilda", {"content_type": FORM}), 400),
+        "headers not texts": (tried("tilda", {"body": "x=1", "headers": {"A": 1}}), 400),
+        "no such source": (tried("nosuch", {"body": "{}"}), 404),
+        "not a source name": (tried("Tilda", {"body": "{}"}), 400),
+        "too large": (tried("tilda", {"body": "x" * (2**20 + 1)}), 413),
+        "no token": (client.post("/admin/api/sources/tilda/preview", json={"body": "{}"}), 401),
+    }
+    assert {name: answer.status_code for name, (answer, _) in refusals.items()} == {
+        name: status for name, (_, status) in refusals.items()
+    }
+
+    # A mapping file added while the web server runs is tried before it is loaded (the hook answers 503).
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    (mappings / "tilda.yaml").write_text((MAPPINGS / "tilda.yaml").read_text())
+    app = create_app(make_settings(tmp_path, RELAY_MAPPINGS_DIR=str(mappings)))
+    try:
+        (mappings / "leads.yaml").write_text(LEADS_MAPPING.replace("EMAIL_PATH", "email"))
+        added = tried("leads", {"body": "email=new%40example.com", "content_type": FORM}, app.test_client())
+        assert added.get_json()["calls"][0]["body"]["email"] == "new@example.com"
     finally:
         app.extensions["relay"]["store"].close()
 
@@ -508,3 +570,21 @@ def test_the_overview_says_when_relay_is_not_ready_and_when_no_upstream_is_set(t
             assert "RELAY_UPSTREAM_URL" in _text(browser, "#no-upstream")
     finally:
         app.extensions["relay"]["store"].close()
+
+
+def test_a_payload_is_tried_from_the_sources_page(browser, relay):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _signed_in(browser, relay.page)
+    _shown(browser, "#/sources")
+    browser.find_element(By.CSS_SELECTOR, "tr[data-source=leads] a.try").click()
+    _until(lambda: browser.find_elements(By.ID, "try-form"))
+    form = browser.find_element(By.ID, "try-form")
+    assert Select(form.find_element(By.NAME, "source")).first_selected_option.text == "leads"
+    Select(form.find_element(By.NAME, "content_type")).select_by_value(FORM)
+    form.find_element(By.NAME, "body").send_keys("email=Tried%40Example.com&formid=tried")
+    browser.find_element(By.ID, "try-go").click()
+    _until(lambda: "translates to these calls" in _text(browser, "#preview-outcome"))
+    assert "tried@example.com" in _text(browser, "#try-result details.call pre")
+    assert relay.api("deliveries?contact=tried%40example.com")["deliveries"] == []  # nothing stored

@@ -533,6 +533,7 @@ function previewReport(answer) {
     forget: "With the mapping files as they are now it is an erasure request: no call, its person's deliveries go.",
     fails: `With the mapping files as they are now it still fails: ${answer.error}`,
     fetch_first: `Not translated here: ${answer.detail}.`,
+    ping: "A test ping of its provider: answered 200, neither stored nor sent.",
   };
   return [
     el("p", { id: "preview-outcome", class: answer.outcome === "fails" ? "error" : null }, said[answer.outcome]),
@@ -720,7 +721,13 @@ async function sourcesView() {
     el(
       "tr",
       { "data-source": source.name },
-      el("td", {}, listLink({ source: source.name }, source.name), el("div", { class: "quiet" }, source.kind)),
+      el(
+        "td",
+        {},
+        listLink({ source: source.name }, source.name),
+        el("div", { class: "quiet" }, source.kind),
+        el("a", { href: `#/try/${encodeURIComponent(source.name)}`, class: "try" }, "try a payload"),
+      ),
       el("td", {}, el("code", {}, source.url.startsWith("/") ? location.origin + source.url : source.url)),
       el("td", { class: "detail" }, source.auth.how || source.auth.scheme),
       el("td", { class: "detail" }, el("span", { class: source.ready ? "ready" : "not-ready" }, source.status)),
@@ -748,6 +755,71 @@ async function sourcesView() {
   ];
 }
 
+const CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "application/xml", "text/plain"];
+
+// A payload tried on a source's mapping file as it is on disk: a new source, or a fix, before a provider is
+// pointed at it. Nothing is stored or sent.
+function tryView(name) {
+  const names = Array.from(new Set([...sourceNames, name].filter(Boolean))).sort();
+  const field = (label, input) => el("label", {}, el("span", {}, label), input);
+  const form = el(
+    "form",
+    { class: "try-form", id: "try-form" },
+    field("Source", el("select", { name: "source" }, names.map((n) => el("option", { value: n, selected: n === name }, n)))),
+    field(
+      "Content type",
+      el("select", { name: "content_type" }, CONTENT_TYPES.map((type) => el("option", { value: type }, type))),
+    ),
+    field("Headers, one a line", el("textarea", { name: "headers", rows: 3, placeholder: "X-Shopify-Topic: orders/paid" })),
+    field("Hook URL's query", el("input", { name: "query", placeholder: "topic=orders/create" })),
+    field("Body, as the provider sends it", el("textarea", { name: "body", rows: 14, required: true })),
+  );
+  const result = el("div", { id: "try-result" });
+  const sample = () => {
+    const given = new FormData(form);
+    const headers = {};
+    for (const line of String(given.get("headers")).split("\n")) {
+      const at = line.indexOf(":");
+      if (at > 0) headers[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    }
+    return {
+      source: String(given.get("source")),
+      sample: {
+        body: String(given.get("body")),
+        content_type: String(given.get("content_type")),
+        headers,
+        query: Object.fromEntries(new URLSearchParams(String(given.get("query")))),
+      },
+    };
+  };
+  const go = asking(
+    el("button", { type: "button", id: "try-go" }, "Translate"),
+    result,
+    "Translating it with the mapping file as it is now...",
+    () => {
+      const { source, sample: body } = sample();
+      return api(`sources/${encodeURIComponent(source)}/preview`, "POST", body);
+    },
+    previewReport,
+  );
+  form.append(go);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault(); // Enter in a field: translate, not a page load
+    go.click();
+  });
+  return [
+    el("h1", {}, "Try a payload"),
+    el(
+      "p",
+      { class: "quiet" },
+      "The source's mapping file as it is on disk now translates the payload, as the worker would; nothing is " +
+        "stored or sent, and the token is shown as ***. A file added since relay started is read too.",
+    ),
+    form,
+    result,
+  ];
+}
+
 // ---- routing --------------------------------------------------------------------------------------------------
 
 function currentView() {
@@ -756,6 +828,7 @@ function currentView() {
   if (path === "/deliveries") return { name: "deliveries", render: () => deliveriesView(params) };
   if (path.startsWith("/d/")) return { name: "deliveries", render: () => detailView(decodeURIComponent(path.slice(3))) };
   if (path === "/sources") return { name: "sources", render: sourcesView };
+  if (path.startsWith("/try/")) return { name: "sources", render: async () => tryView(decodeURIComponent(path.slice(5))) };
   return { name: "overview", render: overviewView };
 }
 
@@ -795,6 +868,7 @@ function refreshIfIdle() {
   if ($("replay-result") && $("replay-result").childElementCount) return;
   if ($("preview") && $("preview").childElementCount) return;
   if ($("forget-result") && $("forget-result").childElementCount) return;
+  if ($("try-form")) return; // a payload being written
   if (document.querySelectorAll("#delivery-rows tr").length > PAGE_SIZE) return; // older pages were asked for
   show();
 }
