@@ -231,7 +231,9 @@ def browser() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1300,1000")
-    driver = webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=options)
+    # The browser five hours east of UTC (no summer time there): local times and UTC must not be confused.
+    service = Service(str(shutil.which("chromedriver")), env={**os.environ, "TZ": "Asia/Yekaterinburg"})
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -588,3 +590,34 @@ def test_a_payload_is_tried_from_the_sources_page(browser, relay):
     _until(lambda: "translates to these calls" in _text(browser, "#preview-outcome"))
     assert "tried@example.com" in _text(browser, "#try-result details.call pre")
     assert relay.api("deliveries?contact=tried%40example.com")["deliveries"] == []  # nothing stored
+
+
+def test_the_time_filters_take_the_browsers_local_time_and_ask_in_utc(browser, relay):
+    """Since and until are the browser's local time in the form and UTC in the hash and the API's query."""
+    from selenium.webdriver.common.by import By
+
+    newest = relay.post(mail="timed@example.com", formid="timed")
+    received = relay.api(f"deliveries/{newest}")["received_at"]
+    _signed_in(browser, relay.page)
+    _shown(browser, "#/deliveries")
+    # The field's value as the browser's own picker would set it: the local time of that arrival, less a second.
+    browser.execute_script(
+        """const at = new Date(new Date(arguments[0]).getTime() - 1000);
+        const pad = (n) => String(n).padStart(2, "0");
+        document.querySelector("#filters input[name=since]").value =
+          `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}T` +
+          `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;""",
+        received,
+    )
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _until(lambda: "since=" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr"))
+    rows = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
+    assert newest in rows
+    assert browser.execute_script("return new Date().getTimezoneOffset()") == -300  # the test means something
+    since = browser.current_url.split("since=")[1].split("&")[0]
+    assert since.endswith("Z")  # UTC, as the API takes it
+    assert rows == [d["id"] for d in relay.api(f"deliveries?since={since}")["deliveries"]]
+
+    browser.execute_script('document.querySelector("#filters input[name=since]").value = "2099-01-01T00:00:00"')
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _until(lambda: browser.find_elements(By.ID, "no-deliveries"))

@@ -161,6 +161,11 @@ function acting(button, question, call, said) {
   return button;
 }
 
+// A form's field with its label above it.
+function labelled(label, input) {
+  return el("label", {}, el("span", {}, label), input);
+}
+
 function showMessage(text) {
   const message = $("message");
   message.textContent = text || "";
@@ -353,7 +358,6 @@ function filterForm(params) {
     el("option", { value: "" }, "any source"),
     names.map((name) => el("option", { value: name, selected: params.get("source") === name }, name)),
   ];
-  const field = (label, input) => el("label", {}, el("span", {}, label), input);
   const localValue = (iso) => {
     if (!iso) return "";
     const at = new Date(iso);
@@ -363,15 +367,15 @@ function filterForm(params) {
   const form = el(
     "form",
     { class: "filters", id: "filters" },
-    field("Status", el("select", { name: "status" }, statusOptions)),
-    field("Source", el("select", { name: "source" }, sourceOptions)),
-    field("Event", el("input", { name: "event", value: params.get("event") || "", placeholder: "orders/paid" })),
-    field(
+    labelled("Status", el("select", { name: "status" }, statusOptions)),
+    labelled("Source", el("select", { name: "source" }, sourceOptions)),
+    labelled("Event", el("input", { name: "event", value: params.get("event") || "", placeholder: "orders/paid" })),
+    labelled(
       "Person",
       el("input", { name: "contact", value: params.get("contact") || "", placeholder: "e-mail or phone" }),
     ),
-    field("Since", el("input", { name: "since", type: "datetime-local", step: "1", value: localValue(params.get("since")) })),
-    field("Until", el("input", { name: "until", type: "datetime-local", step: "1", value: localValue(params.get("until")) })),
+    labelled("Since", el("input", { name: "since", type: "datetime-local", step: "1", value: localValue(params.get("since")) })),
+    labelled("Until", el("input", { name: "until", type: "datetime-local", step: "1", value: localValue(params.get("until")) })),
     el("button", { type: "submit" }, "Show"),
     el("a", { href: "#/deliveries", class: "button" }, "Clear"),
   );
@@ -761,18 +765,17 @@ const CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", 
 // pointed at it. Nothing is stored or sent.
 function tryView(name) {
   const names = Array.from(new Set([...sourceNames, name].filter(Boolean))).sort();
-  const field = (label, input) => el("label", {}, el("span", {}, label), input);
   const form = el(
     "form",
     { class: "try-form", id: "try-form" },
-    field("Source", el("select", { name: "source" }, names.map((n) => el("option", { value: n, selected: n === name }, n)))),
-    field(
+    labelled("Source", el("select", { name: "source" }, names.map((n) => el("option", { value: n, selected: n === name }, n)))),
+    labelled(
       "Content type",
       el("select", { name: "content_type" }, CONTENT_TYPES.map((type) => el("option", { value: type }, type))),
     ),
-    field("Headers, one a line", el("textarea", { name: "headers", rows: 3, placeholder: "X-Shopify-Topic: orders/paid" })),
-    field("Hook URL's query", el("input", { name: "query", placeholder: "topic=orders/create" })),
-    field("Body, as the provider sends it", el("textarea", { name: "body", rows: 14, required: true })),
+    labelled("Headers, one a line", el("textarea", { name: "headers", rows: 3, placeholder: "X-Shopify-Topic: orders/paid" })),
+    labelled("Hook URL's query", el("input", { name: "query", placeholder: "topic=orders/create" })),
+    labelled("Body, as the provider sends it", el("textarea", { name: "body", rows: 14, required: true })),
   );
   const result = el("div", { id: "try-result" });
   const sample = () => {
