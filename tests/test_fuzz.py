@@ -129,3 +129,32 @@ def test_xml_bomb_is_refused_fast_with_flat_memory(client):
     assert response.status_code == 400 and response.get_json()["error"] == "unparsable"
     assert elapsed < 0.5
     assert peak < 2 * 1024 * 1024
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    source=st.sampled_from(SOURCES),
+    content_type=st.sampled_from(CONTENT_TYPES),
+    body=bodies,
+    extra=headers,
+    query=st.dictionaries(st.sampled_from(["topic", "token", "x"]), st.text(max_size=20), max_size=2),
+)
+def test_no_payload_tried_on_a_mapping_makes_a_5xx_or_an_error_of_relays_own(
+    fuzz_app, source, content_type, body, extra, query
+):
+    """The admin API's `POST /sources/<name>/preview` answers below 500 whatever the sample, stores nothing,
+    and a sample the mapping cannot take says why, never as an error of relay's own (a bug)."""
+    store = fuzz_app.extensions["relay"]["store"]
+    before = sum(store.counts().values())
+    sample = {"body": body.decode("utf-8", "replace"), "content_type": content_type, "headers": extra, "query": query}
+    response = fuzz_app.test_client().post(
+        f"/admin/api/sources/{source}/preview",
+        json=sample,
+        headers={"Authorization": "Bearer " + SECRETS["RELAY_ADMIN_TOKEN"]},
+    )
+    assert response.status_code < 500, response.get_data(as_text=True)
+    assert response.is_json
+    assert "error of relay's own" not in str(response.get_json().get("error")), response.get_json()
+    assert sum(store.counts().values()) == before
