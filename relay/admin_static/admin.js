@@ -120,12 +120,17 @@ function readable(text, contentType) {
   return text;
 }
 
-function table(headings, rows, className) {
+// A table in a box that scrolls sideways on a narrow screen, rather than the whole page.
+function table(headings, rows, className, bodyId) {
   return el(
-    "table",
-    { class: className || null },
-    el("thead", {}, el("tr", {}, headings.map((heading) => el("th", { scope: "col" }, heading)))),
-    el("tbody", {}, rows),
+    "div",
+    { class: "scrolls" },
+    el(
+      "table",
+      { class: className || null },
+      el("thead", {}, el("tr", {}, headings.map((heading) => el("th", { scope: "col" }, heading)))),
+      el("tbody", { id: bodyId || null }, rows),
+    ),
   );
 }
 
@@ -555,21 +560,13 @@ async function deliveriesView(params) {
   }
   query.set("limit", String(PAGE_SIZE));
   const page = await api(`deliveries?${query}`);
-  const body = el("tbody", { id: "delivery-rows" }, page.deliveries.map(deliveryRow));
-  const list = el(
-    "table",
-    { class: "deliveries" },
-    el(
-      "thead",
-      {},
-      el(
-        "tr",
-        {},
-        ["received", "source", "event", "status", "tries", "detail", "id"].map((h) => el("th", { scope: "col" }, h)),
-      ),
-    ),
-    body,
+  const list = table(
+    ["received", "source", "event", "status", "tries", "detail", "id"],
+    page.deliveries.map(deliveryRow),
+    "deliveries",
+    "delivery-rows",
   );
+  const body = list.querySelector("tbody");
   const more = el("div", { class: "more" });
   const addOlder = (next) => {
     more.replaceChildren();
@@ -652,7 +649,7 @@ async function detailView(id) {
       el("dt", {}, "Client address"),
       el("dd", {}, request.client_ip || "unknown"),
     ),
-    headers.length ? el("table", { class: "headers" }, el("tbody", {}, headers)) : null,
+    headers.length ? el("div", { class: "scrolls" }, el("table", { class: "headers" }, el("tbody", {}, headers))) : null,
     request.body === null
       ? el("p", { class: "quiet" }, "The body is not UTF-8 text; base64: ", el("code", {}, request.body_base64))
       : el("pre", { id: "request-body" }, readable(request.body, request.content_type)),
