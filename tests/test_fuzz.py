@@ -83,16 +83,18 @@ def fuzz_app(tmp_path_factory):  # type: ignore[no-untyped-def]
     app.extensions["relay"]["store"].close()
 
 
-@settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
-@given(
-    source=st.sampled_from(SOURCES),
-    content_type=st.sampled_from(CONTENT_TYPES),
-    body=bodies,
-    extra=headers,
-    good_token=st.booleans(),
-)
+# What a request is made of, for each fuzz test; the examples share one app, so the fixture is not per example.
+REQUEST_PARTS = {
+    "source": st.sampled_from(SOURCES),
+    "content_type": st.sampled_from(CONTENT_TYPES),
+    "body": bodies,
+    "extra": headers,
+}
+UNHURRIED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+
+
+@settings(max_examples=400, **UNHURRIED)
+@given(**REQUEST_PARTS, good_token=st.booleans())
 def test_no_input_makes_a_5xx_and_failed_auth_stores_nothing(fuzz_app, source, content_type, body, extra, good_token):
     """Whatever arrives, the answer is below 500 and in JSON; a 401 leaves the store untouched."""
     store = fuzz_app.extensions["relay"]["store"]
@@ -131,15 +133,9 @@ def test_xml_bomb_is_refused_fast_with_flat_memory(client):
     assert peak < 2 * 1024 * 1024
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, **UNHURRIED)
 @given(
-    source=st.sampled_from(SOURCES),
-    content_type=st.sampled_from(CONTENT_TYPES),
-    body=bodies,
-    extra=headers,
-    query=st.dictionaries(st.sampled_from(["topic", "token", "x"]), st.text(max_size=20), max_size=2),
+    **REQUEST_PARTS, query=st.dictionaries(st.sampled_from(["topic", "token", "x"]), st.text(max_size=20), max_size=2)
 )
 def test_no_payload_tried_on_a_mapping_makes_a_5xx_or_an_error_of_relays_own(
     fuzz_app, source, content_type, body, extra, query
