@@ -364,7 +364,8 @@ def _signed_in(browser: Any, page: str) -> None:
 def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, relay):
     from selenium.webdriver.common.by import By
 
-    relay.post(mail="first@example.com", note="the overview counts me")
+    first = relay.post(mail="first@example.com", note="the overview counts me")
+    _until(lambda: relay.status_of(first) == "failed")  # as the page will count it
     _sign_in(browser, relay.page, token="not-the-token")
     _until(lambda: "refused" in _text(browser, "#sign-in-message"))
     assert browser.execute_script("return sessionStorage.length") == 0  # a refused token is not kept
