@@ -8,6 +8,7 @@ page's Content-Security-Policy lets nothing but its own script and style run, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def admin_page_blueprint() -> Blueprint:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    bp.add_url_rule("/", "index", lambda: view(""), methods=["GET"])
-    bp.add_url_rule("/admin.js", "script", lambda: view("admin.js"), methods=["GET"])
-    bp.add_url_rule("/admin.css", "style", lambda: view("admin.css"), methods=["GET"])
+    for name in ADMIN_PAGE_FILES:
+        endpoint = name.replace(".", "_") or "index"  # Flask's endpoint names take no dot
+        bp.add_url_rule(f"/{name}", endpoint, functools.partial(view, name), methods=["GET"])
     return bp

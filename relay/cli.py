@@ -365,10 +365,9 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
             "for this delivery before the calls go; a later delivery with the same key passes the rule over)",
             file=sys.stderr,
         )
-    calls = []
-    for call in translation.calls:
-        body_out = {"token": "***", **call.body}
-        calls.append({"method": call.method, "body": to_xml(body_out) if args.format == "xml" else body_out})
+    calls = [call.shown() for call in translation.calls]
+    if args.format == "xml":
+        calls = [{**call, "body": to_xml(call["body"])} for call in calls]
     print(json.dumps(calls, ensure_ascii=False, indent=2))
     if translation.order_refused:
         print(f"relay: mapping error: {translation.order_refused} (the calls above would still go)", file=sys.stderr)

@@ -197,7 +197,7 @@ def _preview_answer(now: _TranslatedNow) -> dict[str, Any]:
         return {**answer, "outcome": "ignored", "reason": translation.ignored}
     if translation.forget:
         return {**answer, "outcome": "forget", "forgets": list(translation.forget)}
-    answer["calls"] = [{"method": call.method, "body": {"token": "***", **call.body}} for call in translation.calls]
+    answer["calls"] = [call.shown() for call in translation.calls]
     answer["passed_over"] = [str(passed) for passed in translation.passed_over]
     if translation.order_refused:
         answer.update(outcome="fails", error=f"{translation.order_refused} (the calls would still go)")

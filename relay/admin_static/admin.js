@@ -97,6 +97,11 @@ function badge(status, reason) {
   return el("span", { class: `badge status-${status}` }, text);
 }
 
+// The web server's sources, and one the URL names that it has not loaded (removed, or added since it started).
+function knownSources(named) {
+  return Array.from(new Set([...sourceNames, named].filter(Boolean))).sort();
+}
+
 function deliveryLink(id) {
   return el("a", { href: `#/d/${encodeURIComponent(id)}`, class: "id" }, id);
 }
@@ -358,7 +363,7 @@ function filterForm(params) {
       ),
     ),
   ];
-  const names = Array.from(new Set([...sourceNames, params.get("source")].filter(Boolean))).sort();
+  const names = knownSources(params.get("source"));
   const sourceOptions = [
     el("option", { value: "" }, "any source"),
     names.map((name) => el("option", { value: name, selected: params.get("source") === name }, name)),
@@ -761,7 +766,7 @@ const CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", 
 // A payload tried on a source's mapping file as it is on disk: a new source, or a fix, before a provider is
 // pointed at it. Nothing is stored or sent.
 function tryView(name) {
-  const names = Array.from(new Set([...sourceNames, name].filter(Boolean))).sort();
+  const names = knownSources(name);
   const form = el(
     "form",
     { class: "try-form", id: "try-form" },

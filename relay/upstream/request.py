@@ -41,6 +41,10 @@ class UpstreamCall:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "body": self.body}
 
+    def shown(self) -> dict[str, Any]:
+        """The call as a preview shows it: its body with the token relay adds, written `***`."""
+        return {"method": self.method, "body": {"token": "***", **self.body}}
+
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
