@@ -320,11 +320,16 @@ def _until(check: Callable[[], Any], seconds: float = 20) -> Any:
         time.sleep(0.05)
 
 
+def _redrawn(browser: Any, action: Callable[[], Any]) -> None:
+    """Do `action` and wait until the page has drawn the view it leads to (not the one still on screen)."""
+    before = browser.execute_script("return document.body.dataset.shown || ''")
+    action()
+    _until(lambda: browser.execute_script("return document.body.dataset.shown || ''") not in ("", before))
+
+
 def _shown(browser: Any, hash_path: str) -> None:
     """Go to `hash_path` of the page and wait until it has drawn it."""
-    before = browser.execute_script("return document.body.dataset.shown || ''")
-    browser.get(browser.current_url.split("#")[0] + hash_path)
-    _until(lambda: browser.execute_script("return document.body.dataset.shown || ''") not in ("", before))
+    _redrawn(browser, lambda: browser.get(browser.current_url.split("#")[0] + hash_path))
 
 
 def _text(browser: Any, css: str) -> str:
@@ -419,8 +424,8 @@ def test_an_operator_fixes_a_mapping_and_replays_what_failed_from_the_page(brows
     # Filter the list to what failed, as an operator would: the form's select and its button.
     _shown(browser, "#/deliveries")
     Select(browser.find_element(By.CSS_SELECTOR, "#filters select[name=status]")).select_by_value("failed/mapping")
-    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    _until(lambda: "status=failed%2Fmapping" in browser.current_url and browser.find_elements(By.ID, "replay-check"))
+    _redrawn(browser, browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click)
+    assert "status=failed%2Fmapping" in browser.current_url
     rows = browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")
     assert delivery_id in [row.get_attribute("data-id") for row in rows]
     assert all("failed/mapping" in row.text for row in rows)
@@ -610,8 +615,8 @@ def test_the_time_filters_take_the_browsers_local_time_and_ask_in_utc(browser, r
           `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;""",
         received,
     )
-    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    _until(lambda: "since=" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr"))
+    _redrawn(browser, browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click)
+    assert "since=" in browser.current_url
     rows = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, "#delivery-rows tr")]
     assert newest in rows
     assert browser.execute_script("return new Date().getTimezoneOffset()") == -300  # the test means something
