@@ -27,7 +27,18 @@ from relay.testing import free_port  # noqa: E402
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 
-__all__ = ["ROOT", "Sandbox", "Server", "free_port", "open_loop", "percentile", "rss_mb", "wrk"]
+__all__ = [
+    "ROOT",
+    "WRK_SCRIPT",
+    "Sandbox",
+    "Server",
+    "free_port",
+    "open_loop",
+    "percentile",
+    "rss_mb",
+    "signed_body_script",
+    "wrk",
+]
 
 
 class Server:
@@ -144,10 +155,36 @@ end
 """
 
 
+def signed_body_script(body_path: str, headers: dict[str, str], unique_header: str) -> str:
+    """A wrk script that sends one signed body again and again, each time under a new id in `unique_header`.
+
+    wrk cannot sign a body it makes up, but a provider's webhook id travels in a header its signature
+    does not cover: every request is then a new delivery for relay, with the same bytes to parse and store.
+    """
+    fixed = ", ".join(f"[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items())
+    return f"""
+math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
+local file = io.open({json.dumps(body_path)}, "rb")
+local body = file:read("*a")
+file:close()
+request = function()
+  local headers = {{{fixed}}}
+  headers[{json.dumps(unique_header)}] = "bench-" .. math.random(1, 1000000000) .. "-" .. math.random(1, 1000000000)
+  return wrk.format("POST", nil, headers, body)
+end
+"""
+
+
 def wrk(
-    url: str, *, seconds: int = 10, connections: int = 16, threads: int = 2, rate: float | None = None
+    url: str,
+    *,
+    seconds: int = 10,
+    connections: int = 16,
+    threads: int = 2,
+    rate: float | None = None,
+    script: str = WRK_SCRIPT,
 ) -> dict[str, float]:
-    """Closed-loop maximum throughput with wrk, unique JSON bodies.
+    """Closed-loop maximum throughput with wrk, unique JSON bodies (or what `script` sends).
 
     With `rate`, each of `connections` connections waits connections/rate seconds after every
     answer, which paces the whole near `rate` while answers are much faster than that wait (the
@@ -156,17 +193,17 @@ def wrk(
     """
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script)
         if rate:
-            script.write(f"delay = function() return {connections / rate * 1000:.1f} end\n")
+            lua.write(f"delay = function() return {connections / rate * 1000:.1f} end\n")
     output = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script.name, url],
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", lua.name, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    os.unlink(script.name)
+    os.unlink(lua.name)
 
     def millis(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)

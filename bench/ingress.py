@@ -20,29 +20,60 @@ store write and the log line, replaced by nothing (bench/relay_bound.py): the
 ratio relay could reach if those cost nothing. With --durable, each round also
 measures bench/durable_app.py, the bare endpoint plus one committed SQLite
 INSERT a request: relay against it is what relay adds beyond the durable write.
+With --payload shopify, every request is a real Shopify order (orders/paid, 7 KB of JSON), signed
+with X-Shopify-Hmac-Sha256 as Shopify signs it, each under a new X-Shopify-Webhook-Id (the header
+relay de-duplicates by; the signature covers the body only), instead of a small Tilda form with its
+token in the URL: the same bytes go to the bare endpoint, which parses them too.
 Needs wrk (apt-get install wrk). Targets: relay >= 0.7 of bare; p99 <= 25 ms at 300 requests/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import statistics
 import tempfile
+from dataclasses import dataclass
 
-from common import Server, children_cpu_seconds, wrk
+from common import ROOT, WRK_SCRIPT, Server, children_cpu_seconds, signed_body_script, wrk
 
 TOKEN = "bench-token"
+SHOPIFY_SECRET = "bench-shopify-secret"
+SHOPIFY_ORDER = ROOT / "mappings" / "examples" / "shopify" / "orders-paid.json"
 
 
-def servers(bounds: bool, durable: bool) -> dict[str, Server]:
+@dataclass(frozen=True)
+class Payload:
+    """What every request of a run is: the hook's path and query, the wrk script, relay's settings for it."""
+
+    target: str
+    script: str
+    settings: dict[str, str]
+
+
+def payload(name: str) -> Payload:
+    if name == "tilda":
+        return Payload(f"/hooks/tilda?token={TOKEN}", WRK_SCRIPT, {"TILDA_WEBHOOK_TOKEN": TOKEN})
+    body = SHOPIFY_ORDER.read_bytes()
+    signature = base64.b64encode(hmac.new(SHOPIFY_SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": "orders/paid",
+        "X-Shopify-Shop-Domain": "bench.myshopify.com",
+        "X-Shopify-Hmac-Sha256": signature,
+    }
+    script = signed_body_script(str(SHOPIFY_ORDER), headers, "X-Shopify-Webhook-Id")
+    return Payload("/hooks/shopify", script, {"SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET})
+
+
+def servers(bounds: bool, durable: bool, sent: Payload) -> dict[str, Server]:
     work = tempfile.mkdtemp(prefix="bench-ingress-")
     # The per-source limit stays on (its check is part of the path) but set above what is sent.
-    relay_env = {
-        "TILDA_WEBHOOK_TOKEN": TOKEN,
-        "RELAY_HOOK_RATE_LIMIT": "1000000 per second",
-    }
+    relay_env = {**sent.settings, "RELAY_HOOK_RATE_LIMIT": "1000000 per second"}
     found = {
         "bare_flask": Server.gunicorn("bare_app:app", {}),
         "relay": Server.gunicorn("app:app", {**relay_env, "RELAY_DATABASE_URL": f"sqlite:///{work}/relay.db"}),
@@ -56,15 +87,11 @@ def servers(bounds: bool, durable: bool) -> dict[str, Server]:
     return found
 
 
-def url(server: Server) -> str:
-    return f"{server.url}/hooks/tilda?token={TOKEN}"
-
-
-def most(server: Server, seconds: int) -> dict[str, float]:
+def most(server: Server, sent: Payload, seconds: int) -> dict[str, float]:
     """The most `server` takes in `seconds`, and the CPU its workers spent on each request."""
     assert server.process is not None
     before = children_cpu_seconds(server.process.pid)
-    result = wrk(url(server), seconds=seconds)
+    result = wrk(server.url + sent.target, seconds=seconds, script=sent.script)
     cpu = children_cpu_seconds(server.process.pid) - before
     result["cpu_ms_per_request"] = round(cpu / (result["requests_per_second"] * seconds) * 1000, 3)
     return result
@@ -78,21 +105,23 @@ def main() -> None:
     parser.add_argument("--paced-seconds", type=int, default=10)
     parser.add_argument("--bounds", action="store_true", help="also relay without its store write and log line")
     parser.add_argument("--durable", action="store_true", help="also bare Flask with one committed SQLite insert")
+    parser.add_argument("--payload", choices=("tilda", "shopify"), default="tilda", help="what every request is")
     args = parser.parse_args()
 
-    started = servers(args.bounds, args.durable)
+    sent = payload(args.payload)
+    started = servers(args.bounds, args.durable, sent)
     rounds: list[dict[str, object]] = []
     paced: dict[str, list[dict[str, float]]] = {"bare_flask": [], "relay": []}
     with contextlib.ExitStack() as stack:
         for server in started.values():
             stack.enter_context(server)
         for server in started.values():
-            wrk(url(server), seconds=2)  # warm up
+            wrk(server.url + sent.target, seconds=2, script=sent.script)  # warm up
         names = list(started)
         for index in range(args.rounds):
             # Alternate who goes first, so neither always follows the other's load.
             order = names if index % 2 == 0 else names[::-1]
-            turns = {name: most(started[name], args.seconds) for name in order}
+            turns = {name: most(started[name], sent, args.seconds) for name in order}
             bare = turns["bare_flask"]
             record: dict[str, object] = {"turns": turns}
             for name, turn in turns.items():
@@ -107,7 +136,15 @@ def main() -> None:
             rounds.append(record)
         for index in range(3):
             for name in ("bare_flask", "relay") if index % 2 == 0 else ("relay", "bare_flask"):
-                paced[name].append(wrk(url(started[name]), seconds=args.paced_seconds, connections=30, rate=args.rate))
+                paced[name].append(
+                    wrk(
+                        started[name].url + sent.target,
+                        seconds=args.paced_seconds,
+                        connections=30,
+                        rate=args.rate,
+                        script=sent.script,
+                    )
+                )
 
     def median_of(key: str) -> float:
         return statistics.median(float(r[key]) for r in rounds)  # type: ignore[arg-type]
@@ -116,6 +153,7 @@ def main() -> None:
         return statistics.median(r["turns"][name][key] for r in rounds)  # type: ignore[index]
 
     summary: dict[str, object] = {
+        "payload": args.payload,
         "ratio": median_of("ratio_relay"),
         "ratio_by_round": [r["ratio_relay"] for r in rounds],
         "relay_accepted_per_second": turn_median("relay", "requests_per_second"),

@@ -145,3 +145,69 @@ def test_json_text_labelled_a_form_is_read_as_json():
     assert parse_body(b"[1, 2]", form + "; charset=utf-8") == [1, 2]
     assert parse_body(b"{x}=1&Email=a%40example.com", form) == {"{x}": "1", "Email": "a@example.com"}
     assert parse_body(b"%7B%22a%22%3A1%7D=", form) == {'{"a":1}': ""}
+
+
+def nesting(value) -> int:
+    """Levels of containers in `value`, the outermost being level 1; a scalar has none."""
+    if isinstance(value, dict):
+        return 1 + max((nesting(item) for item in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((nesting(item) for item in value), default=0)
+    return 0
+
+
+def nested(levels: int) -> str:
+    """`levels` containers, lists and objects in turn, each beside scalars, texts of brackets and an empty
+    sibling, the deepest one last (so that a check which stops early, or looks only at the first child,
+    misses it)."""
+    text = "[]"
+    for level in range(levels - 1):
+        if level % 2:
+            text = f'{{"a": 1, "b": {{}}, "c": "{{[{{", "z": {text}}}'
+        else:
+            text = f'["x", [], "]]", {text}]'
+    return text
+
+
+@pytest.mark.parametrize("shape", ["mixed", "objects", "lists"])
+def test_sixty_four_levels_are_taken_and_sixty_five_refused(shape):
+    """The nesting limit (64 levels) protects the code that walks a payload; brackets inside texts do not count."""
+    from relay.errors import Unparsable
+
+    def build(levels: int) -> str:
+        if shape == "mixed":
+            return nested(levels)
+        if shape == "objects":
+            return '{"k": ' * (levels - 1) + '{"leaf": "{{{"}' + "}" * (levels - 1)
+        return "[" * levels + '"]]]"' + "]" * levels
+
+    taken = build(64)
+    assert nesting(json.loads(taken)) == 64
+    assert parse_body(taken.encode(), "application/json") == json.loads(taken)
+    refused = build(65)
+    assert nesting(json.loads(refused)) == 65
+    with pytest.raises(Unparsable, match="nested deeper than 64 levels"):
+        parse_body(refused.encode(), "application/json")
+
+
+deep_values = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=deep_values, wrap=st.integers(min_value=0, max_value=70))
+def test_a_payload_is_refused_exactly_when_deeper_than_the_limit(value, wrap):
+    """Any shape, wrapped in up to 70 more levels: taken at 64 levels or fewer, refused beyond."""
+    from relay.errors import Unparsable
+
+    for _ in range(wrap):
+        value = [value] if wrap % 2 else {"w": value}
+    text = json.dumps(value)
+    if nesting(value) <= 64:
+        assert exact(parse_body(text.encode(), "application/json")) == exact(json.loads(text))
+    else:
+        with pytest.raises(Unparsable, match="nested deeper than 64 levels"):
+            parse_body(text.encode(), "application/json")
