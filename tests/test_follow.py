@@ -62,17 +62,33 @@ class Lines:
 @contextlib.contextmanager
 def following(worker, *options: str) -> Iterator[Lines]:  # type: ignore[no-untyped-def]
     """`relay deliveries --follow --json <options>` running on the worker's store; at the end Ctrl-C must stop
-    it cleanly."""
-    command = [sys.executable, "-m", "relay", "deliveries", "--follow", "--json", *options]
+    it cleanly. Its stderr is read as it comes (a pipe nobody reads blocks a process that fills it, and one
+    blocked so would never end), and shown when it does not stop in time."""
+    command = [sys.executable, "-X", "faulthandler", "-m", "relay", "deliveries", "--follow", "--json", *options]
     env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
     with subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
+        errors: list[str] = []
+        stderr = process.stderr
+        assert stderr is not None
+        reader = threading.Thread(target=lambda: errors.extend(stderr), daemon=True)
+        reader.start()
         try:
             yield Lines(process)
             process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=WAIT_SECONDS) == 0
-            assert process.stderr is not None and "Traceback" not in process.stderr.read()
+            try:
+                code = process.wait(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGABRT)  # faulthandler prints where each thread is
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+                reader.join(timeout=5)
+                stack = "".join(errors)[-4000:]
+                raise AssertionError(f"still running {WAIT_SECONDS} s after Ctrl-C; stderr:\n{stack}") from None
+            reader.join(timeout=WAIT_SECONDS)
+            assert code == 0, "".join(errors)
+            assert "Traceback" not in "".join(errors)
         finally:
             if process.poll() is None:
                 process.kill()
