@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,23 @@ class Lines:
         raise AssertionError(f"no line for {delivery_id} {status} within {WAIT_SECONDS} s; saw {self.seen}")
 
 
+def _started_as_from_a_terminal(command: list[str], **options: Any) -> subprocess.Popen[str]:
+    """The command started with Ctrl-C's signal at its default, as a shell's foreground command has it.
+
+    A shell without job control starts a background command with SIGINT ignored (POSIX), and every process
+    under it inherits that: the suite run as `scripts/test &` from a script would start `relay ... --follow`
+    deaf to Ctrl-C, and this test would wait for it in vain. Python's own handler becomes the default at
+    exec, so the child has it whatever this process was given; this process's is put back at once.
+    """
+    given = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **options)
+    finally:
+        if given is not None:  # None: a handler set outside Python, which Python cannot put back
+            signal.signal(signal.SIGINT, given)
+
+
 @contextlib.contextmanager
 def following(worker, *options: str) -> Iterator[Lines]:  # type: ignore[no-untyped-def]
     """`relay deliveries --follow --json <options>` running on the worker's store; at the end Ctrl-C must stop
@@ -66,7 +84,7 @@ def following(worker, *options: str) -> Iterator[Lines]:  # type: ignore[no-unty
     blocked so would never end), and shown when it does not stop in time."""
     command = [sys.executable, "-X", "faulthandler", "-m", "relay", "deliveries", "--follow", "--json", *options]
     env = {"PATH": "/usr/bin:/bin", "RELAY_DATABASE_URL": worker.settings.database_url}
-    with subprocess.Popen(
+    with _started_as_from_a_terminal(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         errors: list[str] = []
