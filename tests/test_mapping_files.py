@@ -165,6 +165,22 @@ def test_unsafe_yaml_is_refused(tmp_path):
     assert problems and "not valid YAML" in problems[0]
 
 
+@pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "mappings").glob("*.yaml")))
+def test_libyamls_parser_reads_each_built_in_file_as_pyyamls_own_does(name, monkeypatch):
+    """Mapping files are composed by libyaml's parser when PyYAML has it (the pinned wheel does): each
+    built-in file, anchors, merges and multi-line texts included, gives the same data and the same line for
+    every key as with PyYAML's own parser."""
+    import yaml
+
+    from relay.mapping import yamlnodes
+
+    assert yamlnodes._COMPOSER is yaml.CSafeLoader
+    text = (ROOT / "mappings" / name).read_text(encoding="utf-8")
+    with_libyaml = yamlnodes.load_with_lines(text)
+    monkeypatch.setattr(yamlnodes, "_COMPOSER", yaml.SafeLoader)
+    assert yamlnodes.load_with_lines(text) == with_libyaml
+
+
 def test_check_command_exits_1_listing_problems(tmp_path):
     """python -m relay check exits 1 and names file and key."""
     write(tmp_path, GOOD.replace("transform: [phone, list]", "transform: [e164x]"))
