@@ -19,7 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, request
 
 from relay.contacts import Contact, forget, listed_deliveries, parse_contact
-from relay.inbound import InboundRequest
+from relay.inbound import InboundRequest, header_value
 from relay.listing import naming_event
 from relay.mapping.model import Source
 from relay.mapping.schema import SOURCE_NAME
@@ -250,7 +250,7 @@ def _sample_request(source: str, settings: Settings) -> tuple[InboundRequest, di
     for key, given in texts.items():
         if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
             abort(400, description=f"{key} is an object of names and texts")
-    content_type = asked.get("content_type") or texts["headers"].get("Content-Type") or "application/json"
+    content_type = asked.get("content_type") or header_value(texts["headers"], "Content-Type") or "application/json"
     if not isinstance(content_type, str):
         abort(400, description="content_type is a text")
     body = asked["body"].encode()

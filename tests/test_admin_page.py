@@ -164,6 +164,8 @@ def test_a_payload_is_tried_on_a_sources_mapping_file_as_it_is_on_disk(tmp_path,
         "***",
     )
     assert tried("tilda", {"body": "test=test", "content_type": FORM}).get_json() == {"outcome": "ping"}
+    as_sent = tried("tilda", {"body": "Email=anna%40example.com", "headers": {"content-type": FORM}}).get_json()
+    assert as_sent["outcome"] == "translate"  # the type from a header of any case, as relay reads headers
     assert tried("tilda", {"body": "Name=Nobody", "content_type": FORM}).get_json()["outcome"] == "fails"
 
     order = (examples / "shopify" / "orders-paid.json").read_text()
