@@ -14,7 +14,7 @@ from relay.errors import ConfigError, MappingError
 from relay.mapping.loader import load_source_file, load_sources
 from relay.mapping.translate import TranslateContext, translate
 
-from .conftest import BUILT_IN_SOURCES, ROOT, relay_command
+from .conftest import BUILT_IN_SOURCES, MAPPINGS, ROOT, relay_command
 
 GOOD = """version: 1
 source: demo
@@ -165,7 +165,7 @@ def test_unsafe_yaml_is_refused(tmp_path):
     assert problems and "not valid YAML" in problems[0]
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "mappings").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(path.name for path in MAPPINGS.glob("*.yaml")))
 def test_libyamls_parser_reads_each_built_in_file_as_pyyamls_own_does(name, monkeypatch):
     """Mapping files are composed by libyaml's parser when PyYAML has it (the pinned wheel does): each
     built-in file, anchors, merges and multi-line texts included, gives the same data and the same line for
@@ -175,7 +175,7 @@ def test_libyamls_parser_reads_each_built_in_file_as_pyyamls_own_does(name, monk
     from relay.mapping import yamlnodes
 
     assert yamlnodes._COMPOSER is yaml.CSafeLoader
-    text = (ROOT / "mappings" / name).read_text(encoding="utf-8")
+    text = (MAPPINGS / name).read_text(encoding="utf-8")
     with_libyaml = yamlnodes.load_with_lines(text)
     monkeypatch.setattr(yamlnodes, "_COMPOSER", yaml.SafeLoader)
     assert yamlnodes.load_with_lines(text) == with_libyaml
