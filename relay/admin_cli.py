@@ -10,8 +10,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from relay.admin_api import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
 from relay.contacts import Contact, forget, listed_deliveries, parse_contact
+from relay.delivery_views import deliveries_overview, delivery_detail, delivery_summary, parse_time, replay_refusal
 from relay.errors import ConfigError
 from relay.listing import chosen_deliveries, every_delivery, iter_chosen, naming_event
 from relay.mapping.loader import load_sources_leniently

@@ -199,25 +199,25 @@ def _add_filters(command: argparse.ArgumentParser) -> None:
 
 
 def _status(text: str) -> str:
-    from relay.admin_api import checked_status  # the admin side (Flask, the store) only for the commands using it
+    from relay.delivery_views import checked_status  # the store only for the commands using it
 
     return _argument(checked_status, text)
 
 
 def _source(text: str) -> str:
-    from relay.admin_api import checked_source
+    from relay.delivery_views import checked_source
 
     return _argument(checked_source, text)
 
 
 def _delivery_id(text: str) -> str:
-    from relay.admin_api import checked_id
+    from relay.delivery_views import checked_id
 
     return _argument(checked_id, text)
 
 
 def _time(text: str) -> float | None:
-    from relay.admin_api import checked_time
+    from relay.delivery_views import checked_time
 
     return _argument(checked_time, text)
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from flask import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from relay.store import Store
 
 __all__ = [
+    "CONTENT_TYPE",
     "attempt",
     "fetched",
     "mapping_files_broken",
@@ -38,6 +38,8 @@ __all__ = [
     "received",
     "render",
 ]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of what render() gives
 
 # With PROMETHEUS_MULTIPROC_DIR set (gunicorn, `relay run`), every process writes its
 # counters to that folder and a scrape merges them; otherwise they live in memory.
@@ -214,9 +216,9 @@ class _StoreCollector:
             )
 
 
-def render(store: Store, sources: Iterable[str]) -> Response:
-    """The text exposition: counters of every process, gauges from the store (`sources`: the mapping
-    files' names, which bound the source label)."""
+def render(store: Store, sources: Iterable[str]) -> bytes:
+    """The text exposition (of type CONTENT_TYPE): counters of every process, gauges from the store
+    (`sources`: the mapping files' names, which bound the source label)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -226,5 +228,4 @@ def render(store: Store, sources: Iterable[str]) -> Response:
         registry = REGISTRY
     scrape = CollectorRegistry()
     scrape.register(_StoreCollector(store, sources))
-    body = generate_latest(registry) + generate_latest(scrape)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return generate_latest(registry) + generate_latest(scrape)

@@ -172,8 +172,15 @@ def _text(text: str) -> str:
     return text
 
 
+# The default is taken as it is (a test reads it with limits), so that a command or a delivery worker, which
+# count nothing, does not import limits (with asyncio) just to check it.
+DEFAULT_HOOK_RATE_LIMIT = "1000 per second"
+
+
 def _rate_limit(text: str) -> str:
     """A `limits` rate (`1000 per second`, `20/minute`) of at least one request."""
+    if text == DEFAULT_HOOK_RATE_LIMIT:
+        return text
     from limits import parse
 
     try:
@@ -255,7 +262,7 @@ _SPEC: list[tuple[str, str, Callable[[str], Any], str | None]] = [
     ("max_body_bytes", "RELAY_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
     ("trusted_proxies", "RELAY_TRUSTED_PROXIES", _non_negative_int, "0"),
     ("public_url", "RELAY_PUBLIC_URL", _public_url, None),
-    ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _rate_limit, "1000 per second"),
+    ("hook_rate_limit", "RELAY_HOOK_RATE_LIMIT", _rate_limit, DEFAULT_HOOK_RATE_LIMIT),
     ("rate_limit_storage", "RELAY_RATE_LIMIT_STORAGE", _limit_storage, "memory://"),
     ("phone_region", "RELAY_PHONE_REGION", _region, "RU"),
     ("geoip_db", "RELAY_GEOIP_DB", _geoip_database, None),

@@ -189,7 +189,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @app.get("/metrics")
     def metrics_view() -> Response:
-        return metrics.render(store, [*sources, *broken])
+        return Response(metrics.render(store, [*sources, *broken]), mimetype=metrics.CONTENT_TYPE)
 
     app.register_blueprint(admin_blueprint(settings, store, sources, broken_shown))
     app.register_blueprint(admin_page_blueprint())

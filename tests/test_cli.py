@@ -190,6 +190,23 @@ def test_output_into_a_pipe_closed_early_stops_quietly():
     assert stderr == ""
 
 
+def test_commands_and_the_delivery_worker_start_without_the_web_side(tmp_path):
+    """`relay deliveries`, `overview` and the worker import neither Flask (with Jinja) nor limits (with
+    asyncio): every operator's command and every worker start would pay for them (about 8% of a command's
+    start), and the worker would keep them in its memory."""
+    script = (
+        "import sys\n"
+        "from relay.settings import Settings\n"
+        "Settings.from_env()\n"
+        "import relay.admin_cli, relay.worker\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'flask', 'jinja2', 'limits'}))\n"
+    )
+    env = {**ENV, "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_deliveries_and_replay_commands(tmp_path):
     """`deliveries` lists and shows, `replay` requeues; a wrong filter is refused by name, never a traceback."""
     from relay.web import create_app

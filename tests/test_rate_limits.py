@@ -93,3 +93,14 @@ def test_forged_requests_do_not_spend_a_sources_allowance(tmp_path):
     ]
     assert {response.status_code for response in forged} == {401}
     assert [post(client, "tilda", i).status_code for i in range(4)] == [202, 202, 202, 429]
+
+
+def test_the_default_rate_is_one_limits_reads():
+    """Settings take the default without reading it (a command must not import limits): limits reads it so."""
+    from limits import parse
+
+    from relay.settings import DEFAULT_HOOK_RATE_LIMIT, Settings
+
+    limit = parse(DEFAULT_HOOK_RATE_LIMIT)
+    assert (limit.amount, limit.GRANULARITY.name) == (1000, "second")
+    assert Settings.from_env({}).hook_rate_limit == DEFAULT_HOOK_RATE_LIMIT

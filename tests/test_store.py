@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import event, inspect, select, text
 
-from relay.admin_api import parse_time
+from relay.delivery_views import parse_time
 from relay.inbound import InboundRequest
 from relay.store import STATUSES, Store, new_id
 
