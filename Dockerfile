@@ -15,6 +15,9 @@ RUN pip install -r requirements.txt
 COPY app.py gunicorn.conf.py ./
 COPY relay ./relay
 COPY mappings ./mappings
+# The image's user writes no bytecode (PYTHONDONTWRITEBYTECODE, and /app is root's): without this, every web
+# worker's boot and every `python -m relay` command would compile relay's modules from source again.
+RUN python -m compileall -q app.py gunicorn.conf.py relay
 
 RUN useradd --system --uid 10001 --home-dir /app relay \
     && mkdir -p /data && chown relay /data

@@ -192,6 +192,46 @@ def _dockerfile_healthcheck() -> str:
     return text.split("HEALTHCHECK", 1)[1].split("\n    CMD ", 1)[1].split("\n", 1)[0]
 
 
+def test_the_image_compiles_relay_so_no_process_compiles_it_again(tmp_path):
+    """The image's user writes no bytecode: the Dockerfile compiles relay at build, so the web server's
+    workers, the delivery worker and every command read it (each `python -v` "matches" line is a module read
+    from its compiled file) instead of compiling relay's modules from source at each start."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    compile_line = next(line for line in dockerfile.splitlines() if "compileall" in line)
+    assert compile_line.startswith("RUN ")
+    copied = [
+        line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "requirements" not in line
+    ]
+    image = tmp_path / "app"
+    image.mkdir()
+    for name in copied:  # as the image's COPY lines lay it out
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, image / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, image / name)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db",
+        "HOME": str(tmp_path),
+    }
+    subprocess.run(["/bin/sh", "-c", compile_line[4:]], cwd=image, env=env, check=True, timeout=120)
+    script = (
+        "import json, sys\n"
+        "import app, relay.cli, relay.admin_cli, relay.worker, relay.serve, relay.sandbox, relay.store_copy\n"
+        "print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values()) "
+        f"if (getattr(m, '__file__', None) or '').startswith({str(image)!r}))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-v", "-c", script], cwd=image, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = json.loads(done.stdout.splitlines()[-1])
+    read_compiled = set(re.findall(r"^# \S+\.pyc matches (\S+\.py)$", done.stderr, re.MULTILINE))
+    assert len(imported) > 40 and str(image / "app.py") in imported
+    assert sorted(set(imported) - read_compiled) == []
+
+
 def _healthy(env: dict[str, str]) -> bool:
     """The image's HEALTHCHECK command, run as Docker runs it (a shell, the image's environment)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
