@@ -14,6 +14,8 @@ the log says why.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -22,16 +24,15 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError
 from relay.logs import configure_logging
-from relay.mapping.loader import load_sources
 from relay.metrics_dir import make_metrics_dir
 from relay.settings import Settings
-from relay.store import Store
 
 __all__ = ["cmd_run"]
 
@@ -52,16 +53,9 @@ def _die_with_parent() -> None:
 
 def cmd_run(args: Any, settings: Settings) -> int:
     configure_logging(settings)
-    try:
-        load_sources(settings.mappings_dir)
-    except ConfigError as exc:
-        print(exc.report("mapping files"), file=sys.stderr)
-        return 1
-    store = Store(settings.database_url)
-    try:
-        store.ensure_schema()  # once, before two processes race for it; and a store that is away stops run here
-    finally:
-        store.close()
+    checked = _in_a_child(lambda: _ready_to_start(settings), settings)
+    if checked != 0:
+        return checked
     # The children start in this working directory and read `.env` there themselves: relative paths (the
     # default database, the mappings) mean the same to all of them, and a reload reads the file again.
     env = dict(os.environ)
@@ -120,7 +114,7 @@ def cmd_run(args: Any, settings: Settings) -> int:
                 log.info("reloading: settings, .env and mapping files read again")
         for old in [child for child in retiring if child.poll() is not None]:
             retiring.remove(old)
-            _forget_metrics_of(old.pid, env["PROMETHEUS_MULTIPROC_DIR"])
+            _in_a_child(functools.partial(_forget_metrics_of, old.pid, env["PROMETHEUS_MULTIPROC_DIR"]), settings)
         time.sleep(0.2)
     children = [web, *workers, *retiring]
     for child in children:
@@ -134,6 +128,49 @@ def cmd_run(args: Any, settings: Settings) -> int:
             child.kill()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping else 1
+
+
+def _in_a_child(check: Callable[[], int], settings: Settings) -> int:
+    """`check`'s exit status, run in a forked child: what it loads (the mapping files' schemas, the store's
+    driver, 30 MB) stays out of this process, which only watches the others for as long as relay runs."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which leaves by os._exit
+        code = 1
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)  # not this process's handlers: a stop ends a check at once
+            from relay.cli import reported
+
+            code = reported(check, settings)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):  # the status still says how the check went
+                    stream.flush()
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _ready_to_start(settings: Settings) -> int:
+    """The mapping files load and the store's schema is there (made once, before two processes race for
+    it); a store that is away stops `run` here."""
+    from relay.mapping.loader import load_sources
+    from relay.store import Store
+
+    try:
+        load_sources(settings.mappings_dir)
+    except ConfigError as exc:
+        print(exc.report("mapping files"), file=sys.stderr)
+        return 1
+    store = Store(settings.database_url)
+    try:
+        store.ensure_schema()
+    finally:
+        store.close()
+    return 0
 
 
 def _start_workers(settings: Settings, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
@@ -163,23 +200,30 @@ def _reload_checked(settings: Settings) -> Settings | None:
     if fresh.database_url != settings.database_url:
         log.error("reload refused: RELAY_DATABASE_URL changed; moving to another store takes a restart")
         return None
+    return fresh if _in_a_child(lambda: _mapping_files_check_out(fresh), fresh) == 0 else None
+
+
+def _mapping_files_check_out(settings: Settings) -> int:
+    from relay.mapping.loader import load_sources
+
     try:
-        sources = load_sources(fresh.mappings_dir)
+        sources = load_sources(settings.mappings_dir)
     except ConfigError as exc:
         log.error(
             "reload refused: mapping files are wrong; the web server keeps the files it has",
             extra={"problems": exc.problems},
         )
-        return None
+        return 1
     log.info("reload: settings and mapping files check out", extra={"sources": sorted(sources)})
-    return fresh
+    return 0
 
 
-def _forget_metrics_of(pid: int, metrics_dir: str) -> None:
+def _forget_metrics_of(pid: int, metrics_dir: str) -> int:
     """A replaced worker's gauges leave the merged /metrics (its counters stay counted)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+    return 0
 
 
 def _wait_until_listening(

@@ -664,6 +664,8 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         expected = {"held@example.com", "still@example.com", "new@example.com"}
         assert _eventually(lambda: expected <= emails()), emails()
         assert process.poll() is None
+        # Two reloads checked the files and a replaced worker's gauges were dropped, each in a child of run's.
+        assert _mapping_machinery_in(process.pid) == []
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
@@ -834,6 +836,14 @@ def test_standalone_worker_serves_its_own_metrics(tmp_path):
         assert process.wait(timeout=30) == 0
 
 
+def _mapping_machinery_in(pid: int) -> list[str]:
+    """The compiled parts of PyYAML, SQLAlchemy and orjson that process `pid` has loaded: `run` itself only
+    watches its children, and checks the mapping files and the store in a child of its own, so that what
+    those load (30 MB) is not kept for as long as relay runs."""
+    libraries = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if ".so" in line}
+    return sorted(path for path in libraries if "/sqlalchemy/" in path or "/yaml/" in path or "/orjson/" in path)
+
+
 def _group_members(group: int) -> list[int]:
     """Pids of live processes in process group `group`."""
     return [pid for pid, fields, _argv in live_processes() if int(fields[2]) == group]
@@ -857,6 +867,8 @@ def test_run_stops_web_and_worker_on_sigterm(tmp_path):
         assert answer.status_code == 202
         # run, the gunicorn master, its two workers and the delivery worker
         assert len(_group_members(process.pid)) >= 5
+        assert _mapping_machinery_in(process.pid) == []
+        assert _mapping_machinery_in(next(iter(delivery_workers(process.pid))))  # which a worker has
         # "listening" is the web server's; the worker may still be importing, and a SIGTERM before it set
         # its handlers ends it at once, with no line (it holds nothing then). Seen once in 30 runs.
         deadline = time.monotonic() + 30
