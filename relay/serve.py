@@ -135,7 +135,11 @@ def _in_a_child(check: Callable[[], int], settings: Settings) -> int:
     driver, 30 MB) stays out of this process, which only watches the others for as long as relay runs."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # no memory or process left for it: a failed check, not a stop of relay
+        log.error("a check could not start", extra={"error": exc.strerror or str(exc)})
+        return 1
     if pid == 0:  # pragma: no cover - runs in the child, which leaves by os._exit
         code = 1
         try:
