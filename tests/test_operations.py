@@ -609,6 +609,9 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
     dotenv.write_text(f"TILDA_WEBHOOK_TOKEN=old\nRELAY_MAPPINGS_DIR={ROOT / 'mappings'}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "TILDA_", "PROMETHEUS_"))}
     env["PYTHONPATH"] = str(ROOT)
+    metrics = tmp_path / "metrics"  # where every process of run's writes its metrics
+    metrics.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = _relay_run(port, env=env, cwd=tmp_path)
@@ -657,6 +660,10 @@ def test_sighup_to_run_reads_dotenv_again_and_no_request_is_refused_meanwhile(tm
         # The old delivery workers finish what they hold, then stop.
         assert _eventually(lambda: not delivery_workers(process.pid) & before_workers)
         assert delivery_workers(process.pid)
+        # and their gauges leave /metrics (a broken-file count of a worker gone would hold the alert up)
+        now = {f"gauge_livemax_{pid}.db" for pid in delivery_workers(process.pid)}
+        assert _eventually(lambda: now <= _gauges(metrics))
+        assert _eventually(lambda: not {f"gauge_livemax_{pid}.db" for pid in before_workers} & _gauges(metrics))
 
         def emails() -> set[str]:
             return {profile.fields["email"] for profile in sandbox.sandbox.profiles.values()}
@@ -834,6 +841,10 @@ def test_standalone_worker_serves_its_own_metrics(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def _gauges(metrics: Path) -> set[str]:
+    return {path.name for path in metrics.glob("gauge_livemax_*.db")}
 
 
 def _mapping_machinery_in(pid: int) -> list[str]:
