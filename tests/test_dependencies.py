@@ -43,9 +43,9 @@ def _needed(requirements: list[Requirement]) -> set[str]:
         if key in seen:
             continue
         seen.add(key)
+        extras = requirement.extras or {""}
         for text in distribution(requirement.name).requires or []:
             child = Requirement(text)
-            extras = requirement.extras or {""}
             if child.marker is None or any(child.marker.evaluate({"extra": extra}) for extra in extras):
                 todo.append(child)
     return {name for name, _ in seen}
