@@ -26,7 +26,7 @@ import httpx
 from common import Server
 from contact_search import fill
 
-from relay.store import Store, deliveries
+from relay.store import Store, deliveries, delivery_contacts
 
 ADMIN_TOKEN = "bench-admin-token"
 FAILED_DETAIL = "rule 'form' matches by email_phone but the payload gives no usable email or phone"
@@ -42,7 +42,10 @@ def _fail_some(store: Store, percent: float) -> int:
             connection.execute(
                 deliveries.update()
                 .where(deliveries.c.id.in_(chosen[start : start + 2_000]))
-                .values(status="failed", reason="mapping", detail=FAILED_DETAIL, calls=None)
+                .values(status="failed", reason="mapping", detail=FAILED_DETAIL, calls=None, contacts_indexed=None)
+            )
+            connection.execute(
+                delivery_contacts.delete().where(delivery_contacts.c.delivery_id.in_(chosen[start : start + 2_000]))
             )
     return len(chosen)
 

@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.contacts import find_deliveries, forget, parse_contact  # noqa: E402
+from relay.contacts import contact_keys, find_deliveries, forget, parse_contact  # noqa: E402
 from relay.inbound import InboundRequest  # noqa: E402
 from relay.mapping.loader import load_sources  # noqa: E402
 from relay.mapping.translate import TranslateContext  # noqa: E402
 from relay.pipeline import translate_request  # noqa: E402
-from relay.store import Store, deliveries, new_id  # noqa: E402
+from relay.store import Store, deliveries, delivery_contacts, new_id  # noqa: E402
 
 EXAMPLES = ROOT / "mappings" / "examples"
 BATCH = 2_000
@@ -60,7 +60,8 @@ def fill(store: Store, count: int, untranslated_percent: float) -> tuple[str, st
     context = TranslateContext(phone_region="RU")
     templates = _requests()
     now = time.time() - count / 100  # a hundred a second, arriving over the past hours
-    rows = []
+    rows: list[dict[str, object]] = []
+    keys: list[dict[str, object]] = []
     middle = ("", "")
     for number in range(count):
         request, email, _ = templates[number % len(templates)]
@@ -74,13 +75,16 @@ def fill(store: Store, count: int, untranslated_percent: float) -> tuple[str, st
         request = replace(request, body=body)
         untranslated = (number * untranslated_percent) % 100 < untranslated_percent
         calls = None
+        at = now + number / 100
+        delivery_id = new_id(at)
         if not untranslated:
             translation = translate_request(sources[request.source], request, context)
-            calls = json.dumps([call.to_dict() for call in translation.calls], ensure_ascii=False)
-        at = now + number / 100
+            translated = [call.to_dict() for call in translation.calls]
+            calls = json.dumps(translated, ensure_ascii=False)
+            keys += [{"contact": key, "delivery_id": delivery_id} for key in contact_keys(translated, "RU")]
         rows.append(
             {
-                "id": new_id(at),
+                "id": delivery_id,
                 "source": request.source,
                 "received_at": at,
                 "status": "queued" if untranslated else "delivered",
@@ -93,22 +97,26 @@ def fill(store: Store, count: int, untranslated_percent: float) -> tuple[str, st
                 "cycle_started_at": at,
                 "next_attempt_at": at,
                 "calls": calls,
+                "contacts_indexed": None if untranslated else 1,
                 "updated_at": at,
             }
         )
         if number == count // 2:
             middle = (own, phone)
         if len(rows) == BATCH:
-            _insert(store, rows)
-    _insert(store, rows)
+            _insert(store, rows, keys)
+    _insert(store, rows, keys)
     return middle
 
 
-def _insert(store: Store, rows: list[dict[str, object]]) -> None:
+def _insert(store: Store, rows: list[dict[str, object]], keys: list[dict[str, object]]) -> None:
     if rows:
         with store.engine.begin() as connection:
             connection.execute(deliveries.insert(), rows)
+            if keys:
+                connection.execute(delivery_contacts.insert(), keys)
         rows.clear()
+        keys.clear()
 
 
 def timed(function, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -7,10 +7,13 @@ phones in E.164, so that `IVAN@example.com` and `8 (912) 345-67-89` find them), 
 calls (not yet translated, failed for its mapping, or ignored by it), when its stored payload holds
 it, each value read as a mapping would read it.
 
-The store narrows the search (the calls' text must contain the address, or there are no calls); each
-delivery it finds is then checked here, value by value, so a longer address that contains this one
-is not taken for it. A forgotten delivery goes with its attempts; its de-duplication key stays, so a
-provider sending the same webhook again is answered `duplicate` and nothing of it is stored again.
+The store narrows the search: the worker keeps a key for each contact a delivery's calls name
+(`contact_keys`), and the store finds the deliveries with this contact's key; of those the keys do not
+cover (no calls, or stored before relay kept keys) it takes those whose calls' text contains the address,
+or that have no calls. Each delivery it finds is then checked here, value by value, so a longer address
+that contains this one is not taken for it. A forgotten delivery goes with its attempts and its keys; its
+de-duplication key stays, so a provider sending the same webhook again is answered `duplicate` and nothing
+of it is stored again.
 """
 
 from __future__ import annotations
@@ -25,9 +28,19 @@ from relay.errors import RequestRejected
 from relay.listing import chosen_deliveries
 from relay.mapping.transforms import TransformContext, apply_transform
 from relay.pipeline import parse_request
-from relay.store import Delivery, Store
+from relay.store import Delivery, Store, contact_key
 
-__all__ = ["Contact", "Forgotten", "find_deliveries", "forget", "listed_deliveries", "names_contact", "parse_contact"]
+__all__ = [
+    "Contact",
+    "Forgotten",
+    "contact_keys",
+    "find_deliveries",
+    "forget",
+    "listed_deliveries",
+    "names_contact",
+    "parse_contact",
+    "payload_contact_keys",
+]
 
 log = logging.getLogger("relay.contacts")
 
@@ -48,6 +61,11 @@ class Contact:
     def needle(self) -> str:
         """What the calls' stored text contains when they name this contact (the store's first look)."""
         return self.value if self.kind == "email" else self.value.lstrip("+")
+
+    @property
+    def key(self) -> str:
+        """The key the store keeps for this contact in the deliveries whose calls name it."""
+        return contact_key(self.value)
 
 
 def parse_contact(text: str, phone_region: str) -> Contact:
@@ -70,21 +88,80 @@ def parse_contact(text: str, phone_region: str) -> Contact:
 
 def names_contact(data: Any, contact: Contact) -> bool:
     """Whether any value in `data` (nested lists and objects) is this contact."""
-    if isinstance(data, dict):
-        return any(names_contact(value, contact) for value in data.values())
-    if isinstance(data, list):
-        return any(names_contact(value, contact) for value in data)
+    values = _scalars(data)
     if contact.kind == "email":
-        return isinstance(data, str) and "@" in data and _read_as(contact, "email", data) == contact.value
-    if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+        return any(
+            isinstance(value, str) and "@" in value and _read_as(contact, "email", value) == contact.value
+            for value in values
+        )
+    tail = contact.value[-_TAIL_DIGITS:]
+    texts = [str(value) for value in values]
+    # One look at all the digits first: each value's digits stay together in the joined text, so a tail
+    # missing there is missing from every value (a payload of hundreds of values is mostly not the phone).
+    if tail not in _NOT_DIGITS.sub("", "\n".join(texts)):
         return False
-    if contact.value[-_TAIL_DIGITS:] not in _NOT_DIGITS.sub("", str(data)):
-        return False  # most values: no parse
-    return _read_as(contact, "phone", data) == contact.value
+    return any(
+        tail in _NOT_DIGITS.sub("", text) and _read_as(contact, "phone", value) == contact.value
+        for value, text in zip(values, texts, strict=True)
+    )
+
+
+def contact_keys(data: Any, phone_region: str) -> set[str]:
+    """The keys of every contact `names_contact` finds in `data` (a delivery's calls, or its payload),
+    phones read in `phone_region`: a delivery is found by a contact's key when the search reads phones in
+    the same region (RELAY_PHONE_REGION, as the worker had it)."""
+    found = set()
+    for value in _scalars(data):
+        if isinstance(value, str) and "@" in value:
+            email = _read_as_email(value)
+            if email is not None:
+                found.add(email)
+        digits = _NOT_DIGITS.sub("", str(value))
+        if len(digits) >= _TAIL_DIGITS:
+            phone = _read_as_phone(value, phone_region)
+            # What names_contact asks of a value, besides reading as the phone: the phone's tail in its digits.
+            if phone is not None and phone[-_TAIL_DIGITS:] in digits:
+                found.add(phone)
+    return {contact_key(contact) for contact in found}
+
+
+def payload_contact_keys(delivery: Delivery, phone_region: str) -> set[str]:
+    """The keys of every contact `delivery_names` finds in a delivery's stored payload (one without calls)."""
+    try:
+        payload = parse_request(delivery.inbound(), stored=True)
+    except RequestRejected:
+        return set()  # no value of it can be read, and delivery_names finds no one in it
+    return contact_keys(payload, phone_region)
+
+
+def _scalars(data: Any) -> list[str | int | float]:
+    """Every string and number in `data`, nested lists and objects walked (booleans and nulls left out)."""
+    found: list[str | int | float] = []
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+            found.append(item)
+    return found
 
 
 def _read_as(contact: Contact, transform: str, value: Any) -> str | None:
-    read = apply_transform(transform, None, value, TransformContext(phone_region=contact.phone_region))
+    if transform == "email":
+        return _read_as_email(value)
+    return _read_as_phone(value, contact.phone_region)
+
+
+def _read_as_email(value: Any) -> str | None:
+    read = apply_transform("email", None, value, TransformContext())
+    return read if isinstance(read, str) else None
+
+
+def _read_as_phone(value: Any, phone_region: str) -> str | None:
+    read = apply_transform("phone", None, value, TransformContext(phone_region=phone_region))
     return read if isinstance(read, str) else None
 
 
@@ -114,7 +191,8 @@ def find_deliveries(
     def keep(delivery: Delivery) -> bool:
         return delivery_names(delivery, contact) and (also is None or also(delivery))
 
-    return chosen_deliveries(store, keep, limit=limit, before=before, naming=contact.needle, **filters)
+    naming = (contact.key, contact.needle)
+    return chosen_deliveries(store, keep, limit=limit, before=before, naming=naming, **filters)
 
 
 def listed_deliveries(

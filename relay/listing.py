@@ -26,7 +26,7 @@ def chosen_deliveries(
     *,
     limit: int,
     before: str | None = None,
-    naming: str | None = None,
+    naming: tuple[str, str] | None = None,
     replayable: bool = False,
     **filters: Any,
 ) -> list[Delivery]:
@@ -40,7 +40,7 @@ def iter_chosen(
     keep: Callable[[Delivery], bool],
     *,
     before: str | None = None,
-    naming: str | None = None,
+    naming: tuple[str, str] | None = None,
     replayable: bool = False,
     **filters: Any,
 ) -> Iterator[Delivery]:

@@ -209,9 +209,10 @@ _SETTLE = (
     "claim_token = NULL, lease_expires_at = NULL, updated_at = :now, "
     "next_attempt_at = COALESCE(:next, next_attempt_at), calls = COALESCE(:calls, calls), "
     "attempts = attempts + :tried, calls_done = COALESCE(:calls_done, calls_done), "
-    "profile_id = COALESCE(:profile_id, profile_id) "
+    "profile_id = COALESCE(:profile_id, profile_id), contacts_indexed = COALESCE(:indexed, contacts_indexed) "
     "WHERE id = :id AND claim_token = :token"
 )
+_INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
 
 
 def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, Any]) -> bool:
@@ -225,12 +226,20 @@ def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, 
     return True
 
 
-def settle(ex: Executor, outcome: Mapping[str, Any], attempt: Mapping[str, Any] | None) -> bool:
-    """Settle a claimed delivery with its last try; False (and nothing written) once the claim is lost."""
+def settle(
+    ex: Executor,
+    outcome: Mapping[str, Any],
+    attempt: Mapping[str, Any] | None,
+    contacts: Sequence[Mapping[str, Any]] = (),
+) -> bool:
+    """Settle a claimed delivery with its last try and the contacts its calls name (rows of contact and id);
+    False (and nothing written) once the claim is lost."""
     if ex.rowcount(_SETTLE, outcome) != 1:
         return False
     if attempt is not None:
         ex.rowcount(_INSERT_ATTEMPT, attempt)
+    for row in contacts:
+        ex.rowcount(_INDEX_CONTACT, row)
     return True
 
 

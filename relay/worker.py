@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from relay import metrics
-from relay.contacts import forget, parse_contact
+from relay.contacts import contact_keys, forget, parse_contact, payload_contact_keys
 from relay.errors import (
     FetchError,
     KeptByMapping,
@@ -51,6 +51,8 @@ log = logging.getLogger("relay.worker")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
 TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff limit)
+# Settled for good: a delivery settled so without calls gets its payload's contact keys (Worker._finish).
+SETTLED = ("delivered", "failed")
 GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
@@ -241,8 +243,8 @@ class Worker:
         if when is None:
             return self._fail(delivery, token, "exhausted", detail, calls=calls, attempt=attempt)
         retry = partial(
-            self.store.finish,
-            delivery.id,
+            self._finish,
+            delivery,
             token,
             status="retrying",
             detail=detail,
@@ -343,7 +345,7 @@ class Worker:
             return self._fail(delivery, token, "mapping", detail)
         self._keep(
             delivery,
-            partial(self.store.finish, delivery.id, token, status="retrying", detail=detail, next_attempt_at=when),
+            partial(self._finish, delivery, token, status="retrying", detail=detail, next_attempt_at=when),
         )
         log.warning(
             "delivery waits: its mapping file does not load",
@@ -379,7 +381,7 @@ class Worker:
         if translation.ignored:
             passed = translation.passed_note
             detail = translation.ignored if passed is None else f"{translation.ignored} ({passed})"
-            self.store.finish(delivery.id, token, status="delivered", reason="ignored", detail=detail, calls=[])
+            self._finish(delivery, token, status="delivered", reason="ignored", detail=detail, calls=[])
             self._count_passed_over(delivery, translation)
             return "delivered"
         calls = [call.to_dict() for call in translation.calls]
@@ -455,9 +457,8 @@ class Worker:
         # parses (failed for its mapping when claimed again), never the person's data.
         if not self.store.scrub(delivery.id, token):
             return "retrying"  # the claim was lost: the worker that holds it now decides
-        self._keep(
-            delivery, partial(self.store.finish, delivery.id, token, status="delivered", detail=detail, calls=[])
-        )
+        settle = partial(self._finish, delivery, token, payload_kept=False, status="delivered", detail=detail, calls=[])
+        self._keep(delivery, settle)
         log.info(
             "erasure request done", extra={"delivery_id": delivery.id, "source": delivery.source, "count": forgotten}
         )
@@ -482,8 +483,8 @@ class Worker:
         if translation.order_refused:
             return self._fail(delivery, token, "mapping", translation.order_refused, calls=calls, attempt=last)
         finish = partial(
-            self.store.finish,
-            delivery.id,
+            self._finish,
+            delivery,
             token,
             status="delivered",
             detail=translation.passed_note,
@@ -583,8 +584,8 @@ class Worker:
         detail: str | None = None,
     ) -> str:
         """Hand a claimed delivery back to the queue before its next call, with no try spent."""
-        self.store.finish(
-            delivery.id, token, status="retrying", detail=detail, next_attempt_at=time.time() + due_in, calls=calls
+        self._finish(
+            delivery, token, status="retrying", detail=detail, next_attempt_at=time.time() + due_in, calls=calls
         )
         return "retrying"
 
@@ -614,6 +615,19 @@ class Worker:
                 time.sleep(pause)
                 pause = min(pause * 2, 5)
 
+    def _finish(self, delivery: Delivery, token: str, *, payload_kept: bool = True, **settled: Any) -> bool:
+        """`Store.finish`, with the keys of the contacts the delivery names: a search for a person finds it
+        by them instead of reading it. Those of its calls; for one settled without calls (its mapping ignored
+        or refused it), those of its payload, which the search would read (`relay.contacts.delivery_names`),
+        unless the payload is no longer kept (`payload_kept`: an erasure request's, blanked)."""
+        calls = settled.get("calls")
+        region = self.settings.phone_region
+        if calls:
+            settled["contacts"] = contact_keys(calls, region)
+        elif payload_kept and not delivery.calls and settled["status"] in SETTLED:
+            settled["contacts"] = payload_contact_keys(delivery, region)
+        return self.store.finish(delivery.id, token, **settled)
+
     def _fail(
         self,
         delivery: Delivery,
@@ -630,8 +644,8 @@ class Worker:
         self._keep(
             delivery,
             partial(
-                self.store.finish,
-                delivery.id,
+                self._finish,
+                delivery,
                 token,
                 status="failed",
                 reason=reason,

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import event
 
 from relay.sandbox import Sandbox, SandboxServer, default_config
 from relay.settings import Settings
@@ -441,3 +442,28 @@ def drain(store: Store, worker: Worker, delivery_id: str, *, rounds: int = 10) -
     delivery = store.get(delivery_id)
     assert delivery is not None
     return delivery.status
+
+
+T = TypeVar("T")
+
+
+def counting_steps(store: Store, action: Callable[[], T], by_checkout: list[int] | None = None) -> tuple[T, int]:
+    """Run `action` and count the steps of SQLite's virtual machine it takes: the same count for the
+    same rows and query plans, however fast or busy the machine is. `by_checkout` gets the count of each
+    use of a pooled connection (a transaction of the store's) in turn."""
+    each: list[int] = [] if by_checkout is None else by_checkout
+
+    def step() -> int:  # called every 100 steps
+        each[-1] += 100
+        return 0  # go on
+
+    def on_checkout(dbapi: Any, *_: Any) -> None:
+        each.append(0)
+        dbapi.set_progress_handler(step, 100)
+
+    store.engine.pool.dispose()  # every connection of `action` is a checkout
+    event.listen(store.engine, "checkout", on_checkout)
+    try:
+        return action(), sum(each)
+    finally:
+        event.remove(store.engine, "checkout", on_checkout)

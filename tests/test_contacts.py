@@ -9,17 +9,26 @@ mapping), and forget them with their attempts; a longer address that contains th
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 import time
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, update
 
-from relay.contacts import forget, parse_contact
+from relay.contacts import contact_keys, find_deliveries, forget, names_contact, parse_contact
+from relay.inbound import InboundRequest
+from relay.mapping.transforms import TransformContext, apply_transform
+from relay.store import Store, contact_key, deliveries, delivery_contacts, new_id
 
 from .conftest import (
     MAPPINGS,
     SECRETS,
     captured_log_lines,
+    counting_steps,
     drain,
     hand_driven,
     post_shopify,
@@ -72,6 +81,18 @@ def stored(relay):  # type: ignore[no-untyped-def]
     return ids
 
 
+def _keys(store, delivery_id: str) -> tuple[int | None, set[str]]:  # type: ignore[no-untyped-def]
+    """What the store keeps of a delivery for finding it by a person: its mark, and its contacts' keys."""
+    with store.engine.connect() as connection:
+        mark = connection.execute(
+            select(deliveries.c.contacts_indexed).where(deliveries.c.id == delivery_id)
+        ).scalar_one_or_none()
+        keys = connection.execute(
+            select(delivery_contacts.c.contact).where(delivery_contacts.c.delivery_id == delivery_id)
+        ).scalars()
+        return mark, set(keys)
+
+
 def _found(client, contact: str) -> set[str]:  # type: ignore[no-untyped-def]
     response = client.get(f"/admin/api/deliveries?contact={quote(contact)}", headers=ADMIN)
     assert response.status_code == 200, response.get_json()
@@ -99,6 +120,59 @@ def test_a_persons_deliveries_are_found_by_any_spelling_of_their_email_or_phone(
     refused = client.get("/admin/api/deliveries?contact=hello", headers=ADMIN)
     assert refused.status_code == 400
     assert "neither an e-mail address nor a phone number" in refused.get_json()["detail"]
+
+
+IVAN_EMAIL, IVAN_PHONE = (parse_contact(typed, "RU").key for typed in ("ivan.petrov@example.com", "+79123456789"))
+
+
+def test_the_worker_keeps_the_keys_of_the_contacts_a_delivery_names(relay, stored):
+    """A person's deliveries are found by key, not by reading every delivery: the worker keeps a key for each
+    e-mail and phone a delivery's calls hold, or, for one its mapping ignored, its payload; one not translated
+    yet, or stored before relay kept keys, is found by reading it, as before."""
+    client, store, worker, _ = relay
+    assert _keys(store, stored["ivan_delivered"]) == (1, {IVAN_EMAIL, IVAN_PHONE})
+    assert _keys(store, stored["ivan_checkout"]) == (1, {IVAN_EMAIL})
+    assert _keys(store, stored["maria"]) == (1, {parse_contact("maria@example.com", "RU").key, _key("+79120001122")})
+    assert _keys(store, stored["ivan_queued"]) == (None, set())
+    assert _keys(store, stored["ivan_ignored"]) == (None, set())  # settled by hand, as an older relay left it
+    # A completed checkout: its mapping ignores it, the worker keeps its payload's contacts.
+    checkout = json.loads((MAPPINGS / "examples/shopify/checkouts-create.json").read_text(encoding="utf-8"))
+    checkout.update({"id": 777, "token": "t777", "email": "Ivan.Petrov@Example.com", "phone": "8 912 345 67 89"})
+    checkout["completed_at"] = "2026-11-30T10:00:00+03:00"
+    completed = post_shopify(client, "checkouts/update", checkout)
+    assert _process(store, worker, completed, later=3600) == "delivered" and store.get(completed).reason == "ignored"
+    mark, keys = _keys(store, completed)
+    assert mark == 1 and {IVAN_EMAIL, IVAN_PHONE} <= keys
+    # One stored before relay kept keys: found by reading its calls.
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(deliveries).where(deliveries.c.id == stored["ivan_delivered"]).values(contacts_indexed=None)
+        )
+        connection.execute(
+            delivery_contacts.delete().where(delivery_contacts.c.delivery_id == stored["ivan_delivered"])
+        )
+    ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
+    assert _found(client, "IVAN.PETROV@example.com") == ivan | {completed}
+    assert _found(client, "8 912 345-67-89") == ivan - {stored["ivan_checkout"]} | {completed}
+
+
+def test_a_replay_drops_the_keys_and_forgetting_and_purging_delete_them(relay, stored):
+    client, store, worker, _ = relay
+    [(claimed, token)] = store.claim(owner=worker.owner, limit=1, lease_seconds=30)
+    assert claimed.id == stored["ivan_queued"]
+    calls = [{"method": "profiles/update", "body": {"matching": "email", "email": "ivan.petrov@example.com"}}]
+    assert store.finish(claimed.id, token, status="failed", reason="rejected", calls=calls, contacts=["k1", "k2"])
+    assert _keys(store, claimed.id) == (1, {"k1", "k2"})
+    assert store.replay(claimed.id)
+    assert _keys(store, claimed.id) == (None, set())  # its calls went: translated again, it is read till then
+    assert stored["ivan_queued"] in _found(client, "ivan.petrov@example.com")
+    assert drain(store, worker, claimed.id) == "delivered"
+    assert _keys(store, claimed.id) == (1, {IVAN_EMAIL, IVAN_PHONE})
+    forget(store, parse_contact("maria@example.com", "RU"))
+    assert _keys(store, stored["maria"]) == (None, set())
+    store.purge(received_before=time.time() + 60)
+    with store.engine.connect() as connection:
+        assert connection.execute(select(delivery_contacts)).all() == []
 
 
 def test_forgetting_a_person_deletes_their_deliveries_with_their_attempts_and_no_log_line_names_them(relay, stored):
@@ -176,6 +250,67 @@ def test_a_contact_is_read_as_the_mappings_write_it(typed, kind, value):
     assert (contact.kind, contact.value) == (kind, value)
 
 
+def _key(typed: str) -> str:
+    return parse_contact(typed, "RU").key
+
+
+SPELLINGS = [
+    "Ivan.Petrov@Example.COM",
+    " ivan.petrov@example.com",
+    "xivan.petrov@example.com",
+    "ivan.petrov@example.co",
+    "8 (912) 345-67-89",
+    "+7 912 345 67 89",
+    "+７ ９１２ ３４５-６７-８９",  # a phone to the phone transform, whose digits no search's look finds
+    "9123456789",
+    "+7 912 345 67 80",
+    "34567890",
+    "ivan.petrov",
+    "",
+]
+VALUES = st.one_of(
+    st.sampled_from(SPELLINGS),
+    st.integers(min_value=-(10**15), max_value=10**15),
+    st.sampled_from([79123456789, 89123456789, 79123456789.0, True, None, 3456789]),
+    st.text(alphabet="0123456789+-() @.ivanIVAN", max_size=20),
+)
+PAYLOADS = st.recursive(
+    VALUES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    max_leaves=12,
+)
+RU = TransformContext(phone_region="RU")
+LOOKED_FOR = [parse_contact(typed, "RU") for typed in ("ivan.petrov@example.com", "+79123456789", "+79123456780")]
+
+
+def _named_value_by_value(data, contact) -> bool:  # type: ignore[no-untyped-def]
+    """names_contact as it was before its look at all the digits at once: every value read on its own."""
+    if isinstance(data, dict):
+        return any(_named_value_by_value(value, contact) for value in data.values())
+    if isinstance(data, list):
+        return any(_named_value_by_value(value, contact) for value in data)
+    if contact.kind == "email":
+        return isinstance(data, str) and "@" in data and apply_transform("email", None, data, RU) == contact.value
+    if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+        return False
+    if contact.value[-7:] not in re.sub(r"\D", "", str(data)):
+        return False
+    return apply_transform("phone", None, data, RU) == contact.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(PAYLOADS)
+def test_the_keys_are_those_of_the_contacts_a_search_finds(payload):
+    """The keys the worker keeps for a delivery are exactly those of the contacts a search finds in it by
+    reading it, value by value: a delivery found by key is one reading would find, and none reading finds is
+    missed."""
+    keys = contact_keys(payload, "RU")
+    for contact in LOOKED_FOR:
+        named = _named_value_by_value(payload, contact)
+        assert names_contact(payload, contact) == named, contact
+        assert (contact.key in keys) == named, contact
+
+
 @pytest.mark.parametrize("typed", ["", "ivan@", "@example.com", "hello", "12"])
 def test_what_is_no_contact_is_refused(typed):
     with pytest.raises(ValueError, match="e-mail address|phone number"):
@@ -249,3 +384,51 @@ def test_an_erasure_request_waits_for_a_delivery_being_sent_and_forgets_it_next(
     assert store.release(claimed.id, token)  # the other worker is done with it
     assert _process(store, worker, request_id, later=120) == "delivered"
     assert store.get(stored["ivan_queued"]) is None and store.get(request_id).body == b""
+
+
+def _others(path, first: int, count: int, *, keyed: bool) -> None:  # type: ignore[no-untyped-def]
+    """`count` delivered forms of other people straight into a SQLite store's file, each with its calls, and
+    with their keys when `keyed` (as the worker leaves them), or without (as an older relay left them)."""
+    rows, keys = [], []
+    for number in range(first, first + count):
+        delivery_id = new_id(time.time() - 3600 + number / 1000)
+        email = f"customer{number}@example.com"
+        calls = json.dumps([{"method": "profiles/update", "body": {"matching": "email", "email": email}}])
+        rows.append((delivery_id, calls, 1 if keyed else None))
+        keys += [(contact_key(email), delivery_id)] if keyed else []
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO deliveries (id, source, received_at, status, body, headers, dedup_key, attempts, calls_done, "
+            "cycle_started_at, next_attempt_at, updated_at, calls, contacts_indexed) "
+            "VALUES (?1, 'tilda', 1, 'delivered', x'00', '{}', ?1, 1, 1, 1, 1, 1, ?2, ?3)",
+            rows,
+        )
+        db.executemany("INSERT INTO delivery_contacts (contact, delivery_id) VALUES (?, ?)", keys)
+
+
+def test_a_persons_deliveries_are_found_without_reading_everyone_elses(tmp_path):
+    """Reading every delivery's calls took 1.2 s at 100,000 deliveries (bench/contact_search.py). Through the
+    keys, a search does the same work at 2,000 other people's deliveries as at 20; those an older relay left
+    without keys are still read, and found."""
+    path = tmp_path / "people.db"
+    store = Store(f"sqlite:///{path}")
+    ivan = parse_contact("Ivan.Petrov@example.com", "RU")
+    form = InboundRequest("tilda", b"Email=ivan.petrov%40example.com", "application/x-www-form-urlencoded")
+    accepted = store.accept(form, dedup_key="tilda:1", status="queued", dedup_window=60)
+    [(claimed, token)] = store.claim(owner="test", limit=1, lease_seconds=30)
+    calls = [{"method": "profiles/update", "body": {"matching": "email", "email": "ivan.petrov@example.com"}}]
+    assert store.finish(claimed.id, token, status="delivered", calls=calls, contacts=contact_keys(calls, "RU"))
+
+    def steps() -> int:
+        found, count = counting_steps(store, lambda: find_deliveries(store, ivan, limit=50))
+        assert [delivery.id for delivery in found] == [accepted.id]
+        return count
+
+    _others(path, 0, 20, keyed=True)
+    few = steps()
+    _others(path, 20, 2000, keyed=True)
+    many = steps()
+    assert many <= few + 100, (few, many)  # counted a hundred steps at a time
+    _others(path, 2020, 2000, keyed=False)
+    assert steps() > many + 2000 * 10  # read, each of them
+    store.close()

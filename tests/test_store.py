@@ -9,21 +9,19 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from relay.delivery_views import parse_time
 from relay.inbound import InboundRequest
 from relay.store import STATUSES, Store, new_id
 
-from .conftest import MAPPINGS, SECRETS, make_settings
+from .conftest import MAPPINGS, SECRETS, counting_steps, make_settings
 
 DAY = 24 * 3600.0
-T = TypeVar("T")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -347,7 +345,7 @@ def test_last_received_does_not_grow_with_the_table(tmp_path):
     now = time.time()
 
     def steps() -> int:
-        found, count = _counting_steps(store, lambda: store.last_received(["tilda", "tally", "shopify"]))
+        found, count = counting_steps(store, lambda: store.last_received(["tilda", "tally", "shopify"]))
         assert set(found) == {"tilda", "tally"}
         return count
 
@@ -868,28 +866,6 @@ def test_purge_deletes_only_old_delivered_and_expired_keys(store):
     }
 
 
-def _counting_steps(store: Store, action: Callable[[], T], by_checkout: list[int] | None = None) -> tuple[T, int]:
-    """Run `action` and count the steps of SQLite's virtual machine it takes: the same count for the
-    same rows and query plans, however fast or busy the machine is. `by_checkout` gets the count of each
-    use of a pooled connection (a transaction of the store's) in turn."""
-    each: list[int] = [] if by_checkout is None else by_checkout
-
-    def step() -> int:  # called every 100 steps
-        each[-1] += 100
-        return 0  # go on
-
-    def on_checkout(dbapi: Any, *_: Any) -> None:
-        each.append(0)
-        dbapi.set_progress_handler(step, 100)
-
-    store.engine.pool.dispose()  # every connection of `action` is a checkout
-    event.listen(store.engine, "checkout", on_checkout)
-    try:
-        return action(), sum(each)
-    finally:
-        event.remove(store.engine, "checkout", on_checkout)
-
-
 def _insert_deliveries(path: Path, rows: list[tuple[float, str, str]]) -> None:
     """Deliveries straight into a SQLite store's file: (received at, source, status) each."""
     with sqlite3.connect(path) as db:
@@ -919,7 +895,7 @@ def test_purging_keys_reads_each_key_about_once(tmp_path):
             ],
         )
 
-    purged, steps = _counting_steps(
+    purged, steps = counting_steps(
         store, lambda: store.purge(received_before=now - 30 * DAY, now=now, batch=50, key_window=500)
     )
     store.close()
@@ -948,7 +924,7 @@ def test_purging_deliveries_reads_each_old_one_about_once(tmp_path):
         ],
     )
 
-    purged, steps = _counting_steps(store, lambda: store.purge(received_before=cut, now=now, batch=50))
+    purged, steps = counting_steps(store, lambda: store.purge(received_before=cut, now=now, batch=50))
     store.close()
 
     assert purged == {"deliveries": old * 3 // 4, "dedup_keys": 0, "once_keys": 0, "latest_keys": 0}
@@ -988,7 +964,7 @@ def test_a_page_of_deliveries_is_read_without_the_rest_of_the_table(tmp_path):
     }
     try:
         for name, (filters, size) in pages.items():
-            page, steps = _counting_steps(store, functools.partial(store.list_deliveries, limit=50, **filters))
+            page, steps = counting_steps(store, functools.partial(store.list_deliveries, limit=50, **filters))
             assert len(page) == size and page == sorted(page, key=lambda d: d.id, reverse=True), name
             assert all(d.source == filters.get("source", d.source) for d in page), name
             assert all(d.status in filters.get("status", d.status).split(",") for d in page), name
@@ -1013,13 +989,19 @@ def test_a_store_made_by_an_earlier_version_gets_todays_columns_and_indexes(stor
             )
         )
         connection.execute(text("INSERT INTO latest_keys VALUES ('shop', 'k1', 'd1', 1.0)"))
+        # As the thirty-first session made it, before delivery_contacts.
+        connection.execute(text("DROP TABLE delivery_contacts"))
+        connection.execute(text("DROP INDEX ix_deliveries_unindexed"))
+        connection.execute(text("ALTER TABLE deliveries DROP COLUMN contacts_indexed"))
     url = store.engine.url.render_as_string(hide_password=False)
 
     Store(url).close()
 
     names = {index["name"] for index in inspect(store.engine).get_indexes(deliveries.name)}
-    assert "ix_deliveries_source_id" in names and _DROPPED_INDEXES[0] not in names, names
+    assert {"ix_deliveries_source_id", "ix_deliveries_unindexed"} <= names and _DROPPED_INDEXES[0] not in names
     assert "ordered_at" in {column["name"] for column in inspect(store.engine).get_columns(latest_keys.name)}
+    assert "contacts_indexed" in {column["name"] for column in inspect(store.engine).get_columns(deliveries.name)}
+    assert inspect(store.engine).has_table("delivery_contacts")
     with store.engine.begin() as connection:
         assert connection.execute(select(latest_keys)).all() == [("shop", "k1", "d1", 1.0, None)]
     assert store.latest_holder("shop", "k1") == "d1"
@@ -1041,7 +1023,7 @@ def test_replaying_many_takes_the_write_lock_a_batch_at_a_time(tmp_path):
     )
     transactions: list[int] = []
 
-    replayed, _ = _counting_steps(store, lambda: store.replay_matching(status="failed", batch=100), transactions)
+    replayed, _ = counting_steps(store, lambda: store.replay_matching(status="failed", batch=100), transactions)
 
     store.close()
     assert replayed == failed
