@@ -18,7 +18,7 @@ from relay.mapping.loader import load_sources_leniently
 from relay.mapping.model import Source
 from relay.replay_check import check_delivery, replay_event, replay_filtered
 from relay.settings import Settings
-from relay.store import REPLAYABLE, STATUSES, Delivery, Store, status_and_reason
+from relay.store import REPLAYABLE, SETTLED, STATUSES, Delivery, Store, status_and_reason
 
 __all__ = ["cmd_deliveries", "cmd_forget", "cmd_overview", "cmd_replay"]
 
@@ -91,7 +91,6 @@ def _print_delivery(delivery: Delivery, sources: Mapping[str, Source], *, as_jso
 FOLLOW_INTERVAL = 1.0  # seconds between looks at the store
 FOLLOW_BACKLOG = 10  # the newest deliveries shown first, as `tail -f` shows the last lines
 FOLLOW_WATCHED = 200  # deliveries not settled yet whose changes are shown, the newest
-_SETTLED = ("delivered", "failed")
 
 
 def _follow(
@@ -117,13 +116,13 @@ def _follow(
                 if not keep(delivery):
                     continue
                 _print_delivery(delivery, sources, as_json=as_json)
-                if delivery.status not in _SETTLED:
+                if delivery.status not in SETTLED:
                     watched[delivery.id] = (delivery.status, delivery.reason, delivery.attempts)
             for delivery_id in sorted(watched)[:-FOLLOW_WATCHED]:
                 del watched[delivery_id]
             for delivery_id, state in list(watched.items()):
                 current = store.get(delivery_id)
-                if current is None or current.status in _SETTLED:
+                if current is None or current.status in SETTLED:
                     del watched[delivery_id]
                 if current is not None and (current.status, current.reason, current.attempts) != state:
                     _print_delivery(current, sources, as_json=as_json)

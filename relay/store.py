@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,7 @@ from relay.mapping.model import ONCE_KEY_LENGTH
 from relay.store_writes import (
     BUSY_TIMEOUT_SECONDS,
     DELIVERY_COLUMNS,
+    INDEX_CONTACT,
     Executor,
     GroupWriter,
     SQLAlchemyExecutor,
@@ -80,6 +81,7 @@ __all__ = [
     "DELIVERY_ID",
     "FAILURE_REASONS",
     "REPLAYABLE",
+    "SETTLED",
     "STATUSES",
     "Attempt",
     "Delivery",
@@ -93,6 +95,7 @@ STATUSES = ("queued", "delivering", "delivered", "retrying", "held", "failed")
 REPLAYABLE = ("failed", "held")
 REPLAY_BATCH = 200  # deliveries a replay transaction: SQLite's write lock for 18 ms at most
 DUE = ("queued", "retrying")
+SETTLED = ("delivered", "failed")  # for good: only a replay takes a failed one again
 PROBLEM_STATUSES = ("failed", "retrying")  # deliveries whose detail says what went wrong
 FAILURE_REASONS = ("mapping", "rejected", "exhausted")  # a filter's `failed/rejected`, as `overview` prints it
 PROBLEMS_SHOWN = 10
@@ -865,6 +868,44 @@ class Store:
                 page = sorted({*ids, *more}, reverse=True)[:limit]
             query = select(*_DELIVERY_FIELDS).where(deliveries.c.id.in_(page)).order_by(deliveries.c.id.desc())
             return [Delivery.from_row(row) for row in connection.execute(query)]
+
+    # -- contact keys of deliveries an older relay settled --------------------
+    def unkeyed_settled(self, *, after: str = "", limit: int = 200) -> list[Delivery]:
+        """Settled deliveries (delivered, failed) without contact keys, oldest first from after `after`: those
+        an older relay settled, before it kept keys; through the index of deliveries without keys."""
+        query = (
+            select(*_DELIVERY_FIELDS)
+            .where(
+                deliveries.c.contacts_indexed.is_(None),
+                deliveries.c.id > after,
+                _unindexed(deliveries.c.status).in_(SETTLED),  # not the status index: every delivered one
+            )
+            .order_by(deliveries.c.id)
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [Delivery.from_row(row) for row in connection.execute(query)]
+
+    def keep_contact_keys(self, found: Mapping[str, tuple[float, Iterable[str]]]) -> int:
+        """Keep the contact keys of deliveries read by `unkeyed_settled`, by id: (its `updated_at` as read, its
+        keys). One changed since (replayed, forgotten) is left as it is now. Returns how many were kept."""
+        kept = 0
+        with self._tx() as tx:
+            for delivery_id, (updated_at, keys) in found.items():
+                marked = tx.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.id == delivery_id,
+                        deliveries.c.updated_at == updated_at,
+                        deliveries.c.contacts_indexed.is_(None),
+                    )
+                    .values(contacts_indexed=1)
+                )
+                rows = [{"contact": key, "id": delivery_id} for key in sorted(set(keys))]
+                if marked.rowcount == 1 and rows:
+                    tx.execute(text(INDEX_CONTACT), rows)
+                kept += int(marked.rowcount)
+        return kept
 
     def delete_deliveries(self, delivery_ids: Sequence[str]) -> tuple[set[str], set[str]]:
         """Delete these deliveries with their attempts, except those a worker holds now (`delivering`):

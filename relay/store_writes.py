@@ -30,6 +30,7 @@ __all__ = [
     "DELIVERY_COLUMNS",
     "Executor",
     "GroupWriter",
+    "INDEX_CONTACT",
     "SQLAlchemyExecutor",
     "accept_webhook",
     "claim_due",
@@ -212,7 +213,7 @@ _SETTLE = (
     "profile_id = COALESCE(:profile_id, profile_id), contacts_indexed = COALESCE(:indexed, contacts_indexed) "
     "WHERE id = :id AND claim_token = :token"
 )
-_INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
+INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
 
 
 def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, Any]) -> bool:
@@ -239,7 +240,7 @@ def settle(
     if attempt is not None:
         ex.rowcount(_INSERT_ATTEMPT, attempt)
     for row in contacts:
-        ex.rowcount(_INDEX_CONTACT, row)
+        ex.rowcount(INDEX_CONTACT, row)
     return True
 
 

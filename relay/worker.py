@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from relay import metrics
 from relay.contacts import contact_keys, forget, parse_contact, payload_contact_keys
@@ -41,18 +41,18 @@ from relay.pipeline import translate_request
 from relay.retry import next_attempt
 from relay.sentry import report_delivery_error, report_delivery_failure
 from relay.settings import Settings
-from relay.store import Attempt, Delivery, Store
+from relay.store import SETTLED, Attempt, Delivery, Store
 from relay.upstream.client import RateLimiter, UpstreamClient
 from relay.upstream.request import UpstreamCall
 
 __all__ = ["Worker", "cmd_worker"]
 
 log = logging.getLogger("relay.worker")
+T = TypeVar("T")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
 TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff limit)
-# Settled for good: a delivery settled so without calls gets its payload's contact keys (Worker._finish).
-SETTLED = ("delivered", "failed")
+KEY_BATCH = 200  # deliveries an older relay settled, given their contact keys a transaction at a time
 GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
@@ -103,11 +103,10 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
-        if self.settings.keep_delivered:
-            # Also while no upstream is set: what was delivered before still ages out.
-            housekeeping = threading.Thread(target=self._housekeeping, name="relay-housekeeping", daemon=True)
-            housekeeping.start()
-            self.threads.append(housekeeping)
+        # Also while no upstream is set: what was delivered before still ages out, and gets its keys.
+        housekeeping = threading.Thread(target=self._housekeeping, name="relay-housekeeping", daemon=True)
+        housekeeping.start()
+        self.threads.append(housekeeping)
         if self.client is None:
             log.warning("RELAY_UPSTREAM_URL is unset: deliveries are held until it is set")
             return
@@ -133,27 +132,57 @@ class Worker:
 
     def _housekeeping(self) -> None:
         while not self.stop_event.is_set():
-            self.purge()
+            if self.settings.keep_delivered:
+                self.purge()
+            self._in_housekeeping("keying", self.key_older_deliveries, 0)
             self.stop_event.wait(PURGE_EVERY)
 
     def purge(self) -> dict[str, int]:
         """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""
-        try:
-            purged = self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
-        except StoreUnavailable:
-            log.warning("purge skipped: store unavailable; the next one will do it")
-            return {}
-        except Exception as exc:  # noqa: BLE001 - the next purge tries again; deliveries go on
-            log.exception("purge failed")
-            import sentry_sdk
-
-            sentry_sdk.capture_exception(exc)
-            return {}
+        purged: dict[str, int] = self._in_housekeeping("purge", self._purge, {})
         for kind, count in purged.items():
             metrics.purged(kind, count)
         if any(purged.values()):
             log.info("purged", extra={**purged, "keep_seconds": self.settings.keep_delivered})
         return purged
+
+    def _purge(self) -> dict[str, int]:
+        return self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
+
+    def key_older_deliveries(self) -> int:
+        """Give the settled deliveries that have no contact keys (an older relay settled them) the keys the
+        worker gives each delivery it settles now, so that a search for a person finds them without reading
+        them; a batch a transaction, until the worker stops. Returns how many got them."""
+        region, kept, after = self.settings.phone_region, 0, ""
+        while not self.stop_event.is_set():
+            batch = self.store.unkeyed_settled(after=after, limit=KEY_BATCH)
+            if not batch:
+                break
+            found = {
+                delivery.id: (
+                    delivery.updated_at,
+                    contact_keys(delivery.calls, region) if delivery.calls else payload_contact_keys(delivery, region),
+                )
+                for delivery in batch
+            }
+            kept += self.store.keep_contact_keys(found)
+            after = batch[-1].id
+        if kept:
+            log.info("contact keys kept for older deliveries", extra={"count": kept})
+        return kept
+
+    def _in_housekeeping(self, what: str, task: Callable[[], T], failed: T) -> T:
+        """Run a housekeeping task; a failure is logged (and told to Sentry) and the next round tries again."""
+        try:
+            return task()
+        except StoreUnavailable:
+            log.warning(f"{what} skipped: store unavailable; the next one will do it")
+        except Exception as exc:  # noqa: BLE001 - the next round tries again; deliveries go on
+            log.exception(f"{what} failed")
+            import sentry_sdk
+
+            sentry_sdk.capture_exception(exc)
+        return failed
 
     def _release_held(self) -> None:
         """Queue what waited as held for an upstream (there is one now), once."""

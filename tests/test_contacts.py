@@ -12,6 +12,7 @@ import json
 import re
 import sqlite3
 import time
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +24,7 @@ from relay.contacts import contact_keys, find_deliveries, forget, names_contact,
 from relay.inbound import InboundRequest
 from relay.mapping.transforms import TransformContext, apply_transform
 from relay.store import Store, contact_key, deliveries, delivery_contacts, new_id
+from relay.worker import Worker
 
 from .conftest import (
     MAPPINGS,
@@ -154,6 +156,38 @@ def test_the_worker_keeps_the_keys_of_the_contacts_a_delivery_names(relay, store
     ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
     assert _found(client, "IVAN.PETROV@example.com") == ivan | {completed}
     assert _found(client, "8 912 345-67-89") == ivan - {stored["ivan_checkout"]} | {completed}
+
+
+def test_the_deliveries_an_older_relay_settled_get_their_keys_from_the_worker(relay, stored, tmp_path):
+    """Settled before relay kept keys: the worker's housekeeping gives them theirs (with RELAY_KEEP_DELIVERED=0
+    too, when it purges nothing), a batch at a time, and leaves one that changed since it read it."""
+    client, store, _, settings = relay
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(deliveries).where(deliveries.c.id == stored["ivan_delivered"]).values(contacts_indexed=None)
+        )
+        connection.execute(
+            delivery_contacts.delete().where(delivery_contacts.c.delivery_id == stored["ivan_delivered"])
+        )
+    older = [stored["ivan_delivered"], stored["ivan_ignored"]]
+    assert [delivery.id for delivery in store.unkeyed_settled()] == sorted(older)
+    # One read, then changed before its keys are kept: left for the next round.
+    [first, _] = store.unkeyed_settled()
+    assert store.keep_contact_keys({first.id: (first.updated_at - 1, {IVAN_EMAIL})}) == 0
+    assert _keys(store, first.id) == (None, set())
+    keeping = Worker(replace(settings, keep_delivered=0, upstream_url=None), store=store)
+    keeping.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.unkeyed_settled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        keeping.stop()
+    assert _keys(store, stored["ivan_delivered"]) == (1, {IVAN_EMAIL, IVAN_PHONE})  # its calls'
+    assert _keys(store, stored["ivan_ignored"]) == (1, {IVAN_EMAIL, IVAN_PHONE})  # its payload's
+    assert keeping.key_older_deliveries() == 0
+    ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
+    assert _found(client, "ivan.petrov@example.com") == ivan
 
 
 def test_a_replay_drops_the_keys_and_forgetting_and_purging_delete_them(relay, stored):
