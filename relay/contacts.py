@@ -111,7 +111,8 @@ def contact_keys(data: Any, phone_region: str) -> set[str]:
     phones read in `phone_region`: a delivery is found by a contact's key when the search reads phones in
     the same region (RELAY_PHONE_REGION, as the worker had it)."""
     found = set()
-    for value in _scalars(data):
+    # Each value once (a mapping writes an address or phone in several places); 1 and 1.0 stay two values.
+    for value in {(type(value), value): value for value in _scalars(data)}.values():
         if isinstance(value, str) and "@" in value:
             email = _read_as_email(value)
             if email is not None:
