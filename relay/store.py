@@ -139,15 +139,16 @@ deliveries = Table(
     Column("calls", Text),
     Column("profile_id", String(PROFILE_ID_LENGTH)),
     Column("updated_at", Float, nullable=False),
-    # 1 once the delivery's calls are in delivery_contacts (added after the table was: NULL in older rows).
+    # 1 once the contacts the delivery names are in delivery_contacts (added after the table was: NULL in
+    # older rows).
     Column("contacts_indexed", Integer),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
     # Ids begin with the arrival time, so time ranges are found through the primary key (see _filters),
     # and one source's deliveries come out newest first from this index, a page at a time.
     Index("ix_deliveries_source_id", "source", "id"),
 )
-# The deliveries a search for a person reads one by one: those without calls (not translated yet, ignored
-# by their mapping, failed for it) and those stored before delivery_contacts was; found without a scan.
+# The deliveries a search for a person reads one by one, found without a scan: those without keys, which the
+# worker has not settled yet (queued, retrying, held) or an older relay settled.
 Index(
     "ix_deliveries_unindexed",
     deliveries.c.id,
@@ -159,9 +160,10 @@ _DELIVERY_FIELDS = tuple(deliveries.c[name] for name in DELIVERY_COLUMNS)
 # Replaced by ix_deliveries_source_id: listing one source sorted all its deliveries for every page.
 _DROPPED_INDEXES = ("ix_deliveries_source_received",)
 
-# The e-mail addresses and phone numbers each delivery's calls hold (relay.contacts.contact_keys), by a
-# digest of each (contact_key): a person's deliveries are found through the key instead of by reading
-# every delivery's calls (1.2 s at 100,000 deliveries), and the table holds no address in clear.
+# The e-mail addresses and phone numbers each settled delivery names, in its calls or, when it has none, its
+# payload (relay.contacts.contact_keys), by a digest of each (contact_key): a person's deliveries are found
+# through the key instead of by reading every delivery's calls (0.5 s at 100,000 deliveries), and the table
+# holds no address in clear.
 delivery_contacts = Table(
     "delivery_contacts",
     metadata,
