@@ -26,6 +26,7 @@ import httpx
 from common import Server
 from contact_search import fill
 
+from relay.contacts import payload_contact_keys
 from relay.store import Store, deliveries, delivery_contacts
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -33,20 +34,27 @@ FAILED_DETAIL = "rule 'form' matches by email_phone but the payload gives no usa
 
 
 def _fail_some(store: Store, percent: float) -> int:
-    """Every (100 / percent)-th delivery failed for its mapping, as the worker leaves one."""
+    """Every (100 / percent)-th delivery failed for its mapping, as the worker leaves one: no calls, and the
+    keys of the contacts its payload names."""
     step = max(1, round(100 / percent))
     with store.engine.begin() as connection:
         ids = [row.id for row in connection.execute(deliveries.select().with_only_columns(deliveries.c.id))]
         chosen = ids[::step]
         for start in range(0, len(chosen), 2_000):
+            part = chosen[start : start + 2_000]
             connection.execute(
                 deliveries.update()
-                .where(deliveries.c.id.in_(chosen[start : start + 2_000]))
-                .values(status="failed", reason="mapping", detail=FAILED_DETAIL, calls=None, contacts_indexed=None)
+                .where(deliveries.c.id.in_(part))
+                .values(status="failed", reason="mapping", detail=FAILED_DETAIL, calls=None)
             )
-            connection.execute(
-                delivery_contacts.delete().where(delivery_contacts.c.delivery_id.in_(chosen[start : start + 2_000]))
-            )
+            connection.execute(delivery_contacts.delete().where(delivery_contacts.c.delivery_id.in_(part)))
+    keys = []
+    for delivery_id in chosen:
+        delivery = store.get(delivery_id)
+        assert delivery is not None
+        keys += [{"contact": key, "delivery_id": delivery_id} for key in payload_contact_keys(delivery, "RU")]
+    with store.engine.begin() as connection:
+        connection.execute(delivery_contacts.insert(), keys)
     return len(chosen)
 
 
