@@ -802,7 +802,10 @@ class Store:
         source: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        by_id: bool = False,
     ) -> list[Any]:
+        # `by_id`: no index but one of ids serves these conditions (a person's deliveries, found through the
+        # keys or through the index of deliveries without keys, see list_deliveries).
         # Which index finds a page of deliveries depends on the status asked for. Delivered ones are most of
         # the table: walking the primary key (or one source's index) newest first finds a page at once,
         # where the status index would have every delivered row read and sorted. The other statuses are
@@ -810,7 +813,7 @@ class Store:
         # them when none has that status.
         conditions: list[Any] = []
         statuses = status.split(",") if status else []
-        rare = bool(statuses) and "delivered" not in statuses
+        rare = bool(statuses) and "delivered" not in statuses and not by_id
         if statuses:
             by_status = deliveries.c.status if rare else _unindexed(deliveries.c.status)
             plain = [name for name in statuses if "/" not in name]
@@ -819,7 +822,7 @@ class Store:
                 chosen.append(and_(by_status == name, deliveries.c.reason == reason))  # `failed/rejected`
             conditions.append(or_(*chosen) if len(chosen) > 1 else chosen[0])
         if source:
-            conditions.append((_unindexed(deliveries.c.source) if rare else deliveries.c.source) == source)
+            conditions.append((_unindexed(deliveries.c.source) if rare or by_id else deliveries.c.source) == source)
         # The id bounds are implied by the time bounds (ids start with the arrival's milliseconds) and let
         # the primary key find the range.
         conditions += _id_range(deliveries.c.id, since, until)
@@ -845,7 +848,7 @@ class Store:
         before it was) whose calls' text contains it (any case), or that have no calls; relay/contacts.py
         reads each one's values.
         """
-        conditions = self._filters(**filters)
+        conditions = self._filters(**filters, by_id=naming is not None)
         if replayable:
             conditions = list(_replayable(*conditions))
         if before:
