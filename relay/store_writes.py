@@ -34,6 +34,7 @@ __all__ = [
     "SQLAlchemyExecutor",
     "accept_webhook",
     "claim_due",
+    "keep_keys",
     "record_try",
     "settle",
     "take_once",
@@ -225,6 +226,25 @@ def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, 
         return False
     ex.rowcount(_INSERT_ATTEMPT, attempt)
     return True
+
+
+_MARK_KEYED = (
+    "UPDATE deliveries SET contacts_indexed = 1 "
+    "WHERE id = :id AND updated_at = :updated_at AND contacts_indexed IS NULL"
+)
+
+
+def keep_keys(ex: Executor, found: Sequence[tuple[str, float, Sequence[str]]]) -> int:
+    """Mark deliveries keyed and keep their contact keys: (id, `updated_at` as read, keys) each. One whose
+    `updated_at` moved since, or keyed meanwhile, is left. How many were marked."""
+    kept = 0
+    for delivery_id, updated_at, keys in found:
+        if ex.rowcount(_MARK_KEYED, {"id": delivery_id, "updated_at": updated_at}) != 1:
+            continue
+        kept += 1
+        for key in keys:
+            ex.rowcount(INDEX_CONTACT, {"contact": key, "id": delivery_id})
+    return kept
 
 
 def settle(
