@@ -26,7 +26,7 @@ import httpx
 from common import Server
 from contact_search import fill
 
-from relay.contacts import payload_contact_keys
+from relay.contacts import delivery_contact_keys
 from relay.store import Store, deliveries, delivery_contacts
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -52,7 +52,7 @@ def _fail_some(store: Store, percent: float) -> int:
     for delivery_id in chosen:
         delivery = store.get(delivery_id)
         assert delivery is not None
-        keys += [{"contact": key, "delivery_id": delivery_id} for key in payload_contact_keys(delivery, "RU")]
+        keys += [{"contact": key, "delivery_id": delivery_id} for key in delivery_contact_keys(delivery, "RU")]
     with store.engine.begin() as connection:
         connection.execute(delivery_contacts.insert(), keys)
     return len(chosen)

@@ -34,12 +34,12 @@ __all__ = [
     "Contact",
     "Forgotten",
     "contact_keys",
+    "delivery_contact_keys",
     "find_deliveries",
     "forget",
     "listed_deliveries",
     "names_contact",
     "parse_contact",
-    "payload_contact_keys",
 ]
 
 log = logging.getLogger("relay.contacts")
@@ -126,13 +126,10 @@ def contact_keys(data: Any, phone_region: str) -> set[str]:
     return {contact_key(contact) for contact in found}
 
 
-def payload_contact_keys(delivery: Delivery, phone_region: str) -> set[str]:
-    """The keys of every contact `delivery_names` finds in a delivery's stored payload (one without calls)."""
-    try:
-        payload = parse_request(delivery.inbound(), stored=True)
-    except RequestRejected:
-        return set()  # no value of it can be read, and delivery_names finds no one in it
-    return contact_keys(payload, phone_region)
+def delivery_contact_keys(delivery: Delivery, phone_region: str) -> set[str]:
+    """The keys of every contact `delivery_names` finds in the delivery: its calls', or, when it has none,
+    its stored payload's."""
+    return contact_keys(_named_values(delivery), phone_region)
 
 
 def _scalars(data: Any) -> list[str | int | float]:
@@ -168,13 +165,18 @@ def _read_as_phone(value: Any, phone_region: str) -> str | None:
 
 def delivery_names(delivery: Delivery, contact: Contact) -> bool:
     """Whether this delivery's calls name the contact, or, when it has none, its stored payload."""
+    return names_contact(_named_values(delivery), contact)
+
+
+def _named_values(delivery: Delivery) -> Any:
+    """What a delivery is searched in: its calls, or, when it has none, its stored payload (None for a body
+    that no longer parses: no value of it can be read)."""
     if delivery.calls:
-        return names_contact(delivery.calls, contact)
+        return delivery.calls
     try:
-        payload = parse_request(delivery.inbound(), stored=True)
+        return parse_request(delivery.inbound(), stored=True)
     except RequestRejected:
-        return False  # a body that no longer parses: no value of it can be read
-    return names_contact(payload, contact)
+        return None
 
 
 def find_deliveries(

@@ -1106,7 +1106,7 @@ class Store:
             "indexed": 1 if indexed else None,
         }
         row = _attempt_row(delivery_id, attempt) if attempt is not None else None
-        keys = [{"contact": key, "id": delivery_id} for key in sorted(set(contacts or ()))] if indexed else []
+        keys = sorted(set(contacts or ()))
         return self._write(functools.partial(settle, outcome=params, attempt=row, contacts=keys))
 
     def scrub(self, delivery_id: str, token: str) -> bool:

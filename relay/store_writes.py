@@ -30,7 +30,6 @@ __all__ = [
     "DELIVERY_COLUMNS",
     "Executor",
     "GroupWriter",
-    "INDEX_CONTACT",
     "SQLAlchemyExecutor",
     "accept_webhook",
     "claim_due",
@@ -214,7 +213,12 @@ _SETTLE = (
     "profile_id = COALESCE(:profile_id, profile_id), contacts_indexed = COALESCE(:indexed, contacts_indexed) "
     "WHERE id = :id AND claim_token = :token"
 )
-INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
+_INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
+
+
+def _index_contacts(ex: Executor, delivery_id: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        ex.rowcount(_INDEX_CONTACT, {"contact": key, "id": delivery_id})
 
 
 def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, Any]) -> bool:
@@ -242,8 +246,7 @@ def keep_keys(ex: Executor, found: Sequence[tuple[str, float, Sequence[str]]]) -
         if ex.rowcount(_MARK_KEYED, {"id": delivery_id, "updated_at": updated_at}) != 1:
             continue
         kept += 1
-        for key in keys:
-            ex.rowcount(INDEX_CONTACT, {"contact": key, "id": delivery_id})
+        _index_contacts(ex, delivery_id, keys)
     return kept
 
 
@@ -251,16 +254,15 @@ def settle(
     ex: Executor,
     outcome: Mapping[str, Any],
     attempt: Mapping[str, Any] | None,
-    contacts: Sequence[Mapping[str, Any]] = (),
+    contacts: Sequence[str] = (),
 ) -> bool:
-    """Settle a claimed delivery with its last try and the contacts its calls name (rows of contact and id);
-    False (and nothing written) once the claim is lost."""
+    """Settle a claimed delivery with its last try and the keys of the contacts it names; False (and nothing
+    written) once the claim is lost."""
     if ex.rowcount(_SETTLE, outcome) != 1:
         return False
     if attempt is not None:
         ex.rowcount(_INSERT_ATTEMPT, attempt)
-    for row in contacts:
-        ex.rowcount(INDEX_CONTACT, row)
+    _index_contacts(ex, outcome["id"], contacts)
     return True
 
 

@@ -15,11 +15,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
 from relay import metrics
-from relay.contacts import contact_keys, forget, parse_contact, payload_contact_keys
+from relay.contacts import delivery_contact_keys, forget, parse_contact
 from relay.errors import (
     FetchError,
     KeptByMapping,
@@ -158,13 +159,7 @@ class Worker:
             batch = self.store.unkeyed_settled(after=after, limit=KEY_BATCH)
             if not batch:
                 break
-            found = {
-                delivery.id: (
-                    delivery.updated_at,
-                    contact_keys(delivery.calls, region) if delivery.calls else payload_contact_keys(delivery, region),
-                )
-                for delivery in batch
-            }
+            found = {delivery.id: (delivery.updated_at, delivery_contact_keys(delivery, region)) for delivery in batch}
             kept += self.store.keep_contact_keys(found)
             after = batch[-1].id
         if kept:
@@ -650,11 +645,9 @@ class Worker:
         or refused it), those of its payload, which the search would read (`relay.contacts.delivery_names`),
         unless the payload is no longer kept (`payload_kept`: an erasure request's, blanked)."""
         calls = settled.get("calls")
-        region = self.settings.phone_region
-        if calls:
-            settled["contacts"] = contact_keys(calls, region)
-        elif payload_kept and not delivery.calls and settled["status"] in SETTLED:
-            settled["contacts"] = payload_contact_keys(delivery, region)
+        if calls or (payload_kept and not delivery.calls and settled["status"] in SETTLED):
+            as_settled = replace(delivery, calls=calls or None)  # the calls it is settled with, or its payload
+            settled["contacts"] = delivery_contact_keys(as_settled, self.settings.phone_region)
         return self.store.finish(delivery.id, token, **settled)
 
     def _fail(
