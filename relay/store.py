@@ -148,7 +148,8 @@ deliveries = Table(
     Index("ix_deliveries_source_id", "source", "id"),
 )
 # The deliveries a search for a person reads one by one, found without a scan: those without keys, which the
-# worker has not settled yet (queued, retrying, held) or an older relay settled.
+# worker has not translated yet (queued, held; the housekeeping keys those waiting for minutes) or an older
+# relay settled.
 Index(
     "ix_deliveries_unindexed",
     deliveries.c.id,
@@ -160,7 +161,7 @@ _DELIVERY_FIELDS = tuple(deliveries.c[name] for name in DELIVERY_COLUMNS)
 # Replaced by ix_deliveries_source_id: listing one source sorted all its deliveries for every page.
 _DROPPED_INDEXES = ("ix_deliveries_source_received",)
 
-# The e-mail addresses and phone numbers each settled delivery names, in its calls or, when it has none, its
+# The e-mail addresses and phone numbers each delivery names, in its calls or, when it has none, its
 # payload (relay.contacts.contact_keys), by a digest of each (contact_key): a person's deliveries are found
 # through the key instead of by reading every delivery's calls (0.5 s at 100,000 deliveries), and the table
 # holds no address in clear.
@@ -874,16 +875,19 @@ class Store:
             query = select(*_DELIVERY_FIELDS).where(deliveries.c.id.in_(page)).order_by(deliveries.c.id.desc())
             return [Delivery.from_row(row) for row in connection.execute(query)]
 
-    # -- contact keys of deliveries an older relay settled --------------------
-    def unkeyed_settled(self, *, after: str = "", limit: int = 200) -> list[Delivery]:
-        """Settled deliveries (delivered, failed) without contact keys, oldest first from after `after`: those
-        an older relay settled, before it kept keys; through the index of deliveries without keys."""
+    # -- contact keys the housekeeping gives: older relays', long waits ------
+    def unkeyed(self, *, waiting_before: float, after: str = "", limit: int = 200) -> list[Delivery]:
+        """Deliveries without contact keys that a search would otherwise read, oldest first from after `after`,
+        through the index of deliveries without keys: settled ones (an older relay settled them, before it
+        kept keys) and those that wait untranslated since before `waiting_before`, counted from their receipt
+        or replay (held while no upstream is set, or waiting for a call, a provider's API, a mapping's delay)."""
         query = (
             select(*_DELIVERY_FIELDS)
             .where(
                 deliveries.c.contacts_indexed.is_(None),
                 deliveries.c.id > after,
-                _unindexed(deliveries.c.status).in_(SETTLED),  # not the status index: every delivered one
+                # Not the status index: it holds every delivered one.
+                or_(_unindexed(deliveries.c.status).in_(SETTLED), deliveries.c.cycle_started_at < waiting_before),
             )
             .order_by(deliveries.c.id)
             .limit(limit)
@@ -892,7 +896,7 @@ class Store:
             return [Delivery.from_row(row) for row in connection.execute(query)]
 
     def keep_contact_keys(self, found: Mapping[str, tuple[float, Iterable[str]]]) -> int:
-        """Keep the contact keys of deliveries read by `unkeyed_settled`, by id: (its `updated_at` as read, its
+        """Keep the contact keys of deliveries read by `unkeyed`, by id: (its `updated_at` as read, its
         keys). One changed since (replayed, forgotten) is left as it is now. Returns how many were kept. One
         transaction, on SQLite through the group writer's cursor (SQLAlchemy's statements held the write lock
         100 ms for 200 deliveries)."""

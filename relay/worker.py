@@ -52,8 +52,13 @@ log = logging.getLogger("relay.worker")
 T = TypeVar("T")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
+KEY_EVERY = 60.0  # seconds between the housekeeping's rounds of keying deliveries that have no contact keys
+# A delivery waiting untranslated this long gets its payload's contact keys from the housekeeping (held while
+# no upstream is set, or its upstream away for hours): until then a search for a person reads it. Most are
+# sent, and keyed by the worker, within a second.
+KEY_WAITING_AFTER = 300.0
 TARIFF_PARK_SECONDS = 300.0  # no calls for this long after a 402 (the tariff limit)
-KEY_BATCH = 100  # deliveries an older relay settled given their contact keys a transaction: 3.5 ms of write lock
+KEY_BATCH = 100  # deliveries given their contact keys by the housekeeping a transaction: 3.5 ms of write lock
 GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
@@ -132,11 +137,13 @@ class Worker:
         self.stop()
 
     def _housekeeping(self) -> None:
+        purge_due = 0.0
         while not self.stop_event.is_set():
-            if self.settings.keep_delivered:
+            if self.settings.keep_delivered and time.monotonic() >= purge_due:
                 self.purge()
-            self._in_housekeeping("keying", self.key_older_deliveries, 0)
-            self.stop_event.wait(PURGE_EVERY)
+                purge_due = time.monotonic() + PURGE_EVERY
+            self._in_housekeeping("keying", self.key_deliveries, 0)
+            self.stop_event.wait(KEY_EVERY)
 
     def purge(self) -> dict[str, int]:
         """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""
@@ -150,20 +157,24 @@ class Worker:
     def _purge(self) -> dict[str, int]:
         return self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
 
-    def key_older_deliveries(self) -> int:
-        """Give the settled deliveries that have no contact keys (an older relay settled them) the keys the
-        worker gives each delivery it settles now, so that a search for a person finds them without reading
-        them; a batch a transaction, until the worker stops. Returns how many got them."""
+    def key_deliveries(self) -> int:
+        """Give the deliveries that have no contact keys, and that a search would read one by one, the keys
+        of the contacts they name, so that a search for a person finds them by key: those an older relay
+        settled (the keys the worker gives each delivery it settles now), and those waiting untranslated for
+        over KEY_WAITING_AFTER since their receipt or replay (their payload's, which the search reads; the
+        worker adds their calls' when it translates them). A batch a transaction, until the worker stops.
+        Returns how many got them."""
         region, kept, after = self.settings.phone_region, 0, ""
+        waiting_before = time.time() - KEY_WAITING_AFTER
         while not self.stop_event.is_set():
-            batch = self.store.unkeyed_settled(after=after, limit=KEY_BATCH)
+            batch = self.store.unkeyed(waiting_before=waiting_before, after=after, limit=KEY_BATCH)
             if not batch:
                 break
             found = {delivery.id: (delivery.updated_at, delivery_contact_keys(delivery, region)) for delivery in batch}
             kept += self.store.keep_contact_keys(found)
             after = batch[-1].id
         if kept:
-            log.info("contact keys kept for older deliveries", extra={"count": kept})
+            log.info("contact keys kept", extra={"count": kept})
         return kept
 
     def _in_housekeeping(self, what: str, task: Callable[[], T], failed: T) -> T:

@@ -24,7 +24,7 @@ from relay.contacts import contact_keys, find_deliveries, forget, names_contact,
 from relay.inbound import InboundRequest
 from relay.mapping.transforms import TransformContext, apply_transform
 from relay.store import Store, contact_key, deliveries, delivery_contacts, new_id
-from relay.worker import Worker
+from relay.worker import KEY_WAITING_AFTER, Worker
 
 from .conftest import (
     MAPPINGS,
@@ -170,24 +170,50 @@ def test_the_deliveries_an_older_relay_settled_get_their_keys_from_the_worker(re
             delivery_contacts.delete().where(delivery_contacts.c.delivery_id == stored["ivan_delivered"])
         )
     older = [stored["ivan_delivered"], stored["ivan_ignored"]]
-    assert [delivery.id for delivery in store.unkeyed_settled()] == sorted(older)
+    waiting_since = time.time() - KEY_WAITING_AFTER
+    assert [delivery.id for delivery in store.unkeyed(waiting_before=waiting_since)] == sorted(older)
     # One read, then changed before its keys are kept: left for the next round.
-    [first, _] = store.unkeyed_settled()
+    [first, _] = store.unkeyed(waiting_before=waiting_since)
     assert store.keep_contact_keys({first.id: (first.updated_at - 1, {IVAN_EMAIL})}) == 0
     assert _keys(store, first.id) == (None, set())
     keeping = Worker(replace(settings, keep_delivered=0, upstream_url=None), store=store)
     keeping.start()
     try:
         deadline = time.monotonic() + 10
-        while store.unkeyed_settled() and time.monotonic() < deadline:
+        while store.unkeyed(waiting_before=waiting_since) and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         keeping.stop()
     assert _keys(store, stored["ivan_delivered"]) == (1, {IVAN_EMAIL, IVAN_PHONE})  # its calls'
     assert _keys(store, stored["ivan_ignored"]) == (1, {IVAN_EMAIL, IVAN_PHONE})  # its payload's
-    assert keeping.key_older_deliveries() == 0
+    assert keeping.key_deliveries() == 0
     ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
     assert _found(client, "ivan.petrov@example.com") == ivan
+    assert _keys(store, stored["ivan_queued"]) == (None, set())  # received a moment ago: read, and sent soon
+
+
+def test_a_delivery_waiting_untranslated_for_minutes_gets_its_payloads_keys(relay, stored):
+    """Held while no upstream is set, or waiting out an outage: after KEY_WAITING_AFTER the housekeeping keys
+    it from its payload, which is what a search reads of it, so that a search does not read every one of
+    them; the worker adds its calls' keys when it sends it. One received a moment ago is left to the worker."""
+    client, store, worker, settings = relay
+    waiting = stored["ivan_queued"]
+    long_ago = time.time() - KEY_WAITING_AFTER - 1
+    with store.engine.begin() as connection:
+        connection.execute(update(deliveries).where(deliveries.c.id == waiting).values(cycle_started_at=long_ago))
+    just_now = _tilda(client, {"Email": "olga@example.com", "Phone": "+7 912 555-44-33"}, "6:1")
+    housekeeping = Worker(replace(settings, keep_delivered=0), store=store)
+    assert housekeeping.key_deliveries() == 2  # with the one the fixture settled as an older relay left it
+    assert _keys(store, waiting) == (1, {IVAN_EMAIL, IVAN_PHONE})
+    assert _keys(store, just_now) == (None, set())
+    ivan = {stored[name] for name in ("ivan_delivered", "ivan_checkout", "ivan_ignored", "ivan_queued")}
+    assert _found(client, "Ivan.Petrov@example.com") == ivan
+    assert _found(client, "8 912 345 67 89") == ivan - {stored["ivan_checkout"]}
+    # Sent later: the calls' keys join the payload's (the same person here), and nothing fails on the ones kept.
+    assert drain(store, worker, waiting) == "delivered"
+    assert _keys(store, waiting) == (1, {IVAN_EMAIL, IVAN_PHONE})
+    assert _found(client, "ivan.petrov@example.com") == ivan
+    assert housekeeping.key_deliveries() == 0
 
 
 def test_a_replay_drops_the_keys_and_forgetting_and_purging_delete_them(relay, stored):
