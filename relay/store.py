@@ -1114,14 +1114,17 @@ class Store:
         return self._write(functools.partial(settle, outcome=params, attempt=row, contacts=keys))
 
     def scrub(self, delivery_id: str, token: str) -> bool:
-        """Blank a claimed delivery's request (body, headers, client address): an erasure request, done, keeps
-        no more of the person than its id. False when the claim was lost."""
+        """Blank a claimed delivery's request (body, headers, client address) and drop its contact keys: an
+        erasure request, done, keeps no more of the person than its id. False when the claim was lost."""
         with self._tx() as tx:
             result = tx.execute(
                 update(deliveries)
                 .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
                 .values(body=b"", headers="{}", client_ip=None)
             )
+            if result.rowcount:
+                # The keys its payload gave it while it waited (the housekeeping's): it names no one now.
+                tx.execute(delete(delivery_contacts).where(delivery_contacts.c.delivery_id == delivery_id))
         return bool(result.rowcount)
 
     def release(self, delivery_id: str, token: str) -> bool:

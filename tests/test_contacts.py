@@ -432,6 +432,21 @@ def test_a_shopify_erasure_request_forgets_the_customer_from_every_source_and_ke
     assert "ivan" not in json.dumps(client.get(f"/admin/api/deliveries/{request_id}", headers=ADMIN).get_json())
 
 
+def test_an_erasure_request_that_waited_for_minutes_keeps_no_key_of_the_person(relay, stored):
+    """Waiting, it got its payload's keys from the housekeeping like any delivery; done, it keeps none."""
+    client, store, worker, settings = relay
+    request_id = _redact(client, "IVAN.PETROV@example.com", "+7 912 345-67-89")
+    long_ago = time.time() - KEY_WAITING_AFTER - 1
+    with store.engine.begin() as connection:
+        connection.execute(update(deliveries).where(deliveries.c.id == request_id).values(cycle_started_at=long_ago))
+    Worker(replace(settings, keep_delivered=0), store=store).key_deliveries()
+    assert _keys(store, request_id) == (1, {IVAN_EMAIL, IVAN_PHONE})
+    assert _process(store, worker, request_id) == "delivered"
+    assert store.get(request_id).detail == "forgot 4 deliveries naming the person (rule 'customer_redact')"
+    assert _keys(store, request_id) == (1, set())
+    assert all(store.get(stored[name]) is None for name in ("ivan_delivered", "ivan_checkout", "ivan_queued"))
+
+
 def test_an_erasure_request_waits_for_a_delivery_being_sent_and_forgets_it_next(relay, stored):
     client, store, worker, _ = relay
     [(claimed, token)] = store.claim(owner="another-worker", limit=1, lease_seconds=30)
