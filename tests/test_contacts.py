@@ -192,15 +192,20 @@ def test_the_deliveries_an_older_relay_settled_get_their_keys_from_the_worker(re
     assert _keys(store, stored["ivan_queued"]) == (None, set())  # received a moment ago: read, and sent soon
 
 
+def _waited_for_minutes(store, delivery_id: str) -> None:  # type: ignore[no-untyped-def]
+    """As if the delivery had waited untranslated since its receipt for longer than KEY_WAITING_AFTER."""
+    long_ago = time.time() - KEY_WAITING_AFTER - 1
+    with store.engine.begin() as connection:
+        connection.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(cycle_started_at=long_ago))
+
+
 def test_a_delivery_waiting_untranslated_for_minutes_gets_its_payloads_keys(relay, stored):
     """Held while no upstream is set, or waiting out an outage: after KEY_WAITING_AFTER the housekeeping keys
     it from its payload, which is what a search reads of it, so that a search does not read every one of
     them; the worker adds its calls' keys when it sends it. One received a moment ago is left to the worker."""
     client, store, worker, settings = relay
     waiting = stored["ivan_queued"]
-    long_ago = time.time() - KEY_WAITING_AFTER - 1
-    with store.engine.begin() as connection:
-        connection.execute(update(deliveries).where(deliveries.c.id == waiting).values(cycle_started_at=long_ago))
+    _waited_for_minutes(store, waiting)
     just_now = _tilda(client, {"Email": "olga@example.com", "Phone": "+7 912 555-44-33"}, "6:1")
     housekeeping = Worker(replace(settings, keep_delivered=0), store=store)
     assert housekeeping.key_deliveries() == 2  # with the one the fixture settled as an older relay left it
@@ -436,9 +441,7 @@ def test_an_erasure_request_that_waited_for_minutes_keeps_no_key_of_the_person(r
     """Waiting, it got its payload's keys from the housekeeping like any delivery; done, it keeps none."""
     client, store, worker, settings = relay
     request_id = _redact(client, "IVAN.PETROV@example.com", "+7 912 345-67-89")
-    long_ago = time.time() - KEY_WAITING_AFTER - 1
-    with store.engine.begin() as connection:
-        connection.execute(update(deliveries).where(deliveries.c.id == request_id).values(cycle_started_at=long_ago))
+    _waited_for_minutes(store, request_id)
     Worker(replace(settings, keep_delivered=0), store=store).key_deliveries()
     assert _keys(store, request_id) == (1, {IVAN_EMAIL, IVAN_PHONE})
     assert _process(store, worker, request_id) == "delivered"
