@@ -72,6 +72,8 @@ class Executor(Protocol):
 
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int: ...
 
+    def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
 
 def storable(params: Mapping[str, Any]) -> Mapping[str, Any]:
     """`params` with NUL in any text replaced by U+FFFD. PostgreSQL's text cannot hold NUL, and outside text
@@ -95,6 +97,9 @@ class DriverExecutor:
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
         return int(self.cursor.execute(sql, storable(params)).rowcount)
 
+    def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.cursor.executemany(sql, [storable(row) for row in rows])
+
 
 @functools.lru_cache(maxsize=64)
 def _text(sql: str) -> Any:
@@ -110,6 +115,11 @@ class SQLAlchemyExecutor:
 
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
         return int(self.connection.execute(_text(sql), dict(storable(params))).rowcount)
+
+    def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One statement for all `rows` (psycopg sends them in one pipeline: a round trip a row cost 0.4-0.5 ms
+        on PostgreSQL)."""
+        self.connection.execute(_text(sql), [dict(storable(row)) for row in rows])
 
 
 # -- ingress ----------------------------------------------------------------
@@ -216,9 +226,11 @@ _SETTLE = (
 _INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
 
 
-def _index_contacts(ex: Executor, delivery_id: str, keys: Sequence[str]) -> None:
-    for key in keys:
-        ex.rowcount(_INDEX_CONTACT, {"contact": key, "id": delivery_id})
+def _index_contacts(ex: Executor, keyed: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Keep the keys of these deliveries: (id, keys) each, all in one statement."""
+    rows = [{"contact": key, "id": delivery_id} for delivery_id, keys in keyed for key in keys]
+    if rows:
+        ex.many(_INDEX_CONTACT, rows)
 
 
 def record_try(ex: Executor, progress: Mapping[str, Any], attempt: Mapping[str, Any]) -> bool:
@@ -241,13 +253,13 @@ _MARK_KEYED = (
 def keep_keys(ex: Executor, found: Sequence[tuple[str, float, Sequence[str]]]) -> int:
     """Mark deliveries keyed and keep their contact keys: (id, `updated_at` as read, keys) each. One whose
     `updated_at` moved since, or keyed meanwhile, is left. How many were marked."""
-    kept = 0
-    for delivery_id, updated_at, keys in found:
-        if ex.rowcount(_MARK_KEYED, {"id": delivery_id, "updated_at": updated_at}) != 1:
-            continue
-        kept += 1
-        _index_contacts(ex, delivery_id, keys)
-    return kept
+    marked = [
+        (delivery_id, keys)
+        for delivery_id, updated_at, keys in found
+        if ex.rowcount(_MARK_KEYED, {"id": delivery_id, "updated_at": updated_at}) == 1
+    ]
+    _index_contacts(ex, marked)
+    return len(marked)
 
 
 def settle(
@@ -262,7 +274,7 @@ def settle(
         return False
     if attempt is not None:
         ex.rowcount(_INSERT_ATTEMPT, attempt)
-    _index_contacts(ex, outcome["id"], contacts)
+    _index_contacts(ex, [(outcome["id"], contacts)])
     return True
 
 
