@@ -900,7 +900,7 @@ class Store:
         keys). One changed since (replayed, forgotten) is left as it is now. Returns how many were kept. One
         transaction, on SQLite through the group writer's cursor (SQLAlchemy's statements held the write lock
         100 ms for 200 deliveries)."""
-        rows = [(delivery_id, updated_at, sorted(set(keys))) for delivery_id, (updated_at, keys) in found.items()]
+        rows = [(delivery_id, updated_at, tuple(keys)) for delivery_id, (updated_at, keys) in found.items()]
         return self._write(functools.partial(keep_keys, found=rows))
 
     def delete_deliveries(self, delivery_ids: Sequence[str]) -> tuple[set[str], set[str]]:
@@ -1110,8 +1110,7 @@ class Store:
             "indexed": 1 if indexed else None,
         }
         row = _attempt_row(delivery_id, attempt) if attempt is not None else None
-        keys = sorted(set(contacts or ()))
-        return self._write(functools.partial(settle, outcome=params, attempt=row, contacts=keys))
+        return self._write(functools.partial(settle, outcome=params, attempt=row, contacts=tuple(contacts or ())))
 
     def scrub(self, delivery_id: str, token: str) -> bool:
         """Blank a claimed delivery's request (body, headers, client address) and drop its contact keys: an

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import text
@@ -226,9 +226,9 @@ _SETTLE = (
 _INDEX_CONTACT = "INSERT INTO delivery_contacts (contact, delivery_id) VALUES (:contact, :id) ON CONFLICT DO NOTHING"
 
 
-def _index_contacts(ex: Executor, keyed: Sequence[tuple[str, Sequence[str]]]) -> None:
-    """Keep the keys of these deliveries: (id, keys) each, all in one statement."""
-    rows = [{"contact": key, "id": delivery_id} for delivery_id, keys in keyed for key in keys]
+def _index_contacts(ex: Executor, keyed: Sequence[tuple[str, Iterable[str]]]) -> None:
+    """Keep the keys of these deliveries: (id, keys) each, each key once, in order, all in one statement."""
+    rows = [{"contact": key, "id": delivery_id} for delivery_id, keys in keyed for key in sorted(set(keys))]
     if rows:
         ex.many(_INDEX_CONTACT, rows)
 
@@ -250,7 +250,7 @@ _MARK_KEYED = (
 )
 
 
-def keep_keys(ex: Executor, found: Sequence[tuple[str, float, Sequence[str]]]) -> int:
+def keep_keys(ex: Executor, found: Sequence[tuple[str, float, Iterable[str]]]) -> int:
     """Mark deliveries keyed and keep their contact keys: (id, `updated_at` as read, keys) each. One whose
     `updated_at` moved since, or keyed meanwhile, is left. How many were marked."""
     marked = [
@@ -266,7 +266,7 @@ def settle(
     ex: Executor,
     outcome: Mapping[str, Any],
     attempt: Mapping[str, Any] | None,
-    contacts: Sequence[str] = (),
+    contacts: Iterable[str] = (),
 ) -> bool:
     """Settle a claimed delivery with its last try and the keys of the contacts it names; False (and nothing
     written) once the claim is lost."""
