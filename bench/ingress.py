@@ -98,8 +98,9 @@ def own_latency(before: dict[float, float], after: dict[float, float]) -> dict[s
     """Relay's own time to accept the webhooks of one turn, from its histogram before and after it."""
     turn = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
     total = turn.get(float("inf"), 0.0)
-    if not total:
-        return {"accepted": 0}
+    if not total:  # none accepted: no share to give, but the same figures for the summary
+        nothing = float("nan")
+        return {"accepted": 0, "over_10ms_percent": nothing, "over_25ms_percent": nothing, "p99_at_most_ms": nothing}
     p99_bucket = min(bound for bound, count in turn.items() if count >= 0.99 * total)
     return {
         "accepted": int(total),
