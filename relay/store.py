@@ -231,6 +231,24 @@ latest_keys = Table(
     Index("ix_latest_keys_received", "received_at"),
 )
 
+# Whose turn it is at each housekeeping task (the purge, the keying): with several worker processes, on one
+# machine or many, one takes a round and the others pass it over, rather than each purging and keying the
+# same rows. `due_at` is when the next round may start: the end of the last one plus the task's interval,
+# or, while a round runs, the end of its hold (HOUSEKEEPING_HOLD), after which another process takes over
+# from one killed in the middle. Not copied by copy-store: a new store's first round comes at once.
+housekeeping_turns = Table(
+    "housekeeping_turns",
+    metadata,
+    Column("task", String(32), primary_key=True),
+    Column("due_at", Float, nullable=False),
+    Column("taken_by", String(128), nullable=False),
+)
+_TAKE_NEW_TURN = text(
+    "INSERT INTO housekeeping_turns (task, due_at, taken_by) VALUES (:task, :due_at, :owner) "
+    "ON CONFLICT (task) DO NOTHING"
+)
+_NOT_COPIED = (housekeeping_turns,)
+
 
 def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, Any]:
     return {
@@ -632,6 +650,8 @@ class Store:
         need (deliveries before their attempts), all read in one transaction, so the rows agree."""
         with self._read() as connection, connection.begin():
             for table in metadata.sorted_tables:
+                if table in _NOT_COPIED:
+                    continue
                 ordered = select(table).order_by(*table.primary_key.columns)
                 for part in connection.execution_options(yield_per=batch).execute(ordered).partitions(batch):
                     yield table.name, [dict(row._mapping) for row in part]
@@ -902,6 +922,32 @@ class Store:
         100 ms for 200 deliveries)."""
         rows = [(delivery_id, updated_at, tuple(keys)) for delivery_id, (updated_at, keys) in found.items()]
         return self._write(functools.partial(keep_keys, found=rows))
+
+    # -- the housekeeping's turns, among worker processes --------------------
+    def take_turn(self, task: str, owner: str, *, hold: float, now: float | None = None) -> bool:
+        """Take the turn at a housekeeping task for at most `hold` seconds, unless its round is not due yet
+        (another process ran it less than its interval ago, or runs it now). True if `owner` took it."""
+        now = time.time() if now is None else now
+        with self._tx() as tx:
+            if tx.execute(_TAKE_NEW_TURN, {"task": task, "due_at": now + hold, "owner": owner}).rowcount:
+                return True  # the task's first round in this store
+            taken = tx.execute(
+                update(housekeeping_turns)
+                .where(housekeeping_turns.c.task == task, housekeeping_turns.c.due_at <= now)
+                .values(due_at=now + hold, taken_by=owner)
+            )
+            return bool(taken.rowcount)
+
+    def end_turn(self, task: str, owner: str, *, every: float, now: float | None = None) -> None:
+        """`owner`'s round is over: the next is due `every` seconds from now. A turn another process took
+        meanwhile (this one held it past its hold) is left to that one."""
+        now = time.time() if now is None else now
+        with self._tx() as tx:
+            tx.execute(
+                update(housekeeping_turns)
+                .where(housekeeping_turns.c.task == task, housekeeping_turns.c.taken_by == owner)
+                .values(due_at=now + every)
+            )
 
     def delete_deliveries(self, delivery_ids: Sequence[str]) -> tuple[set[str], set[str]]:
         """Delete these deliveries with their attempts, except those a worker holds now (`delivering`):

@@ -53,6 +53,10 @@ T = TypeVar("T")
 CLAIM_BATCH = 4  # deliveries a thread claims at once: fewer claim transactions when the queue is long
 PURGE_EVERY = 3600.0  # seconds between retention purges (the first runs at start)
 KEY_EVERY = 60.0  # seconds between the housekeeping's rounds of keying deliveries that have no contact keys
+# Each round of a housekeeping task runs in one worker process of all that share the store (Store.take_turn);
+# one killed in the middle of a round (or that could not end it: the store away) holds the turn this long,
+# then another takes over.
+HOUSEKEEPING_HOLD = 900.0
 # A delivery waiting untranslated this long gets its payload's contact keys from the housekeeping (held while
 # no upstream is set, or its upstream away for hours): until then a search for a person reads it. Most are
 # sent, and keyed by the worker, within a second.
@@ -137,13 +141,31 @@ class Worker:
         self.stop()
 
     def _housekeeping(self) -> None:
-        purge_due = 0.0
         while not self.stop_event.is_set():
-            if self.settings.keep_delivered and time.monotonic() >= purge_due:
-                self.purge()
-                purge_due = time.monotonic() + PURGE_EVERY
-            self._in_housekeeping("keying", self.key_deliveries, 0)
+            self.housekeeping_round()
             self.stop_event.wait(KEY_EVERY)
+
+    def housekeeping_round(self) -> list[str]:
+        """Run each housekeeping task whose round is due and that no other worker process runs now: the
+        purge (hourly, with RELAY_KEEP_DELIVERED), the keying (every minute). Returns the tasks run."""
+        tasks: list[tuple[str, float, Callable[[], object]]] = []
+        if self.settings.keep_delivered:
+            tasks.append(("purge", PURGE_EVERY, self.purge))
+        tasks.append(("keying", KEY_EVERY, lambda: self._in_housekeeping("keying", self.key_deliveries, 0)))
+        ran = []
+        for task, every, run in tasks:
+            if self.stop_event.is_set():
+                break
+            take = partial(self.store.take_turn, task, self.owner, hold=HOUSEKEEPING_HOLD)
+            if not self._in_housekeeping(f"{task} turn", take, False):
+                continue
+            try:
+                run()  # logs its own failure: the next round tries again
+            finally:
+                end = partial(self.store.end_turn, task, self.owner, every=every)
+                self._in_housekeeping(f"{task} turn", end, None)
+            ran.append(task)
+        return ran
 
     def purge(self) -> dict[str, int]:
         """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""

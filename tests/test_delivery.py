@@ -530,6 +530,36 @@ def test_worker_purges_what_retention_no_longer_keeps(tmp_path, sandbox):
     assert make_settings(tmp_path, RELAY_KEEP_DELIVERED="0").keep_delivered == 0
 
 
+def test_worker_processes_sharing_a_store_take_turns_at_the_housekeeping(tmp_path, sandbox):
+    """With several worker processes (RELAY_WORKER_PROCESSES, or nodes), the purge and the keying run in one of
+    them a round, not in each: the first takes both rounds, the others pass them over until they are due."""
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from relay.store import housekeeping_turns
+    from relay.worker import KEY_EVERY, PURGE_EVERY
+
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_KEEP_DELIVERED=str(8 * 24 * 3600))
+    store = Store(settings.database_url)
+    first, second = Worker(settings, store=store), Worker(settings, store=store)
+    assert first.owner != second.owner
+    started = time.time()
+    assert first.housekeeping_round() == ["purge", "keying"]
+    assert second.housekeeping_round() == []
+    assert first.housekeeping_round() == []  # each is due an interval after its round ended, not before
+    with store.engine.connect() as connection:
+        turns = {row.task: row for row in connection.execute(select(housekeeping_turns))}
+    assert {task: turn.taken_by for task, turn in turns.items()} == {"purge": first.owner, "keying": first.owner}
+    assert started + PURGE_EVERY <= turns["purge"].due_at <= time.time() + PURGE_EVERY
+    assert started + KEY_EVERY <= turns["keying"].due_at <= time.time() + KEY_EVERY
+    # Without RELAY_KEEP_DELIVERED nothing is purged, and the keying goes on.
+    keeping_all = Worker(replace(settings, keep_delivered=0), store=store)
+    store.end_turn("keying", first.owner, every=0)
+    assert keeping_all.housekeeping_round() == ["keying"]
+    store.close()
+
+
 def test_a_store_blip_after_the_call_does_not_send_it_twice(tmp_path, sandbox, pg_url):
     """The upstream took the call, then the database went away for a moment: the worker keeps the result
     once it is back (within the lease), so the call is not sent again by whoever claims the delivery next."""

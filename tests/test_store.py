@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -864,6 +865,56 @@ def test_purge_deletes_only_old_delivered_and_expired_keys(store):
         "once_keys": 0,
         "latest_keys": 0,
     }
+
+
+def test_a_housekeeping_round_is_one_processs_turn(store):
+    """A round taken is not due for anyone else until its holder ends it and the task's interval has passed;
+    a holder that never ends it (killed) holds it for its hold only, and then cannot end the next one's."""
+    t = 1_000_000.0
+    assert store.take_turn("purge", "a", hold=900, now=t)  # the task's first round in this store
+    assert not store.take_turn("purge", "b", hold=900, now=t + 1)  # a runs it now
+    assert store.take_turn("keying", "b", hold=900, now=t + 1)  # another task, another turn
+    store.end_turn("purge", "a", every=3600, now=t + 10)
+    assert not store.take_turn("purge", "b", hold=900, now=t + 3609)  # ran 3,599 s ago
+    assert store.take_turn("purge", "b", hold=900, now=t + 3610)
+    # b is killed in the middle: its turn passes on after the hold, and b's late end changes nothing.
+    assert not store.take_turn("purge", "c", hold=900, now=t + 4509)
+    assert store.take_turn("purge", "c", hold=900, now=t + 4510)
+    store.end_turn("purge", "b", every=60, now=t + 4520)
+    assert not store.take_turn("purge", "a", hold=900, now=t + 4600)  # c holds it till t + 5410
+    store.end_turn("purge", "c", every=60, now=t + 4610)
+    assert store.take_turn("purge", "a", hold=900, now=t + 4670)
+
+
+def _take_turn(url: str, at: float, results) -> None:  # type: ignore[no-untyped-def]
+    store = Store(url)
+    try:
+        results.put(store.take_turn("keying", f"process {os.getpid()}", hold=900, now=at))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(repr(exc)[:200])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_of_processes_that_ask_at_once_one_takes_the_round(kind, tmp_path, request):
+    """Worker processes starting together (relay run, or nodes) ask for the same round at the same moment,
+    before it exists in the store and once it does: one takes it each time."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path}/turns.db" if kind == "sqlite" else request.getfixturevalue("pg_url")
+    Store(url).close()  # the tables: the race is the turn's, not the schema's
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for at in (1000.0, 1000.0 + 900):  # the first round ever, then the next once the first one's hold ran out
+        results = context.Queue()
+        processes = [context.Process(target=_take_turn, args=(url, at, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=30)
+        outcomes.append(sorted(results.get(timeout=5) for _ in processes))
+    assert outcomes == [[False, False, False, True]] * 2
 
 
 def _insert_deliveries(path: Path, rows: list[tuple[float, str, str]]) -> None:
