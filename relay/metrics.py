@@ -111,6 +111,9 @@ STORE_GAUGES = {
     "relay_oldest_due_age_seconds": "Age of the oldest delivery that is due now",
     "relay_last_received_timestamp_seconds": "When the source's newest stored webhook arrived (Unix time)",
     "relay_store_disk_free_bytes": "Free space where the SQLite store is (absent on PostgreSQL)",
+    "relay_housekeeping_done_timestamp_seconds": (
+        "When the worker's housekeeping task (purge, keying) last ended a round that did not fail (Unix time)"
+    ),
 }
 DECLARED = {
     "relay_webhooks_received_total",
@@ -179,6 +182,7 @@ class _StoreCollector:
             kept = self.store.kept_count()
             oldest = self.store.oldest_due()
             newest = self.store.last_received(self.sources)
+            housekeeping = self.store.housekeeping_done()
         except Exception:  # noqa: BLE001 - the counters still matter most while the store is away
             logging.getLogger("relay.metrics").warning("store gauges left out: the store did not answer")
             yield GaugeMetricFamily("relay_store_up", STORE_GAUGES["relay_store_up"], value=0)
@@ -209,6 +213,16 @@ class _StoreCollector:
         for source, at in sorted(newest.items()):
             last.add_metric([source], at)
         yield last
+        # From the store too: whichever worker process ran the round, and a purge that has failed since the
+        # last restart still shows how long ago one went through.
+        done = GaugeMetricFamily(
+            "relay_housekeeping_done_timestamp_seconds",
+            STORE_GAUGES["relay_housekeeping_done_timestamp_seconds"],
+            labels=["task"],
+        )
+        for task, at in sorted(housekeeping.items()):
+            done.add_metric([task], at)
+        yield done
         free = self.store.disk_free_bytes()
         if free is not None:
             yield GaugeMetricFamily(

@@ -235,13 +235,16 @@ latest_keys = Table(
 # machine or many, one takes a round and the others pass it over, rather than each purging and keying the
 # same rows. `due_at` is when the next round may start: the end of the last one plus the task's interval,
 # or, while a round runs, the end of its hold (HOUSEKEEPING_HOLD), after which another process takes over
-# from one killed in the middle. Not copied by copy-store: a new store's first round comes at once.
+# from one killed in the middle. `done_at`: when the last round that did not fail ended (for /metrics: a
+# purge that fails every hour lets the disk fill). Not copied by copy-store: a new store's first round comes
+# at once.
 housekeeping_turns = Table(
     "housekeeping_turns",
     metadata,
     Column("task", String(32), primary_key=True),
     Column("due_at", Float, nullable=False),
     Column("taken_by", String(128), nullable=False),
+    Column("done_at", Float),
 )
 _TAKE_NEW_TURN = text(
     "INSERT INTO housekeeping_turns (task, due_at, taken_by) VALUES (:task, :due_at, :owner) "
@@ -938,16 +941,25 @@ class Store:
             )
             return bool(taken.rowcount)
 
-    def end_turn(self, task: str, owner: str, *, every: float, now: float | None = None) -> None:
-        """`owner`'s round is over: the next is due `every` seconds from now. A turn another process took
-        meanwhile (this one held it past its hold) is left to that one."""
+    def end_turn(self, task: str, owner: str, *, every: float, done: bool, now: float | None = None) -> None:
+        """`owner`'s round is over, `done` if it did not fail: the next is due `every` seconds from now. A turn
+        another process took meanwhile (this one held it past its hold) is left to that one."""
         now = time.time() if now is None else now
+        ended = {"due_at": now + every, **({"done_at": now} if done else {})}
         with self._tx() as tx:
             tx.execute(
                 update(housekeeping_turns)
                 .where(housekeeping_turns.c.task == task, housekeeping_turns.c.taken_by == owner)
-                .values(due_at=now + every)
+                .values(**ended)
             )
+
+    def housekeeping_done(self) -> dict[str, float]:
+        """When each housekeeping task's last round that did not fail ended, by task (those that have had one)."""
+        query = select(housekeeping_turns.c.task, housekeeping_turns.c.done_at).where(
+            housekeeping_turns.c.done_at.is_not(None)
+        )
+        with self._read() as connection:
+            return {task: done_at for task, done_at in connection.execute(query)}
 
     def delete_deliveries(self, delivery_ids: Sequence[str]) -> tuple[set[str], set[str]]:
         """Delete these deliveries with their attempts, except those a worker holds now (`delivering`):

@@ -66,6 +66,11 @@ KEY_BATCH = 100  # deliveries given their contact keys by the housekeeping a tra
 GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a pause goes back to the queue
 
 
+def _ran(task: Callable[[], object]) -> bool:
+    task()
+    return True
+
+
 class _FetchesPaused(Exception):
     """A fetch the rules read is due while the provider's API is paused after a 429 (`seconds` more)."""
 
@@ -147,11 +152,12 @@ class Worker:
 
     def housekeeping_round(self) -> list[str]:
         """Run each housekeeping task whose round is due and that no other worker process runs now: the
-        purge (hourly, with RELAY_KEEP_DELIVERED), the keying (every minute). Returns the tasks run."""
+        purge (hourly, with RELAY_KEEP_DELIVERED), the keying (every minute). A task that fails is logged
+        (and told to Sentry), and its next round tries again. Returns the tasks run, failed ones included."""
         tasks: list[tuple[str, float, Callable[[], object]]] = []
         if self.settings.keep_delivered:
             tasks.append(("purge", PURGE_EVERY, self.purge))
-        tasks.append(("keying", KEY_EVERY, lambda: self._in_housekeeping("keying", self.key_deliveries, 0)))
+        tasks.append(("keying", KEY_EVERY, self.key_deliveries))
         ran = []
         for task, every, run in tasks:
             if self.stop_event.is_set():
@@ -159,25 +165,23 @@ class Worker:
             take = partial(self.store.take_turn, task, self.owner, hold=HOUSEKEEPING_HOLD)
             if not self._in_housekeeping(f"{task} turn", take, False):
                 continue
+            done = False
             try:
-                run()  # logs its own failure: the next round tries again
+                done = self._in_housekeeping(task, partial(_ran, run), False)
             finally:
-                end = partial(self.store.end_turn, task, self.owner, every=every)
+                end = partial(self.store.end_turn, task, self.owner, every=every, done=done)
                 self._in_housekeeping(f"{task} turn", end, None)
             ran.append(task)
         return ran
 
     def purge(self) -> dict[str, int]:
-        """Delete what the retention setting no longer keeps; a failure is logged and tried next time."""
-        purged: dict[str, int] = self._in_housekeeping("purge", self._purge, {})
+        """Delete what the retention setting no longer keeps, counted and logged."""
+        purged = self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
         for kind, count in purged.items():
             metrics.purged(kind, count)
         if any(purged.values()):
             log.info("purged", extra={**purged, "keep_seconds": self.settings.keep_delivered})
         return purged
-
-    def _purge(self) -> dict[str, int]:
-        return self.store.purge(received_before=time.time() - self.settings.keep_delivered, stop=self.stop_event)
 
     def key_deliveries(self) -> int:
         """Give the deliveries that have no contact keys, and that a search would read one by one, the keys

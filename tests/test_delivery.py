@@ -532,13 +532,17 @@ def test_worker_purges_what_retention_no_longer_keeps(tmp_path, sandbox):
 
 def test_worker_processes_sharing_a_store_take_turns_at_the_housekeeping(tmp_path, sandbox):
     """With several worker processes (RELAY_WORKER_PROCESSES, or nodes), the purge and the keying run in one of
-    them a round, not in each: the first takes both rounds, the others pass them over until they are due."""
+    them a round, not in each: the first takes both rounds, the others pass them over until they are due. A
+    round that fails is logged and tried again at the next; /metrics says when each last went through."""
     from dataclasses import replace
 
     from sqlalchemy import select
 
+    from relay.metrics import render
     from relay.store import housekeeping_turns
     from relay.worker import KEY_EVERY, PURGE_EVERY
+
+    from .conftest import captured_log_lines
 
     settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=sandbox.api_url, RELAY_KEEP_DELIVERED=str(8 * 24 * 3600))
     store = Store(settings.database_url)
@@ -553,10 +557,37 @@ def test_worker_processes_sharing_a_store_take_turns_at_the_housekeeping(tmp_pat
     assert {task: turn.taken_by for task, turn in turns.items()} == {"purge": first.owner, "keying": first.owner}
     assert started + PURGE_EVERY <= turns["purge"].due_at <= time.time() + PURGE_EVERY
     assert started + KEY_EVERY <= turns["keying"].due_at <= time.time() + KEY_EVERY
-    # Without RELAY_KEEP_DELIVERED nothing is purged, and the keying goes on.
+    done = store.housekeeping_done()
+    assert done.keys() == {"purge", "keying"} and started <= min(done.values()) <= max(done.values()) <= time.time()
+    scraped = dict(
+        line.rsplit(" ", 1)
+        for line in render(store, ["tilda"]).decode().splitlines()
+        if line.startswith("relay_housekeeping_done_timestamp_seconds{")
+    )
+    assert {key: float(value) for key, value in scraped.items()} == {
+        f'relay_housekeeping_done_timestamp_seconds{{task="{task}"}}': at for task, at in done.items()
+    }
+    # A purge that fails (here the database refuses to delete a delivery) is logged; its round ends, due again
+    # in an hour, and the time it last went through stays. Without RELAY_KEEP_DELIVERED nothing is purged.
+    old = accept(store, b"Email=old%40example.com", "old", now=time.time() - 40 * 24 * 3600)
+    assert drain(store, second, old) == "delivered"
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER kept BEFORE DELETE ON deliveries BEGIN SELECT RAISE(ABORT, 'kept by the test'); END"
+        )
+    store.end_turn("purge", first.owner, every=0, done=False)
+    store.end_turn("keying", first.owner, every=0, done=False)
+    with captured_log_lines() as lines:
+        assert second.housekeeping_round() == ["purge", "keying"]
+    assert any('"event": "purge failed"' in line and "kept by the test" in line for line in lines)
+    after = store.housekeeping_done()
+    assert after["purge"] == done["purge"] and after["keying"] > done["keying"]
+    assert second.housekeeping_round() == []
     keeping_all = Worker(replace(settings, keep_delivered=0), store=store)
-    store.end_turn("keying", first.owner, every=0)
+    store.end_turn("keying", second.owner, every=0, done=True)
     assert keeping_all.housekeeping_round() == ["keying"]
+    for worker in (first, second, keeping_all):
+        worker.stop()  # their upstream clients
     store.close()
 
 

@@ -874,16 +874,18 @@ def test_a_housekeeping_round_is_one_processs_turn(store):
     assert store.take_turn("purge", "a", hold=900, now=t)  # the task's first round in this store
     assert not store.take_turn("purge", "b", hold=900, now=t + 1)  # a runs it now
     assert store.take_turn("keying", "b", hold=900, now=t + 1)  # another task, another turn
-    store.end_turn("purge", "a", every=3600, now=t + 10)
+    store.end_turn("purge", "a", every=3600, done=True, now=t + 10)
+    assert store.housekeeping_done() == {"purge": t + 10}  # b's keying has not ended yet
     assert not store.take_turn("purge", "b", hold=900, now=t + 3609)  # ran 3,599 s ago
     assert store.take_turn("purge", "b", hold=900, now=t + 3610)
     # b is killed in the middle: its turn passes on after the hold, and b's late end changes nothing.
     assert not store.take_turn("purge", "c", hold=900, now=t + 4509)
     assert store.take_turn("purge", "c", hold=900, now=t + 4510)
-    store.end_turn("purge", "b", every=60, now=t + 4520)
+    store.end_turn("purge", "b", every=60, done=True, now=t + 4520)
     assert not store.take_turn("purge", "a", hold=900, now=t + 4600)  # c holds it till t + 5410
-    store.end_turn("purge", "c", every=60, now=t + 4610)
+    store.end_turn("purge", "c", every=60, done=False, now=t + 4610)  # a round that failed
     assert store.take_turn("purge", "a", hold=900, now=t + 4670)
+    assert store.housekeeping_done() == {"purge": t + 10}  # the last that went through: a's
 
 
 def _take_turn(url: str, at: float, results) -> None:  # type: ignore[no-untyped-def]
