@@ -67,6 +67,7 @@ GIVE_BACK_AFTER = 5.0  # a delivery whose call would wait longer than this for a
 
 
 def _ran(task: Callable[[], object]) -> bool:
+    """True once `task` has run without raising (what `Worker._in_housekeeping` gives back then)."""
     task()
     return True
 
@@ -165,12 +166,9 @@ class Worker:
             take = partial(self.store.take_turn, task, self.owner, hold=HOUSEKEEPING_HOLD)
             if not self._in_housekeeping(f"{task} turn", take, False):
                 continue
-            done = False
-            try:
-                done = self._in_housekeeping(task, partial(_ran, run), False)
-            finally:
-                end = partial(self.store.end_turn, task, self.owner, every=every, done=done)
-                self._in_housekeeping(f"{task} turn", end, None)
+            done = self._in_housekeeping(task, partial(_ran, run), False)
+            end = partial(self.store.end_turn, task, self.owner, every=every, done=done)
+            self._in_housekeeping(f"{task} turn", end, None)
             ran.append(task)
         return ran
 
