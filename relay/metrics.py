@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -205,29 +205,23 @@ class _StoreCollector:
         )
         # From the store rather than a counter: a restart empties the counters, and a source that has gone
         # quiet would then have no series at all to alert on.
-        last = GaugeMetricFamily(
-            "relay_last_received_timestamp_seconds",
-            STORE_GAUGES["relay_last_received_timestamp_seconds"],
-            labels=["source"],
-        )
-        for source, at in sorted(newest.items()):
-            last.add_metric([source], at)
-        yield last
+        yield _labelled("relay_last_received_timestamp_seconds", "source", newest)
         # From the store too: whichever worker process ran the round, and a purge that has failed since the
         # last restart still shows how long ago one went through.
-        done = GaugeMetricFamily(
-            "relay_housekeeping_done_timestamp_seconds",
-            STORE_GAUGES["relay_housekeeping_done_timestamp_seconds"],
-            labels=["task"],
-        )
-        for task, at in sorted(housekeeping.items()):
-            done.add_metric([task], at)
-        yield done
+        yield _labelled("relay_housekeeping_done_timestamp_seconds", "task", housekeeping)
         free = self.store.disk_free_bytes()
         if free is not None:
             yield GaugeMetricFamily(
                 "relay_store_disk_free_bytes", STORE_GAUGES["relay_store_disk_free_bytes"], value=free
             )
+
+
+def _labelled(name: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    """A store gauge with one label, a series for each of `values`, in the label's order."""
+    family = GaugeMetricFamily(name, STORE_GAUGES[name], labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
 
 
 def render(store: Store, sources: Iterable[str]) -> bytes:
