@@ -286,13 +286,15 @@ def cmd_overview(args: Any, settings: Settings) -> int:
     else:
         free = _size(kept["disk_free_bytes"])
         print(f"store: {kept['kind']}, {_size(kept['file_bytes'])} in its files, {free} free on their disk")
+    now = time.time()
+    done = [f"{task} {_ago(at, now)}" for task, at in found["housekeeping_done_at"].items()]
+    print("housekeeping done: " + (", ".join(done) or "not yet (the delivery worker does it)"))
     if found["by_source"]:
         width = max(len("source"), *(len(name) for name in found["by_source"]))
         print(f"{'source':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES) + "  last received")
-        now = time.time()
         for name, counts in found["by_source"].items():
-            ago = _duration(max(0.0, now - (parse_time(found["last_received_at"][name]) or now)))
-            print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES) + f"  {ago} ago")
+            ago = _ago(found["last_received_at"][name], now)
+            print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in STATUSES) + f"  {ago}")
     if found["problems"]:
         problems = found["problems"]
         source_width = max(len("source"), *(len(problem["source"]) for problem in problems))
@@ -308,6 +310,11 @@ def cmd_overview(args: Any, settings: Settings) -> int:
                 f"{problem['newest_id']}\n{'':>10}{detail}"
             )
     return 0
+
+
+def _ago(iso: str | None, now: float) -> str:
+    """`12 min 5 s ago`, for a time the overview gives."""
+    return f"{_duration(max(0.0, now - (parse_time(iso) or now)))} ago"
 
 
 def _one_line(detail: str | None) -> str:

@@ -7,6 +7,7 @@ say so, unless RELAY_REQUIRE_BROWSER is set, when a missing browser fails them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -382,6 +383,9 @@ def test_a_wrong_token_is_refused_and_the_right_one_shows_the_overview(browser, 
     failed = _text(browser, "a.card.status-failed strong")
     assert failed == str(overview["by_status"]["failed"]) and int(failed) >= 1
     assert "email" in _text(browser, "table.problems")  # why: the mapping found no e-mail
+    # The worker under `relay run` purged and keyed when it started.
+    housekeeping = _text(browser, "#housekeeping")
+    assert re.fullmatch(r"keying \d+ s ago, purge \d+ s ago", housekeeping), housekeeping
     assert browser.find_elements(By.CSS_SELECTOR, ".banner") == []  # ready, and an upstream is set
     assert ADMIN_TOKEN not in browser.page_source
 

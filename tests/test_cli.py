@@ -248,15 +248,30 @@ def test_deliveries_and_replay_commands(tmp_path):
     assert lines[0] == "deliveries: 2   queued 0   delivering 0   delivered 0   retrying 0   held 2   failed 0"
     assert lines[1] == "oldest due: none waiting"  # held ones wait for an upstream, not for a worker
     assert re.fullmatch(r"store: sqlite, \d+\.\d KB in its files, \d+\.\d GB free on their disk", lines[2]), lines[2]
-    assert lines[3].split()[-2:] == ["last", "received"]
-    assert lines[4].split()[:7] == ["tilda", "0", "0", "0", "0", "2", "0"]
-    assert re.fullmatch(r"\d+ s ago", " ".join(lines[4].split()[7:])), lines[4]
+    assert lines[3] == "housekeeping done: not yet (the delivery worker does it)"  # no worker has run
+    assert lines[4].split()[-2:] == ["last", "received"]
+    assert lines[5].split()[:7] == ["tilda", "0", "0", "0", "0", "2", "0"]
+    assert re.fullmatch(r"\d+ s ago", " ".join(lines[5].split()[7:])), lines[5]
     as_json = json.loads(relay("overview", "--source", "shopify", "--json").stdout)
     assert as_json["total"] == 0 and as_json["by_source"] == {}
     # The database file and, while the command had it open, its WAL and shared memory (gone once it closed).
     assert as_json["store"]["kind"] == "sqlite"
     assert as_json["store"]["file_bytes"] >= (tmp_path / "relay.db").stat().st_size > 0
     assert as_json["store"]["disk_free_bytes"] > 0
+    assert as_json["housekeeping_done_at"] == {}
+    # A worker's keying went through a minute and a half ago; its purge has not yet.
+    from relay.delivery_views import parse_time
+    from relay.store import Store
+
+    store = Store(env["RELAY_DATABASE_URL"])
+    assert store.take_turn("keying", "a worker", hold=900, now=time.time() - 95)
+    store.end_turn("keying", "a worker", every=60, done=True, now=time.time() - 90)
+    store.close()
+    done = relay("overview").stdout.splitlines()[3]
+    assert re.fullmatch(r"housekeeping done: keying 1 min 3\d s ago", done), done
+    as_json = json.loads(relay("overview", "--json").stdout)
+    assert list(as_json["housekeeping_done_at"]) == ["keying"]
+    assert time.time() - 92 < parse_time(as_json["housekeeping_done_at"]["keying"]) < time.time() - 88
     counted = relay("replay", "--status", "held", "--dry-run")
     assert (counted.returncode, counted.stdout) == (
         0,

@@ -308,6 +308,14 @@ async function overviewView() {
       store.file_bytes === null ? "" : `, ${bytes(store.file_bytes)}`,
       store.disk_free_bytes === null ? "" : `, ${bytes(store.disk_free_bytes)} free on its disk`,
     ),
+    el("dt", {}, "Housekeeping done"),
+    el(
+      "dd",
+      { id: "housekeeping" },
+      Object.entries(overview.housekeeping_done_at)
+        .map(([task, iso]) => `${task} ${ago(iso)}`)
+        .join(", ") || "not yet (the delivery worker does it)",
+    ),
   );
   const problems = overview.problems.map((problem) =>
     el(
