@@ -953,6 +953,12 @@ class Store:
                 .values(**ended)
             )
 
+    def drop_turn(self, task: str) -> None:
+        """Forget a housekeeping task the worker no longer runs (the purge, once RELAY_KEEP_DELIVERED is 0),
+        so that neither /metrics nor the overview goes on showing its last round as if it were overdue."""
+        with self._tx() as tx:
+            tx.execute(delete(housekeeping_turns).where(housekeeping_turns.c.task == task))
+
     def housekeeping_done(self) -> dict[str, float]:
         """When each housekeeping task's last round that did not fail ended, by task (those that have had one)."""
         query = select(housekeeping_turns.c.task, housekeeping_turns.c.done_at).where(

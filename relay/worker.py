@@ -158,6 +158,8 @@ class Worker:
         tasks: list[tuple[str, float, Callable[[], object]]] = []
         if self.settings.keep_delivered:
             tasks.append(("purge", PURGE_EVERY, self.purge))
+        else:  # kept for ever since: its last round, long ago, is no failure to alert on
+            self._in_housekeeping("purge turn", partial(self.store.drop_turn, "purge"), None)
         tasks.append(("keying", KEY_EVERY, self.key_deliveries))
         ran = []
         for task, every, run in tasks:
