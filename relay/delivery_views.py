@@ -161,7 +161,7 @@ def deliveries_overview(store: Store, filters: dict[str, Any], now: float | None
         # A full disk refuses every webhook: the SQLite store's size and the room left beside it.
         "store": {"kind": store.dialect, "file_bytes": store.file_bytes(), "disk_free_bytes": store.disk_free_bytes()},
         # When the worker's purge and keying last ended a round that did not fail (none until a worker ran
-        # them): a purge that fails every hour lets the disk fill, and says so only in the worker's log.
+        # them): a purge that fails every hour lets the disk fill, while each failure is one line of a log.
         "housekeeping_done_at": {task: _iso(at) for task, at in sorted(store.housekeeping_done().items())},
         # Why: failed and retrying deliveries grouped by their last error, most common first.
         "problems": [
