@@ -264,14 +264,15 @@ def test_deliveries_and_replay_commands(tmp_path):
     from relay.store import Store
 
     store = Store(env["RELAY_DATABASE_URL"])
-    assert store.take_turn("keying", "a worker", hold=900, now=time.time() - 95)
-    store.end_turn("keying", "a worker", every=60, done=True, now=time.time() - 90)
+    ended = time.time() - 90
+    assert store.take_turn("keying", "a worker", hold=900, now=ended - 5)
+    store.end_turn("keying", "a worker", every=60, done=True, now=ended)
     store.close()
     done = relay("overview").stdout.splitlines()[3]
-    assert re.fullmatch(r"housekeeping done: keying 1 min 3\d s ago", done), done
+    assert re.fullmatch(r"housekeeping done: keying 1 min \d+ s ago", done), done  # however slow the command
     as_json = json.loads(relay("overview", "--json").stdout)
     assert list(as_json["housekeeping_done_at"]) == ["keying"]
-    assert time.time() - 92 < parse_time(as_json["housekeeping_done_at"]["keying"]) < time.time() - 88
+    assert abs(parse_time(as_json["housekeeping_done_at"]["keying"]) - ended) < 0.001  # to the millisecond
     counted = relay("replay", "--status", "held", "--dry-run")
     assert (counted.returncode, counted.stdout) == (
         0,
