@@ -23,7 +23,7 @@ from relay.bodies import parse_body
 from relay.errors import FetchError, PermanentFetchError, RequestRejected, TransientFetchError
 from relay.mapping.fetches import FetchRequest
 from relay.settings import Settings, shown_url
-from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, read_within, retry_after
+from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, ApiClient, read_within, retry_after
 
 __all__ = ["MAX_DOCUMENT_BYTES", "Fetcher"]
 
@@ -42,7 +42,7 @@ class Fetcher:
         # after an outage would otherwise spend a try of every delivery on the same answer.
         self.paused_until: dict[str, float] = {}
         self.pause_lock = threading.Lock()
-        self.client = httpx.Client(
+        self.client = ApiClient(
             timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
             transport=transport,

@@ -19,7 +19,7 @@ import httpx
 
 from relay import __version__
 from relay.errors import AuthenticationFailed, KeysUnavailable
-from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, read_within
+from relay.upstream.client import AnswerTooLarge, AnswerTooSlow, ApiClient, read_within
 
 __all__ = ["KEY_PATH", "PublicKeys", "published_keys"]
 
@@ -73,7 +73,7 @@ class PublicKeys:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
         if self.client is None:
-            self.client = httpx.Client(
+            self.client = ApiClient(
                 timeout=TIMEOUT,
                 follow_redirects=False,
                 limits=httpx.Limits(max_keepalive_connections=0),  # a key is fetched once a day at most

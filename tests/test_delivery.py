@@ -265,6 +265,60 @@ def test_a_delivery_relay_fails_on_is_retried_with_why_not_left_to_its_lease(tmp
     store.close()
 
 
+def test_calls_keep_no_cookie_an_api_sets(tmp_path):
+    """A cookie the upstream or a provider's API sets (a load balancer's) is not sent back with later calls:
+    each call stands alone, and no answer's cookies are looked for (24 µs a call in httpx's jar)."""
+    from http.server import BaseHTTPRequestHandler
+
+    from relay.fetch import Fetcher
+    from relay.mapping.fetches import FetchRequest
+    from relay.upstream.client import UpstreamClient
+    from relay.upstream.request import UpstreamCall
+
+    from .conftest import serve_on_loopback
+
+    cookies_sent: list[str | None] = []
+
+    class SetsCookies(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            cookies_sent.append(self.headers.get("Cookie"))
+            body = b'{"error": 0, "error_text": "Successful operation", "profile_id": "6578f2d2a5c5d1b6e8a1b2c3"}'
+            self.send_response(200)
+            self.send_header("Set-Cookie", "AWSALB=sticky-node-2; Path=/")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    server = serve_on_loopback(SetsCookies)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    settings = make_settings(tmp_path, RELAY_UPSTREAM_URL=f"{base}/api/v1.1")
+    upstream, fetcher = UpstreamClient(settings), Fetcher(settings)
+    try:
+        call = UpstreamCall("profiles/import", {"db_id": 1, "matching": "email", "email": "a@example.com"})
+        assert [upstream.send(call).profile_id for _ in range(2)] == ["6578f2d2a5c5d1b6e8a1b2c3"] * 2
+        fetched = [
+            fetcher.get(
+                "bigcommerce", FetchRequest(name="order", url=f"{base}/v2/orders/1", shown=f"{base}/v2/orders/1")
+            )
+            for _ in range(2)
+        ]
+        assert (
+            fetched
+            == [{"error": 0, "error_text": "Successful operation", "profile_id": "6578f2d2a5c5d1b6e8a1b2c3"}] * 2
+        )
+        assert cookies_sent == [None] * 4
+        assert not upstream.client.cookies and not fetcher.client.cookies
+    finally:
+        upstream.close()
+        fetcher.close()
+        server.shutdown()
+        server.server_close()
+
+
 def test_retries_run_out_as_exhausted(relay, sandbox):
     """A delivery that keeps failing ends failed/exhausted after the attempt budget."""
     store, worker = relay
