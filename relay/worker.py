@@ -147,6 +147,8 @@ class Worker:
         self.stop()
 
     def _housekeeping(self) -> None:
+        if not self.settings.keep_delivered:  # kept for ever since: its last round, long ago, is no failure to alert on
+            self._in_housekeeping("purge turn", partial(self.store.drop_turn, "purge"), None)
         while not self.stop_event.is_set():
             self.housekeeping_round()
             self.stop_event.wait(KEY_EVERY)
@@ -158,8 +160,6 @@ class Worker:
         tasks: list[tuple[str, float, Callable[[], object]]] = []
         if self.settings.keep_delivered:
             tasks.append(("purge", PURGE_EVERY, self.purge))
-        else:  # kept for ever since: its last round, long ago, is no failure to alert on
-            self._in_housekeeping("purge turn", partial(self.store.drop_turn, "purge"), None)
         tasks.append(("keying", KEY_EVERY, self.key_deliveries))
         ran = []
         for task, every, run in tasks:
